@@ -1,0 +1,5 @@
+import sys
+
+from seqvision.cli import main
+
+sys.exit(main())

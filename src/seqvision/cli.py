@@ -1,0 +1,228 @@
+"""The ``seqvision`` command: thin subcommands that parse, build a config and call the library.
+
+Heavy modules (torch, Lightning) are imported inside the commands, so ``seqvision --help`` is instant.
+Our own errors print as one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from seqvision.errors import SeqVisionError
+
+# flag -> (config section, field, argparse options). Defaults are None so only given flags override.
+_TRAIN_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
+    ("--task", "data", "task", {"choices": ["auto", "classification", "regression"]}),
+    ("--targets", "data", "targets", {"type": lambda s: s.split(","), "help": "regression target columns, comma-separated"}),
+    ("--max-images", "data", "max_images", {"type": int, "help": "sample longer samples uniformly down to N images"}),
+    ("--min-images", "data", "min_images", {"type": int}),
+    ("--short-samples", "data", "short_samples", {"choices": ["error", "drop"], "help": "what to do with samples under --min-images"}),
+    ("--on-bad-image", "data", "on_bad_image", {"choices": ["error", "skip"]}),
+    ("--val-fraction", "data", "val_fraction", {"type": float}),
+    ("--test-fraction", "data", "test_fraction", {"type": float}),
+    ("--image-size", "data", "image_size", {"type": int}),
+    ("--resize-size", "data", "resize_size", {"type": int}),
+    ("--mean", "data", "mean", {"type": float, "nargs": 3}),
+    ("--std", "data", "std", {"type": float, "nargs": 3}),
+    ("--augment", "data", "augment", {"action": argparse.BooleanOptionalAction}),
+    ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction}),
+    ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
+    ("--num-workers", "data", "num_workers", {"type": int}),
+    ("--backbone", "model", "backbone", {}),
+    ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
+    ("--pool", "model", "pool", {"choices": ["avg", "max"]}),
+    ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
+    ("--trainable-stages", "model", "trainable_stages", {"type": int, "help": "fine-tune only the last K backbone stages"}),
+    ("--head", "model", "head", {}),
+    ("--hidden-size", "model", "hidden_size", {"type": int}),
+    ("--num-layers", "model", "num_layers", {"type": int}),
+    ("--bidirectional", "model", "bidirectional", {"action": argparse.BooleanOptionalAction}),
+    ("--lstm-dropout", "model", "lstm_dropout", {"type": float}),
+    ("--dropout", "model", "dropout", {"type": float}),
+    ("--max-epochs", "train", "max_epochs", {"type": int}),
+    ("--batch-size", "train", "batch_size", {"type": int}),
+    ("--lr", "train", "lr", {"type": float}),
+    ("--backbone-lr", "train", "backbone_lr", {"type": float}),
+    ("--weight-decay", "train", "weight_decay", {"type": float}),
+    ("--warmup-fraction", "train", "warmup_fraction", {"type": float}),
+    ("--grad-clip", "train", "grad_clip", {"type": float}),
+    ("--precision", "train", "precision", {"choices": ["32", "bf16-mixed", "16-mixed", "64"]}),
+    ("--seed", "train", "seed", {"type": int}),
+    ("--patience", "train", "patience", {"type": int, "help": "early-stopping patience in epochs (0: off)"}),
+    ("--monitor", "train", "monitor", {"help": "val_loss | val_acc | val_f1 | val_mae | val_rmse"}),
+    ("--label-smoothing", "train", "label_smoothing", {"type": float}),
+    ("--class-weights", "train", "class_weights", {"choices": ["balanced"]}),
+    ("--loss", "train", "loss", {"choices": ["mse", "l1"]}),
+    ("--accelerator", "train", "accelerator", {}),
+    ("--devices", "train", "devices", {}),
+    ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction}),
+]
+
+
+def _dest(section: str, name: str) -> str:
+    return f"{section}__{name}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqvision", description="Learn from samples made of several images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a CNN+LSTM on a data root or manifest")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.yaml, metrics)")
+    p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
+    p.add_argument("--no-progress", action="store_true")
+    for flag, section, name, options in _TRAIN_FLAGS:
+        p.add_argument(flag, dest=_dest(section, name), default=None, **options)
+
+    p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png")
+    p.add_argument("--split", choices=["train", "val", "test"], help="evaluate only this split of the data")
+    _inference_flags(p)
+
+    p = sub.add_parser("predict", help="predict samples (sample folders, data roots or a manifest)")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", help="preds.csv or preds.json (default: print CSV)")
+    _inference_flags(p)
+
+    p = sub.add_parser("demo", help="the main job on built-in synthetic data, offline (a few minutes on a CPU)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("backbones", help="list the backbone names")
+    return parser
+
+
+def _inference_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default=None)
+
+
+def _version() -> str:
+    from seqvision import __version__
+
+    return __version__
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "__" in key and value is not None:
+            section, name = key.split("__", 1)
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _report(lines: list[str], what: str) -> None:
+    if lines:
+        print(f"{len(lines)} {what} (not silently dropped):", file=sys.stderr)
+        for line in lines:
+            print(f"  - {line}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seqvision.config import resolve_config
+    from seqvision.evaluation.metrics import headline
+    from seqvision.training.fit import train
+
+    cfg = resolve_config(args.config, _overrides(args))
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"best checkpoint: {result.best_checkpoint}")
+    for split in ("val", "test"):
+        metrics = getattr(result, f"{split}_metrics")
+        if metrics:
+            print(f"{split}: {headline(metrics)}  ({Path(args.out) / split / 'metrics.json'})")
+    _report(result.reported, "samples/images left out")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seqvision.evaluation.evaluate import evaluate
+    from seqvision.evaluation.metrics import headline
+
+    result = evaluate(
+        args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+        on_bad_image=args.on_bad_image, split=args.split,
+    )
+    print(headline(result.metrics))
+    for path in result.files:
+        print(f"wrote {path}")
+    _report(result.skipped, "images left out")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from seqvision.inference.predict import predict, write_rows
+
+    rows, skipped = predict(
+        args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+        on_bad_image=args.on_bad_image,
+    )
+    if args.out:
+        print(f"wrote {len(rows)} predictions to {args.out}")
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["sample", "prediction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    _report(skipped, "images left out")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from seqvision.demo import run_demo
+
+    result = run_demo(args.out, max_epochs=args.max_epochs, progress=not args.no_progress)
+    print(f"demo: CNN+LSTM test accuracy {result.accuracy:.3f} (target >= 0.95)")
+    print(f"demo: control with shuffled frames {result.control_accuracy:.3f} (chance = 0.5)")
+    print(f"demo: runs, checkpoints and metrics in {result.out_dir}")
+    return 0 if result.accuracy >= 0.95 else 1
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from seqvision.models.backbones import available_backbones
+
+    print("\n".join(available_backbones()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "backbones": cmd_backbones}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_lightning()
+    try:
+        return COMMANDS[args.command](args)
+    except SeqVisionError as exc:
+        print(f"seqvision: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("seqvision: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up banner (GPU available..., tips) says nothing a user acts on."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

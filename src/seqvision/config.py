@@ -1,0 +1,178 @@
+"""Run configuration: small dataclasses per component, resolved as defaults -> YAML -> CLI flags.
+
+Every resolved option is written to ``config.yaml`` in the run folder and stored in each checkpoint, so a
+run can be repeated and a checkpoint rebuilt without the command line that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqvision.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    data: str | None = None  # a data root (folders) or a manifest (.csv / .jsonl)
+    task: str = "auto"  # auto | classification | regression: auto reads it from the labels
+    targets: list[str] | None = None  # regression: manifest columns holding the numeric targets
+    max_images: int | None = None  # longer samples are sampled uniformly down to this many images
+    min_images: int = 1  # shorter samples are an error, or dropped (and reported) with short_samples=drop
+    short_samples: str = "error"  # error | drop
+    on_bad_image: str = "error"  # error | skip: skip leaves bad images out and reports them at the end
+    val_fraction: float = 0.15  # used only when the data has no val split of its own
+    test_fraction: float = 0.15  # used only when the data has no test split of its own
+    image_size: int | None = None  # crop size; None = the backbone's pretrained configuration
+    resize_size: int | None = None  # shorter side before the centre crop; None = image_size * 256/224
+    mean: list[float] | None = None  # None = the backbone's pretrained normalization
+    std: list[float] | None = None
+    augment: bool = True  # random resized crop + flip + colour jitter, ONE draw per sample
+    hflip: bool = True  # horizontal flip in augmentation (turn off when left/right carries meaning)
+    shuffle_frames: bool = False  # control experiment: shuffle the images of every sample (order lost)
+    num_workers: int | None = None  # DataLoader workers; None = one per spare core (at most 4)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # any torchvision classification model, or a seqvision-registered one
+    weights: str = "imagenet"  # imagenet | none | path to a state_dict / checkpoint file
+    pool: str = "avg"  # avg | max: global pooling of the last feature map
+    freeze: bool = False  # frozen backbone: no gradients and BatchNorm statistics never move
+    trainable_stages: int | None = None  # fine-tune only the last K stages of the backbone (others frozen)
+    head: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    lstm_dropout: float = 0.0  # between stacked LSTM layers
+    dropout: float = 0.2  # before the task head's Linear
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3  # temporal and task heads
+    backbone_lr: float = 1e-4  # a smaller rate for a fine-tuned backbone
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05  # of all optimizer steps, linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (GPU)
+    seed: int = 42
+    patience: int = 5  # early stopping on the monitored validation metric; 0 disables
+    monitor: str | None = None  # None = val_acc for classification, val_loss for regression
+    label_smoothing: float = 0.0
+    class_weights: str | None = None  # None | balanced
+    loss: str = "mse"  # regression: mse | l1
+    accelerator: str = "auto"
+    devices: str = "auto"
+    deterministic: bool = False
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        """Build from a nested dict (YAML or checkpoint); unknown sections or keys are an error."""
+        cfg = cls()
+        apply_overrides(cfg, raw, source="config")
+        return cfg
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def apply_overrides(cfg: RunConfig, raw: dict[str, Any], *, source: str) -> RunConfig:
+    """Overwrite ``cfg`` in place with a nested ``{section: {key: value}}`` dict."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, train), got {type(raw).__name__}")
+    for section, values in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r}; use one of {sorted(_SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        target = getattr(cfg, section)
+        names = {f.name for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"{source}: unknown option {section}.{key}; known: {', '.join(sorted(names))}")
+            setattr(target, key, value)
+    return cfg
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return raw
+
+
+def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """defaults -> YAML file -> explicit overrides (``{section: {key: value}}``, e.g. from CLI flags)."""
+    cfg = RunConfig()
+    if yaml_path is not None:
+        apply_overrides(cfg, load_yaml_config(yaml_path), source=str(yaml_path))
+    if overrides:
+        apply_overrides(cfg, overrides, source="command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject option values that cannot work, naming the option and the choices."""
+    choices = {
+        ("data", "task"): ("auto", "classification", "regression"),
+        ("data", "short_samples"): ("error", "drop"),
+        ("data", "on_bad_image"): ("error", "skip"),
+        ("model", "pool"): ("avg", "max"),
+        ("model", "head"): ("lstm",),
+        ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
+        ("train", "loss"): ("mse", "l1"),
+        ("train", "class_weights"): (None, "balanced"),
+    }
+    for (section, key), allowed in choices.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+    d = cfg.data
+    if d.max_images is not None and d.max_images < 1:
+        raise ConfigError("--max-images must be at least 1")
+    if d.min_images < 1:
+        raise ConfigError("--min-images must be at least 1")
+    if d.max_images is not None and d.min_images > d.max_images:
+        raise ConfigError(f"--min-images {d.min_images} is larger than --max-images {d.max_images}")
+    for name in ("mean", "std"):
+        value = getattr(d, name)
+        if value is not None and len(value) != 3:
+            raise ConfigError(f"--{name} needs 3 values (R G B), got {value}")
+    if d.std is not None and any(s <= 0 for s in d.std):
+        raise ConfigError("--std values must be positive")
+    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError("val/test fractions must be in [0, 1) and sum to less than 1")
+    if cfg.model.freeze and cfg.model.trainable_stages:
+        raise ConfigError("--freeze and --trainable-stages contradict each other; choose one")
+    if cfg.train.batch_size < 1 or cfg.train.max_epochs < 1:
+        raise ConfigError("--batch-size and --max-epochs must be at least 1")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from seqvision.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,109 @@
+"""Decode one image file to an RGB ``uint8`` tensor ``(3, H, W)``.
+
+JPEG takes torchvision's libjpeg path (fast, EXIF orientation applied); everything else goes through
+Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all become 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from seqvision.errors import DataError
+
+# Decompression-bomb guard: refuse images of more than this many pixels (about 16k x 16k).
+MAX_PIXELS = 268_435_456
+
+
+class BadImageError(DataError):
+    """An image file that cannot be decoded; carries the path so a caller may skip it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadImageError` naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadImageError(path, "file does not exist") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not data:
+        raise BadImageError(path, "empty file (0 bytes)")
+    if data[:3] == b"\xff\xd8\xff":
+        return _decode_jpeg(path, data)
+    return _decode_pillow(path)
+
+
+def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    # libjpeg treats a missing end marker as a warning and pads with grey: a truncated file would
+    # silently train on half an image, so check for the end-of-image marker ourselves.
+    if b"\xff\xd9" not in data[-4096:]:
+        raise BadImageError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            image = decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        return _decode_pillow(path)  # CMYK/odd JPEGs: let Pillow try (it raises a clear error if not)
+    # torchvision 0.29 deprecates its decoders (DeprecationWarning, harmless); any other warning is
+    # libjpeg reporting corrupt data: let Pillow decide.
+    if any(not issubclass(w.category, DeprecationWarning) for w in caught):
+        return _decode_pillow(path)
+    _check_size(path, image.shape[1], image.shape[2])
+    return image
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    if height * width > MAX_PIXELS:
+        raise BadImageError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit")
+
+
+def _decode_pillow(path: Path) -> torch.Tensor:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(path, img.height, img.width)
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"not a readable image ({type(exc).__name__})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
+    array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16-bit and 32-bit integer images are scaled to their full range."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        lo, hi = float(array.min(initial=0)), float(array.max(initial=1))
+        array = ((array - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels on black (what most viewers' "no background" means for a CNN).
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,46 @@
+"""What a sample is: an id, an ordered list of frame references and its target(s). No pixels here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One image of a sample: a file on disk (a video frame reference will add a time)."""
+
+    path: Path
+
+
+@dataclass
+class Sample:
+    """One training/prediction unit: several images in order, and what to learn from them."""
+
+    id: str
+    frames: list[FrameRef]
+    label: str | None = None  # classification target (class name)
+    targets: dict[str, float] | None = None  # regression targets by name
+    split: str | None = None  # train | val | test when the data says so
+    source: str = ""  # where it came from (folder or manifest rows), for error messages
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``f2`` before ``f10`` (digit runs compare as numbers)."""
+    parts = _DIGITS.split(name)
+    folded = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.casefold()) for p in parts if p)
+    return folded, name  # case and zero-padding only break ties
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")

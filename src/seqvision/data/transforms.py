@@ -1,0 +1,91 @@
+"""Clip transforms: the same preprocessing for every image of a sample, one random draw per sample."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize -> centre crop -> normalize, as the backbone's weights expect. Stored in checkpoints."""
+
+    image_size: int = 224  # crop size fed to the CNN
+    resize_size: int = 256  # shorter side before the centre crop
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Preprocessing":
+        return cls(
+            image_size=int(raw["image_size"]),
+            resize_size=int(raw["resize_size"]),
+            mean=tuple(float(m) for m in raw["mean"]),
+            std=tuple(float(s) for s in raw["std"]),
+        )
+
+
+class ClipTransform:
+    """``list of (3, H, W) uint8`` -> ``(T, 3, S, S)`` float, normalized.
+
+    In training, random resized crop, horizontal flip and colour jitter draw ONE set of parameters per
+    sample and apply it to every image: torchvision's v2 transforms treat the leading ``T`` dimension
+    of a stacked clip as a batch that shares the draw, so motion between frames is never faked.
+    """
+
+    def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = True) -> None:
+        self.prep = prep
+        self.train = train
+        augment: list[v2.Transform] = [
+            v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), antialias=True),
+        ]
+        if hflip:
+            augment.append(v2.RandomHorizontalFlip())
+        augment.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+        self.augment = v2.Compose(augment)
+
+    def __call__(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        clip = _stack_same_size(frames)  # (T, 3, H, W) uint8
+        if self.train:
+            clip = self.augment(clip)
+        else:
+            clip = F.resize(clip, [self.prep.resize_size], antialias=True)
+            clip = F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
+        clip = F.to_dtype(clip, torch.float32, scale=True)
+        return F.normalize(clip, mean=list(self.prep.mean), std=list(self.prep.std))
+
+
+def _stack_same_size(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Stack frames, resizing any whose size differs from the first (so one crop fits all)."""
+    height, width = frames[0].shape[-2:]
+    same = [f if f.shape[-2:] == (height, width) else F.resize(f, [height, width], antialias=True) for f in frames]
+    return torch.stack(same)
+
+
+def resolve_preprocessing(
+    base: Preprocessing,
+    *,
+    image_size: int | None = None,
+    resize_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> Preprocessing:
+    """The backbone's pretrained preprocessing with the user's overrides applied.
+
+    A new ``image_size`` keeps the pretrained resize/crop ratio (224 -> 256 becomes 112 -> 128).
+    """
+    size = image_size or base.image_size
+    if resize_size is None:
+        resize_size = base.resize_size if image_size is None else round(size * base.resize_size / base.image_size)
+    return Preprocessing(
+        image_size=int(size),
+        resize_size=int(resize_size),
+        mean=tuple(mean) if mean is not None else base.mean,
+        std=tuple(std) if std is not None else base.std,
+    )

@@ -1,0 +1,89 @@
+"""The built-in demo: a synthetic dataset where ORDER is the label, trained end to end in a few minutes.
+
+Each sample is a shape that approaches (grows frame after frame) or recedes (shrinks). Any single frame,
+and the set of frames, is equally likely under both classes: only the order tells them apart. The demo trains
+the CNN+LSTM on it, then runs the same recipe on a control where every sample's frames are shuffled,
+which must stay near chance: proof that the LSTM, not the CNN alone, does the work.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqvision.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+CLASSES = ("approaching", "receding")
+MARKER = ".seqvision-demo"
+
+
+def make_demo_dataset(root: str | Path, *, per_class: int = 200, size: int = 32, seed: int = 0) -> Path:
+    """Write ``root/<class>/<sample>/f<i>.png``: 6-10 frames of a shape that grows or shrinks.
+
+    The start size is drawn so that the SET of sizes is equally likely under both classes; the shape,
+    its colour and position vary, and each frame has fresh background noise.
+    """
+    from PIL import Image, ImageDraw
+
+    root = Path(root)
+    rng = random.Random(seed)
+    for label in CLASSES:
+        for n in range(per_class):
+            folder = root / label / f"{label[:4]}{n:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            frames = rng.randint(6, 10)
+            step = rng.uniform(0.9, 1.3)  # radius change per frame, pixels
+            small, large = 2.0, size * 0.45
+            first = rng.uniform(small, large - step * (frames - 1))  # smallest radius of the run
+            radii = [first + step * t for t in range(frames)]
+            if label == "receding":
+                radii.reverse()
+            colour = tuple(rng.randint(140, 255) for _ in range(3))
+            square = rng.random() < 0.5
+            cx, cy = size / 2 + rng.uniform(-3, 3), size / 2 + rng.uniform(-3, 3)
+            for t, r in enumerate(radii):
+                noise = bytes(rng.randint(0, 70) for _ in range(size * size * 3))
+                img = Image.frombytes("RGB", (size, size), noise)
+                box = [cx - r, cy - r, cx + r, cy + r]
+                draw = ImageDraw.Draw(img)
+                (draw.rectangle if square else draw.ellipse)(box, fill=colour)
+                img.save(folder / f"f{t}.png")
+    (root / MARKER).write_text("written by seqvision demo\n")
+    return root
+
+
+def demo_config(data: Path, *, shuffle_frames: bool = False, max_epochs: int = 30, workers: int | None = None) -> RunConfig:
+    """The demo's recipe: tiny CNN from scratch + LSTM; no flip (a flip would reverse the rotation)."""
+    return RunConfig(
+        data=DataConfig(data=str(data), augment=False, shuffle_frames=shuffle_frames, num_workers=workers),
+        model=ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=64, dropout=0.1),
+        train=TrainConfig(max_epochs=max_epochs, batch_size=16, lr=3e-3, backbone_lr=3e-3, patience=8, monitor="val_loss"),
+    )
+
+
+@dataclass
+class DemoResult:
+    accuracy: float  # test accuracy of the CNN+LSTM on ordered frames
+    control_accuracy: float  # the same recipe with each sample's frames shuffled
+    out_dir: Path
+
+
+def run_demo(out_dir: str | Path = "runs/demo", *, per_class: int = 200, max_epochs: int = 30, progress: bool = True, workers: int | None = None) -> DemoResult:
+    """Write the dataset, train + evaluate on it, then the shuffled-frames control. Offline, CPU-friendly."""
+    from seqvision.training.fit import train
+
+    out = Path(out_dir)
+    if out.exists():
+        if not (out / "data" / MARKER).exists():
+            from seqvision.errors import ConfigError
+
+            if any(out.iterdir()):
+                raise ConfigError(f"{out} exists and was not written by the demo; choose another --out")
+        for name in ("data", "ordered", "shuffled"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    data = make_demo_dataset(out / "data", per_class=per_class)
+    ordered = train(demo_config(data, max_epochs=max_epochs, workers=workers), out / "ordered", progress=progress)
+    control = train(demo_config(data, shuffle_frames=True, max_epochs=max_epochs, workers=workers), out / "shuffled", progress=progress)
+    return DemoResult(ordered.test_metrics["accuracy"], control.test_metrics["accuracy"], out)

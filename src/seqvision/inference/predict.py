@@ -1,0 +1,45 @@
+"""``predict``: a checkpoint + inputs (sample folders, data roots, manifests) -> one row per sample."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from seqvision.data.discovery import discover_inputs
+from seqvision.errors import ConfigError
+from seqvision.inference.predictor import Predictor
+from seqvision.io import atomic_write_text
+
+
+def predict(
+    checkpoint: str | Path, inputs: list[str | Path], out: str | Path | None = None, *, batch_size: int = 8,
+    num_workers: int = 0, on_bad_image: str | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Predict every sample found in ``inputs``; write CSV (or JSON, by extension) when ``out`` is given.
+
+    Returns ``(rows, skipped)``: one dict per sample (``sample``, ``prediction``, one probability column
+    per class or one value per regression target) and the bad images left out with ``on_bad_image='skip'``.
+    """
+    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(f"--out {out}: use a .csv or .json file name")
+    predictor = Predictor.load(checkpoint)
+    samples = discover_inputs(inputs)
+    preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
+    rows = predictor.rows(preds)
+    if out is not None:
+        write_rows(rows, Path(out))
+    return rows, preds.skipped
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    if path.suffix.lower() == ".json":
+        atomic_write_text(path, json.dumps(rows, indent=1))
+        return
+    buffer = io.StringIO()
+    fields = list(rows[0]) if rows else ["sample", "prediction"]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,285 @@
+"""Image backbones: any torchvision classifier (or timm model) with its classifier removed, pooled to (N, F).
+
+One contract for all: an :class:`ImageEncoder` maps ``(N, 3, H, W) -> (N, F)``, knows ``num_features``
+and carries the :class:`Preprocessing` its weights expect, so transforms cannot drift from the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from seqvision.data.transforms import Preprocessing
+from seqvision.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# seqvision's own backbones: name -> factory(weights-free model) returning (trunk, stages, preprocessing).
+_REGISTRY: dict[str, Callable[[], tuple[nn.Module, list[nn.Module], Preprocessing]]] = {}
+
+
+def register_backbone(name: str):
+    """Decorator registering a backbone factory under ``name``; a duplicate name is refused."""
+
+    def wrap(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+@register_backbone("tiny_cnn")
+def _tiny_cnn() -> tuple[nn.Module, list[nn.Module], Preprocessing]:
+    """A 4-block CNN (~30k parameters) for small images, quick tests and the demo; trained from scratch."""
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    stages = [block(3, 16, 1), block(16, 32, 2), block(32, 64, 2), block(64, 64, 1)]
+    return nn.Sequential(*stages), stages, Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def available_backbones() -> list[str]:
+    """seqvision's own backbones and every torchvision classification model (timm ones as ``timm/NAME``)."""
+    import torchvision
+
+    return sorted(_REGISTRY) + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+class ImageEncoder(nn.Module):
+    """``(N, 3, H, W) -> (N, F)``: the trunk's feature map, globally pooled (and post-processed).
+
+    ``set_trainable`` decides what learns. Frozen modules get no gradients AND stay in eval mode even
+    when the model is put in training mode, so their BatchNorm statistics never move.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        *,
+        name: str,
+        pool: str = "avg",
+        stages: list[nn.Module] | None = None,
+        post_pool: nn.Module | None = None,
+        preprocessing: Preprocessing,
+        pooled: bool = False,
+    ) -> None:
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ConfigError(f"--pool {pool!r}: use avg or max")
+        if pooled and pool != "avg":
+            raise ConfigError(f"backbone {name!r} pools internally; only --pool avg is available for it")
+        self.trunk = trunk
+        self.post_pool = post_pool if post_pool is not None else nn.Identity()
+        self.name = name
+        self.pool = pool
+        self.pooled = pooled  # the trunk already returns (N, F)
+        self.stages = list(stages or [])  # not registered twice: plain list of submodules of trunk
+        self.preprocessing = preprocessing
+        self._frozen: list[nn.Module] = []
+        with torch.no_grad():
+            was_training = trunk.training
+            trunk.eval()
+            probe = torch.zeros(1, 3, preprocessing.image_size, preprocessing.image_size)
+            self.num_features = int(self(probe).shape[-1])
+            trunk.train(was_training)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(images)  # (N, C, h, w), or (N, F) when the trunk pools itself
+        if not self.pooled:
+            x = x.amax(dim=(-2, -1), keepdim=True) if self.pool == "max" else x.mean(dim=(-2, -1), keepdim=True)
+            x = self.post_pool(x)  # (N, C, 1, 1)
+        return x.flatten(1)  # (N, F)
+
+    def set_trainable(self, mode: str | int) -> None:
+        """``"all"``: everything learns; ``"none"``: frozen; ``K``: only the last K stages learn."""
+        if mode == "all":
+            frozen: list[nn.Module] = []
+        elif mode == "none":
+            frozen = [self.trunk, self.post_pool]
+        else:
+            k = int(mode)
+            if not self.stages:
+                raise ConfigError(f"backbone {self.name!r} has no stages to fine-tune selectively; use --freeze or neither")
+            if not 1 <= k <= len(self.stages):
+                raise ConfigError(f"--trainable-stages {k}: backbone {self.name!r} has {len(self.stages)} stages")
+            keep = {id(p) for stage in self.stages[-k:] for p in stage.parameters()}
+            keep |= {id(p) for p in self.post_pool.parameters()}
+            frozen = [m for m in self.trunk.modules() if not any(id(p) in keep for p in m.parameters())]
+        for p in self.parameters():
+            p.requires_grad_(True)
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+        self._frozen = frozen
+        self.train(self.training)
+
+    @property
+    def fully_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()  # frozen BatchNorm keeps its running statistics
+        return self
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -> ImageEncoder:
+    """Build an encoder by name.
+
+    Args:
+        name: ``tiny_cnn`` (seqvision's own), any torchvision classification model (``resnet18``,
+            ``mobilenet_v2``, ``convnext_tiny``, ...), or ``timm/NAME`` when timm is installed.
+        weights: ``imagenet`` (torchvision's default weights, downloaded or from the torch cache),
+            ``none`` (random init) or a path to a local ``state_dict`` / checkpoint file.
+        pool: ``avg`` or ``max`` global pooling of the last feature map.
+    """
+    if name in _REGISTRY:
+        trunk, stages, prep = _REGISTRY[name]()
+        if weights == "imagenet":
+            raise ConfigError(f"backbone {name!r} has no pretrained weights; use --weights none (or a PATH)")
+        encoder = ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep)
+        if weights != "none":
+            _load_local_weights(encoder.trunk, weights, name)
+        return encoder
+    if name.startswith("timm/"):
+        return _build_timm(name, weights=weights, pool=pool)
+    return _build_torchvision(name, weights=weights, pool=pool)
+
+
+def _build_torchvision(name: str, *, weights: str, pool: str) -> ImageEncoder:
+    import torchvision
+    from torchvision import models
+
+    known = models.list_models(module=models)
+    if name not in known:
+        raise ConfigError(
+            f"unknown backbone {name!r}; use tiny_cnn, a torchvision classification model "
+            f"(e.g. {', '.join(k for k in known if k in ('resnet18', 'resnet50', 'mobilenet_v2', 'efficientnet_b0'))}) "
+            "or timm/NAME"
+        )
+    model = models.get_model(name, weights=None)
+    prep = Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)
+    if weights == "imagenet":
+        enum = models.get_model_weights(name).DEFAULT
+        try:
+            state = enum.get_state_dict(progress=True, check_hash=True)
+        except Exception as exc:  # URLError, HTTPError, socket errors: all mean "no download here"
+            raise ConfigError(
+                f"cannot get ImageNet weights for {name} ({type(exc).__name__}: {exc}); the machine may be "
+                f"offline and torch's cache ({torchvision.__name__} weights in ~/.cache/torch) lacks them. "
+                "Pass --weights PATH (a local state_dict) or --weights none"
+            ) from None
+        model.load_state_dict(state)
+        t = enum.transforms()
+        prep = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
+    elif weights != "none":
+        _load_local_weights(model, weights, name)
+    trunk, stages, post_pool, pooled = _headless(model, name)
+    return ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
+
+
+def _headless(model: nn.Module, name: str) -> tuple[nn.Module, list[nn.Module], nn.Module | None, bool]:
+    """(trunk giving a feature map, its stages, what follows pooling, whether trunk pools itself)."""
+    if hasattr(model, "layer4") and hasattr(model, "fc"):  # resnet, resnext, wide_resnet
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, *stages), stages, None, False
+    if hasattr(model, "trunk_output"):  # regnet
+        return nn.Sequential(model.stem, model.trunk_output), list(model.trunk_output.children()), None, False
+    if name.startswith("convnext"):  # the LayerNorm of its classifier belongs to the features
+        return model.features, list(model.features.children()), model.classifier[0], False
+    if name.startswith("densenet"):
+        return nn.Sequential(model.features, nn.ReLU()), list(model.features.children()), None, False
+    if name.startswith("shufflenet"):
+        stages = [model.stage2, model.stage3, model.stage4, model.conv5]
+        return nn.Sequential(model.conv1, model.maxpool, *stages), stages, None, False
+    if name.startswith("mnasnet"):
+        return model.layers, list(model.layers.children()), None, False
+    if hasattr(model, "features") and isinstance(model.features, nn.Sequential) and not name.startswith("swin"):
+        return model.features, list(model.features.children()), None, False  # mobilenet, efficientnet, vgg, ...
+    # Anything else (vit, swin, maxvit, ...): keep the model's own pooling, drop its last Linear.
+    parent, attr = _last_linear(model, name)
+    setattr(parent, attr, nn.Identity())
+    if hasattr(model, "aux_logits"):
+        model.aux_logits = False
+        model.AuxLogits = model.aux1 = model.aux2 = None
+    return model, [], None, True
+
+
+def _last_linear(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    last = None
+    for full_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = full_name
+    if last is None:
+        raise ConfigError(f"backbone {name!r}: cannot find its classifier to remove")
+    parent_name, _, attr = last.rpartition(".")
+    return model.get_submodule(parent_name) if parent_name else model, attr
+
+
+def _load_local_weights(model: nn.Module, path: str, name: str) -> None:
+    """Load a local state_dict or checkpoint (``state_dict`` / ``model`` key) safely (no pickled code)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--weights {path}: no such file; use imagenet, none or a path to a state_dict")
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"--weights {path}: not a loadable weights file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    state = raw
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            state = raw[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"--weights {path}: expected a state_dict of tensors")
+    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    wrong = list(result.missing_keys) + list(result.unexpected_keys)
+    if wrong:
+        raise ConfigError(
+            f"--weights {path} does not fit backbone {name!r}: {len(result.missing_keys)} missing and "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {wrong[:3]}); was it saved from another model?"
+        )
+
+
+def _build_timm(name: str, *, weights: str, pool: str) -> ImageEncoder:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"backbone {name!r} needs timm: pip install 'seqvision[timm]'") from None
+    model_name = name.removeprefix("timm/")
+    try:
+        model = timm.create_model(model_name, pretrained=weights == "imagenet", num_classes=0, global_pool="")
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot create timm model {model_name!r} ({type(exc).__name__}: {exc}); when offline pass "
+            "--weights PATH or --weights none"
+        ) from None
+    if weights not in ("imagenet", "none"):
+        _load_local_weights(model, weights, name)
+    cfg = model.pretrained_cfg
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    resize = int(round(size / cfg.get("crop_pct", 0.875)))
+    prep = Preprocessing(size, resize, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    trunk = _TimmTrunk(model)
+    return ImageEncoder(trunk, name=name, pool=pool, preprocessing=prep)
+
+
+class _TimmTrunk(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)  # (N, C, h, w) for CNNs

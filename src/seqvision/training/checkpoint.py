@@ -1,0 +1,72 @@
+"""Checkpoints: what they carry, how they are written (atomically) and read (safely, no pickled code)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from seqvision.config import RunConfig
+from seqvision.data.targets import TargetSpec
+from seqvision.data.transforms import Preprocessing
+from seqvision.errors import CheckpointError
+from seqvision.io import atomic_write
+
+FORMAT_VERSION = 1
+
+
+def checkpoint_metadata(cfg: RunConfig, spec: TargetSpec, prep: Preprocessing) -> dict[str, Any]:
+    """Everything needed to rebuild the model and its input pipeline, as plain Python types."""
+    import lightning
+    import torchvision
+
+    import seqvision
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "targets": spec.to_dict(),
+        "preprocessing": prep.to_dict(),
+        "versions": {
+            "seqvision": seqvision.__version__,
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "lightning": str(lightning.__version__),
+            "python": platform.python_version(),
+        },
+    }
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place: a crash or a full disk
+    never leaves a half-written file where the previous good checkpoint was."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a seqvision checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {first_line[:200]}); it is "
+            "corrupt, truncated, or holds objects other than tensors and plain data"
+        ) from None
+    if not isinstance(raw, dict) or "seqvision" not in raw or "state_dict" not in raw:
+        raise CheckpointError(
+            f"{path} is not a seqvision checkpoint (no 'seqvision' metadata); use a best.ckpt/last.ckpt "
+            "written by `seqvision train`"
+        )
+    meta = raw["seqvision"]
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer seqvision (format {meta['format_version']}); upgrade")
+    return raw

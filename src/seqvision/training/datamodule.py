@@ -1,0 +1,116 @@
+"""Index + sampling + loading for training: which samples go where, and the DataLoaders that feed them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from seqvision.config import DataConfig
+from seqvision.data.dataset import SequenceDataset, collate
+from seqvision.data.discovery import discover
+from seqvision.data.samples import Sample
+from seqvision.data.splits import assign_splits, load_splits, save_splits
+from seqvision.data.targets import TargetSpec
+from seqvision.data.transforms import ClipTransform, Preprocessing
+from seqvision.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    """Samples per split, the task, and what was left out (reported, never silent)."""
+
+    splits: dict[str, list[Sample]]
+    spec: TargetSpec
+    dropped: list[str] = field(default_factory=list)
+
+
+def filter_short(samples: list[Sample], cfg: DataConfig) -> tuple[list[Sample], list[str]]:
+    """Apply ``min_images``: an error naming the sample, or (``short_samples=drop``) a reported drop."""
+    kept, dropped = [], []
+    for s in samples:
+        if len(s.frames) >= cfg.min_images:
+            kept.append(s)
+            continue
+        what = "no images" if not s.frames else f"{len(s.frames)} image(s), fewer than --min-images {cfg.min_images}"
+        if cfg.short_samples != "drop":
+            raise DataError(f"sample {s.id!r} ({s.source}) has {what}; add images, or pass --short-samples drop")
+        dropped.append(f"sample {s.id!r} ({s.source}): {what}, dropped")
+    return kept, dropped
+
+
+def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None) -> PreparedData:
+    """Discover, filter, infer the task and split. A saved ``splits_file`` is reused (resume), else written."""
+    if not cfg.data:
+        raise DataError("no data given; pass --data DIR_OR_MANIFEST")
+    samples, dropped = filter_short(discover(cfg.data, targets=cfg.targets), cfg)
+    if not samples:
+        raise DataError(f"{cfg.data}: every sample was dropped as too short ({len(dropped)} samples)")
+    spec = TargetSpec.infer(samples, task=cfg.task, target_names=cfg.targets)
+    if splits_file is not None and splits_file.exists():
+        assignment = load_splits(splits_file, samples)
+    else:
+        assignment = assign_splits(
+            samples,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=seed,
+            stratify=spec.task == "classification",
+        )
+        if splits_file is not None:
+            save_splits(assignment, splits_file)
+    by_split: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for s in samples:
+        by_split[assignment[s.id]].append(s)
+    if not by_split["train"]:
+        raise DataError(f"{cfg.data}: no training samples after the split")
+    return PreparedData(by_split, spec, dropped)
+
+
+def default_workers() -> int:
+    """One DataLoader worker per spare core (at most 4): decoding overlaps the CNN on the main process."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class SequenceDataModule(L.LightningDataModule):
+    def __init__(
+        self, data: PreparedData, cfg: DataConfig, *, preprocessing: Preprocessing, batch_size: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.data = data
+        self.cfg = cfg
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+
+    def dataset(self, split: str, *, train: bool) -> SequenceDataset:
+        transform = ClipTransform(self.preprocessing, train=train and self.cfg.augment, hflip=self.cfg.hflip)
+        return SequenceDataset(
+            self.data.splits[split],
+            transform,
+            encode_target=self.data.spec.encode,
+            max_images=self.cfg.max_images,
+            on_bad_image=self.cfg.on_bad_image,
+            shuffle_frames=self.cfg.shuffle_frames,
+            seed=self.seed,
+        )
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, train=train),
+            batch_size=self.batch_size,
+            shuffle=train,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)

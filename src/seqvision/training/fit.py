@@ -1,0 +1,119 @@
+"""``train``: data -> model -> Lightning fit -> best checkpoint evaluated on the test split."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from seqvision.config import RunConfig, save_config, validate
+from seqvision.errors import ConfigError
+
+log = logging.getLogger("seqvision")
+
+MAXIMIZE = ("val_acc", "val_f1")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    test_metrics: dict | None = None
+    val_metrics: dict | None = None
+    reported: list[str] = field(default_factory=list)  # dropped samples and skipped images
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a model as ``cfg`` says, writing everything into ``out_dir``.
+
+    Writes ``config.yaml``, ``splits.json``, ``best.ckpt``, ``last.ckpt``, CSV and TensorBoard logs, and
+    (when there is a test split) ``test/metrics.json`` with the confusion-matrix plot.
+    ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from seqvision.evaluation.evaluate import evaluate_samples
+    from seqvision.inference.predictor import Predictor
+    from seqvision.models.sequence_model import build_sequence_model
+    from seqvision.training.checkpoint import AtomicCheckpointIO
+    from seqvision.training.datamodule import SequenceDataModule, prepare_data
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.training.module import SequenceTask
+
+    validate(cfg)
+    out = Path(out_dir)
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: {last} does not exist; start without --resume")
+    if not resume and (out / "best.ckpt").exists():
+        raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json")
+    model = build_sequence_model(cfg.model, data.spec.num_outputs)
+    d = cfg.data
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
+    class_weights = None
+    if cfg.train.class_weights == "balanced" and data.spec.task == "classification":
+        counts = data.spec.class_counts(data.splits["train"])
+        class_weights = counts.sum() / (len(counts) * counts.clamp_min(1))
+    task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
+    dm = SequenceDataModule(data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    save_config(cfg, out / "config.yaml")
+
+    has_val = bool(data.splits["val"])
+    monitor = cfg.train.monitor or ("val_loss" if has_val else "train_loss")
+    if not has_val and monitor.startswith("val_"):
+        raise ConfigError(f"--monitor {monitor} needs validation samples, and the split has none")
+    if not has_val:
+        warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
+    mode = "max" if monitor in MAXIMIZE else "min"
+    callbacks = [ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, save_last=True, enable_version_counter=False)]
+    if cfg.train.patience > 0 and has_val:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=cfg.train.max_epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=cfg.train.precision,
+        gradient_clip_val=cfg.train.grad_clip or None,
+        deterministic=cfg.train.deterministic,
+        callbacks=callbacks,
+        # versioned log folders: a resumed run adds version_1, ... and never overwrites earlier logs
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    with warnings.catch_warnings():
+        # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
+        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+
+    best = Path(callbacks[0].best_model_path or last)
+    result = TrainResult(out, best, last, reported=data.dropped + sorted(set(task.skipped)))
+    if trainer.is_global_zero:
+        if best != out / "best.ckpt" and best.exists():  # a resumed run may have kept an older best path
+            best = out / "best.ckpt" if (out / "best.ckpt").exists() else best
+        predictor = Predictor.load(best, device="cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
+        for split in ("val", "test"):
+            if data.splits[split]:
+                ev = evaluate_samples(
+                    predictor, data.splits[split], out / split, batch_size=cfg.train.batch_size,
+                    num_workers=dm.num_workers, on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
+                )
+                setattr(result, f"{split}_metrics", ev.metrics)
+                result.reported.extend(m for m in ev.skipped if m not in result.reported)
+    return result

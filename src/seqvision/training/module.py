@@ -1,0 +1,115 @@
+"""The LightningModule: loss, metrics, optimizer and schedule around a plain :class:`SequenceModel`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+
+from seqvision.config import RunConfig
+from seqvision.data.dataset import Batch
+from seqvision.data.targets import TargetSpec
+from seqvision.data.transforms import Preprocessing
+from seqvision.models.sequence_model import SequenceModel
+from seqvision.models.tasks import TaskLoss
+from seqvision.training.checkpoint import checkpoint_metadata
+
+
+class SequenceTask(L.LightningModule):
+    """Trains ``model`` for ``spec``'s task. Every checkpoint it writes carries the ``seqvision`` metadata."""
+
+    def __init__(
+        self,
+        model: SequenceModel,
+        *,
+        cfg: RunConfig,
+        spec: TargetSpec,
+        preprocessing: Preprocessing,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.spec = spec
+        self.preprocessing = preprocessing
+        t = cfg.train
+        self.loss_fn = TaskLoss(spec.task, label_smoothing=t.label_smoothing, class_weights=class_weights, loss=t.loss)
+        if spec.task == "classification":
+            k = spec.num_outputs
+            self.val_metrics = torchmetrics.MetricCollection(
+                {
+                    "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
+                    "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
+                },
+                prefix="val_",
+            )
+        else:
+            self.val_metrics = torchmetrics.MetricCollection(
+                {"mae": torchmetrics.MeanAbsoluteError(), "rmse": torchmetrics.MeanSquaredError(squared=False)},
+                prefix="val_",
+            )
+        self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
+
+    def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(images, lengths)
+
+    def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        batch.raise_errors()
+        self.skipped.extend(batch.skipped)
+        if not batch.sample_ids:
+            return None
+        outputs = self.model(batch.images, batch.lengths)  # (B, K)
+        return outputs, self.loss_fn(outputs, batch.targets)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        result = self._step(batch)
+        if result is None:
+            return None
+        loss = result[1]
+        if not torch.isfinite(loss):
+            from seqvision.errors import SeqVisionError
+
+            raise SeqVisionError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower --lr, keep --grad-clip on "
+                "or use --precision 32. The last good checkpoint is kept"
+            )
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch.sample_ids))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        result = self._step(batch)
+        if result is None:
+            return
+        outputs, loss = result
+        n = len(batch.sample_ids)
+        self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        preds = outputs.float() if self.spec.task == "regression" else outputs.argmax(dim=-1)
+        self.val_metrics.update(preds, batch.targets)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.train
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        encoder_ids = {id(p) for p in self.model.encoder.parameters()}
+        head_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        groups = [{"params": head_params, "lr": t.lr}]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": t.backbone_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(t.warmup_fraction * total)) if t.warmup_fraction > 0 else 0
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["seqvision"] = checkpoint_metadata(self.cfg, self.spec, self.preprocessing)

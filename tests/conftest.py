@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny synthetic data made in tmp_path, an isolated home, and a fast training config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seqvision.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's home or caches (torch hub, matplotlib, ...)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(home / "mpl"))
+
+
+def write_image(path: Path, value: int | tuple[int, int, int], size: int = 16) -> Path:
+    """A flat-colour image (with a little texture) written in the format of ``path``'s suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = (value,) * 3 if isinstance(value, int) else value
+    array = np.zeros((size, size, 3), dtype=np.uint8) + np.array(colour, dtype=np.uint8)
+    array[::4, ::4] = 255 - array[::4, ::4]
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_folder_dataset(root: Path, *, labels=("left", "right"), per_label: int = 3, lengths=(2, 3, 4), size: int = 16) -> Path:
+    """``root/<label>/<sample>/f<i>.png``: brightness encodes the label, lengths vary per sample."""
+    for li, label in enumerate(labels):
+        for n in range(per_label):
+            for t in range(lengths[n % len(lengths)]):
+                write_image(root / label / f"s{n}" / f"f{t}.png", 40 + 150 * li + 5 * t, size)
+    return root
+
+
+@pytest.fixture
+def folder_data(tmp_path) -> Path:
+    return make_folder_dataset(tmp_path / "data")
+
+
+def fast_config(data: Path | str, **train_overrides) -> RunConfig:
+    """A config that trains in about a second: tiny CNN, 16x16 images, no workers."""
+    train = dict(max_epochs=2, batch_size=4, lr=1e-2, backbone_lr=1e-2, patience=0, seed=0, accelerator="cpu")
+    train.update(train_overrides)
+    return RunConfig(
+        data=DataConfig(data=str(data), image_size=16, resize_size=16, num_workers=0, val_fraction=0.3, test_fraction=0.0),
+        model=ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, dropout=0.0),
+        train=TrainConfig(**train),
+    )

@@ -1,0 +1,75 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seqvision.data.images import BadImageError, load_image
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "bmp", "webp", "tiff"])
+def test_formats_decode_to_rgb_uint8(tmp_path, ext):
+    array = np.full((10, 12, 3), (200, 100, 50), dtype=np.uint8)
+    path = tmp_path / f"img.{ext}"
+    Image.fromarray(array).save(path, **({"quality": 95} if ext == "jpg" else {}))
+    image = load_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, 10, 12)
+    assert torch.allclose(image[:, 5, 5].float(), torch.tensor([200.0, 100.0, 50.0]), atol=6)
+
+
+def test_modes_become_rgb(tmp_path):
+    Image.new("L", (4, 4), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(tmp_path / "transparent.png")
+    Image.new("RGBA", (4, 4), (0, 255, 0, 255)).save(tmp_path / "opaque.png")
+    Image.new("P", (4, 4), 3).save(tmp_path / "palette.png")
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert load_image(tmp_path / "gray.png")[:, 0, 0].tolist() == [128, 128, 128]
+    assert load_image(tmp_path / "transparent.png")[:, 0, 0].tolist() == [0, 0, 0]
+    assert load_image(tmp_path / "opaque.png")[:, 0, 0].tolist() == [0, 255, 0]
+    assert load_image(tmp_path / "palette.png").shape == (3, 4, 4)
+    deep = load_image(tmp_path / "deep.png")
+    assert deep.dtype == torch.uint8 and deep[:, 0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_exif_orientation_is_honoured(tmp_path, ext):
+    img = Image.new("RGB", (20, 10), (10, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / f"rot.{ext}", exif=exif)
+    assert load_image(tmp_path / f"rot.{ext}").shape == (3, 20, 10)
+
+
+def _jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("text.jpg", b"this is not an image at all", "not a readable image"),
+        ("cut.jpg", None, "truncated"),
+        ("cut.png", None, "corrupt or truncated"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is None and name.endswith(".jpg"):
+        content = _jpeg_bytes()[:200]
+    if content is None:
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        content = buffer.getvalue()[:300]
+    path.write_bytes(content)
+    with pytest.raises(BadImageError, match=reason) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadImageError, match="does not exist"):
+        load_image(tmp_path / "gone.png")

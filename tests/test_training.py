@@ -1,0 +1,203 @@
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seqvision.config import resolve_config
+from seqvision.data.discovery import discover
+from seqvision.errors import CheckpointError, ConfigError, DataError
+from seqvision.evaluation.evaluate import evaluate
+from seqvision.inference.predict import predict
+from seqvision.inference.predictor import Predictor
+from seqvision.training.fit import train
+
+from conftest import fast_config, make_folder_dataset, write_image
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One trained run shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("run")
+    data = make_folder_dataset(root / "data", per_label=4)
+    result = train(fast_config(data, max_epochs=3), root / "out", progress=False)
+    return data, result
+
+
+def test_training_writes_a_complete_run_folder(trained):
+    data, result = trained
+    out = result.out_dir
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "splits.json", "logs/version_0/metrics.csv", "val/metrics.json", "val/confusion_matrix.png"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("version_0/events.out.tfevents.*"))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["backbone"] == "tiny_cnn" and saved["train"]["max_epochs"] == 3
+    metrics = json.loads((out / "val" / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(metrics)
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["num_samples"]
+
+
+def test_checkpoint_carries_everything_and_loads_without_code(trained):
+    _, result = trained
+    raw = torch.load(result.best_checkpoint, weights_only=True)
+    meta = raw["seqvision"]
+    assert meta["targets"]["class_names"] == ["left", "right"]
+    assert meta["preprocessing"]["image_size"] == 16
+    assert {"seqvision", "torch", "torchvision", "lightning"} <= set(meta["versions"])
+
+
+def test_predict_round_trip_in_a_fresh_process(trained, tmp_path):
+    data, result = trained
+    out = tmp_path / "preds.csv"
+    code = (
+        "from seqvision.inference.predict import predict; import sys;"
+        f"predict({str(result.best_checkpoint)!r}, [{str(data)!r}], {str(out)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "sample,prediction,left,right"
+    assert len(lines) == 1 + 8
+    rows, _ = predict(result.best_checkpoint, [data])  # the same in this process
+    first = lines[1].split(",")
+    assert first[1] == rows[0]["prediction"] and abs(float(first[2]) - rows[0]["left"]) < 1e-5
+    assert abs(sum(float(x) for x in first[2:]) - 1) < 1e-4
+
+
+def test_predict_json_and_single_sample_folder(trained, tmp_path):
+    data, result = trained
+    rows, _ = predict(result.best_checkpoint, [data / "left" / "s0"], tmp_path / "p.json")
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved == rows and len(rows) == 1 and rows[0]["sample"] == str(data / "left" / "s0")
+
+
+def test_evaluate_writes_metrics_and_plot(trained, tmp_path):
+    data, result = trained
+    ev = evaluate(result.best_checkpoint, data, tmp_path / "ev")
+    assert ev.metrics["num_samples"] == 8
+    assert (tmp_path / "ev" / "metrics.json").exists() and (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_evaluate_unknown_label_names_the_sample(trained, tmp_path):
+    data, result = trained
+    other = make_folder_dataset(tmp_path / "other", labels=("left", "sideways"), per_label=1)
+    with pytest.raises(DataError, match=r"'sideways/s0'.*'sideways'.*not know"):
+        evaluate(result.best_checkpoint, other)
+
+
+def test_checkpoint_from_another_task_is_refused(trained, tmp_path):
+    data, result = trained
+    write_image(tmp_path / "i.png", 5)
+    (tmp_path / "m.csv").write_text("sample_id,path,target_speed\na,i.png,1.5\n")
+    with pytest.raises(CheckpointError, match="classifier"):
+        evaluate(result.best_checkpoint, tmp_path / "m.csv")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not a seqvision checkpoint"):
+        Predictor.load(tmp_path / "foreign.ckpt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = str(marker)
+    with open(tmp_path / "evil.ckpt", "wb") as fh:
+        pickle.dump({"seqvision": payload, "state_dict": {}}, fh)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        Predictor.load(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_detected(trained, tmp_path):
+    _, result = trained
+    (tmp_path / "cut.ckpt").write_bytes(result.best_checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        Predictor.load(tmp_path / "cut.ckpt")
+
+
+def test_frozen_backbone_parameters_and_batchnorm_buffers_do_not_move(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = fast_config(data)
+    cfg.model.freeze = True
+    torch.manual_seed(0)
+    result = train(cfg, tmp_path / "out", progress=False)
+    from seqvision.models.sequence_model import build_sequence_model
+
+    reference = build_sequence_model(cfg.model, 2)  # same seed 0 init as train's seed_everything(0)
+    torch.manual_seed(0)
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)
+    reference = build_sequence_model(cfg.model, 2)
+    trained_state = Predictor.load(result.last_checkpoint).model.encoder.state_dict()
+    for key, value in reference.encoder.state_dict().items():
+        assert torch.equal(value, trained_state[key]), key  # weights AND running_mean/var/num_batches
+    head_before = reference.task_head.linear.weight
+    head_after = Predictor.load(result.last_checkpoint).model.task_head.linear.weight
+    assert not torch.equal(head_before, head_after)  # while the heads did learn
+
+
+def test_fine_tuned_backbone_does_change(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = fast_config(data)
+    import lightning as L
+
+    from seqvision.models.sequence_model import build_sequence_model
+
+    L.seed_everything(0, verbose=False)
+    reference = build_sequence_model(cfg.model, 2)
+    result = train(cfg, tmp_path / "out", progress=False)
+    after = Predictor.load(result.last_checkpoint).model.encoder.state_dict()
+    assert not torch.equal(reference.encoder.state_dict()["trunk.0.0.weight"], after["trunk.0.0.weight"])
+
+
+def test_regression_from_a_manifest_and_resume(tmp_path):
+    rows = ["sample_id,path,index,target_size"]
+    for n in range(8):
+        for t in range(1 + n % 3):
+            write_image(tmp_path / f"s{n}_{t}.png", 20 * n + t)
+            rows.append(f"s{n},s{n}_{t}.png,{t},{n / 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    cfg = fast_config(tmp_path / "m.csv", max_epochs=1)
+    result = train(cfg, tmp_path / "out", progress=False)
+    assert set(result.val_metrics) >= {"mae", "rmse", "r2"}
+    assert Predictor.load(result.best_checkpoint).spec.target_names == ["target_size"]
+    cfg.train.max_epochs = 2
+    resumed = train(cfg, tmp_path / "out", resume=True, progress=False)
+    assert torch.load(resumed.last_checkpoint, weights_only=True)["epoch"] == 1
+    assert (tmp_path / "out/logs/version_0/metrics.csv").exists() and (tmp_path / "out/logs/version_1/metrics.csv").exists()
+    rows, _ = predict(result.last_checkpoint, [tmp_path / "m.csv"])
+    assert len(rows) == 8 and isinstance(rows[0]["prediction"], float)
+
+
+def test_an_existing_run_is_not_overwritten(trained):
+    data, result = trained
+    with pytest.raises(ConfigError, match="--resume"):
+        train(fast_config(data), result.out_dir, progress=False)
+
+
+def test_config_precedence_defaults_yaml_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  backbone: resnet50\n  hidden_size: 32\ntrain:\n  lr: 0.5\n")
+    cfg = resolve_config(tmp_path / "c.yaml", {"train": {"lr": 0.1}})
+    assert (cfg.model.backbone, cfg.model.hidden_size, cfg.train.lr, cfg.train.batch_size) == ("resnet50", 32, 0.1, 8)
+    (tmp_path / "bad.yaml").write_text("model:\n  backbon: resnet50\n")
+    with pytest.raises(ConfigError, match="unknown option model.backbon"):
+        resolve_config(tmp_path / "bad.yaml")
+
+
+def test_short_samples_error_or_drop_reported(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=1)
+    cfg.data.min_images = 3
+    with pytest.raises(DataError, match=r"'left/s0'.*fewer than --min-images 3.*--short-samples drop"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg.data.short_samples = "drop"
+    result = train(cfg, tmp_path / "b", progress=False)
+    assert len([r for r in result.reported if "dropped" in r]) == 4  # two 2-image samples per label
