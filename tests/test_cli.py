@@ -71,3 +71,33 @@ def test_help_is_instant_and_imports_no_torch():
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
+
+
+def test_extract_and_cache_commands(tmp_path, capsys):
+    import torch
+
+    from seqvision.models.backbones import build_backbone
+
+    data = make_folder_dataset(tmp_path / "data")
+    torch.save(build_backbone("tiny_cnn", weights="none").trunk.state_dict(), tmp_path / "tiny.pth")
+    # random init would be other weights (another cache key) on every call: use a fixed weights file
+    args = ["extract", "--data", str(data), "--out", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", str(tmp_path / "tiny.pth"),
+            "--image-size", "16", "--num-workers", "0", "--precision", "32", "--no-progress"]
+    assert main(args) == 0
+    assert "extracted 18 images" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "extracted 0 images" in out and "18 already cached" in out
+    assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0
+    assert "tiny_cnn" in capsys.readouterr().out
+    assert main(["cache", "clear", "--dir", str(tmp_path / "cache")]) == 0
+    assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0
+    assert "empty" in capsys.readouterr().out
+
+
+def test_train_frozen_uses_the_cache(tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    assert main(_train_args(data, tmp_path / "run", "--freeze", "--cache", str(tmp_path / "cache"))) == 0
+    assert "feature cache: 0 images reused, 22 computed" in capsys.readouterr().out
+    assert main(_train_args(data, tmp_path / "run2", "--freeze", "--cache", str(tmp_path / "cache"))) == 0
+    assert "feature cache: 22 images reused, 0 computed" in capsys.readouterr().out

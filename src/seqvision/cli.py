@@ -32,6 +32,8 @@ _TRAIN_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction}),
     ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
     ("--num-workers", "data", "num_workers", {"type": int}),
+    ("--cache", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder"}),
+    ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"]}),
     ("--backbone", "model", "backbone", {}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
     ("--pool", "model", "pool", {"choices": ["avg", "max"]}),
@@ -98,6 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("extract", help="compute and cache one feature vector per image (frozen backbone)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--pool", choices=["avg", "max"], default="avg")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--resize-size", type=int)
+    p.add_argument("--mean", type=float, nargs=3)
+    p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--batch-size", type=int, default=64, help="images per CNN batch (across samples)")
+    p.add_argument("--num-workers", type=int, help="decoding workers (default: one per spare core)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="auto: bf16 where the hardware is fast at it")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
+    p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("cache", help="show or clear the feature cache")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
+    p.add_argument("--key", help="clear only this key")
+
     sub.add_parser("backbones", help="list the backbone names")
     return parser
 
@@ -137,6 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.config, _overrides(args))
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if result.feature_cache:
+        fc = result.feature_cache
+        print(f"feature cache: {fc['cached']} images reused, {fc['computed']} computed ({fc['dir']})")
     print(f"best checkpoint: {result.best_checkpoint}")
     for split in ("val", "test"):
         metrics = getattr(result, f"{split}_metrics")
@@ -190,6 +219,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.accuracy >= 0.95 else 1
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from seqvision.data.discovery import discover
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
+    from seqvision.features.extract import extract_features
+    from seqvision.models.backbones import build_backbone
+    from seqvision.runtime import inference_dtype
+
+    import torch
+
+    encoder = build_backbone(args.backbone, weights=args.weights, pool=args.pool)
+    prep = resolve_preprocessing(
+        encoder.preprocessing, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    compute = inference_dtype(device, args.precision)
+    root = Path(args.out) if args.out else default_cache_root()
+    key = CacheKey.for_encoder(encoder, prep, dtype=args.cache_dtype, compute=compute)
+    store = FeatureStore(root, key, content_hash=args.content_hash)
+    stats = extract_features(
+        discover(args.data, require_labels=False), encoder, prep, store, batch_size=args.batch_size,
+        num_workers=args.num_workers, device=device, precision=str(compute).removeprefix("torch."),
+        compile=args.compile, on_bad_image=args.on_bad_image, progress=not args.no_progress,
+    )
+    print(
+        f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s, {stats.dtype}), "
+        f"{stats.cached} already cached -> {store.dir}"
+    )
+    _report(stats.skipped, "images left out")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from seqvision.features.cache import cache_clear, cache_info, default_cache_root
+
+    root = Path(args.dir) if args.dir else default_cache_root()
+    if args.action == "clear":
+        freed = cache_clear(root, args.key)
+        print(f"removed {freed / 1e6:.1f} MB from {root}")
+        return 0
+    entries = cache_info(root)
+    if not entries:
+        print(f"{root}: empty")
+    for e in entries:
+        prep = e["preprocessing"] or {}
+        print(
+            f"{e['key']}  {e['backbone']}  weights {e['weights']}  {prep.get('image_size')}px  pool {e['pool']}  "
+            f"{e['compute']}->{e['dtype']}  {e['entries']} images  {e['shards']} shards  {e['bytes'] / 1e6:.1f} MB"
+        )
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from seqvision.models.backbones import available_backbones
 
@@ -197,11 +278,18 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "backbones": cmd_backbones}
+COMMANDS = {
+    "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+    "extract": cmd_extract, "cache": cmd_cache, "backbones": cmd_backbones,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "evaluate", "predict", "demo", "extract"):
+        from seqvision.runtime import tune_allocator
+
+        tune_allocator()  # before the first big allocation: see runtime.tune_allocator
     _quiet_lightning()
     try:
         return COMMANDS[args.command](args)

@@ -31,10 +31,16 @@ class DataConfig:
     resize_size: int | None = None  # shorter side before the centre crop; None = image_size * 256/224
     mean: list[float] | None = None  # None = the backbone's pretrained normalization
     std: list[float] | None = None
-    augment: bool = True  # random resized crop + flip + colour jitter, ONE draw per sample
+    augment: bool | None = None  # random resized crop + flip + colour jitter, ONE draw per sample;
+    # None = on when the backbone learns, off when it is frozen (so training reads the feature cache)
     hflip: bool = True  # horizontal flip in augmentation (turn off when left/right carries meaning)
     shuffle_frames: bool = False  # control experiment: shuffle the images of every sample (order lost)
     num_workers: int | None = None  # DataLoader workers; None = one per spare core (at most 4)
+    cache: str = "auto"  # frozen backbone: auto (default cache folder) | off | a folder for the feature cache
+    cache_dtype: str = "float32"  # float32 | float16 storage of cached features (half the disk, ~1e-3 error)
+
+    def augment_enabled(self, frozen: bool) -> bool:
+        return (not frozen) if self.augment is None else self.augment
 
 
 @dataclass
@@ -141,6 +147,7 @@ def validate(cfg: RunConfig) -> None:
         ("data", "task"): ("auto", "classification", "regression"),
         ("data", "short_samples"): ("error", "drop"),
         ("data", "on_bad_image"): ("error", "skip"),
+        ("data", "cache_dtype"): ("float32", "float16"),
         ("model", "pool"): ("avg", "max"),
         ("model", "head"): ("lstm",),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),

@@ -19,12 +19,13 @@ from seqvision.errors import DataError
 class Batch:
     """A collated batch. ``images`` holds only real images, sample after sample: ``N = lengths.sum()``."""
 
-    images: torch.Tensor  # (N, 3, S, S) float
+    images: torch.Tensor  # (N, 3, S, S) float, or (N, F) cached features when ``precomputed``
     lengths: torch.Tensor  # (B,) long, images per sample
     sample_ids: list[str]
     targets: torch.Tensor | None = None  # (B,) long class indices, or (B, K) float regression targets
     skipped: list[str] = field(default_factory=list)  # what --on-bad-image skip left out, for the summary
     errors: list[str] = field(default_factory=list)  # bad input found in a worker; raised in the main process
+    precomputed: bool = False  # images holds CNN features from the cache: run the heads only
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -70,28 +71,40 @@ class SequenceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         item: dict = {"id": sample.id, "skipped": [], "error": None, "clip": None, "target": None}
-        frames = []
-        for i in self.frame_indices(index):
-            path = sample.frames[i].path
-            try:
-                frames.append(load_image(path))
-            except BadImageError as exc:
-                message = f"sample {sample.id!r}: image {path}: {exc.reason}"
-                if self.on_bad_image != "skip":
-                    item["error"] = f"{message}. Fix or remove the file, or pass --on-bad-image skip"
-                    return item
-                item["skipped"].append(message)
-        if not frames:
+        paths = [sample.frames[i].path for i in self.frame_indices(index)]
+        clip = self.load_clip(index, paths, item)
+        if item["error"]:
+            return item
+        if clip is None:
             message = f"sample {sample.id!r} ({sample.source}): no readable image"
             if self.on_bad_image != "skip" or not sample.frames:
                 item["error"] = f"{message}; every sample needs at least one image"
             else:
                 item["skipped"].append(message + ", sample left out")
             return item
-        item["clip"] = self.transform(frames)  # (T, 3, S, S)
+        item["clip"] = clip
         if self.encode_target is not None:
             item["target"] = self.encode_target(sample)
         return item
+
+    def bad_frame(self, item: dict, message: str) -> None:
+        """Record a bad image: an error (default) or, with ``on_bad_image='skip'``, a reported skip."""
+        if self.on_bad_image != "skip":
+            item["error"] = f"{message}. Fix or remove the file, or pass --on-bad-image skip"
+        else:
+            item["skipped"].append(message)
+
+    def load_clip(self, index: int, paths: list, item: dict) -> torch.Tensor | None:
+        """Decode and transform the images at ``paths`` -> ``(T, 3, S, S)``; ``None`` if none is readable."""
+        frames = []
+        for path in paths:
+            try:
+                frames.append(load_image(path))
+            except BadImageError as exc:
+                self.bad_frame(item, f"sample {self.samples[index].id!r}: image {path}: {exc.reason}")
+                if item["error"]:
+                    return None
+        return self.transform(frames) if frames else None
 
 
 def collate(items: list[dict]) -> Batch:
@@ -111,4 +124,5 @@ def collate(items: list[dict]) -> Batch:
         targets=targets,
         skipped=skipped,
         errors=errors,
+        precomputed=kept[0]["clip"].dim() == 2,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -17,6 +18,9 @@ from seqvision.data.splits import assign_splits, load_splits, save_splits
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
+
+if TYPE_CHECKING:
+    from seqvision.features.cache import FeatureStore
 
 
 @dataclass
@@ -77,7 +81,8 @@ def default_workers() -> int:
 
 class SequenceDataModule(L.LightningDataModule):
     def __init__(
-        self, data: PreparedData, cfg: DataConfig, *, preprocessing: Preprocessing, batch_size: int, seed: int
+        self, data: PreparedData, cfg: DataConfig, *, preprocessing: Preprocessing, batch_size: int, seed: int,
+        augment: bool, store: "FeatureStore | None" = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -85,19 +90,26 @@ class SequenceDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.seed = seed
-        self.num_workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+        self.augment = augment
+        self.store = store  # a feature cache: samples are served as (T, F) vectors, the CNN is skipped
+        workers = default_workers() if cfg.num_workers is None else cfg.num_workers
+        # cached rows are memory-mapped reads: worker start-up would cost more than it saves
+        self.num_workers = 0 if store is not None and cfg.num_workers is None else workers
 
     def dataset(self, split: str, *, train: bool) -> SequenceDataset:
-        transform = ClipTransform(self.preprocessing, train=train and self.cfg.augment, hflip=self.cfg.hflip)
-        return SequenceDataset(
-            self.data.splits[split],
-            transform,
+        common = dict(
             encode_target=self.data.spec.encode,
             max_images=self.cfg.max_images,
             on_bad_image=self.cfg.on_bad_image,
             shuffle_frames=self.cfg.shuffle_frames,
             seed=self.seed,
         )
+        if self.store is not None:
+            from seqvision.features.dataset import CachedFeatureDataset
+
+            return CachedFeatureDataset(self.data.splits[split], self.store, **common)
+        transform = ClipTransform(self.preprocessing, train=train and self.augment, hflip=self.cfg.hflip)
+        return SequenceDataset(self.data.splits[split], transform, **common)
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         return DataLoader(

@@ -25,6 +25,7 @@ class TrainResult:
     test_metrics: dict | None = None
     val_metrics: dict | None = None
     reported: list[str] = field(default_factory=list)  # dropped samples and skipped images
+    feature_cache: dict | None = None  # folder, images found cached, images computed (frozen backbone)
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -65,7 +66,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         counts = data.spec.class_counts(data.splits["train"])
         class_weights = counts.sum() / (len(counts) * counts.clamp_min(1))
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
-    dm = SequenceDataModule(data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
+    store, cache_report = _feature_store(cfg, model, prep, data, augment=augment, progress=progress)
+    dm = SequenceDataModule(
+        data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment, store=store
+    )
     save_config(cfg, out / "config.yaml")
 
     has_val = bool(data.splits["val"])
@@ -103,7 +108,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
 
     best = Path(callbacks[0].best_model_path or last)
-    result = TrainResult(out, best, last, reported=data.dropped + sorted(set(task.skipped)))
+    result = TrainResult(out, best, last, reported=data.dropped + sorted(set(task.skipped)), feature_cache=cache_report)
     if trainer.is_global_zero:
         if best != out / "best.ckpt" and best.exists():  # a resumed run may have kept an older best path
             best = out / "best.ckpt" if (out / "best.ckpt").exists() else best
@@ -117,3 +122,37 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
                 setattr(result, f"{split}_metrics", ev.metrics)
                 result.reported.extend(m for m in ev.skipped if m not in result.reported)
     return result
+
+
+def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress: bool):
+    """A frozen backbone trains on cached features (building what is missing first), unless the cache is
+    off or augmentation changes pixels every epoch (then the CNN must run live, and we say so)."""
+    if not cfg.model.freeze or cfg.data.cache == "off":
+        return None, None
+    if augment:
+        log.warning(
+            "frozen backbone with --augment: augmentation changes the pixels every epoch, so the CNN runs live "
+            "and the feature cache is not used (pass --no-augment to train on cached features)"
+        )
+        return None, None
+    from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
+    from seqvision.features.extract import extract_features
+    from seqvision.runtime import inference_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
+    # The cache must hold what the live model would compute: the training precision decides.
+    compute = inference_dtype(device, "bf16" if cfg.train.precision.startswith("bf16") else "32")
+    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
+    store = FeatureStore(root, CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute))
+    samples = [s for split in data.splits.values() for s in split]
+    # Extraction draws from torch's RNG (DataLoader seeds): fork it, so a seeded run shuffles and drops
+    # out exactly as the same run with the CNN live does.
+    with torch.random.fork_rng(devices=[]):
+        stats = extract_features(
+            samples, model.encoder, prep, store, device=device, precision=str(compute).removeprefix("torch."),
+            num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
+        )
+    model.encoder.to("cpu").to(memory_format=torch.contiguous_format)  # Lightning places it for training
+    data.dropped.extend(stats.skipped)
+    report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "images_per_second": round(stats.images_per_second, 1)}
+    return store, report

@@ -61,7 +61,10 @@ class SequenceTask(L.LightningModule):
         self.skipped.extend(batch.skipped)
         if not batch.sample_ids:
             return None
-        outputs = self.model(batch.images, batch.lengths)  # (B, K)
+        if batch.precomputed:  # (N, F) vectors from the feature cache: the frozen CNN is skipped
+            outputs = self.model.forward_features(batch.images, batch.lengths)  # (B, K)
+        else:
+            outputs = self.model(batch.images, batch.lengths)  # (B, K)
         return outputs, self.loss_fn(outputs, batch.targets)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:

@@ -1,0 +1,291 @@
+"""The on-disk feature cache: one vector per image file, under a key that changes when anything that
+changes the vector changes.
+
+Layout (documented in the README, readable with numpy alone)::
+
+    CACHE_ROOT/<key>/meta.json                  what the key stands for: backbone, weights fingerprint,
+                                                preprocessing, pooling, storage dtype, feature size
+    CACHE_ROOT/<key>/shard-<id>.npy             (M, F) float16/float32 features, one row per image
+    CACHE_ROOT/<key>/shard-<id>.json            the commit record: the M image identities, in row order,
+                                                and the sha256 of the .npy file
+
+``<key>`` is a hash of the meta: another backbone, other weights or other preprocessing use another
+folder. An image's identity is its absolute path, size and modification time (or, with
+``content_hash=True``, the sha256 of its bytes): a changed file simply misses. Shards are written to a
+temporary name and renamed, the .npy before its .json, so a crash leaves at most an uncommitted .npy
+that is ignored; a shard whose checksum does not match is reported and its images are recomputed.
+Sampling settings are not part of the key: the cache holds every image of a sample, and each
+sampling policy reads the rows it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from seqvision.data.transforms import Preprocessing
+from seqvision.io import atomic_write, atomic_write_text
+
+SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
+
+
+def default_cache_root() -> Path:
+    """``$SEQVISION_CACHE``, else ``$XDG_CACHE_HOME/seqvision/features``, else ``~/.cache/seqvision/features``."""
+    if os.environ.get("SEQVISION_CACHE"):
+        return Path(os.environ["SEQVISION_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "seqvision" / "features"
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, shapes and bytes) of ``module``."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_identity(path: Path, *, content_hash: bool = False) -> str:
+    """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256."""
+    path = Path(path).resolve()
+    if content_hash:
+        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    backbone: str
+    weights: str  # fingerprint of the encoder's parameters and buffers
+    preprocessing: dict
+    pool: str
+    dtype: str  # float16 | float32 storage
+    compute: str  # float32 | bfloat16 | float16: the precision the CNN ran in (bf16 features differ slightly)
+
+    def to_dict(self) -> dict:
+        return {
+            "backbone": self.backbone, "weights": self.weights, "preprocessing": self.preprocessing,
+            "pool": self.pool, "dtype": self.dtype, "compute": self.compute,
+        }
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
+
+    @classmethod
+    def for_encoder(cls, encoder, prep: Preprocessing, *, dtype: str = "float32", compute: torch.dtype = torch.float32) -> "CacheKey":
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
+        compute_name = str(compute).removeprefix("torch.")
+        return cls(encoder.name, weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name)
+
+
+class FeatureStore:
+    """The cached features of one key: lookup by image identity, append in committed shards."""
+
+    def __init__(self, root: Path, key: CacheKey, *, content_hash: bool = False) -> None:
+        self.dir = Path(root) / key.digest
+        self.key = key
+        self.content_hash = content_hash
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "meta.json"
+        if not meta.exists():
+            atomic_write_text(meta, json.dumps(key.to_dict(), indent=1, sort_keys=True))
+        self.index: dict[str, tuple[str, int]] = {}  # identity -> (shard name, row)
+        self.corrupt: list[str] = []  # shards found damaged (reported, their rows recomputed)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._verified: set[str] = set()
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self._load_index()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        for record in sorted(self.dir.glob("shard-*.json")):
+            try:
+                entry = json.loads(record.read_text())
+                identities = entry["identities"]
+                npy = record.with_suffix(".npy")
+                if not npy.exists():
+                    raise ValueError("its .npy file is missing")
+            except (ValueError, KeyError, OSError) as exc:
+                self._quarantine(record.stem, f"unreadable commit record ({exc})")
+                continue
+            for row, identity in enumerate(identities):
+                self.index[identity] = (record.stem, row)
+
+    def _quarantine(self, shard: str, reason: str) -> None:
+        """Move a damaged shard aside (never read again) and remember it for the report."""
+        self.corrupt.append(f"{self.dir / shard}: {reason}; its images will be recomputed")
+        warnings.warn(f"feature cache: shard {self.dir / shard} is damaged ({reason}); recomputing its images", stacklevel=3)
+        for suffix in (".json", ".npy"):
+            path = (self.dir / shard).with_suffix(suffix)
+            if path.exists():
+                path.replace(path.with_name(path.name + ".corrupt"))
+        self.index = {k: v for k, v in self.index.items() if v[0] != shard}
+        self._arrays.pop(shard, None)
+
+    def _array(self, shard: str) -> np.ndarray | None:
+        if shard not in self._arrays:
+            npy = (self.dir / shard).with_suffix(".npy")
+            try:
+                expected = json.loads(npy.with_suffix(".json").read_text())["sha256"]
+                if shard not in self._verified and _sha256_file(npy) != expected:
+                    raise ValueError("checksum mismatch")
+                self._verified.add(shard)
+                self._arrays[shard] = np.load(npy, mmap_mode="r")  # memory-mapped: pages load on use
+            except (ValueError, KeyError, OSError) as exc:
+                self._quarantine(shard, str(exc))
+                return None
+        return self._arrays[shard]
+
+    def identity(self, path: Path) -> str:
+        return file_identity(path, content_hash=self.content_hash)
+
+    def missing(self, paths: Iterable[Path]) -> list[Path]:
+        """The paths (deduplicated, in order) whose current identity has no committed row."""
+        seen, out = set(), []
+        for path in paths:
+            if path in seen:
+                continue
+            seen.add(path)
+            if self.identity(path) not in self.index:
+                out.append(path)
+        return out
+
+    def locate(self, paths: list[Path]) -> list[tuple[str, int] | None]:
+        """Where each path's row is (``None`` when not cached); resolve once, read every epoch."""
+        out = []
+        for path in paths:
+            try:
+                out.append(self.index.get(self.identity(path)))
+            except OSError:  # the file is gone: nothing valid can be cached for it
+                out.append(None)
+        return out
+
+    def read(self, locations: list[tuple[str, int]]) -> torch.Tensor | None:
+        """``(T, F)`` float32 rows at ``locations``; ``None`` if a shard turned out damaged."""
+        rows = []
+        for shard, row in locations:
+            array = self._array(shard)
+            if array is None:
+                return None
+            rows.append(array[row])
+        return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}  # memory maps are reopened in each DataLoader worker, not copied
+        return state
+
+    def get(self, paths: list[Path]) -> tuple[torch.Tensor, list[int]]:
+        """``(T, F)`` float32 features of the found paths, and the positions of those not found."""
+        rows, absent = [], []
+        for i, path in enumerate(paths):
+            try:
+                loc = self.index.get(self.identity(path))
+            except OSError:
+                loc = None
+            array = self._array(loc[0]) if loc else None
+            if array is None:
+                absent.append(i)
+                continue
+            rows.append(np.asarray(array[loc[1]], dtype=np.float32))
+        if not rows:
+            return torch.empty(0, 0), absent
+        return torch.from_numpy(np.stack(rows)), absent
+
+    # -- writing ----------------------------------------------------------------------------------
+    def add(self, identities: list[str], features: torch.Tensor) -> None:
+        """Buffer rows; a shard is committed every :data:`SHARD_ROWS` rows (and on :meth:`flush`)."""
+        array = features.detach().float().cpu().numpy().astype(self.key.dtype)
+        self._pending.extend(zip(identities, array))
+        while len(self._pending) >= SHARD_ROWS:
+            self._commit(self._pending[:SHARD_ROWS])
+            self._pending = self._pending[SHARD_ROWS:]
+
+    def flush(self) -> None:
+        if self._pending:
+            self._commit(self._pending)
+            self._pending = []
+
+    def _commit(self, rows: list[tuple[str, np.ndarray]]) -> None:
+        name = f"shard-{uuid.uuid4().hex[:16]}"
+        npy = self.dir / f"{name}.npy"
+        atomic_write(npy, lambda tmp: _save_npy(tmp, np.stack([r for _, r in rows])))
+        identities = [i for i, _ in rows]
+        atomic_write_text(npy.with_suffix(".json"), json.dumps({"identities": identities, "sha256": _sha256_file(npy)}))
+        for row, identity in enumerate(identities):
+            self.index[identity] = (name, row)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def cache_info(root: Path | None = None) -> list[dict]:
+    """One dict per key folder: its key, entries (images), shards, bytes."""
+    root = Path(root or default_cache_root())
+    out = []
+    if not root.is_dir():
+        return out
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        meta_file = folder / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        entries = 0
+        for record in folder.glob("shard-*.json"):
+            try:
+                entries += len(json.loads(record.read_text())["identities"])
+            except (ValueError, KeyError, OSError):
+                pass
+        out.append({
+            "key": folder.name,
+            "backbone": meta.get("backbone"),
+            "weights": (meta.get("weights") or "")[:12],
+            "preprocessing": meta.get("preprocessing"),
+            "pool": meta.get("pool"),
+            "dtype": meta.get("dtype"),
+            "compute": meta.get("compute"),
+            "entries": entries,
+            "shards": len(list(folder.glob("shard-*.json"))),
+            "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        })
+    return out
+
+
+def cache_clear(root: Path | None = None, key: str | None = None) -> int:
+    """Remove every key folder (or one); returns the number of bytes freed."""
+    import shutil
+
+    root = Path(root or default_cache_root())
+    freed = 0
+    for entry in cache_info(root):
+        if key is None or entry["key"] == key:
+            freed += entry["bytes"]
+            shutil.rmtree(root / entry["key"])
+    return freed

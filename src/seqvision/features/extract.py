@@ -1,0 +1,146 @@
+"""Batched feature extraction: every image of a dataset through the frozen CNN once, streamed to the cache.
+
+Large batches across samples, ``torch.inference_mode``, channels_last, bf16 autocast where the hardware
+runs it fast, decoding in DataLoader workers in parallel with the CNN, and features written to disk in
+shards as they come (bounded memory for any dataset size).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seqvision.data.images import BadImageError, load_image
+from seqvision.data.samples import Sample
+from seqvision.data.transforms import ClipTransform, Preprocessing
+from seqvision.errors import DataError
+from seqvision.features.cache import FeatureStore
+from seqvision.models.backbones import ImageEncoder
+from seqvision.runtime import inference_dtype, tune_allocator
+
+
+class _ImageFiles(Dataset):
+    """One preprocessed image per item: ``(3, S, S)`` float, or the error that names the file."""
+
+    def __init__(self, paths: list[Path], owners: dict[Path, str], prep: Preprocessing) -> None:
+        self.paths = paths
+        self.owners = owners  # path -> a sample that uses it, for error messages
+        self.transform = ClipTransform(prep)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        path = self.paths[i]
+        try:
+            return i, self.transform([load_image(path)])[0], None
+        except BadImageError as exc:
+            return i, None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
+
+
+def _collate(items):
+    good = [(i, x) for i, x, err in items if x is not None]
+    errors = [(i, err) for i, x, err in items if err is not None]
+    images = torch.stack([x for _, x in good]) if good else torch.empty(0)
+    return [i for i, _ in good], images, errors
+
+
+@dataclass
+class ExtractStats:
+    images: int = 0  # computed in this call
+    cached: int = 0  # already in the cache
+    seconds: float = 0.0
+    dtype: str = "float32"  # compute precision used
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def prepare_encoder(encoder: ImageEncoder, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
+    """The encoder on ``device`` in eval mode and channels_last (faster convolutions on CPU and GPU)."""
+    encoder = encoder.to(device).eval()
+    encoder.to(memory_format=torch.channels_last)
+    if compile:
+        return torch.compile(encoder)
+    return encoder
+
+
+@torch.inference_mode()
+def encode_batch(encoder: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, 3, S, S) -> (N, F)`` float32, under autocast when ``dtype`` is not float32."""
+    device = next(encoder.parameters()).device
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        return encoder(images).float()
+    with torch.autocast(device.type, dtype=dtype):
+        return encoder(images).float()
+
+
+def extract_features(
+    samples: list[Sample],
+    encoder: ImageEncoder,
+    prep: Preprocessing,
+    store: FeatureStore,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    compile: bool = False,
+    on_bad_image: str = "error",
+    progress: bool = True,
+) -> ExtractStats:
+    """Compute and cache the features of every image of ``samples`` that the cache lacks.
+
+    Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
+    """
+    from seqvision.training.datamodule import default_workers
+
+    tune_allocator()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    owners: dict[Path, str] = {}
+    for s in samples:
+        for f in s.frames:
+            owners.setdefault(f.path, s.id)
+    todo = store.missing(owners)
+    stats = ExtractStats(cached=len(owners) - len(todo))
+    dtype = inference_dtype(device, precision)
+    stats.dtype = str(dtype).removeprefix("torch.")
+    if not todo:
+        return stats
+    net = prepare_encoder(encoder, device, compile=compile)
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        _ImageFiles(todo, owners, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="extract", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for indices, images, errors in loader:
+            for _, message in errors:
+                if on_bad_image != "skip":
+                    raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip")
+                stats.skipped.append(message)
+            if indices:
+                features = encode_batch(net, images, dtype)  # (n, F)
+                store.add([store.identity(todo[i]) for i in indices], features)
+                stats.images += len(indices)
+            if bar is not None:
+                bar.update(len(indices) + len(errors))
+    finally:
+        store.flush()  # whatever was computed is committed, even when a later batch fails
+        if bar is not None:
+            bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats

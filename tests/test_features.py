@@ -1,0 +1,149 @@
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from seqvision.data.discovery import discover
+from seqvision.data.transforms import Preprocessing
+from seqvision.features.cache import CacheKey, FeatureStore, cache_clear, cache_info
+from seqvision.features.extract import encode_batch, extract_features, prepare_encoder
+from seqvision.models.backbones import build_backbone
+from seqvision.training.fit import train
+
+from conftest import fast_config, make_folder_dataset, write_image
+
+PREP = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _encoder(seed=0, pool="avg"):
+    torch.manual_seed(seed)
+    return build_backbone("tiny_cnn", weights="none", pool=pool).eval()
+
+
+def _store(root, encoder, prep=PREP, **kw):
+    return FeatureStore(root, CacheKey.for_encoder(encoder, prep, **kw))
+
+
+def test_extract_then_hit_then_invalidate_only_the_changed_file(tmp_path, folder_data):
+    samples = discover(folder_data)
+    encoder = _encoder()
+    store = _store(tmp_path / "cache", encoder)
+    first = extract_features(samples, encoder, PREP, store, num_workers=0, precision="32", progress=False)
+    assert (first.images, first.cached) == (18, 0)
+    again = extract_features(samples, encoder, PREP, _store(tmp_path / "cache", encoder), num_workers=0, progress=False, precision="32")
+    assert (again.images, again.cached) == (0, 18)
+
+    changed = folder_data / "left" / "s1" / "f0.png"
+    time.sleep(0.01)
+    write_image(changed, 7)
+    os.utime(changed, ns=(time.time_ns(), time.time_ns()))
+    store = _store(tmp_path / "cache", encoder)
+    assert store.missing([f.path for s in samples for f in s.frames]) == [changed]
+    third = extract_features(samples, encoder, PREP, store, num_workers=0, progress=False, precision="32")
+    assert (third.images, third.cached) == (1, 17)
+
+
+def test_cached_rows_equal_the_live_encoder(tmp_path, folder_data):
+    samples = discover(folder_data)
+    encoder = _encoder()
+    store = _store(tmp_path / "c", encoder)
+    extract_features(samples, encoder, PREP, store, num_workers=0, precision="32", progress=False)
+    from seqvision.data.images import load_image
+    from seqvision.data.transforms import ClipTransform
+
+    frames = samples[2].frames
+    live = encoder.eval()(ClipTransform(PREP)([load_image(f.path) for f in frames]))
+    cached = store.read(store.locate([f.path for f in frames]))
+    assert torch.allclose(live, cached, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["backbone", "weights", "preprocessing", "pool", "dtype"])
+def test_any_change_of_what_makes_a_vector_gives_another_key(change):
+    base = CacheKey.for_encoder(_encoder(), PREP)
+    other = {
+        "backbone": lambda: CacheKey.for_encoder(build_backbone("resnet18", weights="none"), PREP),
+        "weights": lambda: CacheKey.for_encoder(_encoder(seed=1), PREP),
+        "preprocessing": lambda: CacheKey.for_encoder(_encoder(), Preprocessing(24, 24, PREP.mean, PREP.std)),
+        "pool": lambda: CacheKey.for_encoder(_encoder(pool="max"), PREP),
+        "dtype": lambda: CacheKey.for_encoder(_encoder(), PREP, dtype="float16"),
+    }[change]()
+    assert other.digest != base.digest
+    assert CacheKey.for_encoder(_encoder(), PREP).digest == base.digest
+
+
+def test_damaged_shard_is_reported_and_recomputed(tmp_path, folder_data):
+    samples = discover(folder_data)
+    encoder = _encoder()
+    extract_features(samples, encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+    shard = next((tmp_path / "c").glob("*/shard-*.npy"))
+    data = bytearray(shard.read_bytes())
+    data[-8:] = b"\x00" * 8
+    shard.write_bytes(bytes(data))
+    store = _store(tmp_path / "c", encoder)
+    with pytest.warns(UserWarning, match="damaged"):
+        assert store.read(store.locate([samples[0].frames[0].path])) is None
+    assert store.corrupt and "checksum" in store.corrupt[0]
+    redo = extract_features(samples, encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+    assert redo.images == 18
+
+
+def test_uncommitted_shard_is_ignored(tmp_path, folder_data):
+    samples = discover(folder_data)
+    encoder = _encoder()
+    store = _store(tmp_path / "c", encoder)
+    (store.dir / "shard-deadbeef.npy").write_bytes(b"half a shard")  # a crash before the commit record
+    stats = extract_features(samples, encoder, PREP, store, num_workers=0, progress=False, precision="32")
+    assert stats.images == 18
+
+
+def test_bf16_features_are_close_to_fp32():
+    encoder = prepare_encoder(_encoder(), torch.device("cpu"))
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 16, 16)
+    fp32 = encode_batch(encoder, images, torch.float32)
+    bf16 = encode_batch(encoder, images, torch.bfloat16)
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=-1).min() > 0.99
+
+
+def test_cache_info_and_clear(tmp_path, folder_data):
+    encoder = _encoder()
+    extract_features(discover(folder_data), encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+    (info,) = cache_info(tmp_path / "c")
+    assert info["entries"] == 18 and info["backbone"] == "tiny_cnn" and info["bytes"] > 0
+    assert cache_clear(tmp_path / "c") == info["bytes"]
+    assert cache_info(tmp_path / "c") == []
+
+
+def test_frozen_training_on_cached_features_matches_live_training(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    results = {}
+    for mode in ("live", "cached"):
+        cfg = fast_config(data, max_epochs=3)
+        cfg.model.freeze = True
+        cfg.data.cache = "off" if mode == "live" else str(tmp_path / "cache")
+        results[mode] = train(cfg, tmp_path / mode, progress=False)
+    assert results["live"].feature_cache is None
+    assert results["cached"].feature_cache["computed"] == 22  # 2 labels x (2+3+4+2) images
+    live, cached = results["live"].val_metrics, results["cached"].val_metrics
+    assert live["accuracy"] == cached["accuracy"]
+    live_loss = [r for r in (tmp_path / "live/logs/version_0/metrics.csv").read_text().splitlines()]
+    cached_loss = [r for r in (tmp_path / "cached/logs/version_0/metrics.csv").read_text().splitlines()]
+    import csv, io
+
+    def losses(lines):
+        return [float(r["train_loss"]) for r in csv.DictReader(io.StringIO("\n".join(lines))) if r["train_loss"]]
+
+    assert losses(live_loss) == pytest.approx(losses(cached_loss), abs=1e-4)
+
+
+def test_frozen_with_explicit_augmentation_runs_live(tmp_path, caplog):
+    data = make_folder_dataset(tmp_path / "data")
+    cfg = fast_config(data, max_epochs=1)
+    cfg.model.freeze = True
+    cfg.data.augment = True
+    cfg.data.cache = str(tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="seqvision"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    assert result.feature_cache is None and "--no-augment" in caplog.text
