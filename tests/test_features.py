@@ -147,3 +147,32 @@ def test_frozen_with_explicit_augmentation_runs_live(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="seqvision"):
         result = train(cfg, tmp_path / "run", progress=False)
     assert result.feature_cache is None and "--no-augment" in caplog.text
+
+
+def test_prefetch_keeps_order_and_reraises_errors():
+    from seqvision.features.extract import prefetch
+
+    assert list(prefetch(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise RuntimeError("decode failed")
+
+    with pytest.raises(RuntimeError, match="decode failed"):
+        list(prefetch(broken()))
+    gen = prefetch(iter(range(1000)), depth=1)
+    assert next(gen) == 0
+    gen.close()  # leaving early stops the producer thread
+
+
+def test_bad_image_during_extraction_names_it_or_is_skipped(tmp_path, folder_data):
+    from seqvision.errors import DataError
+
+    (folder_data / "right" / "s2" / "f3.png").write_bytes(b"nope")
+    samples = discover(folder_data)
+    encoder = _encoder()
+    with pytest.raises(DataError, match=r"'right/s2'.*f3.png"):
+        extract_features(samples, encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+    stats = extract_features(samples, encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False,
+                             precision="32", on_bad_image="skip")
+    assert len(stats.skipped) == 1 and stats.images + stats.cached == 17

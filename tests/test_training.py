@@ -201,3 +201,22 @@ def test_short_samples_error_or_drop_reported(tmp_path):
     cfg.data.short_samples = "drop"
     result = train(cfg, tmp_path / "b", progress=False)
     assert len([r for r in result.reported if "dropped" in r]) == 4  # two 2-image samples per label
+
+
+def test_a_sample_folder_without_images_is_an_error_or_a_reported_drop(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    (data / "left" / "hollow").mkdir()
+    cfg = fast_config(data, max_epochs=1)
+    with pytest.raises(DataError, match=r"'left/hollow'.*has no images"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg.data.short_samples = "drop"
+    result = train(cfg, tmp_path / "b", progress=False)
+    assert any("left/hollow" in r and "no images, dropped" in r for r in result.reported)
+
+
+def test_half_precision_on_a_cpu_is_refused_clearly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg = fast_config(make_folder_dataset(tmp_path / "data"), precision="16-mixed")
+    with pytest.raises(ConfigError, match="16-mixed needs a CUDA GPU"):
+        train(cfg, tmp_path / "out", progress=False)

@@ -7,9 +7,13 @@ shards as they come (bounded memory for any dataset size).
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Queue
+from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -47,6 +51,53 @@ def _collate(items):
     errors = [(i, err) for i, x, err in items if err is not None]
     images = torch.stack([x for _, x in good]) if good else torch.empty(0)
     return [i for i, _ in good], images, errors
+
+
+def extraction_workers(device: torch.device) -> int:
+    """Decoding processes for extraction. On a CPU with few cores the CNN's threads already hold every
+    core, and a worker process only preempts them (measured here, 2 cores, ResNet-18: ~83 images/s with
+    one worker vs ~96 with in-process decoding on a prefetch thread). GPUs and big CPUs get workers."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and cores <= 4:
+        return 0
+    from seqvision.training.datamodule import default_workers
+
+    return default_workers() if device.type == "cpu" else min(8, max(1, cores - 1))
+
+
+def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
+    """Yield from ``iterable`` while a background thread produces the next items (decoding releases
+    the GIL, so it overlaps the CNN without a second process)."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()  # set when the consumer leaves early (an error, a break)
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                queue.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            queue.put(exc)
+        queue.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True, name="seqvision-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            while not queue.empty():
+                queue.get_nowait()
+            thread.join(timeout=0.05)
 
 
 @dataclass
@@ -100,8 +151,6 @@ def extract_features(
 
     Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
     """
-    from seqvision.training.datamodule import default_workers
-
     tune_allocator()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     owners: dict[Path, str] = {}
@@ -115,11 +164,12 @@ def extract_features(
     if not todo:
         return stats
     net = prepare_encoder(encoder, device, compile=compile)
-    workers = default_workers() if num_workers is None else num_workers
+    workers = extraction_workers(device) if num_workers is None else num_workers
     loader = DataLoader(
         _ImageFiles(todo, owners, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
+    batches = loader if workers > 0 else prefetch(loader)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -127,7 +177,7 @@ def extract_features(
         bar = tqdm(total=len(todo), unit="img", desc="extract", dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for indices, images, errors in loader:
+        for indices, images, errors in batches:
             for _, message in errors:
                 if on_bad_image != "skip":
                     raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip")

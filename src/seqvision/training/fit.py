@@ -48,6 +48,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     from seqvision.training.module import SequenceTask
 
     validate(cfg)
+    if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
+        raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
     out = Path(out_dir)
     last = out / "last.ckpt"
     if resume and not last.is_file():

@@ -1,0 +1,274 @@
+"""Extraction speed, the machine's ceiling, and what the feature cache saves — measured in ONE run.
+
+    python benchmarks/extract_speed.py            # ResNet-18 (+ ResNet-50), 64 samples x 16 JPEGs of 320x240
+    python benchmarks/extract_speed.py --quick    # a seconds-long smoke run (CI): checks it works, not speed
+
+Prints a human-readable table and, last, one JSON line with every figure. Weights are random (no
+download): speed does not depend on the weight values.
+
+Measured:
+  naive      the seed's recipe: PIL + torchvision transforms per image, one image per forward pass, fp32
+  seqvision  seqvision's extract_features: batched across samples, channels_last, bf16 where fast,
+             decoding in a DataLoader worker in parallel with the CNN, features streamed to the cache
+  ceiling    the machine's own conv peak (bf16 and fp32, GFLOP/s) / the backbone's GFLOP per image
+  epoch      one frozen-backbone training epoch (LSTM head, AdamW) recomputing CNN features (naive per
+             image, and seqvision's batched live path) vs reading the feature cache
+  malloc     seqvision extraction in a fresh process with and without seqvision's allocator tuning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from seqvision.config import ModelConfig  # noqa: E402
+from seqvision.data.dataset import SequenceDataset, collate  # noqa: E402
+from seqvision.data.discovery import discover  # noqa: E402
+from seqvision.data.targets import TargetSpec  # noqa: E402
+from seqvision.data.transforms import ClipTransform  # noqa: E402
+from seqvision.features.cache import CacheKey, FeatureStore  # noqa: E402
+from seqvision.features.dataset import CachedFeatureDataset  # noqa: E402
+from seqvision.features.extract import extract_features  # noqa: E402
+from seqvision.models.sequence_model import build_sequence_model  # noqa: E402
+from seqvision.runtime import inference_dtype, tune_allocator  # noqa: E402
+
+
+def make_data(root: Path, samples: int, frames: int, width: int, height: int) -> Path:
+    """Deterministic JPEG frame folders: ROOT/c<k>/s<i>/f<t>.jpg with moving gradients and noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for i in range(samples):
+        folder = root / f"c{i % 2}" / f"s{i:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, 3)
+        for t in range(frames):
+            img = np.stack([(xx * (c + 1) + yy + 9 * t + base[c]) % 256 for c in range(3)], -1).astype(np.uint8)
+            img = np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"f{t}.jpg", quality=90)
+    return root
+
+
+def conv_flops(model: torch.nn.Module, size: int) -> float:
+    """FLOPs (2 x multiply-adds) of the convolutions and linear layers for one size x size image."""
+    total = 0.0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += 2.0 * k * output.numel()
+        elif isinstance(module, torch.nn.Linear):
+            total += 2.0 * module.in_features * output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def conv_peak(dtype: torch.dtype, quick: bool) -> float:
+    """The best GFLOP/s of large 3x3 convolutions (channels_last, inference) in ``dtype``."""
+    best = 0.0
+    # ResNet-like layer shapes (batch, channels, size); the best of them is the machine's peak
+    shapes = [(64, 64, 56), (64, 128, 28), (64, 256, 14), (64, 512, 7), (32, 256, 28)] if not quick else [(4, 64, 28)]
+    for n, c, hw in shapes:
+        conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last).eval()
+        x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
+        flops = 2.0 * n * hw * hw * c * c * 9
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            for _ in range(2):
+                conv(x)
+            for _ in range(3 if quick else 6):
+                start = time.perf_counter()
+                conv(x)
+                best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def naive_extract(backbone: str, paths: list[Path], size: int) -> float:
+    """The tutorial loop: one image per forward pass, PIL + torchvision transforms, fp32. Returns images/s."""
+    import torchvision
+    from torchvision import transforms as T
+
+    model = torchvision.models.get_model(backbone, weights=None)
+    model.fc = torch.nn.Identity()
+    model.eval()
+    transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    with torch.no_grad():
+        model(transform(Image.open(paths[0]).convert("RGB")).unsqueeze(0))  # warm-up
+        start = time.perf_counter()
+        for p in paths:
+            model(transform(Image.open(p).convert("RGB")).unsqueeze(0))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def seqvision_extract(backbone: str, data: Path, cache: Path, size: int, batch: int) -> dict:
+    """seqvision's extraction of every image, wall time including loader start-up. Returns figures."""
+    samples = discover(data)
+    model = build_sequence_model(ModelConfig(backbone=backbone, weights="none", freeze=True), 2)
+    from seqvision.data.transforms import resolve_preprocessing
+
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
+    dtype = inference_dtype(torch.device("cpu"))
+    store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=dtype))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    stats = extract_features(samples, model.encoder, prep, store, batch_size=batch, precision="auto", progress=False)
+    wall = time.perf_counter() - start
+    return {
+        "images": stats.images, "images_per_s": stats.images / wall, "dtype": stats.dtype,
+        "page_faults_per_batch": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(1, -(-stats.images // batch)),
+    }
+
+
+def cosine_bf16_vs_fp32(backbone: str, data: Path, size: int) -> float:
+    """Mean and min cosine similarity of bf16 vs fp32 features on one real batch."""
+    from seqvision.data.images import load_image
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.extract import encode_batch, prepare_encoder
+    from seqvision.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    encoder = build_backbone(backbone, weights="none")
+    prep = resolve_preprocessing(encoder.preprocessing, image_size=size)
+    paths = sorted(data.rglob("*.jpg"))[:32]
+    images = ClipTransform(prep)([load_image(p) for p in paths])
+    net = prepare_encoder(encoder, torch.device("cpu"))
+    fp32 = encode_batch(net, images, torch.float32)
+    bf16 = encode_batch(net, images, torch.bfloat16)
+    return float(torch.nn.functional.cosine_similarity(fp32, bf16, dim=-1).min())
+
+
+def epoch_times(backbone: str, data: Path, cache: Path, size: int, naive_ips: float) -> dict:
+    """One frozen-backbone epoch (batch 8): live batched CNN vs cached features; naive from its images/s."""
+    samples = discover(data)
+    spec = TargetSpec.infer(samples)
+    torch.manual_seed(0)
+    model = build_sequence_model(ModelConfig(backbone=backbone, weights="none", freeze=True), 2)
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.models.tasks import TaskLoss
+
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
+    store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=torch.float32))
+    extract_features(samples, model.encoder, prep, store, precision="32", progress=False)
+    model.encoder.to(memory_format=torch.contiguous_format)
+    loss_fn = TaskLoss("classification")
+    from seqvision.training.module import make_adamw
+
+    optim = make_adamw([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3}], weight_decay=0.01)
+
+    def epoch(dataset, cached: bool) -> float:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=collate, num_workers=0)
+        model.train()
+        start = time.perf_counter()
+        for batch in loader:
+            out = model.forward_features(batch.images, batch.lengths) if cached else model(batch.images, batch.lengths)
+            loss = loss_fn(out, batch.targets)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        return time.perf_counter() - start
+
+    live = SequenceDataset(samples, ClipTransform(prep), encode_target=spec.encode)
+    cached = CachedFeatureDataset(samples, store, encode_target=spec.encode)
+    epoch(cached, True)  # warm-up
+    cached_s = min(epoch(cached, True) for _ in range(5))
+    live_s = epoch(live, False)
+    images = sum(len(s.frames) for s in samples)
+    # the seed recomputes every feature one image at a time each epoch, then trains the same head
+    naive_s = images / naive_ips + cached_s
+    return {"cached_s": cached_s, "live_batched_s": live_s, "naive_recompute_s": naive_s,
+            "speedup_vs_naive": naive_s / cached_s, "speedup_vs_live_batched": live_s / cached_s}
+
+
+def malloc_effect(backbone: str, data: Path, size: int, batch: int) -> dict:
+    """Extraction in fresh processes with and without the allocator tuning (env switch)."""
+    out = {}
+    for name, env in (("tuned", {}), ("default_malloc", {"SEQVISION_NO_MALLOC_TUNING": "1"})):
+        with tempfile.TemporaryDirectory() as cache:
+            code = (f"import sys, json; sys.argv=['x']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r});"
+                    "import extract_speed as b; from pathlib import Path; import seqvision.runtime as r; r.tune_allocator();"
+                    f"print(json.dumps(b.seqvision_extract({backbone!r}, Path({str(data)!r}), Path({cache!r}), {size}, {batch})))")
+            res = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+            out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "tuned_images_per_s": out["tuned"]["images_per_s"],
+        "default_images_per_s": out["default_malloc"]["images_per_s"],
+        "tuned_faults_per_batch": out["tuned"]["page_faults_per_batch"],
+        "default_faults_per_batch": out["default_malloc"]["page_faults_per_batch"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it works, not speed")
+    parser.add_argument("--no-resnet50", action="store_true")
+    args = parser.parse_args()
+    tune_allocator()
+    q = args.quick
+    samples, frames, w, h, size, batch = (4, 4, 64, 48, 64, 8) if q else (64, 16, 320, 240, 224, 64)
+    report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                "torch": torch.__version__, "threads": torch.get_num_threads()}, "quick": q}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(Path(tmp) / "data", samples, frames, w, h)
+        paths = sorted(data.rglob("*.jpg"))
+        peak = {"fp32": conv_peak(torch.float32, q), "bf16": conv_peak(torch.bfloat16, q)}
+        report["conv_peak_gflops"] = peak
+        backbones = ["resnet18"] + ([] if q or args.no_resnet50 else ["resnet50"])
+        for backbone in backbones:
+            import torchvision
+
+            gflop = conv_flops(torchvision.models.get_model(backbone), size) / 1e9
+            naive = naive_extract(backbone, paths[: (8 if q else 256)], size)
+            ours = seqvision_extract(backbone, data, Path(tmp) / f"cache-{backbone}", size, batch)
+            fast = peak["bf16"] if ours["dtype"] == "bfloat16" else peak["fp32"]
+            ceiling = fast / gflop
+            report[backbone] = {
+                "gflop_per_image": gflop,
+                "naive_images_per_s": naive,
+                "seqvision_images_per_s": ours["images_per_s"],
+                "seqvision_dtype": ours["dtype"],
+                "speedup_vs_naive": ours["images_per_s"] / naive,
+                "ceiling_images_per_s": ceiling,
+                "fraction_of_ceiling": ours["images_per_s"] / ceiling,
+                "bf16_vs_fp32_min_cosine": cosine_bf16_vs_fp32(backbone, data, size),
+            }
+        report["epoch"] = epoch_times("resnet18", data, Path(tmp) / "cache-epoch", size, report["resnet18"]["naive_images_per_s"])
+        report["malloc"] = malloc_effect(backbones[-1], data, size, batch)
+        report["malloc"]["backbone"] = backbones[-1]
+
+    print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    for backbone in backbones:
+        r = report[backbone]
+        print(f"{backbone}: naive {r['naive_images_per_s']:.1f} img/s | seqvision {r['seqvision_images_per_s']:.1f} img/s "
+              f"({r['seqvision_dtype']}) = {r['speedup_vs_naive']:.2f}x | ceiling {r['ceiling_images_per_s']:.0f} img/s "
+              f"-> {100 * r['fraction_of_ceiling']:.0f}% | bf16/fp32 cosine >= {r['bf16_vs_fp32_min_cosine']:.4f}")
+    e = report["epoch"]
+    print(f"frozen epoch: cached {1000 * e['cached_s']:.1f} ms | live batched {e['live_batched_s']:.2f} s | naive recompute "
+          f"{e['naive_recompute_s']:.2f} s -> {e['speedup_vs_naive']:.0f}x vs naive, {e['speedup_vs_live_batched']:.0f}x vs live batched")
+    m = report["malloc"]
+    print(f"malloc ({m['backbone']}): tuned {m['tuned_images_per_s']:.1f} img/s, {m['tuned_faults_per_batch']:.0f} faults/batch | "
+          f"default {m['default_images_per_s']:.1f} img/s, {m['default_faults_per_batch']:.0f} faults/batch")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
