@@ -120,7 +120,7 @@ def naive_extract(backbone: str, paths: list[Path], size: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def seqvision_extract(backbone: str, data: Path, cache: Path, size: int, batch: int) -> dict:
+def seqvision_extract(backbone: str, data: Path, cache: Path, size: int, batch: int, compile: bool = False) -> dict:
     """seqvision's extraction of every image, wall time including loader start-up. Returns figures."""
     samples = discover(data)
     model = build_sequence_model(ModelConfig(backbone=backbone, weights="none", freeze=True), 2)
@@ -131,7 +131,7 @@ def seqvision_extract(backbone: str, data: Path, cache: Path, size: int, batch: 
     store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=dtype))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
-    stats = extract_features(samples, model.encoder, prep, store, batch_size=batch, precision="auto", progress=False)
+    stats = extract_features(samples, model.encoder, prep, store, batch_size=batch, precision="auto", progress=False, compile=compile)
     wall = time.perf_counter() - start
     return {
         "images": stats.images, "images_per_s": stats.images / wall, "dtype": stats.dtype,
@@ -221,6 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it works, not speed")
     parser.add_argument("--no-resnet50", action="store_true")
+    parser.add_argument("--keras-python", help="a Python with TensorFlow: also time the Keras idiom (keras_baseline.py)")
+    parser.add_argument("--compile", action="store_true", help="also time seqvision extraction with torch.compile")
     args = parser.parse_args()
     tune_allocator()
     q = args.quick
@@ -251,9 +253,19 @@ def main() -> None:
                 "fraction_of_ceiling": ours["images_per_s"] / ceiling,
                 "bf16_vs_fp32_min_cosine": cosine_bf16_vs_fp32(backbone, data, size),
             }
+        if args.compile:
+            report["resnet18"]["compiled_images_per_s"] = seqvision_extract("resnet18", data, Path(tmp) / "cache-compiled", size, batch, compile=True)["images_per_s"]
         report["epoch"] = epoch_times("resnet18", data, Path(tmp) / "cache-epoch", size, report["resnet18"]["naive_images_per_s"])
         report["malloc"] = malloc_effect(backbones[-1], data, size, batch)
         report["malloc"]["backbone"] = backbones[-1]
+
+    if args.keras_python:
+        res = subprocess.run([args.keras_python, str(ROOT / "benchmarks" / "keras_baseline.py")] + (["--quick"] if q else []),
+                             capture_output=True, text=True, check=True)
+        keras = json.loads(res.stdout.strip().splitlines()[-1])
+        report["keras_resnet50"] = keras
+        if "resnet50" in report:
+            report["resnet50"]["speedup_vs_keras"] = report["resnet50"]["seqvision_images_per_s"] / keras["keras_images_per_s"]
 
     print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     for backbone in backbones:
@@ -261,6 +273,12 @@ def main() -> None:
         print(f"{backbone}: naive {r['naive_images_per_s']:.1f} img/s | seqvision {r['seqvision_images_per_s']:.1f} img/s "
               f"({r['seqvision_dtype']}) = {r['speedup_vs_naive']:.2f}x | ceiling {r['ceiling_images_per_s']:.0f} img/s "
               f"-> {100 * r['fraction_of_ceiling']:.0f}% | bf16/fp32 cosine >= {r['bf16_vs_fp32_min_cosine']:.4f}")
+    if "compiled_images_per_s" in report["resnet18"]:
+        print(f"resnet18 with --compile: {report['resnet18']['compiled_images_per_s']:.1f} img/s (compile time included)")
+    if "keras_resnet50" in report:
+        k = report["keras_resnet50"]["keras_images_per_s"]
+        ratio = report.get("resnet50", {}).get("speedup_vs_keras")
+        print(f"keras TimeDistributed(ResNet50)+LSTM, fp32, tf.function: {k:.1f} img/s" + (f" -> seqvision {ratio:.2f}x" if ratio else ""))
     e = report["epoch"]
     print(f"frozen epoch: cached {1000 * e['cached_s']:.1f} ms | live batched {e['live_batched_s']:.2f} s | naive recompute "
           f"{e['naive_recompute_s']:.2f} s -> {e['speedup_vs_naive']:.0f}x vs naive, {e['speedup_vs_live_batched']:.0f}x vs live batched")

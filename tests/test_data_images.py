@@ -73,3 +73,39 @@ def test_bad_files_name_the_file(tmp_path, name, content, reason):
 def test_missing_file(tmp_path):
     with pytest.raises(BadImageError, match="does not exist"):
         load_image(tmp_path / "gone.png")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels with almost no data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    import resource
+
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BadImageError, match="pixel limit"):
+        load_image(tmp_path / "bomb.png")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 1.2 GB
+
+
+def test_large_jpeg_header_is_checked_before_decoding(tmp_path, monkeypatch):
+    from seqvision.data import images
+
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "big.jpg")
+    monkeypatch.setattr(images, "MAX_PIXELS", 300 * 200 - 1)
+    with pytest.raises(BadImageError, match="300x200 pixels"):
+        load_image(tmp_path / "big.jpg")
+
+
+def test_one_pixel_image_is_fine(tmp_path):
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
+    assert load_image(tmp_path / "dot.png").shape == (3, 1, 1)

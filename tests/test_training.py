@@ -171,7 +171,7 @@ def test_regression_from_a_manifest_and_resume(tmp_path):
     assert Predictor.load(result.best_checkpoint).spec.target_names == ["target_size"]
     cfg.train.max_epochs = 2
     resumed = train(cfg, tmp_path / "out", resume=True, progress=False)
-    assert torch.load(resumed.last_checkpoint, weights_only=True)["epoch"] == 1
+    assert torch.load(resumed.last_checkpoint, weights_only=True)["global_step"] == 4  # 2 epochs x 2 steps
     assert (tmp_path / "out/logs/version_0/metrics.csv").exists() and (tmp_path / "out/logs/version_1/metrics.csv").exists()
     rows, _ = predict(result.last_checkpoint, [tmp_path / "m.csv"])
     assert len(rows) == 8 and isinstance(rows[0]["prediction"], float)

@@ -62,6 +62,7 @@ _TRAIN_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("--accelerator", "train", "accelerator", {}),
     ("--devices", "train", "devices", {}),
     ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction}),
+    ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
 ]
 
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
+    p.add_argument("--shard-rows", type=int, default=4096, help="images per committed cache shard (what a crash can lose)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     p.add_argument("--no-progress", action="store_true")
 
@@ -237,7 +239,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     compute = inference_dtype(device, args.precision)
     root = Path(args.out) if args.out else default_cache_root()
     key = CacheKey.for_encoder(encoder, prep, dtype=args.cache_dtype, compute=compute)
-    store = FeatureStore(root, key, content_hash=args.content_hash)
+    store = FeatureStore(root, key, content_hash=args.content_hash, shard_rows=args.shard_rows)
     stats = extract_features(
         discover(args.data, require_labels=False), encoder, prep, store, batch_size=args.batch_size,
         num_workers=args.num_workers, device=device, precision=str(compute).removeprefix("torch."),

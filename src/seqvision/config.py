@@ -77,6 +77,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     deterministic: bool = False
+    on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
 
 
 @dataclass
@@ -153,6 +154,7 @@ def validate(cfg: RunConfig) -> None:
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
         ("train", "loss"): ("mse", "l1"),
         ("train", "class_weights"): (None, "balanced"),
+        ("train", "on_nan"): ("stop", "skip"),
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)

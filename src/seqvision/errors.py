@@ -17,3 +17,7 @@ class ConfigError(SeqVisionError):
 
 class CheckpointError(SeqVisionError):
     """A checkpoint that is missing, corrupt, unsafe or made for another task."""
+
+
+class StorageError(SeqVisionError):
+    """A file could not be written (disk full, no permission); what was there before is intact."""

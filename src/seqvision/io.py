@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+import torch
+
+from seqvision.errors import StorageError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -17,6 +23,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise StorageError(
+                f"cannot write {path} ({os.strerror(exc.errno)}); the previous version of the file, if any, "
+                "is intact. Free space (or fix permissions) and run the command again"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -24,3 +38,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a dict of tensors (a state_dict)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -6,6 +6,7 @@ Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all b
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seqvision.errors import DataError
 
-# Decompression-bomb guard: refuse images of more than this many pixels (about 16k x 16k).
-MAX_PIXELS = 268_435_456
+# Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
+# before decoding them, so memory stays bounded whatever a file's header claims.
+MAX_PIXELS = 100_000_000
 
 
 class BadImageError(DataError):
@@ -52,6 +54,11 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
     if b"\xff\xd9" not in data[-4096:]:
         raise BadImageError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
     try:
+        with Image.open(io.BytesIO(data)) as header:  # parses the header only: the size, before decoding
+            _check_size(path, header.height, header.width)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError):
+        pass  # let the decoders below report what is wrong with it
+    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -68,20 +75,22 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
 
 def _check_size(path: Path, height: int, width: int) -> None:
     if height * width > MAX_PIXELS:
-        raise BadImageError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit")
+        raise BadImageError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)")
 
 
 def _decode_pillow(path: Path) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
             with Image.open(path) as img:
                 _check_size(path, img.height, img.width)
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img)
     except BadImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError:
+        raise BadImageError(path, f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)") from None
+    except UnidentifiedImageError as exc:
         raise BadImageError(path, f"not a readable image ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, f"corrupt or truncated image ({exc})") from None

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from seqvision.data.transforms import Preprocessing
-from seqvision.io import atomic_write, atomic_write_text
+from seqvision.io import atomic_write, atomic_write_text, tensor_digest
 
 SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
 
@@ -47,13 +47,8 @@ def default_cache_root() -> Path:
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, shapes and bytes) of ``module``."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """sha256 over every parameter and buffer (names, shapes, dtypes and bytes) of ``module``."""
+    return tensor_digest(module.state_dict())
 
 
 def file_identity(path: Path, *, content_hash: bool = False) -> str:
@@ -103,10 +98,11 @@ class CacheKey:
 class FeatureStore:
     """The cached features of one key: lookup by image identity, append in committed shards."""
 
-    def __init__(self, root: Path, key: CacheKey, *, content_hash: bool = False) -> None:
+    def __init__(self, root: Path, key: CacheKey, *, content_hash: bool = False, shard_rows: int = SHARD_ROWS) -> None:
         self.dir = Path(root) / key.digest
         self.key = key
         self.content_hash = content_hash
+        self.shard_rows = shard_rows  # rows per committed shard: what a crash can lose, and the RAM buffer
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if not meta.exists():
@@ -216,12 +212,12 @@ class FeatureStore:
 
     # -- writing ----------------------------------------------------------------------------------
     def add(self, identities: list[str], features: torch.Tensor) -> None:
-        """Buffer rows; a shard is committed every :data:`SHARD_ROWS` rows (and on :meth:`flush`)."""
+        """Buffer rows; a shard is committed every ``shard_rows`` rows (and on :meth:`flush`)."""
         array = features.detach().float().cpu().numpy().astype(self.key.dtype)
         self._pending.extend(zip(identities, array))
-        while len(self._pending) >= SHARD_ROWS:
-            self._commit(self._pending[:SHARD_ROWS])
-            self._pending = self._pending[SHARD_ROWS:]
+        while len(self._pending) >= self.shard_rows:
+            self._commit(self._pending[: self.shard_rows])
+            self._pending = self._pending[self.shard_rows :]
 
     def flush(self) -> None:
         if self._pending:

@@ -48,6 +48,49 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator a training run draws from, as plain tensors and numbers (weights_only-safe)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`, so a resumed run shuffles and drops out as the uninterrupted one would."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def verify_checkpoint(raw: dict[str, Any], path: Path) -> None:
+    """The weights' checksum stored at save time must match the loaded weights (bit rot, bad copies)."""
+    from seqvision.io import tensor_digest
+
+    expected = raw["seqvision"].get("state_sha256")
+    if expected is not None and tensor_digest(raw["state_dict"]) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its weights do not match the checksum stored in it; use another "
+            "checkpoint (last.ckpt / best.ckpt) or retrain"
+        )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a seqvision checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
     path = Path(path)
@@ -67,6 +110,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "written by `seqvision train`"
         )
     meta = raw["seqvision"]
+    if not isinstance(meta, dict) or not isinstance(raw["state_dict"], dict):
+        raise CheckpointError(f"{path}: malformed seqvision checkpoint")
+    verify_checkpoint(raw, path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer seqvision (format {meta['format_version']}); upgrade")
     return raw

@@ -54,6 +54,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     last = out / "last.ckpt"
     if resume and not last.is_file():
         raise ConfigError(f"--resume: {last} does not exist; start without --resume")
+    if resume:
+        from seqvision.training.checkpoint import read_checkpoint
+
+        read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
     if not resume and (out / "best.ckpt").exists():
         raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +114,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
 
     best = Path(callbacks[0].best_model_path or last)
-    result = TrainResult(out, best, last, reported=data.dropped + sorted(set(task.skipped)), feature_cache=cache_report)
+    reported = data.dropped + sorted(set(task.skipped))
+    if task.nan_steps_skipped:
+        reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
+    result = TrainResult(out, best, last, reported=reported, feature_cache=cache_report)
     if trainer.is_global_zero:
         if best != out / "best.ckpt" and best.exists():  # a resumed run may have kept an older best path
             best = out / "best.ckpt" if (out / "best.ckpt").exists() else best

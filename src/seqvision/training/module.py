@@ -15,7 +15,7 @@ from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import Preprocessing
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.tasks import TaskLoss
-from seqvision.training.checkpoint import checkpoint_metadata
+from seqvision.training.checkpoint import checkpoint_metadata, rng_state, set_rng_state
 
 
 class SequenceTask(L.LightningModule):
@@ -52,6 +52,7 @@ class SequenceTask(L.LightningModule):
                 prefix="val_",
             )
         self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
+        self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(images, lengths)
@@ -73,11 +74,15 @@ class SequenceTask(L.LightningModule):
             return None
         loss = result[1]
         if not torch.isfinite(loss):
+            if self.cfg.train.on_nan == "skip":
+                self.nan_steps_skipped += 1  # no backward, no optimizer step: the weights stay good
+                return None
             from seqvision.errors import SeqVisionError
 
             raise SeqVisionError(
-                f"training loss became {loss.item()} at step {self.global_step}; lower --lr, keep --grad-clip on "
-                "or use --precision 32. The last good checkpoint is kept"
+                f"training loss became {loss.item()} at step {self.global_step} (batch {batch.sample_ids[:3]}...); "
+                "lower --lr, keep --grad-clip on, check the targets, or pass --on-nan skip. "
+                "The last good checkpoint (last.ckpt) is kept"
             )
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch.sample_ids))
         return loss
@@ -115,7 +120,19 @@ class SequenceTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["seqvision"] = checkpoint_metadata(self.cfg, self.spec, self.preprocessing)
+        from seqvision.io import tensor_digest
+
+        meta = checkpoint_metadata(self.cfg, self.spec, self.preprocessing)
+        meta["state_sha256"] = tensor_digest(checkpoint["state_dict"])  # verified on every load
+        meta["rng"] = rng_state()  # a resumed run continues with the very same random draws
+        meta["nan_steps_skipped"] = self.nan_steps_skipped
+        checkpoint["seqvision"] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("seqvision", {})
+        if "rng" in meta:
+            set_rng_state(meta["rng"])
+        self.nan_steps_skipped = int(meta.get("nan_steps_skipped", 0))
 
 
 def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimizer:

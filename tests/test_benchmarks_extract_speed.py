@@ -1,0 +1,21 @@
+"""The extraction benchmark runs (in --quick mode): it checks that it works, not its speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_speed.py"
+
+
+def test_extract_speed_quick_runs_and_reports_every_figure():
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    r18 = report["resnet18"]
+    for key in ("naive_images_per_s", "seqvision_images_per_s", "speedup_vs_naive", "ceiling_images_per_s",
+                "fraction_of_ceiling", "bf16_vs_fp32_min_cosine"):
+        assert r18[key] > 0, key
+    assert report["conv_peak_gflops"]["fp32"] > 0 and report["conv_peak_gflops"]["bf16"] > 0
+    assert report["epoch"]["cached_s"] > 0 and report["epoch"]["speedup_vs_naive"] > 1
+    assert {"tuned_images_per_s", "default_images_per_s", "tuned_faults_per_batch"} <= set(report["malloc"])

@@ -1,0 +1,167 @@
+"""Faults: kill -9 in training and extraction, a full disk, NaN losses, damaged checkpoints."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqvision.errors import CheckpointError, SeqVisionError, StorageError
+from seqvision.inference.predictor import Predictor
+from seqvision.training.checkpoint import read_checkpoint
+from seqvision.training.fit import train
+
+from conftest import fast_config, make_folder_dataset
+
+
+def _run_until(cmd: list[str], ready, timeout: float = 120) -> subprocess.Popen:
+    """Start ``cmd`` and SIGKILL it as soon as ``ready()`` is true (fails if it ends first)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return proc
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended before it could be killed: {proc.stderr.read().decode()[-1500:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("timed out waiting to kill the process")
+
+
+def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "seqvision", "train", "--data", str(data), "--out", str(out), "--backbone", "tiny_cnn",
+        "--weights", "none", "--image-size", "16", "--resize-size", "16", "--max-epochs", "12", "--batch-size", "4",
+        "--hidden-size", "8", "--num-workers", "0", "--val-fraction", "0.25", "--test-fraction", "0",
+        "--patience", "0", "--seed", "5", "--deterministic", "--accelerator", "cpu", "--no-progress", *extra,
+    ]
+
+
+def _epoch_of(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:
+        return -1
+
+
+def test_kill_9_during_training_then_resume_equals_an_uninterrupted_run(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=8, size=24)
+    subprocess.run(_train_cmd(data, tmp_path / "full"), check=True, capture_output=True, timeout=300)
+
+    run = tmp_path / "killed"
+    _run_until(_train_cmd(data, run), lambda: (run / "last.ckpt").exists() and _epoch_of(run / "last.ckpt") >= 2)
+    killed_at = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    subprocess.run(_train_cmd(data, run, "--resume"), check=True, capture_output=True, timeout=300)
+
+    full = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "last.ckpt", weights_only=True)
+    assert 0 < killed_at < full["global_step"] == resumed["global_step"]
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert (run / "val" / "metrics.json").read_text() == (tmp_path / "full" / "val" / "metrics.json").read_text()
+
+
+def test_kill_9_during_extraction_then_rerun_computes_only_the_rest(tmp_path):
+    from seqvision.models.backbones import build_backbone
+
+    data = make_folder_dataset(tmp_path / "data", per_label=30, lengths=(4,), size=64)  # 240 images
+    torch.save(build_backbone("tiny_cnn", weights="none").trunk.state_dict(), tmp_path / "w.pth")
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "seqvision", "extract", "--data", str(data), "--out", str(cache), "--backbone", "tiny_cnn",
+           "--weights", str(tmp_path / "w.pth"), "--image-size", "64", "--batch-size", "4", "--shard-rows", "4",
+           "--num-workers", "0", "--precision", "32", "--no-progress"]
+    _run_until(cmd, lambda: len(list(cache.glob("*/shard-*.json"))) >= 3)
+    committed = sum(1 for _ in cache.glob("*/shard-*.json")) * 4
+    assert committed < 240
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    done = int(res.stdout.split("extracted ")[1].split(" ")[0])
+    cached = int(res.stdout.split("), ")[1].split(" already")[0])
+    assert cached >= committed and done + cached == 240  # nothing twice, nothing lost
+
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd[:cmd.index("--out") + 1], str(clean), *cmd[cmd.index("--out") + 2:]], check=True, capture_output=True)
+    from seqvision.features.cache import FeatureStore, CacheKey
+    import json
+
+    key_dir = next(p for p in cache.iterdir() if p.is_dir())
+    assert key_dir.name == next(p for p in clean.iterdir() if p.is_dir()).name
+    import numpy as np
+
+    def rows(folder):
+        out = {}
+        for record in folder.glob("shard-*.json"):
+            array = np.load(record.with_suffix(".npy"))
+            for i, ident in enumerate(json.loads(record.read_text())["identities"]):
+                out[ident] = array[i]
+        return out
+
+    a, b = rows(key_dir), rows(clean / key_dir.name)
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=3)
+    original = TorchCheckpointIO.save_checkpoint
+    calls = {"n": 0}
+
+    def flaky(self, checkpoint, path, storage_options=None):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1's best + last went through; then the disk is full
+            Path(path).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", flaky)
+    with pytest.raises(StorageError, match="No space left on device.*intact"):
+        train(cfg, tmp_path / "out", progress=False)
+    good = read_checkpoint(tmp_path / "out" / "last.ckpt")  # loads and verifies
+    assert good["global_step"] > 0
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_nan_loss_stops_keeping_the_last_good_checkpoint_or_is_skipped(tmp_path, monkeypatch):
+    from seqvision.models.tasks import TaskLoss
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    original = TaskLoss.forward
+    state = {"calls": 0}
+
+    def poisoned(self, outputs, targets):
+        state["calls"] += 1
+        loss = original(self, outputs, targets)
+        return loss * float("nan") if state["calls"] > 4 else loss  # from the 2nd epoch on
+
+    monkeypatch.setattr(TaskLoss, "forward", poisoned)
+    with pytest.raises(SeqVisionError, match="loss became nan.*--on-nan skip.*last good checkpoint"):
+        train(fast_config(data, max_epochs=3), tmp_path / "stop", progress=False)
+    kept = read_checkpoint(tmp_path / "stop" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+    state["calls"] = 0
+    result = train(fast_config(data, max_epochs=3, on_nan="skip"), tmp_path / "skip", progress=False)
+    assert any("skipped: the loss was NaN" in r for r in result.reported)
+    weights = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_flipped_bits_in_a_checkpoint_are_detected(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    result = train(fast_config(data, max_epochs=1), tmp_path / "out", progress=False)
+    raw = torch.load(result.best_checkpoint, weights_only=True)
+    raw["state_dict"]["model.task_head.linear.bias"] += 1.0  # what a bad copy would do to the bytes
+    torch.save(raw, tmp_path / "tampered.ckpt")
+    with pytest.raises(CheckpointError, match="corrupt.*checksum"):
+        Predictor.load(tmp_path / "tampered.ckpt")
+    (tmp_path / "out" / "last.ckpt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        train(fast_config(data, max_epochs=2), tmp_path / "out", resume=True, progress=False)
