@@ -25,9 +25,11 @@ def test_collate_concatenates_real_images_only(folder_data):
 
 
 def test_max_images_samples_uniformly(folder_data):
-    ds = _dataset(discover(folder_data), max_images=2)
+    from seqvision.data.sampling import SamplingPolicy
+
+    ds = _dataset(discover(folder_data), sampling=SamplingPolicy(num_frames=2))
     assert [len(ds[i]["clip"]) for i in range(3)] == [2, 2, 2]
-    assert ds.frame_indices(2) == [0, 3]
+    assert ds.clips(2, 4) == [[0, 3]]
 
 
 def test_bad_image_is_an_error_naming_sample_and_file(folder_data):

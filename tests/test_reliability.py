@@ -165,3 +165,12 @@ def test_flipped_bits_in_a_checkpoint_are_detected(tmp_path):
     (tmp_path / "out" / "last.ckpt").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         train(fast_config(data, max_epochs=2), tmp_path / "out", resume=True, progress=False)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.yaml").write_text("{}\n")  # what a run killed in its first epoch leaves
+    with pytest.warns(UserWarning, match="starting the run from the beginning"):
+        result = train(fast_config(data, max_epochs=1), tmp_path / "out", resume=True, progress=False)
+    assert result.last_checkpoint.exists()

@@ -14,11 +14,16 @@ from typing import Any, Sequence
 from seqvision.errors import SeqVisionError
 
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
-_TRAIN_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
+_TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse options)
     ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
     ("--task", "data", "task", {"choices": ["auto", "classification", "regression"]}),
     ("--targets", "data", "targets", {"type": lambda s: s.split(","), "help": "regression target columns, comma-separated"}),
-    ("--max-images", "data", "max_images", {"type": int, "help": "sample longer samples uniformly down to N images"}),
+    ("--max-images", "--num-frames", "data", "max_images", {"type": int, "help": "frames per clip (uniform: at most N)"}),
+    ("--sampling", "data", "sampling", {"choices": ["uniform", "stride", "random", "segments"]}),
+    ("--eval-sampling", "data", "eval_sampling", {"choices": ["uniform", "stride", "random", "segments"]}),
+    ("--stride", "data", "stride", {"type": int, "help": "stride sampling: every k-th frame"}),
+    ("--fps", "data", "fps", {"type": float, "help": "stride sampling of videos: target frames per second"}),
+    ("--eval-clips", "data", "eval_clips", {"type": int, "help": "random sampling: clips averaged at evaluation"}),
     ("--min-images", "data", "min_images", {"type": int}),
     ("--short-samples", "data", "short_samples", {"choices": ["error", "drop"], "help": "what to do with samples under --min-images"}),
     ("--on-bad-image", "data", "on_bad_image", {"choices": ["error", "skip"]}),
@@ -39,6 +44,8 @@ _TRAIN_FLAGS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("--pool", "model", "pool", {"choices": ["avg", "max"]}),
     ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
     ("--trainable-stages", "model", "trainable_stages", {"type": int, "help": "fine-tune only the last K backbone stages"}),
+    ("--chunk-size", "model", "chunk_size", {"type": int, "help": "images per backbone pass (bounds memory)"}),
+    ("--checkpointing", "model", "checkpointing", {"action": argparse.BooleanOptionalAction, "help": "activation checkpointing per chunk"}),
     ("--head", "model", "head", {}),
     ("--hidden-size", "model", "hidden_size", {"type": int}),
     ("--num-layers", "model", "num_layers", {"type": int}),
@@ -80,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
     p.add_argument("--no-progress", action="store_true")
-    for flag, section, name, options in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=_dest(section, name), default=None, **options)
+    for *flags, section, name, options in _TRAIN_FLAGS:
+        p.add_argument(*flags, dest=_dest(section, name), default=None, **options)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
     p.add_argument("checkpoint")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from seqvision.errors import ConfigError
+
+if TYPE_CHECKING:
+    from seqvision.data.sampling import SamplingPolicy
 
 
 @dataclass
@@ -21,7 +24,12 @@ class DataConfig:
     data: str | None = None  # a data root (folders) or a manifest (.csv / .jsonl)
     task: str = "auto"  # auto | classification | regression: auto reads it from the labels
     targets: list[str] | None = None  # regression: manifest columns holding the numeric targets
-    max_images: int | None = None  # longer samples are sampled uniformly down to this many images
+    max_images: int | None = None  # frames per clip (--num-frames / --max-images); uniform: at most this many
+    sampling: str = "uniform"  # uniform | stride | random | segments (see seqvision.data.sampling)
+    eval_sampling: str | None = None  # evaluation/prediction policy; None = the training one
+    stride: int = 1  # stride sampling: every k-th frame
+    fps: float | None = None  # stride sampling of videos: frames per second (overrides stride)
+    eval_clips: int = 1  # random sampling at evaluation: clips per sample, predictions averaged
     min_images: int = 1  # shorter samples are an error, or dropped (and reported) with short_samples=drop
     short_samples: str = "error"  # error | drop
     on_bad_image: str = "error"  # error | skip: skip leaves bad images out and reports them at the end
@@ -39,6 +47,13 @@ class DataConfig:
     cache: str = "auto"  # frozen backbone: auto (default cache folder) | off | a folder for the feature cache
     cache_dtype: str = "float32"  # float32 | float16 storage of cached features (half the disk, ~1e-3 error)
 
+    def sampling_policy(self, *, train: bool) -> "SamplingPolicy":
+        """The frame-sampling policy for training or for evaluation/prediction."""
+        from seqvision.data.sampling import SamplingPolicy
+
+        mode = self.sampling if train or not self.eval_sampling else self.eval_sampling
+        return SamplingPolicy(mode=mode, num_frames=self.max_images, stride=self.stride, fps=self.fps, clips=self.eval_clips)
+
     def augment_enabled(self, frozen: bool) -> bool:
         return (not frozen) if self.augment is None else self.augment
 
@@ -50,6 +65,8 @@ class ModelConfig:
     pool: str = "avg"  # avg | max: global pooling of the last feature map
     freeze: bool = False  # frozen backbone: no gradients and BatchNorm statistics never move
     trainable_stages: int | None = None  # fine-tune only the last K stages of the backbone (others frozen)
+    chunk_size: int | None = None  # images per backbone pass: bounds memory for long sequences
+    checkpointing: bool = False  # activation checkpointing of each chunk while training (needs chunk_size)
     head: str = "lstm"
     hidden_size: int = 256
     num_layers: int = 1
@@ -161,6 +178,7 @@ def validate(cfg: RunConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{section}.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
     d = cfg.data
+    d.sampling_policy(train=True), d.sampling_policy(train=False)  # raises for bad sampling options
     if d.max_images is not None and d.max_images < 1:
         raise ConfigError("--max-images must be at least 1")
     if d.min_images < 1:
@@ -175,6 +193,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--std values must be positive")
     if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("val/test fractions must be in [0, 1) and sum to less than 1")
+    if cfg.model.checkpointing and not cfg.model.chunk_size:
+        raise ConfigError("--checkpointing needs --chunk-size N (images per checkpointed backbone pass)")
+    if cfg.model.chunk_size is not None and cfg.model.chunk_size < 1:
+        raise ConfigError("--chunk-size must be at least 1")
     if cfg.model.freeze and cfg.model.trainable_stages:
         raise ConfigError("--freeze and --trainable-stages contradict each other; choose one")
     if cfg.train.batch_size < 1 or cfg.train.max_epochs < 1:

@@ -1,7 +1,8 @@
-"""Samples -> transformed clips -> a flat batch of real images plus lengths (no padded image, ever)."""
+"""Samples -> sampled, transformed clips -> a flat batch of real images plus lengths (no padded image, ever)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -10,30 +11,44 @@ from torch.utils.data import Dataset
 
 from seqvision.data.images import BadImageError, load_image
 from seqvision.data.samples import Sample
-from seqvision.data.sampling import shuffled, uniform_indices
+from seqvision.data.sampling import SamplingPolicy, shuffled
 from seqvision.data.transforms import ClipTransform
 from seqvision.errors import DataError
 
 
 @dataclass
 class Batch:
-    """A collated batch. ``images`` holds only real images, sample after sample: ``N = lengths.sum()``."""
+    """A collated batch. ``images`` holds only real images, clip after clip: ``N = lengths.sum()``.
+
+    Usually one clip per sample. With multi-clip evaluation a sample has several clips: ``groups``
+    maps each clip to its sample and :meth:`merge_clips` averages the clips' outputs per sample.
+    """
 
     images: torch.Tensor  # (N, 3, S, S) float, or (N, F) cached features when ``precomputed``
-    lengths: torch.Tensor  # (B,) long, images per sample
-    sample_ids: list[str]
+    lengths: torch.Tensor  # (C,) long, images per clip
+    sample_ids: list[str]  # (B,)
     targets: torch.Tensor | None = None  # (B,) long class indices, or (B, K) float regression targets
     skipped: list[str] = field(default_factory=list)  # what --on-bad-image skip left out, for the summary
     errors: list[str] = field(default_factory=list)  # bad input found in a worker; raised in the main process
     precomputed: bool = False  # images holds CNN features from the cache: run the heads only
+    groups: torch.Tensor | None = None  # (C,) sample index of each clip; None when C == B
 
     def raise_errors(self) -> None:
         if self.errors:
             raise DataError(self.errors[0])
 
+    def merge_clips(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``(C, K)`` per-clip outputs -> ``(B, K)`` per sample (the mean over a sample's clips)."""
+        if self.groups is None:
+            return outputs
+        summed = torch.zeros(len(self.sample_ids), outputs.shape[-1], dtype=outputs.dtype, device=outputs.device)
+        summed.index_add_(0, self.groups.to(outputs.device), outputs)
+        counts = torch.bincount(self.groups, minlength=len(self.sample_ids)).clamp_min(1).to(outputs)
+        return summed / counts[:, None]
+
 
 class SequenceDataset(Dataset):
-    """Loads the images of one sample, in order, through one :class:`ClipTransform`.
+    """Loads the sampled frames of one sample (image files or a video), in order, through one transform.
 
     Errors are not raised inside the dataset: a DataLoader worker would wrap them in a traceback.
     They travel in the batch (``Batch.errors``) and :meth:`Batch.raise_errors` raises them cleanly.
@@ -42,10 +57,11 @@ class SequenceDataset(Dataset):
     def __init__(
         self,
         samples: list[Sample],
-        transform: ClipTransform,
+        transform: ClipTransform | None,
         *,
         encode_target: Callable[[Sample], torch.Tensor | None] | None = None,
-        max_images: int | None = None,
+        sampling: SamplingPolicy | None = None,
+        train: bool = False,
         on_bad_image: str = "error",
         shuffle_frames: bool = False,
         seed: int = 0,
@@ -53,7 +69,8 @@ class SequenceDataset(Dataset):
         self.samples = samples
         self.transform = transform
         self.encode_target = encode_target
-        self.max_images = max_images
+        self.sampling = sampling or SamplingPolicy()
+        self.train = train
         self.on_bad_image = on_bad_image
         self.shuffle_frames = shuffle_frames
         self.seed = seed
@@ -61,28 +78,29 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def frame_indices(self, index: int) -> list[int]:
-        sample = self.samples[index]
-        indices = uniform_indices(len(sample.frames), self.max_images)
+    def clips(self, index: int, num_frames: int, source_fps: float | None = None) -> list[list[int]]:
+        """Frame indices of each clip of sample ``index`` (random draws from the seeded global RNG in
+        training, so a seeded run and its resumed continuation draw alike; none in evaluation)."""
+        clips = self.sampling.clips_for(num_frames, train=self.train, rng=random, source_fps=source_fps)
         if self.shuffle_frames:
-            indices = shuffled(indices, seed=self.seed * 1_000_003 + index)
-        return indices
+            clips = [shuffled(c, seed=self.seed * 1_000_003 + index) for c in clips]
+        return clips
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        item: dict = {"id": sample.id, "skipped": [], "error": None, "clip": None, "target": None}
-        paths = [sample.frames[i].path for i in self.frame_indices(index)]
-        clip = self.load_clip(index, paths, item)
+        item: dict = {"id": sample.id, "skipped": [], "error": None, "clip": None, "clip_lengths": None, "target": None}
+        clips = self.load_clips(index, item)
         if item["error"]:
             return item
-        if clip is None:
+        if not clips:
             message = f"sample {sample.id!r} ({sample.source}): no readable image"
-            if self.on_bad_image != "skip" or not sample.frames:
+            if self.on_bad_image != "skip" or not (sample.frames or sample.video):
                 item["error"] = f"{message}; every sample needs at least one image"
             else:
                 item["skipped"].append(message + ", sample left out")
             return item
-        item["clip"] = clip
+        item["clip"] = torch.cat(clips)  # (sum T_c, ...)
+        item["clip_lengths"] = [len(c) for c in clips]
         if self.encode_target is not None:
             item["target"] = self.encode_target(sample)
         return item
@@ -93,6 +111,21 @@ class SequenceDataset(Dataset):
             item["error"] = f"{message}. Fix or remove the file, or pass --on-bad-image skip"
         else:
             item["skipped"].append(message)
+
+    def load_clips(self, index: int, item: dict) -> list[torch.Tensor]:
+        """Each clip's frames decoded and transformed -> ``(T_c, 3, S, S)``; empty clips are dropped."""
+        sample = self.samples[index]
+        if sample.video is not None:
+            return self._video_clips(index, item)
+        out = []
+        for clip in self.clips(index, len(sample.frames)):
+            paths = [sample.frames[i].path for i in clip]
+            tensor = self.load_clip(index, paths, item)
+            if item["error"]:
+                return []
+            if tensor is not None:
+                out.append(tensor)
+        return out
 
     def load_clip(self, index: int, paths: list, item: dict) -> torch.Tensor | None:
         """Decode and transform the images at ``paths`` -> ``(T, 3, S, S)``; ``None`` if none is readable."""
@@ -106,6 +139,26 @@ class SequenceDataset(Dataset):
                     return None
         return self.transform(frames) if frames else None
 
+    def _video_clips(self, index: int, item: dict) -> list[torch.Tensor]:
+        from seqvision.data.video import probe_video, read_frames
+
+        sample = self.samples[index]
+        video = sample.video
+        try:
+            info = probe_video(video.path, video.start, video.end)
+            clips = self.clips(index, info.num_frames, source_fps=info.fps)
+            wanted = [i for clip in clips for i in clip]
+            frames, notes = read_frames(video.path, [info.frame_time(i) for i in wanted], info.fps)
+        except DataError as exc:
+            self.bad_frame(item, f"sample {sample.id!r}: {exc}")
+            return []
+        item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
+        out, at = [], 0
+        for clip in clips:
+            out.append(self.transform(frames[at : at + len(clip)]))
+            at += len(clip)
+        return out
+
 
 def collate(items: list[dict]) -> Batch:
     """Concatenate the clips of a batch into ``(N, 3, S, S)``; samples left out are only reported."""
@@ -117,12 +170,17 @@ def collate(items: list[dict]) -> Batch:
     targets = None
     if kept[0]["target"] is not None:
         targets = torch.stack([it["target"] for it in kept])
+    lengths = [n for it in kept for n in it["clip_lengths"]]
+    groups = None
+    if len(lengths) != len(kept):
+        groups = torch.tensor([b for b, it in enumerate(kept) for _ in it["clip_lengths"]], dtype=torch.long)
     return Batch(
         images=torch.cat([it["clip"] for it in kept]),
-        lengths=torch.tensor([len(it["clip"]) for it in kept], dtype=torch.long),
+        lengths=torch.tensor(lengths, dtype=torch.long),
         sample_ids=[it["id"] for it in kept],
         targets=targets,
         skipped=skipped,
         errors=errors,
         precomputed=kept[0]["clip"].dim() == 2,
+        groups=groups,
     )

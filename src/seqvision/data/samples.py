@@ -17,6 +17,15 @@ class FrameRef:
     path: Path
 
 
+@dataclass(frozen=True)
+class VideoClip:
+    """A sample that is a video file, or the ``[start, end)`` seconds of one (None: from start / to end)."""
+
+    path: Path
+    start: float | None = None
+    end: float | None = None
+
+
 @dataclass
 class Sample:
     """One training/prediction unit: several images in order, and what to learn from them."""
@@ -27,6 +36,7 @@ class Sample:
     targets: dict[str, float] | None = None  # regression targets by name
     split: str | None = None  # train | val | test when the data says so
     source: str = ""  # where it came from (folder or manifest rows), for error messages
+    video: VideoClip | None = None  # a video sample: frames are decoded from it (``frames`` is empty)
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -1,10 +1,87 @@
-"""Which images of a sample are used: all of them, or ``max_images`` spread uniformly over the sample."""
+"""Which frames of a sample are used: the same policies for image folders and videos.
+
+A policy turns a sample of ``n`` frames into one or more clips of frame indices:
+
+- ``uniform``   ``num_frames`` spread evenly over the whole sample (all frames when it has fewer or
+                ``num_frames`` is None); the same in training and evaluation.
+- ``stride``    every ``stride``-th frame (or the stride that gives ``fps`` frames per second of video);
+                with ``num_frames``, a window of that many strided frames: random in training, centred
+                in evaluation.
+- ``random``    ``num_frames`` consecutive frames at a random start in training; in evaluation
+                ``clips`` clips at evenly spaced starts whose predictions are averaged (multi-clip).
+- ``segments``  TSN: ``num_frames`` equal segments, one random frame from each in training, the centre
+                frame of each in evaluation.
+
+A sample shorter than the clip contributes all its frames (variable lengths need no padding); the
+dataset reports it once. Policies never read pixels.
+"""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+MODES = ("uniform", "stride", "random", "segments")
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    mode: str = "uniform"
+    num_frames: int | None = None
+    stride: int = 1
+    fps: float | None = None  # stride: target frames per second (videos); overrides ``stride``
+    clips: int = 1  # random, evaluation: clips per sample, predictions averaged
+
+    def __post_init__(self) -> None:
+        from seqvision.errors import ConfigError
+
+        if self.mode not in MODES:
+            raise ConfigError(f"--sampling {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.mode in ("random", "segments") and not self.num_frames:
+            raise ConfigError(f"--sampling {self.mode} needs --num-frames N")
+        if self.stride < 1 or self.clips < 1 or (self.fps is not None and self.fps <= 0):
+            raise ConfigError("--stride and --eval-clips must be at least 1, --fps positive")
+
+    def clips_for(self, n: int, *, train: bool, rng: Any = None, source_fps: float | None = None) -> list[list[int]]:
+        """Frame indices (in temporal order) of each clip of a sample with ``n`` frames.
+
+        ``rng``: anything with ``randint``/``randrange`` (a ``random.Random``, or the ``random`` module).
+        """
+        rng = rng or random.Random(0)
+        if n <= 0:
+            return [[]]
+        k = self.num_frames
+        if self.mode == "uniform":
+            return [uniform_indices(n, k)]
+        if self.mode == "stride":
+            step = self.stride
+            if self.fps is not None and source_fps:
+                step = max(1, round(source_fps / self.fps))
+            positions = list(range(0, n, step))
+            if k is None or len(positions) <= k:
+                return [positions]
+            start = rng.randint(0, len(positions) - k) if train else (len(positions) - k) // 2
+            return [positions[start : start + k]]
+        if self.mode == "random":
+            if n <= k:
+                return [list(range(n))]
+            if train:
+                start = rng.randint(0, n - k)
+                return [list(range(start, start + k))]
+            starts = np.linspace(0, n - k, self.clips) if self.clips > 1 else [(n - k) / 2]
+            return [list(range(int(round(s)), int(round(s)) + k)) for s in starts]
+        # segments (TSN)
+        if n <= k:
+            return [list(range(n))]
+        edges = np.linspace(0, n, k + 1)
+        out = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            lo_i, hi_i = int(np.floor(lo)), max(int(np.floor(lo)) + 1, int(np.ceil(hi)))
+            out.append(rng.randrange(lo_i, hi_i) if train else min(n - 1, int((lo + hi) / 2)))
+        return [out]
 
 
 def uniform_indices(length: int, max_images: int | None) -> list[int]:

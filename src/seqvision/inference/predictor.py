@@ -66,7 +66,7 @@ class Predictor:
             samples,
             ClipTransform(self.preprocessing, train=False),
             encode_target=self.spec.encode if with_targets else None,
-            max_images=d.max_images,
+            sampling=d.sampling_policy(train=False),  # as the model was evaluated in training
             on_bad_image=on_bad_image or d.on_bad_image,
             shuffle_frames=d.shuffle_frames,
             seed=self.cfg.train.seed,
@@ -91,7 +91,7 @@ class Predictor:
             skipped.extend(batch.skipped)
             if not batch.sample_ids:
                 continue
-            out = self.model(batch.images.to(self.device), batch.lengths)
+            out = batch.merge_clips(self.model(batch.images.to(self.device), batch.lengths))  # (B, K)
             ids.extend(batch.sample_ids)
             outputs.append(out.float().cpu())
             if with_targets:

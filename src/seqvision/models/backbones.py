@@ -82,6 +82,8 @@ class ImageEncoder(nn.Module):
         self.pooled = pooled  # the trunk already returns (N, F)
         self.stages = list(stages or [])  # not registered twice: plain list of submodules of trunk
         self.preprocessing = preprocessing
+        self.chunk_size: int | None = None  # images per backbone pass (None: the whole batch at once)
+        self.checkpointing = False  # recompute chunk activations in backward instead of storing them
         self._frozen: list[nn.Module] = []
         with torch.no_grad():
             was_training = trunk.training
@@ -91,6 +93,33 @@ class ImageEncoder(nn.Module):
             trunk.train(was_training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W) -> (N, F)``. With ``chunk_size`` the images go through in chunks; while training,
+        each chunk is activation-checkpointed, so peak memory stays bounded as N grows."""
+        if not self.chunk_size or images.shape[0] <= self.chunk_size:
+            return self._encode(images)
+        chunks = images.split(self.chunk_size)
+        if self.checkpointing and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return torch.cat([self._checkpointed(c) for c in chunks])
+        return torch.cat([self._encode(c) for c in chunks])
+
+    def _checkpointed(self, chunk: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        calls = {"n": 0}
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            # The backward pass runs this again to rebuild the activations. BatchNorm in training mode
+            # would then update its running statistics a second time: freeze them for the replay (the
+            # replay still normalizes with the same batch statistics, so the gradients are exact).
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return self._encode(x)
+            with _running_stats_frozen(self):
+                return self._encode(x)
+
+        return checkpoint(run, chunk, use_reentrant=False, preserve_rng_state=True)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         x = self.trunk(images)  # (N, C, h, w), or (N, F) when the trunk pools itself
         if not self.pooled:
             x = x.amax(dim=(-2, -1), keepdim=True) if self.pool == "max" else x.mean(dim=(-2, -1), keepdim=True)
@@ -129,6 +158,24 @@ class ImageEncoder(nn.Module):
         for module in self._frozen:
             module.eval()  # frozen BatchNorm keeps its running statistics
         return self
+
+
+class _running_stats_frozen:
+    """Context: BatchNorm layers of ``module`` keep their running statistics (momentum 0) meanwhile."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+    def __enter__(self) -> None:
+        self.saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc) -> None:
+        for m, (momentum, tracked) in zip(self.norms, self.saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 # ------------------------------------------------------------------------------------------- building

@@ -45,6 +45,8 @@ def build_sequence_model(cfg: ModelConfig, num_outputs: int, *, weights: str | N
     """Build the model from its config; ``weights`` overrides ``cfg.weights`` (``none`` when a checkpoint
     will supply every parameter anyway, so nothing is downloaded)."""
     encoder = build_backbone(cfg.backbone, weights=weights or cfg.weights, pool=cfg.pool)
+    encoder.chunk_size = cfg.chunk_size
+    encoder.checkpointing = cfg.checkpointing
     if cfg.freeze:
         encoder.set_trainable("none")
     elif cfg.trainable_stages:

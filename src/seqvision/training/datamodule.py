@@ -36,10 +36,21 @@ def filter_short(samples: list[Sample], cfg: DataConfig) -> tuple[list[Sample], 
     """Apply ``min_images``: an error naming the sample, or (``short_samples=drop``) a reported drop."""
     kept, dropped = [], []
     for s in samples:
-        if len(s.frames) >= cfg.min_images:
+        count = len(s.frames)
+        if s.video is not None:  # read the headers now: a bad video is reported before training starts
+            from seqvision.data.video import probe_video
+
+            try:
+                count = probe_video(s.video.path, s.video.start, s.video.end).num_frames
+            except DataError as exc:
+                if cfg.on_bad_image != "skip":
+                    raise DataError(f"sample {s.id!r}: {exc}; fix or remove it, or pass --on-bad-image skip") from None
+                dropped.append(f"sample {s.id!r}: {exc}, dropped")
+                continue
+        if count >= cfg.min_images:
             kept.append(s)
             continue
-        what = "no images" if not s.frames else f"{len(s.frames)} image(s), fewer than --min-images {cfg.min_images}"
+        what = "no images" if not count else f"{count} frame(s), fewer than --min-images {cfg.min_images}"
         if cfg.short_samples != "drop":
             raise DataError(f"sample {s.id!r} ({s.source}) has {what}; add images, or pass --short-samples drop")
         dropped.append(f"sample {s.id!r} ({s.source}): {what}, dropped")
@@ -99,7 +110,8 @@ class SequenceDataModule(L.LightningDataModule):
     def dataset(self, split: str, *, train: bool) -> SequenceDataset:
         common = dict(
             encode_target=self.data.spec.encode,
-            max_images=self.cfg.max_images,
+            sampling=self.cfg.sampling_policy(train=train),
+            train=train,
             on_bad_image=self.cfg.on_bad_image,
             shuffle_frames=self.cfg.shuffle_frames,
             seed=self.seed,

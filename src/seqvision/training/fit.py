@@ -53,7 +53,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     out = Path(out_dir)
     last = out / "last.ckpt"
     if resume and not last.is_file():
-        raise ConfigError(f"--resume: {last} does not exist; start without --resume")
+        if (out / "best.ckpt").exists():
+            raise ConfigError(f"--resume: {last} is missing but {out} holds a trained run; restore last.ckpt or use another --out")
+        # killed before the first checkpoint: nothing to continue, so start over (the saved split is reused)
+        warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=2)
+        resume = False
     if resume:
         from seqvision.training.checkpoint import read_checkpoint
 
@@ -137,6 +141,9 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     """A frozen backbone trains on cached features (building what is missing first), unless the cache is
     off or augmentation changes pixels every epoch (then the CNN must run live, and we say so)."""
     if not cfg.model.freeze or cfg.data.cache == "off":
+        return None, None
+    if any(s.video is not None for split in data.splits.values() for s in split):
+        log.warning("frozen backbone on video samples: the feature cache holds image files only, so the CNN runs live")
         return None, None
     if augment:
         log.warning(

@@ -63,9 +63,10 @@ class SequenceTask(L.LightningModule):
         if not batch.sample_ids:
             return None
         if batch.precomputed:  # (N, F) vectors from the feature cache: the frozen CNN is skipped
-            outputs = self.model.forward_features(batch.images, batch.lengths)  # (B, K)
+            outputs = self.model.forward_features(batch.images, batch.lengths)  # (C, K), C clips
         else:
-            outputs = self.model(batch.images, batch.lengths)  # (B, K)
+            outputs = self.model(batch.images, batch.lengths)  # (C, K)
+        outputs = batch.merge_clips(outputs)  # (B, K): multi-clip evaluation averages a sample's clips
         return outputs, self.loss_fn(outputs, batch.targets)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:

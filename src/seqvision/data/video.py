@@ -1,0 +1,171 @@
+"""Video files with PyAV: probe a clip's frame count without decoding, and decode only the frames used.
+
+Frames are located by time. For each wanted time (in order) the decoder seeks to the key frame before
+it, unless that time lies a little ahead of the decoder's position (then decoding on is cheaper than a
+seek), and decodes forward to the first frame that covers it. A 10-minute video sampled at 16 times
+decodes 16 short key-frame-to-target runs, never the whole file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seqvision.errors import DataError
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp", ".ts", ".gif"}
+)
+SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+
+
+class BadVideoError(DataError):
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A clip of a video: ``num_frames`` frames at ``fps`` from ``start`` to ``end`` seconds."""
+
+    fps: float
+    start: float
+    end: float
+    num_frames: int
+    variable_rate: bool = False
+
+    def frame_time(self, index: int) -> float:
+        return self.start + index / self.fps
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise DataError("video input needs PyAV: pip install av") from None
+    return av
+
+
+def _open(path: Path):
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError:
+        raise BadVideoError(path, "file does not exist") from None
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise BadVideoError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams}))
+        container.close()
+        if not kinds:
+            raise BadVideoError(path, "holds no streams at all (an empty, zero-frame video)")
+        raise BadVideoError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
+    return container
+
+
+def probe_video(path: str | Path, start: float | None = None, end: float | None = None) -> VideoInfo:
+    """Frame rate, duration and the number of frames in ``[start, end)`` from the container's headers."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        frames = int(stream.frames or 0)
+        if fps <= 0 and frames and duration:
+            fps = frames / duration
+        if duration is None and frames and fps > 0:
+            duration = frames / fps
+        if fps <= 0 or not duration or duration <= 0:
+            if frames == 0:
+                raise BadVideoError(path, "has no frames (zero-length or empty video stream)")
+            raise BadVideoError(path, "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
+        base_rate = float(stream.base_rate) if stream.base_rate else fps
+        variable = abs(base_rate - fps) > 0.01 * fps
+    finally:
+        container.close()
+    clip_start = 0.0 if start is None else float(start)
+    clip_end = duration if end is None else float(end)
+    if not (math.isfinite(clip_start) and math.isfinite(clip_end)):
+        raise BadVideoError(path, "start/end must be finite numbers of seconds")
+    if clip_start < 0 or clip_start >= duration:
+        raise BadVideoError(path, f"start {clip_start:g} s is outside the video (0 to {duration:.3f} s)")
+    if clip_end <= clip_start:
+        raise BadVideoError(path, f"end {clip_end:g} s is not after start {clip_start:g} s")
+    if clip_end > duration + 1.0 / fps:
+        raise BadVideoError(path, f"end {clip_end:g} s is past the end of the video ({duration:.3f} s)")
+    num = max(0, int(round((min(clip_end, duration) - clip_start) * fps)))
+    if num == 0:
+        raise BadVideoError(path, f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
+    return VideoInfo(fps=fps, start=clip_start, end=min(clip_end, duration), num_frames=num, variable_rate=variable)
+
+
+def read_frames(
+    path: str | Path, times: list[float], fps: float, *, stats: dict | None = None
+) -> tuple[list[torch.Tensor], list[str]]:
+    """Decode the frames shown at ``times`` (seconds) as RGB ``uint8`` ``(3, H, W)``, in the given order.
+
+    Each time gets the first frame that is on screen within half a frame of it (variable frame rates
+    are handled by timestamps, not frame counts). Returns the frames and notes: a time past the last
+    decodable frame (a truncated file, or headers that overstate the length) gets the last frame, and
+    that is reported, not hidden. ``stats["decoded"]`` counts the frames actually decoded.
+    """
+    path = Path(path)
+    av = _av()
+    order = sorted(set(times))
+    found: dict[float, torch.Tensor] = {}
+    notes: list[str] = []
+    half = 0.5 / fps
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        base = stream.start_time or 0
+        tb = float(stream.time_base)
+        decoder, last, last_time, count = None, None, -math.inf, 0
+        for t in order:
+            if last is not None and last_time + half >= t:  # the frame on screen already covers t
+                found[t] = last
+                continue
+            if decoder is None or t - last_time > SEEK_AHEAD_SECONDS:
+                container.seek(base + max(0, int((t - half) / tb)), stream=stream, backward=True, any_frame=False)
+                decoder = container.decode(stream)
+            try:
+                for frame in decoder:
+                    count += 1
+                    frame_time = (frame.pts - base) * tb if frame.pts is not None else count / fps
+                    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+                    last, last_time = image, frame_time
+                    if frame_time + half >= t:
+                        break
+            except av.error.FFmpegError as exc:
+                if last is None:
+                    raise BadVideoError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+                notes.append(f"{path}: decoding failed after {last_time:.3f} s ({type(exc).__name__}); later frames repeat the last good one")
+                decoder = iter(())
+            if last is None:
+                raise BadVideoError(path, "has no decodable frames (zero-frame or corrupt video)")
+            if last_time + half < t:
+                notes.append(f"{path}: no frame at {t:.3f} s (the video ends at {last_time:.3f} s); the last frame is repeated")
+            found[t] = last
+    except av.error.FFmpegError as exc:
+        raise BadVideoError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+    finally:
+        container.close()
+    if stats is not None:
+        stats["decoded"] = stats.get("decoded", 0) + count
+    return [found[t] for t in times], notes

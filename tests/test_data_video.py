@@ -1,0 +1,185 @@
+"""Tiny real videos written with PyAV: probing, seeking, frame order and times, sampling, bad input."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+
+from seqvision.data.dataset import SequenceDataset, collate  # noqa: E402
+from seqvision.data.samples import Sample, VideoClip  # noqa: E402
+from seqvision.data.sampling import SamplingPolicy  # noqa: E402
+from seqvision.data.transforms import ClipTransform, Preprocessing  # noqa: E402
+from seqvision.data.video import BadVideoError, probe_video, read_frames  # noqa: E402
+
+
+def write_video(path, frames=20, fps=10, gop=4, size=32, times=None, codec="mpeg4"):
+    """Frame i is a flat grey of level 8 * (i mod 32) (so a decoded frame tells which one it is)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"qscale": "2"}
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 8 * (i % 32), np.uint8), format="rgb24")
+            if times is not None:
+                frame.pts = int(times[i] * 1000)
+                frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def level(frame: torch.Tensor) -> int:
+    return int(round(frame.float().mean().item() / 8))
+
+
+def test_probe_counts_frames_and_clips(tmp_path):
+    video = write_video(tmp_path / "v.mp4")
+    info = probe_video(video)
+    assert (info.num_frames, info.fps) == (20, 10.0)
+    clip = probe_video(video, 0.5, 1.5)
+    assert clip.num_frames == 10 and clip.frame_time(0) == 0.5
+
+
+def test_frames_come_back_in_the_requested_order_and_time(tmp_path):
+    video = write_video(tmp_path / "v.mp4")
+    frames, notes = read_frames(video, [1.0, 0.0, 1.9, 0.5, 1.0], fps=10)
+    assert [level(f) for f in frames] == [10, 0, 19, 5, 10]
+    assert frames[0].shape == (3, 32, 32) and frames[0].dtype == torch.uint8 and not notes
+
+
+def test_seeking_decodes_only_near_the_wanted_frames(tmp_path):
+    video = write_video(tmp_path / "long.mp4", frames=300, fps=25, gop=10)
+    stats = {}
+    frames, _ = read_frames(video, [2.0, 6.0, 11.0], fps=25, stats=stats)
+    assert [level(f) for f in frames] == [50 % 32, 150 % 32, 275 % 32]
+    assert stats["decoded"] <= 3 * 12  # a key frame run per target, never the 300 frames
+
+
+def test_variable_frame_rate_is_sampled_by_time(tmp_path):
+    times = [0.0, 0.1, 0.2, 1.0, 1.1, 1.2, 2.0, 2.1]
+    video = write_video(tmp_path / "vfr.mkv", frames=len(times), times=times)
+    info = probe_video(video)
+    frames, _ = read_frames(video, [0.0, 1.0, 2.0], fps=info.fps)
+    assert [level(f) for f in frames] == [0, 3, 6]
+
+
+@pytest.mark.parametrize(
+    "policy, train, n, expected",
+    [
+        (SamplingPolicy("uniform", num_frames=4), False, 10, [[0, 3, 6, 9]]),
+        (SamplingPolicy("uniform"), True, 3, [[0, 1, 2]]),
+        (SamplingPolicy("stride", stride=3), False, 10, [[0, 3, 6, 9]]),
+        (SamplingPolicy("stride", stride=2, num_frames=2), False, 10, [[2, 4]]),  # centred in 0 2 4 6 8
+        (SamplingPolicy("random", num_frames=4, clips=3), False, 10, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]),
+        (SamplingPolicy("random", num_frames=4), False, 10, [[3, 4, 5, 6]]),
+        (SamplingPolicy("random", num_frames=8), True, 5, [[0, 1, 2, 3, 4]]),
+        (SamplingPolicy("segments", num_frames=3), False, 9, [[1, 4, 7]]),
+    ],
+)
+def test_sampling_policies(policy, train, n, expected):
+    assert policy.clips_for(n, train=train) == expected
+
+
+def test_training_draws_are_random_but_in_order():
+    import random
+
+    rng = random.Random(0)
+    seg = [SamplingPolicy("segments", num_frames=4).clips_for(20, train=True, rng=rng)[0] for _ in range(20)]
+    assert all(c == sorted(c) and all(5 * k <= i < 5 * (k + 1) for k, i in enumerate(c)) for c in seg)
+    assert len({tuple(c) for c in seg}) > 1
+    clips = [SamplingPolicy("random", num_frames=4).clips_for(20, train=True, rng=rng)[0] for _ in range(20)]
+    assert all(c == list(range(c[0], c[0] + 4)) for c in clips) and len({c[0] for c in clips}) > 1
+    assert SamplingPolicy("stride", fps=5).clips_for(10, train=False, source_fps=25)[0] == [0, 5]
+
+
+def test_video_sample_through_the_dataset_with_multi_clip_evaluation(tmp_path):
+    video = write_video(tmp_path / "v.mp4")
+    sample = Sample("v", [], label="a", video=VideoClip(video, 0.5, 1.5), source=str(video))
+    policy = SamplingPolicy("random", num_frames=4, clips=2)
+    ds = SequenceDataset([sample, sample], ClipTransform(Preprocessing(16, 16)), sampling=policy)
+    batch = collate([ds[0], ds[1]])
+    batch.raise_errors()
+    assert batch.lengths.tolist() == [4, 4, 4, 4] and batch.groups.tolist() == [0, 0, 1, 1]
+    merged = batch.merge_clips(torch.tensor([[1.0], [3.0], [5.0], [7.0]]))
+    assert merged.tolist() == [[2.0], [6.0]]
+
+
+def _no_frames(path):
+    """A container with a video stream and not one frame."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width = stream.height = 32
+    stream.pix_fmt = "yuv420p"
+    container.start_encoding()  # writes the header: the file exists, with no frame in it
+    container.close()
+    return path
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _audio_only(path):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, start, end, message",
+    [
+        (lambda p: _write(p, b"not a video at all" * 10), None, None, "not a readable video"),
+        (lambda p: _write(p, b""), None, None, "not a readable video"),
+        (_audio_only, None, None, "no video stream.*audio"),
+        (lambda p: write_video(p), 5.0, None, "start 5 s is outside the video"),
+        (lambda p: write_video(p), 1.0, 0.5, "end 0.5 s is not after start"),
+        (lambda p: write_video(p), 0.0, 9.0, "end 9 s is past the end"),
+        (lambda p: _no_frames(p), None, None, "no streams at all"),
+        (lambda p: _no_frames(p.with_suffix(".avi")), None, None, "has no frames"),
+    ],
+)
+def test_bad_videos_name_the_file(tmp_path, make, start, end, message):
+    path = make(tmp_path / "bad.mp4")
+    with pytest.raises(BadVideoError, match=message) as info:
+        probe_video(path, start, end)
+    assert "bad." in str(info.value)
+
+
+def test_truncated_video_repeats_the_last_frame_and_says_so(tmp_path):
+    video = write_video(tmp_path / "v.mp4", frames=40, gop=4)
+    data = video.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    try:
+        info = probe_video(cut)
+    except BadVideoError:
+        return  # an mp4 cut before its index is simply unreadable: also a clear error
+    frames, notes = read_frames(cut, [0.0, info.frame_time(info.num_frames - 1)], fps=info.fps)
+    assert len(frames) == 2 and (notes or level(frames[1]) == 39 % 32)
+
+
+def test_video_errors_in_the_dataset_name_the_sample(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"garbage" * 50)
+    sample = Sample("clips/x", [], label="a", video=VideoClip(bad), source=str(bad))
+    ds = SequenceDataset([sample], ClipTransform(Preprocessing(16, 16)))
+    from seqvision.errors import DataError
+
+    with pytest.raises(DataError, match=r"sample 'clips/x'.*broken.mp4"):
+        collate([ds[0]]).raise_errors()
