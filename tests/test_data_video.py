@@ -14,6 +14,8 @@ from seqvision.data.sampling import SamplingPolicy  # noqa: E402
 from seqvision.data.transforms import ClipTransform, Preprocessing  # noqa: E402
 from seqvision.data.video import BadVideoError, probe_video, read_frames  # noqa: E402
 
+from conftest import fast_config  # noqa: E402
+
 
 def write_video(path, frames=20, fps=10, gop=4, size=32, times=None, codec="mpeg4"):
     """Frame i is a flat grey of level 8 * (i mod 32) (so a decoded frame tells which one it is)."""
@@ -183,3 +185,66 @@ def test_video_errors_in_the_dataset_name_the_sample(tmp_path):
 
     with pytest.raises(DataError, match=r"sample 'clips/x'.*broken.mp4"):
         collate([ds[0]]).raise_errors()
+
+
+def test_folder_layout_takes_one_sample_per_video_file(tmp_path):
+    from seqvision.data.discovery import discover
+
+    for label in ("up", "down"):
+        (tmp_path / label).mkdir()
+        for n in range(2):
+            write_video(tmp_path / label / f"v{n}.mp4")
+    samples = discover(tmp_path)
+    assert [s.id for s in samples] == ["down/v0.mp4", "down/v1.mp4", "up/v0.mp4", "up/v1.mp4"]
+    assert all(s.video is not None and s.label in ("up", "down") for s in samples)
+
+
+def test_manifest_clips_of_one_long_video_are_several_samples(tmp_path):
+    from seqvision.data.discovery import discover
+    from seqvision.errors import DataError
+
+    write_video(tmp_path / "long.mp4", frames=40)
+    (tmp_path / "m.csv").write_text(
+        "sample_id,label,video,start,end\nc1,a,long.mp4,0,1\nc2,b,long.mp4,1,2.5\nc3,a,long.mp4,,\n"
+    )
+    samples = {s.id: s for s in discover(tmp_path / "m.csv")}
+    assert samples["c2"].video == VideoClip(tmp_path / "long.mp4", 1.0, 2.5)
+    assert samples["c3"].video.start is None
+    ds = SequenceDataset(list(samples.values()), ClipTransform(Preprocessing(16, 16)))
+    assert [len(ds[i]["clip"]) for i in range(3)] == [10, 15, 40]
+    (tmp_path / "bad.csv").write_text("sample_id,label,path,start,end\nc1,a,long.mp4,2,1\n")
+    with pytest.raises(DataError, match="line 2.*'end'.*after 'start'"):
+        discover(tmp_path / "bad.csv")
+
+
+def test_train_and_predict_on_videos(tmp_path):
+    from seqvision.inference.predict import predict
+    from seqvision.training.fit import train
+
+    for label, gop in (("a", 4), ("b", 8)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for n in range(3):
+            write_video(tmp_path / "data" / label / f"v{n}.mp4", frames=12 + 2 * n, gop=gop)
+    cfg = fast_config(tmp_path / "data", max_epochs=1)
+    cfg.data.sampling, cfg.data.max_images, cfg.data.eval_clips = "random", 4, 2
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.val_metrics["num_samples"] == 2
+    rows, _ = predict(result.best_checkpoint, [tmp_path / "data" / "a" / "v0.mp4", tmp_path / "data" / "b"])
+    assert [r["sample"].rsplit("/", 2)[-2:] for r in rows] == [["a", "v0.mp4"], ["b", "v0.mp4"], ["b", "v1.mp4"], ["b", "v2.mp4"]]
+
+
+def test_unreadable_video_at_training_names_the_sample(tmp_path):
+    from seqvision.errors import DataError
+    from seqvision.training.fit import train
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for n in range(2):
+            write_video(tmp_path / "data" / label / f"v{n}.mp4")
+    (tmp_path / "data" / "a" / "v1.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match=r"sample 'a/v1.mp4'.*v1.mp4.*not a readable video.*--on-bad-image skip"):
+        train(fast_config(tmp_path / "data", max_epochs=1), tmp_path / "run", progress=False)
+    cfg = fast_config(tmp_path / "data", max_epochs=1)
+    cfg.data.on_bad_image = "skip"
+    result = train(cfg, tmp_path / "run2", progress=False)
+    assert any("a/v1.mp4" in r and "dropped" in r for r in result.reported)

@@ -7,21 +7,26 @@ Manifest, one row per image: ``sample_id, label, path[, index]``; or one row per
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import gc
 import json
 import math
 import os
-from collections import defaultdict
+import reprlib
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from seqvision.data.samples import SPLITS, FrameRef, Sample, is_image_file, natural_key
+from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import DataError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 _ID_COLUMNS = ("sample_id", "sample", "id")
 _PATH_COLUMNS = ("path", "image", "file")
 _PATHS_COLUMNS = ("paths", "images", "files")
+_META = ("label", "targets", "split")
 
 
 def discover(
@@ -54,7 +59,13 @@ def discover(
 
 def _scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
     """(image files in natural order, sub-folders) of one folder; hidden entries are ignored."""
-    images, subdirs = [], []
+    images, subdirs, _ = _scan(folder)
+    return images, subdirs
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(image files, sub-folders, video files) of one folder, each in natural order; hidden entries ignored."""
+    images, subdirs, videos = [], [], []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.startswith("."):
@@ -63,9 +74,15 @@ def _scan_images(folder: Path) -> tuple[list[Path], list[Path]]:
                 subdirs.append(Path(entry.path))
             elif is_image_file(Path(entry.name)):
                 images.append(Path(entry.path))
-    images.sort(key=lambda p: natural_key(p.name))
-    subdirs.sort(key=lambda p: natural_key(p.name))
-    return images, subdirs
+            elif is_video_file(Path(entry.name)):
+                videos.append(Path(entry.path))
+    for group in (images, subdirs, videos):
+        group.sort(key=lambda p: natural_key(p.name))
+    return images, subdirs, videos
+
+
+def _video_sample(path: Path, *, id: str, label: str | None = None, split: str | None = None) -> Sample:
+    return Sample(id=id, frames=[], label=label, split=split, source=str(path), video=VideoClip(path))
 
 
 def discover_folders(root: Path) -> list[Sample]:
@@ -82,12 +99,14 @@ def discover_folders(root: Path) -> list[Sample]:
                 f"its own folder: {split_root}/<label>/<sample_id>/<images>"
             )
         for label_dir in label_dirs:
-            loose, sample_dirs = _scan_images(label_dir)
+            loose, sample_dirs, videos = _scan(label_dir)
             if loose:
                 raise DataError(
                     f"{label_dir} holds images directly ({loose[0].name}, ...); expected one folder per "
-                    f"sample: {label_dir}/<sample_id>/<images>"
+                    f"sample: {label_dir}/<sample_id>/<images> (or one video file per sample)"
                 )
+            for video in videos:  # ROOT/<label>/<video file>: one sample per file
+                samples.append(_video_sample(video, id=video.relative_to(root).as_posix(), label=label_dir.name, split=split))
             for sample_dir in sample_dirs:
                 images, _ = _scan_images(sample_dir)
                 samples.append(
@@ -109,6 +128,9 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Sample]:
         path = Path(item)
         if not path.exists():
             raise DataError(f"input {path} does not exist")
+        if path.is_file() and is_video_file(path):
+            samples.append(_video_sample(path, id=str(path)))
+            continue
         if path.is_file():
             samples.extend(discover(path, require_labels=False))
             continue
@@ -118,18 +140,21 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Sample]:
             continue
         found = [s for s in _walk_sample_dirs(path)]
         if not found:
-            raise DataError(f"input {path}: no images found in it or its sub-folders")
+            raise DataError(f"input {path}: no images or videos found in it or its sub-folders")
         samples.extend(found)
     return samples
 
 
 def _walk_sample_dirs(root: Path) -> Iterator[Sample]:
-    """Every folder under ``root`` that holds images directly is one sample (label = its parent's name)."""
+    """Every folder under ``root`` that holds images directly is one sample (label = its parent's name);
+    every video file is one sample (label = its folder's name)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
+        folder = Path(dirpath)
+        for name in sorted((f for f in filenames if is_video_file(Path(f))), key=natural_key):
+            yield _video_sample(folder / name, id=str(folder / name), label=folder.name if folder != root else None)
         images = sorted((f for f in filenames if is_image_file(Path(f))), key=natural_key)
         if images:
-            folder = Path(dirpath)
             yield Sample(
                 id=str(folder),
                 frames=[FrameRef(folder / f) for f in images],
@@ -142,26 +167,36 @@ def _walk_sample_dirs(root: Path) -> Iterator[Sample]:
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a CSV (with header) or JSONL manifest."""
+    """(line number, row) of a CSV (with header) or JSONL manifest; a UTF-8 byte-order mark is allowed."""
     try:
         if path.suffix.lower() == ".csv":
             with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames:
+                reader = csv.reader(fh)  # rows made here: what csv.DictReader does, at half the cost
+                header = next(reader, None)
+                if not header:
                     raise DataError(f"{path}: empty manifest; the first line must be a header")
-                for row in reader:
-                    if None in row:  # more cells than header columns
+                names = [name.strip() for name in header]
+                for cells in reader:
+                    if not cells:  # a blank line
+                        continue
+                    if len(cells) > len(names):
                         raise DataError(f"{path} line {reader.line_num}: more values than header columns")
-                    yield reader.line_num, {k.strip(): (v.strip() if v is not None else None) for k, v in row.items()}
+                    row = dict(zip(names, map(str.strip, cells)))
+                    for name in names[len(cells):]:  # fewer values than columns: the rest are missing
+                        row[name] = None
+                    yield reader.line_num, row
         else:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
                     try:
                         row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
+                    except RecursionError:
+                        raise DataError(f"{path} line {lineno}: not valid JSON (nested too deeply)") from None
+                    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+                        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number with too many digits"
+                        raise DataError(f"{path} line {lineno}: not valid JSON ({reason})") from None
                     if not isinstance(row, dict):
                         raise DataError(f"{path} line {lineno}: expected a JSON object per line")
                     yield lineno, row
@@ -169,24 +204,40 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = _short.maxlong = 60
 
 
 def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` that has one; an empty cell (or JSON list) has none."""
     for name in names:
-        if row.get(name) not in (None, ""):
+        if row.get(name) not in (None, "", []):
             return row[name]
     return None
 
 
+def _text(value: Any, where: str, what: str) -> str:
+    """A sample id, label or path as text: a JSON number becomes text, a list or an object is an error."""
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{where}: {what} must be text or a number, got {_short.repr(value)}")
+    return str(value)
+
+
 def _parse_paths(value: Any, where: str) -> list[str]:
     if isinstance(value, list):
+        if any(isinstance(v, (list, dict)) for v in value):
+            raise DataError(f"{where}: 'paths' must be a list of path strings, got {_short.repr(value)}")
         return [str(v) for v in value]
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
             try:
                 parsed = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError, too many digits, too deep
                 raise DataError(f"{where}: 'paths' looks like JSON but does not parse") from None
             return _parse_paths(parsed, where)
         return [p.strip() for p in text.split(";") if p.strip()]
@@ -197,29 +248,83 @@ def _parse_float(value: Any, where: str, column: str) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: column {column!r} must be a number, got {value!r}") from None
+        raise DataError(f"{where}: column {column!r} must be a number, got {_short.repr(value)}") from None
+    except OverflowError:  # a (JSON) integer beyond the float range
+        out = math.inf
     if not math.isfinite(out):
-        raise DataError(f"{where}: column {column!r} is {value!r}; targets must be finite numbers")
+        raise DataError(f"{where}: column {column!r} is {_short.repr(value)}; it must be a finite number")
     return out
+
+
+def _video_clip(row: dict[str, Any], base: Path, where: str) -> VideoClip | None:
+    """A row naming a video (a ``video`` column, or a ``path`` to a video file), with optional
+    ``start`` / ``end`` seconds; None for an image row."""
+    value = row.get("video")
+    if value in (None, ""):
+        value = _first(row, _PATH_COLUMNS)
+        if not isinstance(value, str) or not is_video_file(Path(value)):
+            return None
+    file = base / _text(value, where, "'video'")
+    if not _is_file(file):
+        raise DataError(f"{where}: video file {file} does not exist")
+    start, end = (None if row.get(k) in (None, "") else _parse_float(row.get(k), where, k) for k in ("start", "end"))
+    if start is not None and start < 0:
+        raise DataError(f"{where}: 'start' must be 0 or more seconds, got {start:g}")
+    if start is not None and end is not None and end <= start:
+        raise DataError(f"{where}: 'end' ({end:g} s) must be after 'start' ({start:g} s)")
+    return VideoClip(file, start, end)
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file``, but False instead of an error for a name too long, unreadable or not encodable."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a big manifest makes millions of long-lived objects (and no
+    cycles), which the collector would otherwise scan again and again (a third of the indexing time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_manifest(path: Path, *, targets: list[str] | None = None, require_labels: bool = True) -> list[Sample]:
     """Parse a manifest into samples; every malformed row is an error naming its line."""
+    with _gc_paused():
+        return _read_manifest(path, targets, require_labels)
+
+
+def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) -> list[Sample]:
     base = path.parent
-    frames: dict[str, list[tuple[float | None, int, Path]]] = defaultdict(list)
-    meta: dict[str, dict[str, Any]] = {}
+    frames: dict[str, list[tuple[float | None, int, FrameRef]]] = {}  # (index, line, image) per image
+    meta: dict[str, tuple[str | None, dict[str, float] | None, str | None]] = {}  # label, targets, split
     lines: dict[str, int] = {}
+    packed: set[str] = set()  # samples given by one row with a 'paths' list
+    refs: dict[str, FrameRef] = {}  # each path as written, checked once: rows often share files
+    videos: dict[str, VideoClip] = {}  # samples that are (clips of) video files
     target_cols = targets
     for lineno, row in _read_rows(path):
         where = f"{path} line {lineno}"
         sample_id = _first(row, _ID_COLUMNS)
         if sample_id is None:
             raise DataError(f"{where}: no sample id; add a 'sample_id' column")
-        sample_id = str(sample_id)
+        if not isinstance(sample_id, str):
+            sample_id = _text(sample_id, where, "the sample id")
         if target_cols is None:
             target_cols = [] if "label" in row else sorted(k for k in row if k.startswith("target"))
         label = row.get("label")
-        label = None if label in (None, "") else str(label)
+        if label == "" or label is None:
+            label = None
+        elif not isinstance(label, str):
+            label = _text(label, where, "'label'")
         values = None
         if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
             values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
@@ -227,48 +332,70 @@ def read_manifest(path: Path, *, targets: list[str] | None = None, require_label
             raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or target columns)")
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
-            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        entry = {"label": label, "targets": values, "split": split}
-        if sample_id in meta and meta[sample_id] != entry:
+            raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
+        entry = (label, values, split)
+        known = meta.get(sample_id)
+        if known is None:
+            meta[sample_id], lines[sample_id], frames[sample_id] = entry, lineno, []
+        elif known != entry:
             raise DataError(
-                f"{where}: sample {sample_id!r} has label/targets/split {entry} here but "
-                f"{meta[sample_id]} on line {lines[sample_id]}; one sample has one target"
+                f"{where}: sample {sample_id!r} has label/targets/split {dict(zip(_META, entry))} here but "
+                f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target"
             )
-        meta.setdefault(sample_id, entry)
-        lines.setdefault(sample_id, lineno)
 
+        video = _video_clip(row, base, where)
+        if video is not None:  # one row, one clip: a video (or [start, end) seconds of it) is a sample
+            if frames[sample_id] or sample_id in videos:
+                raise DataError(f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a video sample has one row")
+            videos[sample_id] = video
+            continue
+        if sample_id in videos:
+            raise DataError(f"{where}: sample {sample_id!r} is a video on line {lines[sample_id]}; it cannot also list images")
         single = _first(row, _PATH_COLUMNS)
         many = _first(row, _PATHS_COLUMNS)
         if single is None and many is None:
             raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
+        if sample_id in packed or (many is not None and frames[sample_id]):
+            raise DataError(
+                f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a sample given by a 'paths' "
+                "list has that one row only"
+            )
         if many is not None:
-            if frames[sample_id]:
-                raise DataError(f"{where}: sample {sample_id!r} appears on more than one per-sample row")
             rel_paths = _parse_paths(many, where)
-            items = [(float(i), lineno, base / p) for i, p in enumerate(rel_paths)]
+            if not rel_paths:
+                raise DataError(f"{where}: sample {sample_id!r} has no image path in its 'paths' value")
+            packed.add(sample_id)
+            indices = map(float, range(len(rel_paths)))
         else:
             index = row.get("index")
-            index = None if index in (None, "") else _parse_float(index, where, "index")
-            items = [(index, lineno, base / str(single))]
-        for index, ln, p in items:
-            if not p.is_file():
-                raise DataError(f"{path} line {ln}: sample {sample_id!r}: image file {p} does not exist")
-            frames[sample_id].append((index, ln, p))
+            indices = (None if index in (None, "") else _parse_float(index, where, "index"),)
+            rel_paths = (single if isinstance(single, str) else _text(single, where, "'path'"),)
+        sample_frames = frames[sample_id]
+        for index, rel in zip(indices, rel_paths):
+            ref = refs.get(rel)
+            if ref is None:
+                file = base / rel
+                if not _is_file(file):
+                    raise DataError(f"{where}: sample {sample_id!r}: image file {file} does not exist")
+                ref = refs[rel] = FrameRef(file)  # FrameRef is immutable: rows naming one file share it
+            sample_frames.append((index, lineno, ref))
 
-    samples = []
-    for sample_id, entries in frames.items():
-        samples.append(
-            Sample(
-                id=sample_id,
-                frames=[FrameRef(p) for p in _order_frames(path, sample_id, entries)],
-                source=f"{path} line {lines[sample_id]}",
-                **meta[sample_id],
-            )
+    name_key = functools.lru_cache(maxsize=None)(natural_key)
+    return [
+        Sample(
+            id=sample_id,
+            frames=_order_frames(path, sample_id, entries, name_key),
+            **dict(zip(_META, meta[sample_id])),
+            source=f"{path} line {lines[sample_id]}",
+            video=videos.get(sample_id),
         )
-    return samples
+        for sample_id, entries in frames.items()
+    ]
 
 
-def _order_frames(path: Path, sample_id: str, entries: list[tuple[float | None, int, Path]]) -> list[Path]:
+def _order_frames(
+    path: Path, sample_id: str, entries: list[tuple[float | None, int, FrameRef]], name_key=natural_key
+) -> list[FrameRef]:
     """By ``index`` when every row has one, else by natural sort of the file name."""
     with_index = [e for e in entries if e[0] is not None]
     if with_index and len(with_index) != len(entries):
@@ -279,5 +406,5 @@ def _order_frames(path: Path, sample_id: str, entries: list[tuple[float | None, 
             if index in seen:
                 raise DataError(f"{path} line {ln}: sample {sample_id!r} repeats index {index:g} (line {seen[index]})")
             seen[index] = ln
-        return [p for _, _, p in sorted(entries, key=lambda e: e[0])]
-    return sorted((p for _, _, p in entries), key=lambda p: natural_key(p.name))
+        return [ref for _, _, ref in sorted(entries, key=lambda e: e[0])]
+    return sorted((ref for _, _, ref in entries), key=lambda ref: name_key(ref.path.name))

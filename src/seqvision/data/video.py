@@ -16,14 +16,9 @@ import torch
 
 from seqvision.errors import DataError
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp", ".ts", ".gif"}
-)
+from seqvision.data.samples import VIDEO_EXTENSIONS, is_video_file  # noqa: F401  (re-exported)
+
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
-
-
-def is_video_file(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
 
 
 class BadVideoError(DataError):
