@@ -55,7 +55,7 @@ def test_on_bad_image_skip_trains_and_reports(tmp_path, capsys):
     (data / "left" / "s1" / "f0.png").write_bytes(b"")
     assert main(_train_args(data, tmp_path / "run", "--on-bad-image", "skip")) == 0
     err = capsys.readouterr().err
-    assert "left out (not silently dropped)" in err and "f0.png: empty file" in err
+    assert "left out, clips shortened (not silently dropped)" in err and "f0.png: empty file" in err
 
 
 def test_missing_data_and_missing_checkpoint(tmp_path, capsys):

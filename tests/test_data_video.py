@@ -248,3 +248,12 @@ def test_unreadable_video_at_training_names_the_sample(tmp_path):
     cfg.data.on_bad_image = "skip"
     result = train(cfg, tmp_path / "run2", progress=False)
     assert any("a/v1.mp4" in r and "dropped" in r for r in result.reported)
+
+
+def test_a_video_shorter_than_the_clip_uses_all_frames_and_says_so(tmp_path):
+    video = write_video(tmp_path / "short.mp4", frames=5)
+    sample = Sample("s", [], label="a", video=VideoClip(video), source=str(video))
+    ds = SequenceDataset([sample], ClipTransform(Preprocessing(16, 16)), sampling=SamplingPolicy("random", num_frames=8), train=True)
+    item = ds[0]
+    assert len(item["clip"]) == 5
+    assert any("5 frame(s), fewer than --num-frames 8: all used" in m for m in item["skipped"])

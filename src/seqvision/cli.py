@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = getattr(result, f"{split}_metrics")
         if metrics:
             print(f"{split}: {headline(metrics)}  ({Path(args.out) / split / 'metrics.json'})")
-    _report(result.reported, "samples/images left out")
+    _report(result.reported, "data notes: samples or images left out, clips shortened")
     return 0
 
 

@@ -74,6 +74,7 @@ class SequenceDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.shuffle_frames = shuffle_frames
         self.seed = seed
+        self.notes: set[str] = set()  # per-sample facts for the summary (e.g. shorter than the clip)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,6 +83,9 @@ class SequenceDataset(Dataset):
         """Frame indices of each clip of sample ``index`` (random draws from the seeded global RNG in
         training, so a seeded run and its resumed continuation draw alike; none in evaluation)."""
         clips = self.sampling.clips_for(num_frames, train=self.train, rng=random, source_fps=source_fps)
+        wanted = self.sampling.num_frames
+        if wanted and self.sampling.mode in ("random", "segments") and 0 < num_frames < wanted:
+            self.notes.add(f"sample {self.samples[index].id!r}: {num_frames} frame(s), fewer than --num-frames {wanted}: all used")
         if self.shuffle_frames:
             clips = [shuffled(c, seed=self.seed * 1_000_003 + index) for c in clips]
         return clips
@@ -90,6 +94,8 @@ class SequenceDataset(Dataset):
         sample = self.samples[index]
         item: dict = {"id": sample.id, "skipped": [], "error": None, "clip": None, "clip_lengths": None, "target": None}
         clips = self.load_clips(index, item)
+        item["skipped"].extend(sorted(self.notes))  # reported once: the summary de-duplicates
+        self.notes.clear()
         if item["error"]:
             return item
         if not clips:
