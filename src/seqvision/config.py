@@ -62,16 +62,19 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"  # any torchvision classification model, or a seqvision-registered one
     weights: str = "imagenet"  # imagenet | none | path to a state_dict / checkpoint file
-    pool: str = "avg"  # avg | max: global pooling of the last feature map
+    pool: str = "avg"  # avg | max | grid2 (2x2 cells concatenated: keeps coarse layout, 4x the features)
     freeze: bool = False  # frozen backbone: no gradients and BatchNorm statistics never move
     trainable_stages: int | None = None  # fine-tune only the last K stages of the backbone (others frozen)
     chunk_size: int | None = None  # images per backbone pass: bounds memory for long sequences
     checkpointing: bool = False  # activation checkpointing of each chunk while training (needs chunk_size)
-    head: str = "lstm"
-    hidden_size: int = 256
-    num_layers: int = 1
+    head: str = "lstm"  # lstm | gru | attention | transformer | mean | max (seqvision.models.temporal)
+    temporal_diff: bool = False  # each step also gets x_t - x_{t-1} of the features (motion cue)
+    hidden_size: int = 256  # lstm / gru / attention
+    num_layers: int = 1  # recurrent layers, or transformer encoder layers
+    d_model: int = 256  # transformer width
+    nhead: int = 4  # transformer attention heads
     bidirectional: bool = False
-    lstm_dropout: float = 0.0  # between stacked LSTM layers
+    lstm_dropout: float = 0.0  # between stacked recurrent layers (inside the transformer too)
     dropout: float = 0.2  # before the task head's Linear
 
 
@@ -90,6 +93,7 @@ class TrainConfig:
     monitor: str | None = None  # None = val_acc for classification, val_loss for regression
     label_smoothing: float = 0.0
     class_weights: str | None = None  # None | balanced
+    balanced_sampler: bool = False  # draw training samples with probability 1 / (count of their class)
     loss: str = "mse"  # regression: mse | l1
     accelerator: str = "auto"
     devices: str = "auto"
@@ -162,12 +166,12 @@ def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any
 def validate(cfg: RunConfig) -> None:
     """Reject option values that cannot work, naming the option and the choices."""
     choices = {
-        ("data", "task"): ("auto", "classification", "regression"),
+        ("data", "task"): ("auto", "classification", "multilabel", "regression", "frame_classification", "frame_regression"),
         ("data", "short_samples"): ("error", "drop"),
         ("data", "on_bad_image"): ("error", "skip"),
         ("data", "cache_dtype"): ("float32", "float16"),
-        ("model", "pool"): ("avg", "max"),
-        ("model", "head"): ("lstm",),
+        ("model", "pool"): ("avg", "max", "grid2"),
+        ("model", "head"): tuple(_heads()),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
         ("train", "loss"): ("mse", "l1"),
         ("train", "class_weights"): (None, "balanced"),
@@ -201,6 +205,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--freeze and --trainable-stages contradict each other; choose one")
     if cfg.train.batch_size < 1 or cfg.train.max_epochs < 1:
         raise ConfigError("--batch-size and --max-epochs must be at least 1")
+
+
+def _heads() -> list[str]:
+    from seqvision.models.temporal import available_heads
+
+    return available_heads()
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -32,6 +32,7 @@ class Batch:
     errors: list[str] = field(default_factory=list)  # bad input found in a worker; raised in the main process
     precomputed: bool = False  # images holds CNN features from the cache: run the heads only
     groups: torch.Tensor | None = None  # (C,) sample index of each clip; None when C == B
+    frames: list[str] = field(default_factory=list)  # (N,) which image each row of ``images`` is
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -59,7 +60,8 @@ class SequenceDataset(Dataset):
         samples: list[Sample],
         transform: ClipTransform | None,
         *,
-        encode_target: Callable[[Sample], torch.Tensor | None] | None = None,
+        encode_target: Callable[[Sample, list[int]], torch.Tensor] | None = None,
+        per_image: bool = False,
         sampling: SamplingPolicy | None = None,
         train: bool = False,
         on_bad_image: str = "error",
@@ -68,7 +70,8 @@ class SequenceDataset(Dataset):
     ) -> None:
         self.samples = samples
         self.transform = transform
-        self.encode_target = encode_target
+        self.encode_target = encode_target  # (sample, frame indices used) -> target tensor
+        self.per_image = per_image  # targets are per image: (T,) or (T, K), concatenated like the images
         self.sampling = sampling or SamplingPolicy()
         self.train = train
         self.on_bad_image = on_bad_image
@@ -92,8 +95,11 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        item: dict = {"id": sample.id, "skipped": [], "error": None, "clip": None, "clip_lengths": None, "target": None}
-        clips = self.load_clips(index, item)
+        item: dict = {
+            "id": sample.id, "skipped": [], "error": None, "clip": None, "clip_lengths": None, "target": None,
+            "frame_target": None, "frames": [],
+        }
+        clips, used = self.load_clips(index, item)  # used: the frame index of every image in the clips
         item["skipped"].extend(sorted(self.notes))  # reported once: the summary de-duplicates
         self.notes.clear()
         if item["error"]:
@@ -107,8 +113,14 @@ class SequenceDataset(Dataset):
             return item
         item["clip"] = torch.cat(clips)  # (sum T_c, ...)
         item["clip_lengths"] = [len(c) for c in clips]
+        item["frames"] = [str(sample.frames[i].path) if sample.video is None else f"{sample.video.path}@{i}" for i in used]
         if self.encode_target is not None:
-            item["target"] = self.encode_target(sample)
+            try:
+                target = self.encode_target(sample, used)
+            except DataError as exc:
+                item["error"] = str(exc)
+                return item
+            item["frame_target" if target.dim() >= 1 and self.per_image else "target"] = target
         return item
 
     def bad_frame(self, item: dict, message: str) -> None:
@@ -118,34 +130,37 @@ class SequenceDataset(Dataset):
         else:
             item["skipped"].append(message)
 
-    def load_clips(self, index: int, item: dict) -> list[torch.Tensor]:
-        """Each clip's frames decoded and transformed -> ``(T_c, 3, S, S)``; empty clips are dropped."""
+    def load_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
+        """Each clip's frames decoded and transformed -> ``(T_c, 3, S, S)`` (empty clips dropped), and
+        the frame index of every image kept, in order (per-image targets follow them)."""
         sample = self.samples[index]
         if sample.video is not None:
             return self._video_clips(index, item)
-        out = []
+        out, used = [], []
         for clip in self.clips(index, len(sample.frames)):
-            paths = [sample.frames[i].path for i in clip]
-            tensor = self.load_clip(index, paths, item)
+            tensor, kept = self.load_clip(index, [sample.frames[i].path for i in clip], item)
             if item["error"]:
-                return []
+                return [], []
             if tensor is not None:
                 out.append(tensor)
-        return out
+                used.extend(clip[k] for k in kept)
+        return out, used
 
-    def load_clip(self, index: int, paths: list, item: dict) -> torch.Tensor | None:
-        """Decode and transform the images at ``paths`` -> ``(T, 3, S, S)``; ``None`` if none is readable."""
-        frames = []
-        for path in paths:
+    def load_clip(self, index: int, paths: list, item: dict) -> tuple[torch.Tensor | None, list[int]]:
+        """Decode and transform the images at ``paths`` -> ``(T, 3, S, S)`` (``None`` if none is
+        readable), and the positions in ``paths`` that made it (bad images may be skipped)."""
+        frames, kept = [], []
+        for k, path in enumerate(paths):
             try:
                 frames.append(load_image(path))
+                kept.append(k)
             except BadImageError as exc:
                 self.bad_frame(item, f"sample {self.samples[index].id!r}: image {path}: {exc.reason}")
                 if item["error"]:
-                    return None
-        return self.transform(frames) if frames else None
+                    return None, []
+        return (self.transform(frames) if frames else None), kept
 
-    def _video_clips(self, index: int, item: dict) -> list[torch.Tensor]:
+    def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
         from seqvision.data.video import probe_video, read_frames
 
         sample = self.samples[index]
@@ -157,13 +172,13 @@ class SequenceDataset(Dataset):
             frames, notes = read_frames(video.path, [info.frame_time(i) for i in wanted], info.fps)
         except DataError as exc:
             self.bad_frame(item, f"sample {sample.id!r}: {exc}")
-            return []
+            return [], []
         item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
         out, at = [], 0
         for clip in clips:
             out.append(self.transform(frames[at : at + len(clip)]))
             at += len(clip)
-        return out
+        return out, wanted
 
 
 def collate(items: list[dict]) -> Batch:
@@ -174,7 +189,9 @@ def collate(items: list[dict]) -> Batch:
     if not kept:
         return Batch(torch.empty(0), torch.zeros(0, dtype=torch.long), [], None, skipped, errors)
     targets = None
-    if kept[0]["target"] is not None:
+    if kept[0]["frame_target"] is not None:  # per-image targets: (N,) or (N, K), aligned with images
+        targets = torch.cat([it["frame_target"] for it in kept])
+    elif kept[0]["target"] is not None:
         targets = torch.stack([it["target"] for it in kept])
     lengths = [n for it in kept for n in it["clip_lengths"]]
     groups = None
@@ -189,4 +206,5 @@ def collate(items: list[dict]) -> Batch:
         errors=errors,
         precomputed=kept[0]["clip"].dim() == 2,
         groups=groups,
+        frames=[f for it in kept for f in it["frames"]],
     )

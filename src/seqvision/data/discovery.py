@@ -26,7 +26,10 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 _ID_COLUMNS = ("sample_id", "sample", "id")
 _PATH_COLUMNS = ("path", "image", "file")
 _PATHS_COLUMNS = ("paths", "images", "files")
-_META = ("label", "targets", "split")
+_META = ("label", "targets", "split", "labels")
+_FRAME_LABEL = "frame_label"  # per-image class (sequence labelling), on one-row-per-image manifests
+_FRAME_LABELS = "frame_labels"  # the same for a one-row-per-sample manifest, aligned with 'paths'
+_FRAME_TARGET = "frame_target"  # prefix of per-image regression columns
 
 
 def discover(
@@ -304,8 +307,8 @@ def read_manifest(path: Path, *, targets: list[str] | None = None, require_label
 
 def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) -> list[Sample]:
     base = path.parent
-    frames: dict[str, list[tuple[float | None, int, FrameRef]]] = {}  # (index, line, image) per image
-    meta: dict[str, tuple[str | None, dict[str, float] | None, str | None]] = {}  # label, targets, split
+    frames: dict[str, list[tuple]] = {}  # (index, line, image, per-image target) per image
+    meta: dict[str, tuple] = {}  # label, targets, split, labels (multi-label)
     lines: dict[str, int] = {}
     packed: set[str] = set()  # samples given by one row with a 'paths' list
     refs: dict[str, FrameRef] = {}  # each path as written, checked once: rows often share files
@@ -328,12 +331,14 @@ def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) 
         values = None
         if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
             values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
-        if require_labels and label is None and values is None:
-            raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or target columns)")
+        labels = _multi_labels(row.get("labels"), where)
+        per_image = any(k == _FRAME_LABEL or k == _FRAME_LABELS or k.startswith(_FRAME_TARGET) for k in row)
+        if require_labels and label is None and values is None and labels is None and not per_image:
+            raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
-        entry = (label, values, split)
+        entry = (label, values, split, labels)
         known = meta.get(sample_id)
         if known is None:
             meta[sample_id], lines[sample_id], frames[sample_id] = entry, lineno, []
@@ -366,45 +371,87 @@ def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) 
                 raise DataError(f"{where}: sample {sample_id!r} has no image path in its 'paths' value")
             packed.add(sample_id)
             indices = map(float, range(len(rel_paths)))
+            payloads = _packed_frame_labels(row, len(rel_paths), where)
         else:
             index = row.get("index")
             indices = (None if index in (None, "") else _parse_float(index, where, "index"),)
             rel_paths = (single if isinstance(single, str) else _text(single, where, "'path'"),)
+            payloads = (_frame_payload(row, where, require_labels),)
         sample_frames = frames[sample_id]
-        for index, rel in zip(indices, rel_paths):
+        for index, rel, payload in zip(indices, rel_paths, payloads):
             ref = refs.get(rel)
             if ref is None:
                 file = base / rel
                 if not _is_file(file):
                     raise DataError(f"{where}: sample {sample_id!r}: image file {file} does not exist")
                 ref = refs[rel] = FrameRef(file)  # FrameRef is immutable: rows naming one file share it
-            sample_frames.append((index, lineno, ref))
+            sample_frames.append((index, lineno, ref, payload))
 
     name_key = functools.lru_cache(maxsize=None)(natural_key)
-    return [
-        Sample(
+    samples = []
+    for sample_id, entries in frames.items():
+        ordered = _order_frames(path, sample_id, entries, name_key)
+        sample = Sample(
             id=sample_id,
-            frames=_order_frames(path, sample_id, entries, name_key),
+            frames=[ref for ref, _ in ordered],
             **dict(zip(_META, meta[sample_id])),
             source=f"{path} line {lines[sample_id]}",
             video=videos.get(sample_id),
         )
-        for sample_id, entries in frames.items()
-    ]
+        payloads = [payload for _, payload in ordered]
+        if any(p is not None and p[0] is not None for p in payloads):
+            sample.frame_labels = [p[0] if p else None for p in payloads]
+        if any(p is not None and p[1] is not None for p in payloads):
+            sample.frame_targets = [p[1] if p else None for p in payloads]
+        samples.append(sample)
+    return samples
 
 
-def _order_frames(
-    path: Path, sample_id: str, entries: list[tuple[float | None, int, FrameRef]], name_key=natural_key
-) -> list[FrameRef]:
-    """By ``index`` when every row has one, else by natural sort of the file name."""
+def _multi_labels(value: Any, where: str) -> list[str] | None:
+    """The 'labels' column: ``;``-separated (or a JSON list); an empty cell is a sample with no label on."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        items = [_text(v, where, "a label in 'labels'") for v in value]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(";")]
+    else:
+        items = [_text(value, where, "'labels'")]
+    return sorted({v for v in items if v})
+
+
+def _frame_payload(row: dict[str, Any], where: str, required: bool) -> tuple | None:
+    """(class, {target: value}) of one image row for per-image tasks; None when the row has neither."""
+    label = row.get(_FRAME_LABEL)
+    label = None if label in (None, "") else _text(label, where, f"'{_FRAME_LABEL}'")
+    columns = sorted(k for k in row if k.startswith(_FRAME_TARGET))
+    values = None
+    if columns and (required or all(row.get(c) not in (None, "") for c in columns)):
+        values = {c: _parse_float(row.get(c), where, c) for c in columns}
+    return None if label is None and values is None else (label, values)
+
+
+def _packed_frame_labels(row: dict[str, Any], count: int, where: str) -> list[tuple | None]:
+    """Per-image classes of a one-row sample: a ``frame_labels`` list aligned with its ``paths``."""
+    value = row.get(_FRAME_LABELS)
+    if value in (None, "", []):
+        return [None] * count
+    labels = _parse_paths(value, where)  # the same ;-separated / JSON-list syntax as 'paths'
+    if len(labels) != count:
+        raise DataError(f"{where}: '{_FRAME_LABELS}' has {len(labels)} labels for {count} paths; give one per image")
+    return [(label, None) for label in labels]
+
+
+def _order_frames(path: Path, sample_id: str, entries: list[tuple], name_key=natural_key) -> list[tuple]:
+    """``(image, per-image target)`` by ``index`` when every row has one, else by natural file-name order."""
     with_index = [e for e in entries if e[0] is not None]
     if with_index and len(with_index) != len(entries):
         raise DataError(f"{path}: sample {sample_id!r}: some rows have an 'index' and some do not; give all or none")
     if with_index:
         seen: dict[float, int] = {}
-        for index, ln, _ in entries:
+        for index, ln, *_ in entries:
             if index in seen:
                 raise DataError(f"{path} line {ln}: sample {sample_id!r} repeats index {index:g} (line {seen[index]})")
             seen[index] = ln
-        return [ref for _, _, ref in sorted(entries, key=lambda e: e[0])]
-    return sorted((ref for _, _, ref in entries), key=lambda ref: name_key(ref.path.name))
+        return [(ref, payload) for _, _, ref, payload in sorted(entries, key=lambda e: e[0])]
+    return sorted(((ref, payload) for _, _, ref, payload in entries), key=lambda e: name_key(e[0].path.name))

@@ -40,6 +40,9 @@ class Sample:
     split: str | None = None  # train | val | test when the data says so
     source: str = ""  # where it came from (folder or manifest rows), for error messages
     video: VideoClip | None = None  # a video sample: frames are decoded from it (``frames`` is empty)
+    labels: list[str] | None = None  # multi-label classification: every class that is on
+    frame_labels: list[str | None] | None = None  # per-image classes, aligned with ``frames``
+    frame_targets: list[dict[str, float] | None] | None = None  # per-image regression targets
 
     def __len__(self) -> int:
         return len(self.frames)

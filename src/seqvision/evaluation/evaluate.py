@@ -8,8 +8,8 @@ from pathlib import Path
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
 from seqvision.data.targets import TargetSpec
-from seqvision.errors import CheckpointError
-from seqvision.evaluation.metrics import classification_metrics, regression_metrics
+from seqvision.errors import CheckpointError, DataError
+from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.report import plot_confusion_matrix, write_metrics
 from seqvision.inference.predictor import Predictor
 
@@ -22,18 +22,26 @@ class EvaluationResult:
 
 
 def check_task_matches(predictor: Predictor, samples: list[Sample], source: str) -> None:
-    """A classification checkpoint on regression data (or the reverse) is an error that says so."""
+    """Every sample must be encodable for the checkpoint's task. When one is not and the data holds
+    another kind of target (a classifier on regression data, ...), say so; else name the sample."""
     spec = predictor.spec
-    has_numbers = any(s.targets is not None for s in samples)
-    if spec.task == "classification" and has_numbers and all(s.label is None for s in samples):
-        raise CheckpointError(f"the checkpoint is a classifier ({', '.join(spec.class_names)}) but {source} holds regression targets")
-    if spec.task == "regression" and not has_numbers:
-        try:
-            TargetSpec.infer(samples, task="regression")
-        except Exception:
-            raise CheckpointError(
-                f"the checkpoint is a regression model ({', '.join(spec.target_names)}) but {source} holds class labels"
-            ) from None
+    try:
+        spec.check(samples)
+        return
+    except DataError as exc:
+        problem = exc
+    try:
+        found = TargetSpec.infer(samples).task
+    except DataError:
+        raise problem from None
+    if found == spec.task:
+        raise problem
+    family = {"classification": "class labels", "multilabel": "multi-label 'labels'", "regression": "numeric targets",
+              "frame_classification": "per-image labels", "frame_regression": "per-image targets"}
+    raise CheckpointError(
+        f"the checkpoint is a {spec.task} model ({', '.join(spec.class_names or spec.target_names)}) but {source} "
+        f"holds {family[found]} ({problem}); evaluate it on data of its own task"
+    )
 
 
 def evaluate_samples(
@@ -44,17 +52,21 @@ def evaluate_samples(
     check_task_matches(predictor, samples, source)
     preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True)
     spec = predictor.spec
-    if spec.task == "classification":
+    if spec.task in ("classification", "frame_classification"):
         metrics = classification_metrics(preds.outputs, preds.targets, spec.class_names)
+    elif spec.task == "multilabel":
+        metrics = multilabel_metrics(preds.outputs, preds.targets, spec.class_names, predictor.thresholds)
     else:
         metrics = regression_metrics(preds.outputs, preds.targets, spec.target_names)
+    if spec.per_image:  # metrics over images; samples counted apart
+        metrics["num_images"], metrics["num_samples"] = metrics["num_samples"], len(set(preds.sample_ids))
     if preds.skipped:
         metrics["skipped"] = preds.skipped
     result = EvaluationResult(metrics, skipped=preds.skipped)
     if out_dir is not None:
         out_dir = Path(out_dir)
         result.files.append(write_metrics(metrics, out_dir))
-        if spec.task == "classification":
+        if "confusion_matrix" in metrics:
             cm = metrics["confusion_matrix"]
             result.files.append(plot_confusion_matrix(cm["matrix"], cm["labels"], out_dir / "confusion_matrix.png"))
     return result

@@ -59,6 +59,59 @@ def regression_metrics(preds: torch.Tensor, targets: torch.Tensor, target_names:
 
 def headline(metrics: dict) -> str:
     """A one-line summary for the terminal."""
-    keys = ("accuracy", "top2_accuracy", "macro_f1") if "accuracy" in metrics else ("mae", "rmse", "r2")
+    if "mAP" in metrics:
+        keys = ("mAP", "macro_f1", "micro_f1")
+    else:
+        keys = ("accuracy", "top2_accuracy", "macro_f1") if "accuracy" in metrics else ("mae", "rmse", "r2")
     parts = [f"{k}={metrics[k]:.4f}" for k in keys if k in metrics]
-    return f"{metrics['num_samples']} samples: " + ", ".join(parts)
+    images = f" ({metrics['num_images']} images)" if "num_images" in metrics else ""
+    return f"{metrics['num_samples']} samples{images}: " + ", ".join(parts)
+
+
+def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Per label, the probability threshold with the best F1 on ``probs (B, K)`` vs multi-hot targets
+    (0.5 for a label with no positive example, where F1 cannot choose)."""
+    out = []
+    candidates = torch.linspace(0.05, 0.95, 19)
+    for k in range(probs.shape[1]):
+        p, t = probs[:, k], targets[:, k] > 0.5
+        if not t.any():
+            out.append(0.5)
+            continue
+        predicted = p[None, :] >= candidates[:, None]  # (19, B)
+        tp = (predicted & t).sum(1).float()
+        f1 = 2 * tp / (predicted.sum(1) + t.sum()).clamp_min(1)
+        out.append(float(candidates[int(f1.argmax())]))
+    return out
+
+
+def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str], thresholds: list[float]) -> dict:
+    """mAP (macro average precision), per-label AP / precision / recall / F1 at its threshold, micro and
+    macro F1, and exact-match accuracy. ``logits``, ``targets``: ``(B, K)``."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    k = len(class_names)
+    probs = logits.float().sigmoid()
+    truth = targets > 0.5
+    predicted = probs >= torch.tensor(thresholds)[None, :]
+    ap = multilabel_average_precision(probs, truth.long(), num_labels=k, average="none")
+    tp = (predicted & truth).sum(0).float()
+    precision = tp / predicted.sum(0).clamp_min(1)
+    recall = tp / truth.sum(0).clamp_min(1)
+    f1 = 2 * tp / (predicted.sum(0) + truth.sum(0)).clamp_min(1)
+    has_positive = truth.any(0)
+    micro = 2 * tp.sum() / (predicted.sum() + truth.sum()).clamp_min(1)
+    return {
+        "num_samples": int(targets.shape[0]),
+        "mAP": float(ap[has_positive].mean()) if has_positive.any() else float("nan"),
+        "macro_f1": float(f1.mean()),
+        "micro_f1": float(micro),
+        "exact_match": float((predicted == truth).all(1).float().mean()),
+        "per_label": {
+            name: {
+                "ap": float(ap[i]) if has_positive[i] else None, "precision": float(precision[i]),
+                "recall": float(recall[i]), "f1": float(f1[i]), "threshold": thresholds[i], "support": int(truth[:, i].sum()),
+            }
+            for i, name in enumerate(class_names)
+        },
+    }

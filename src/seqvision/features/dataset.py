@@ -21,20 +21,21 @@ class CachedFeatureDataset(SequenceDataset):
         self._locations = [store.locate([f.path for f in s.frames]) for s in samples]
         self._row_of = [{f.path: i for i, f in enumerate(s.frames)} for s in samples]
 
-    def load_clip(self, index: int, paths: list[Path], item: dict) -> torch.Tensor | None:
+    def load_clip(self, index: int, paths: list[Path], item: dict) -> tuple[torch.Tensor | None, list[int]]:
         sample = self.samples[index]
-        found = []
-        for path in paths:
+        found, kept = [], []
+        for k, path in enumerate(paths):
             location = self._locations[index][self._row_of[index][path]]
             if location is None:  # a bad image skipped at extraction, or a file changed since
                 self.bad_frame(item, f"sample {sample.id!r}: image {path}: not in the feature cache (unreadable, or changed since extraction)")
                 if item["error"]:
-                    return None
+                    return None, []
                 continue
             found.append(location)
+            kept.append(k)
         if not found:
-            return None
+            return None, []
         features = self.store.read(found)  # (T, F)
         if features is None:
             item["error"] = f"sample {sample.id!r}: the feature cache was damaged while training; run again to recompute it"
-        return features
+        return features, kept

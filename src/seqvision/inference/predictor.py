@@ -20,20 +20,25 @@ from seqvision.training.checkpoint import read_checkpoint
 
 @dataclass
 class Predictions:
-    sample_ids: list[str]
-    outputs: torch.Tensor  # (B, K) logits (classification) or values (regression), float32
+    sample_ids: list[str]  # one per output row: per sample, or per image for per-image tasks
+    outputs: torch.Tensor  # (B, K) logits / values, or (N, K) per image; float32
     targets: torch.Tensor | None = None  # when the samples carry targets
     skipped: list[str] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)  # per-image tasks: the image of each output row
 
 
 class Predictor:
     """Runs a :class:`SequenceModel` with the preprocessing and sampling it was trained with."""
 
-    def __init__(self, model: SequenceModel, *, cfg: RunConfig, spec: TargetSpec, preprocessing: Preprocessing) -> None:
+    def __init__(
+        self, model: SequenceModel, *, cfg: RunConfig, spec: TargetSpec, preprocessing: Preprocessing,
+        thresholds: list[float] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
+        self.thresholds = thresholds or [0.5] * spec.num_outputs  # multi-label decision thresholds
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "Predictor":
@@ -46,13 +51,14 @@ class Predictor:
             prep = Preprocessing.from_dict(meta["preprocessing"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: incomplete seqvision metadata ({exc})") from None
-        model = build_sequence_model(cfg.model, spec.num_outputs, weights="none")  # the checkpoint has them all
+        # weights="none": the checkpoint holds every parameter, nothing is downloaded
+        model = build_sequence_model(cfg.model, spec.num_outputs, weights="none", per_step=spec.per_image)
         state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items() if k.startswith("model.")}
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({str(exc)[:300]})") from None
-        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep)
+        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"))
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +72,7 @@ class Predictor:
             samples,
             ClipTransform(self.preprocessing, train=False),
             encode_target=self.spec.encode if with_targets else None,
+            per_image=self.spec.per_image,
             sampling=d.sampling_policy(train=False),  # as the model was evaluated in training
             on_bad_image=on_bad_image or d.on_bad_image,
             shuffle_frames=d.shuffle_frames,
@@ -82,7 +89,7 @@ class Predictor:
         """Outputs for every sample (in order), batched; bad input raises or is skipped and reported."""
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute
-        ids, outputs, targets, skipped = [], [], [], []
+        ids, outputs, targets, skipped, frames = [], [], [], [], []
         loader = self.dataloader(
             samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets
         )
@@ -91,8 +98,14 @@ class Predictor:
             skipped.extend(batch.skipped)
             if not batch.sample_ids:
                 continue
-            out = batch.merge_clips(self.model(batch.images.to(self.device), batch.lengths))  # (B, K)
-            ids.extend(batch.sample_ids)
+            out = self.model(batch.images.to(self.device), batch.lengths)  # (C, K) or (N, K) per image
+            if self.spec.per_image:
+                clip_ids = [batch.sample_ids[g] for g in (batch.groups.tolist() if batch.groups is not None else range(len(batch.lengths)))]
+                ids.extend(i for i, n in zip(clip_ids, batch.lengths.tolist()) for _ in range(n))
+                frames.extend(batch.frames)
+            else:
+                out = batch.merge_clips(out)  # (B, K)
+                ids.extend(batch.sample_ids)
             outputs.append(out.float().cpu())
             if with_targets:
                 targets.append(batch.targets)
@@ -102,21 +115,31 @@ class Predictor:
             torch.cat(outputs) if outputs else torch.empty(0, k),
             torch.cat(targets) if targets else None,
             skipped,
+            frames,
         )
 
     def rows(self, predictions: Predictions) -> list[dict]:
-        """One dict per sample: ``sample``, ``prediction``, then a probability (or value) per output."""
+        """One dict per sample (per image for per-image tasks, with ``image``): ``sample``, ``prediction``
+        (a class; ``;``-joined classes for multi-label; the value(s) for regression), then a probability
+        (or value) per output."""
         rows = []
-        if self.spec.task == "classification":
-            probs = predictions.outputs.softmax(dim=-1)
-            for sample_id, p in zip(predictions.sample_ids, probs):
-                row = {"sample": sample_id, "prediction": self.spec.class_names[int(p.argmax())]}
-                row.update({name: round(float(v), 6) for name, v in zip(self.spec.class_names, p)})
-                rows.append(row)
-        else:
-            for sample_id, v in zip(predictions.sample_ids, predictions.outputs):
-                values = [round(float(x), 6) for x in v]
-                row = {"sample": sample_id, "prediction": values[0] if len(values) == 1 else values}
-                row.update(dict(zip(self.spec.target_names, values)))
-                rows.append(row)
+        spec = self.spec
+        frames = predictions.frames or [None] * len(predictions.sample_ids)
+        for sample_id, frame, out in zip(predictions.sample_ids, frames, predictions.outputs):
+            row: dict = {"sample": sample_id}
+            if spec.per_image:
+                row["image"] = frame
+            if spec.task in ("classification", "frame_classification"):
+                p = out.softmax(dim=-1)
+                row["prediction"] = spec.class_names[int(p.argmax())]
+                row.update({name: round(float(v), 6) for name, v in zip(spec.class_names, p)})
+            elif spec.task == "multilabel":  # every label whose probability reaches its threshold
+                p = out.sigmoid()
+                row["prediction"] = ";".join(n for n, v, t in zip(spec.class_names, p, self.thresholds) if float(v) >= t)
+                row.update({name: round(float(v), 6) for name, v in zip(spec.class_names, p)})
+            else:
+                values = [round(float(x), 6) for x in out]
+                row["prediction"] = values[0] if len(values) == 1 else values
+                row.update(dict(zip(spec.target_names, values)))
+            rows.append(row)
         return rows

@@ -17,6 +17,9 @@ from seqvision.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pooling of the last feature map: global average, global max, or the average of each cell of a 2x2
+# grid concatenated (4x the features; keeps coarse "where" information, e.g. left vs right).
+POOLS = ("avg", "max", "grid2")
 
 # seqvision's own backbones: name -> factory(weights-free model) returning (trunk, stages, preprocessing).
 _REGISTRY: dict[str, Callable[[], tuple[nn.Module, list[nn.Module], Preprocessing]]] = {}
@@ -53,7 +56,9 @@ def available_backbones() -> list[str]:
 
 
 class ImageEncoder(nn.Module):
-    """``(N, 3, H, W) -> (N, F)``: the trunk's feature map, globally pooled (and post-processed).
+    """``(N, 3, H, W) -> (N, F)``: the trunk's feature map, pooled (and post-processed).
+
+    ``pool``: ``avg`` or ``max`` (global, ``F = C``) or ``grid2`` (2x2 average cells, ``F = 4C``).
 
     ``set_trainable`` decides what learns. Frozen modules get no gradients AND stay in eval mode even
     when the model is put in training mode, so their BatchNorm statistics never move.
@@ -71,8 +76,8 @@ class ImageEncoder(nn.Module):
         pooled: bool = False,
     ) -> None:
         super().__init__()
-        if pool not in ("avg", "max"):
-            raise ConfigError(f"--pool {pool!r}: use avg or max")
+        if pool not in POOLS:
+            raise ConfigError(f"--pool {pool!r}: use {', '.join(POOLS[:-1])} or {POOLS[-1]}")
         if pooled and pool != "avg":
             raise ConfigError(f"backbone {name!r} pools internally; only --pool avg is available for it")
         self.trunk = trunk
@@ -121,10 +126,13 @@ class ImageEncoder(nn.Module):
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         x = self.trunk(images)  # (N, C, h, w), or (N, F) when the trunk pools itself
-        if not self.pooled:
-            x = x.amax(dim=(-2, -1), keepdim=True) if self.pool == "max" else x.mean(dim=(-2, -1), keepdim=True)
-            x = self.post_pool(x)  # (N, C, 1, 1)
-        return x.flatten(1)  # (N, F)
+        if self.pooled:
+            return x.flatten(1)  # (N, F)
+        if self.pool == "grid2":
+            x = self.post_pool(nn.functional.adaptive_avg_pool2d(x, 2))  # (N, C, 2, 2)
+            return x.flatten(2).transpose(1, 2).flatten(1)  # (N, 4C): cells TL, TR, BL, BR, C values each
+        x = x.amax(dim=(-2, -1), keepdim=True) if self.pool == "max" else x.mean(dim=(-2, -1), keepdim=True)
+        return self.post_pool(x).flatten(1)  # (N, C, 1, 1) -> (N, F)
 
     def set_trainable(self, mode: str | int) -> None:
         """``"all"``: everything learns; ``"none"``: frozen; ``K``: only the last K stages learn."""
@@ -189,7 +197,8 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -
             ``mobilenet_v2``, ``convnext_tiny``, ...), or ``timm/NAME`` when timm is installed.
         weights: ``imagenet`` (torchvision's default weights, downloaded or from the torch cache),
             ``none`` (random init) or a path to a local ``state_dict`` / checkpoint file.
-        pool: ``avg`` or ``max`` global pooling of the last feature map.
+        pool: ``avg`` or ``max`` global pooling of the last feature map, or ``grid2``: its 2x2 cells
+            average-pooled and concatenated (``num_features`` = 4 x channels).
     """
     if name in _REGISTRY:
         trunk, stages, prep = _REGISTRY[name]()

@@ -24,11 +24,12 @@ class SequenceModel(nn.Module):
     forward pass, never a padded image); features are then split per sample and padded for the head.
     """
 
-    def __init__(self, encoder: ImageEncoder, temporal_head: nn.Module, task_head: TaskHead) -> None:
+    def __init__(self, encoder: ImageEncoder, temporal_head: nn.Module, task_head: TaskHead, *, per_step: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.temporal_head = temporal_head
         self.task_head = task_head
+        self.per_step = per_step  # one output per image (sequence labelling): (N, K) instead of (B, K)
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         features = self.encoder(images)  # (N, F)
@@ -37,11 +38,17 @@ class SequenceModel(nn.Module):
     def forward_features(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The temporal and task heads alone, on ``(N, F)`` features from a live CNN or a feature cache."""
         padded = pad_features(features, lengths)  # (B, T, F)
-        state = self.temporal_head(padded, lengths)  # (B, D)
-        return self.task_head(state)  # (B, K)
+        if not self.per_step:
+            state = self.temporal_head(padded, lengths)  # (B, D)
+            return self.task_head(state)  # (B, K)
+        states = self.temporal_head(padded, lengths, per_step=True)  # (B, T, D)
+        mask = torch.arange(padded.shape[1], device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
+        return self.task_head(states[mask.to(states.device)])  # (N, K): real images only, sample after sample
 
 
-def build_sequence_model(cfg: ModelConfig, num_outputs: int, *, weights: str | None = None) -> SequenceModel:
+def build_sequence_model(
+    cfg: ModelConfig, num_outputs: int, *, weights: str | None = None, per_step: bool = False
+) -> SequenceModel:
     """Build the model from its config; ``weights`` overrides ``cfg.weights`` (``none`` when a checkpoint
     will supply every parameter anyway, so nothing is downloaded)."""
     encoder = build_backbone(cfg.backbone, weights=weights or cfg.weights, pool=cfg.pool)
@@ -51,12 +58,8 @@ def build_sequence_model(cfg: ModelConfig, num_outputs: int, *, weights: str | N
         encoder.set_trainable("none")
     elif cfg.trainable_stages:
         encoder.set_trainable(cfg.trainable_stages)
-    head = build_temporal_head(
-        cfg.head,
-        encoder.num_features,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.lstm_dropout,
-    )
-    return SequenceModel(encoder, head, TaskHead(head.output_size, num_outputs, dropout=cfg.dropout))
+    options = dict(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.lstm_dropout)
+    if cfg.head == "transformer":
+        options.update(d_model=cfg.d_model, nhead=cfg.nhead)
+    head = build_temporal_head(cfg.head, encoder.num_features, temporal_diff=cfg.temporal_diff, **options)
+    return SequenceModel(encoder, head, TaskHead(head.output_size, num_outputs, dropout=cfg.dropout), per_step=per_step)

@@ -20,7 +20,8 @@ class TaskHead(nn.Module):
 
 
 class TaskLoss(nn.Module):
-    """Cross-entropy (label smoothing, class weights) or MSE / L1 over every regression target."""
+    """Cross-entropy (label smoothing, class weights), sigmoid + BCE (multi-label, positive weights) or
+    MSE / L1 over every regression target; per-image tasks use the same losses over the real images."""
 
     def __init__(
         self, task: str, *, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None, loss: str = "mse"
@@ -32,9 +33,12 @@ class TaskLoss(nn.Module):
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``outputs (B or N, K)`` against class indices, multi-hot ``(B, K)`` or values ``(B or N, K)``."""
         outputs = outputs.float()  # losses in fp32 under mixed precision
-        if self.task == "classification":
+        if self.task in ("classification", "frame_classification"):
             return F.cross_entropy(outputs, targets, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        if self.task == "multilabel":  # class_weights act as per-label positive weights here
+            return F.binary_cross_entropy_with_logits(outputs, targets, pos_weight=self.class_weights)
         if self.loss == "l1":
             return F.l1_loss(outputs, targets)
         return F.mse_loss(outputs, targets)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from seqvision.config import DataConfig
 from seqvision.data.dataset import SequenceDataset, collate
@@ -93,7 +93,7 @@ def default_workers() -> int:
 class SequenceDataModule(L.LightningDataModule):
     def __init__(
         self, data: PreparedData, cfg: DataConfig, *, preprocessing: Preprocessing, batch_size: int, seed: int,
-        augment: bool, store: "FeatureStore | None" = None,
+        augment: bool, store: "FeatureStore | None" = None, balanced_sampler: bool = False,
     ) -> None:
         super().__init__()
         self.data = data
@@ -102,6 +102,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
+        self.balanced_sampler = balanced_sampler
         self.store = store  # a feature cache: samples are served as (T, F) vectors, the CNN is skipped
         workers = default_workers() if cfg.num_workers is None else cfg.num_workers
         # cached rows are memory-mapped reads: worker start-up would cost more than it saves
@@ -110,6 +111,7 @@ class SequenceDataModule(L.LightningDataModule):
     def dataset(self, split: str, *, train: bool) -> SequenceDataset:
         common = dict(
             encode_target=self.data.spec.encode,
+            per_image=self.data.spec.per_image,
             sampling=self.cfg.sampling_policy(train=train),
             train=train,
             on_bad_image=self.cfg.on_bad_image,
@@ -124,10 +126,15 @@ class SequenceDataModule(L.LightningDataModule):
         return SequenceDataset(self.data.splits[split], transform, **common)
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.balanced_sampler:  # rare classes drawn as often as common ones (with replacement)
+            weights = self.data.spec.sample_weights(self.data.splits[split])
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
         return DataLoader(
             self.dataset(split, train=train),
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -14,7 +14,7 @@ from seqvision.errors import ConfigError
 
 log = logging.getLogger("seqvision")
 
-MAXIMIZE = ("val_acc", "val_f1")
+MAXIMIZE = ("val_acc", "val_f1", "val_map")
 
 
 @dataclass
@@ -68,18 +68,16 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json")
-    model = build_sequence_model(cfg.model, data.spec.num_outputs)
+    model = build_sequence_model(cfg.model, data.spec.num_outputs, per_step=data.spec.per_image)
     d = cfg.data
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
-    class_weights = None
-    if cfg.train.class_weights == "balanced" and data.spec.task == "classification":
-        counts = data.spec.class_counts(data.splits["train"])
-        class_weights = counts.sum() / (len(counts) * counts.clamp_min(1))
+    class_weights = _class_weights(cfg, data)
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, augment=augment, progress=progress)
     dm = SequenceDataModule(
-        data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment, store=store
+        data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,
+        store=store, balanced_sampler=cfg.train.balanced_sampler,
     )
     save_config(cfg, out / "config.yaml")
 
@@ -172,3 +170,18 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     data.dropped.extend(stats.skipped)
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "images_per_second": round(stats.images_per_second, 1)}
     return store, report
+
+
+def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
+    """``--class-weights balanced`` from the training split: N / (C * n_c) per class; for multi-label the
+    positive weight neg/pos per label (what BCE's pos_weight means)."""
+    spec = data.spec
+    if cfg.train.class_weights != "balanced":
+        return None
+    if not spec.is_classes:
+        raise ConfigError("--class-weights balanced needs a classification task")
+    counts = spec.class_counts(data.splits["train"])
+    if spec.task == "multilabel":
+        total = len(data.splits["train"])
+        return (total - counts).clamp_min(0) / counts.clamp_min(1)
+    return counts.sum() / (len(counts) * counts.clamp_min(1))

@@ -37,20 +37,12 @@ class SequenceTask(L.LightningModule):
         self.preprocessing = preprocessing
         t = cfg.train
         self.loss_fn = TaskLoss(spec.task, label_smoothing=t.label_smoothing, class_weights=class_weights, loss=t.loss)
-        if spec.task == "classification":
-            k = spec.num_outputs
-            self.val_metrics = torchmetrics.MetricCollection(
-                {
-                    "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
-                    "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
-                },
-                prefix="val_",
-            )
-        else:
-            self.val_metrics = torchmetrics.MetricCollection(
-                {"mae": torchmetrics.MeanAbsoluteError(), "rmse": torchmetrics.MeanSquaredError(squared=False)},
-                prefix="val_",
-            )
+        self.val_metrics = _validation_metrics(spec)
+        # multi-label: per-label decision thresholds, chosen on the validation set each epoch (max F1)
+        # and saved in the checkpoint, so predict uses the thresholds of the epoch it was saved at
+        self.thresholds = [0.5] * spec.num_outputs
+        self._val_probs: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
         self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
 
@@ -66,7 +58,8 @@ class SequenceTask(L.LightningModule):
             outputs = self.model.forward_features(batch.images, batch.lengths)  # (C, K), C clips
         else:
             outputs = self.model(batch.images, batch.lengths)  # (C, K)
-        outputs = batch.merge_clips(outputs)  # (B, K): multi-clip evaluation averages a sample's clips
+        if not self.spec.per_image:  # per-image outputs (N, K) align with per-image targets already
+            outputs = batch.merge_clips(outputs)  # (B, K): multi-clip evaluation averages a sample's clips
         return outputs, self.loss_fn(outputs, batch.targets)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
@@ -95,9 +88,25 @@ class SequenceTask(L.LightningModule):
         outputs, loss = result
         n = len(batch.sample_ids)
         self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
-        preds = outputs.float() if self.spec.task == "regression" else outputs.argmax(dim=-1)
-        self.val_metrics.update(preds, batch.targets)
+        task = self.spec.task
+        if task in ("classification", "frame_classification"):
+            preds = outputs.argmax(dim=-1)
+        elif task == "multilabel":
+            preds = outputs.float().sigmoid()
+            self._val_probs.append(preds.detach().cpu())
+            self._val_targets.append(batch.targets.detach().cpu())
+        else:
+            preds = outputs.float()
+        self.val_metrics.update(preds, batch.targets.long() if task == "multilabel" else batch.targets)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.spec.task == "multilabel" and self._val_probs:
+            from seqvision.evaluation.metrics import best_thresholds
+
+            self.thresholds = best_thresholds(torch.cat(self._val_probs), torch.cat(self._val_targets))
+        self._val_probs.clear()
+        self._val_targets.clear()
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
@@ -127,6 +136,7 @@ class SequenceTask(L.LightningModule):
         meta["state_sha256"] = tensor_digest(checkpoint["state_dict"])  # verified on every load
         meta["rng"] = rng_state()  # a resumed run continues with the very same random draws
         meta["nan_steps_skipped"] = self.nan_steps_skipped
+        meta["thresholds"] = [float(t) for t in self.thresholds]
         checkpoint["seqvision"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -134,6 +144,7 @@ class SequenceTask(L.LightningModule):
         if "rng" in meta:
             set_rng_state(meta["rng"])
         self.nan_steps_skipped = int(meta.get("nan_steps_skipped", 0))
+        self.thresholds = list(meta.get("thresholds", self.thresholds))
 
 
 def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimizer:
@@ -143,3 +154,21 @@ def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimi
         return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def _validation_metrics(spec: TargetSpec) -> torchmetrics.MetricCollection:
+    """What is logged each validation epoch (and can be monitored): val_acc/val_f1, val_map, val_mae/val_rmse."""
+    k = spec.num_outputs
+    if spec.task in ("classification", "frame_classification"):
+        metrics = {
+            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
+            "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
+        }
+    elif spec.task == "multilabel":
+        metrics = {
+            "map": torchmetrics.AveragePrecision(task="multilabel", num_labels=k, average="macro"),
+            "f1": torchmetrics.F1Score(task="multilabel", num_labels=k, average="macro"),
+        }
+    else:
+        metrics = {"mae": torchmetrics.MeanAbsoluteError(), "rmse": torchmetrics.MeanSquaredError(squared=False)}
+    return torchmetrics.MetricCollection(metrics, prefix="val_")
