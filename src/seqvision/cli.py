@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--key", help="clear only this key")
 
+    p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
+    p.add_argument("run", help="a run folder written by `seqvision train`")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
+
     sub.add_parser("backbones", help="list the backbone names")
     return parser
 
@@ -284,6 +288,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from seqvision.evaluation.evaluate import report
+    from seqvision.evaluation.metrics import headline
+
+    result = report(args.run, split=args.split)
+    print(headline(result.metrics))
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from seqvision.models.backbones import available_backbones
 
@@ -293,13 +308,13 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "extract": cmd_extract, "cache": cmd_cache, "backbones": cmd_backbones,
+    "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "evaluate", "predict", "demo", "extract"):
+    if args.command in ("train", "evaluate", "predict", "demo", "extract", "report"):
         from seqvision.runtime import tune_allocator
 
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
 from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
 from seqvision.evaluation.report import plot_confusion_matrix, write_metrics
 from seqvision.inference.predictor import Predictor
 
@@ -47,8 +50,10 @@ def check_task_matches(predictor: Predictor, samples: list[Sample], source: str)
 def evaluate_samples(
     predictor: Predictor, samples: list[Sample], out_dir: Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, source: str = "the data",
+    history_csv: list[Path] | None = None,
 ) -> EvaluationResult:
-    """Metrics of ``predictor`` on ``samples``; writes ``metrics.json`` (+ plot) when ``out_dir`` is given."""
+    """Metrics of ``predictor`` on ``samples``. With ``out_dir``: ``metrics.json``, the confusion-matrix
+    plot and a self-contained ``report.html`` (with training curves from ``history_csv`` when given)."""
     check_task_matches(predictor, samples, source)
     preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True)
     spec = predictor.spec
@@ -69,7 +74,69 @@ def evaluate_samples(
         if "confusion_matrix" in metrics:
             cm = metrics["confusion_matrix"]
             result.files.append(plot_confusion_matrix(cm["matrix"], cm["labels"], out_dir / "confusion_matrix.png"))
+        result.files.append(
+            write_html_report(
+                out_dir / "report.html", metrics=metrics, title=f"seqvision evaluation: {source}",
+                history_csv=history_csv, errors=confident_errors(predictor, preds), attention=attention_cases(predictor, preds),
+            )
+        )
     return result
+
+
+def confident_errors(predictor: Predictor, preds, limit: int = 8) -> list[ErrorCase]:
+    """The samples the model got wrong with the most confidence (largest errors for regression)."""
+    spec = predictor.spec
+    if spec.per_image or preds.targets is None or not len(preds.sample_ids):
+        return []
+    cases = []
+    if spec.task == "classification":
+        probs = preds.outputs.softmax(-1)
+        conf, pred = probs.max(-1)
+        for i in torch.nonzero(pred != preds.targets).flatten().tolist():
+            cases.append((float(conf[i]), i, spec.class_names[int(preds.targets[i])], spec.class_names[int(pred[i])]))
+    elif spec.task == "multilabel":
+        probs = preds.outputs.sigmoid()
+        on = probs >= torch.tensor(predictor.thresholds)[None, :]
+        for i in torch.nonzero((on != (preds.targets > 0.5)).any(-1)).flatten().tolist():
+            names = lambda row: ";".join(n for n, v in zip(spec.class_names, row) if v) or "(none)"  # noqa: E731
+            cases.append((float((probs[i] - 0.5).abs().mean() * 2), i, names(preds.targets[i] > 0.5), names(on[i])))
+    else:
+        err = (preds.outputs - preds.targets).abs().mean(-1)
+        for i in err.argsort(descending=True)[:limit].tolist():
+            cases.append((float(err[i]), i, f"{preds.targets[i].tolist()}", f"{[round(v, 3) for v in preds.outputs[i].tolist()]}"))
+    cases.sort(key=lambda c: -c[0])
+    return [
+        ErrorCase(preds.sample_ids[i], true, predicted, conf, images=frame_images(preds.sample_frames.get(preds.sample_ids[i], [])))
+        for conf, i, true, predicted in cases[:limit]
+    ]
+
+
+def attention_cases(predictor: Predictor, preds, limit: int = 6) -> list[AttentionCase]:
+    """Which images an attention head attended to, for the first samples."""
+    return [
+        AttentionCase(sample_id, frame_images(preds.sample_frames.get(sample_id, [])), weights)
+        for sample_id, weights in list(preds.attention.items())[:limit]
+        if len(weights) == len(preds.sample_frames.get(sample_id, []))
+    ]
+
+
+def frame_images(frames: list[str]) -> list:
+    """Thumbnails' sources: image paths as they are; video frames (``path@index``) decoded here."""
+    out: list = []
+    for frame in frames:
+        path, _, index = frame.rpartition("@")
+        if not path or not index.isdecimal():
+            out.append(Path(frame))
+            continue
+        from seqvision.data.video import probe_video, read_frames
+
+        try:
+            info = probe_video(path)
+            (image,), _ = read_frames(path, [info.frame_time(int(index))], info.fps)
+            out.append(image.permute(1, 2, 0).numpy())
+        except DataError:
+            out.append(Path(frame))  # shown as unreadable in the report
+    return out
 
 
 def evaluate(
@@ -85,3 +152,27 @@ def evaluate(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, source=str(data),
     )
+
+
+def report(run_dir: str | Path, *, split: str | None = None, batch_size: int = 8) -> EvaluationResult:
+    """Rebuild ``RUN/<split>/report.html`` (and metrics) from a run folder: its best checkpoint on its
+    saved test split (or validation split), with the training curves from its logs."""
+    import json
+
+    run = Path(run_dir)
+    checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
+    predictor = Predictor.load(checkpoint)
+    data = predictor.cfg.data.data
+    splits_file = run / "splits.json"
+    if not data or not splits_file.exists():
+        raise CheckpointError(f"{run} is not a complete run folder (config data path and splits.json needed)")
+    assignment = json.loads(splits_file.read_text())
+    samples = discover(data, targets=predictor.cfg.data.targets)
+    for name in ([split] if split else ["test", "val"]):
+        chosen = [s for s in samples if assignment.get(s.id) == name]
+        if chosen:
+            return evaluate_samples(
+                predictor, chosen, run / name, batch_size=batch_size, source=f"the {name} split of {data}",
+                history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
+            )
+    raise CheckpointError(f"{run}: the saved split has no {split or 'test or val'} samples to report on")

@@ -25,6 +25,8 @@ class Predictions:
     targets: torch.Tensor | None = None  # when the samples carry targets
     skipped: list[str] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)  # per-image tasks: the image of each output row
+    sample_frames: dict[str, list[str]] = field(default_factory=dict)  # the images each sample was seen through
+    attention: dict[str, list[float]] = field(default_factory=dict)  # attention heads: weight per image
 
 
 class Predictor:
@@ -90,6 +92,8 @@ class Predictor:
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute
         ids, outputs, targets, skipped, frames = [], [], [], [], []
+        sample_frames: dict[str, list[str]] = {}
+        attention: dict[str, list[float]] = {}
         loader = self.dataloader(
             samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets
         )
@@ -99,6 +103,14 @@ class Predictor:
             if not batch.sample_ids:
                 continue
             out = self.model(batch.images.to(self.device), batch.lengths)  # (C, K) or (N, K) per image
+            weights = getattr(self.model.temporal_head, "last_attention", None)  # (C, T) for attention heads
+            at = 0
+            for c, n in enumerate(batch.lengths.tolist()):
+                sample_id = batch.sample_ids[batch.groups[c] if batch.groups is not None else c]
+                sample_frames.setdefault(sample_id, []).extend(batch.frames[at : at + n])
+                if weights is not None and batch.groups is None:
+                    attention[sample_id] = [float(w) for w in weights[c, :n]]
+                at += n
             if self.spec.per_image:
                 clip_ids = [batch.sample_ids[g] for g in (batch.groups.tolist() if batch.groups is not None else range(len(batch.lengths)))]
                 ids.extend(i for i, n in zip(clip_ids, batch.lengths.tolist()) for _ in range(n))
@@ -116,6 +128,8 @@ class Predictor:
             torch.cat(targets) if targets else None,
             skipped,
             frames,
+            sample_frames,
+            attention,
         )
 
     def rows(self, predictions: Predictions) -> list[dict]:

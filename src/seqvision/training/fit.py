@@ -129,6 +129,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
                 ev = evaluate_samples(
                     predictor, data.splits[split], out / split, batch_size=cfg.train.batch_size,
                     num_workers=dm.num_workers, on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
+                    history_csv=sorted(out.glob("logs/version_*/metrics.csv")),
                 )
                 setattr(result, f"{split}_metrics", ev.metrics)
                 result.reported.extend(m for m in ev.skipped if m not in result.reported)
