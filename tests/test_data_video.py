@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-av = pytest.importorskip("av")
+import av  # noqa: E402  (a dependency: a missing PyAV must fail, not skip)
 
 from seqvision.data.dataset import SequenceDataset, collate  # noqa: E402
 from seqvision.data.samples import Sample, VideoClip  # noqa: E402
