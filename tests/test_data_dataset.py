@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover

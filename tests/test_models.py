@@ -5,7 +5,6 @@ import torch
 
 from seqvision.config import ModelConfig
 from seqvision.errors import ConfigError
-from seqvision.models import backbones
 from seqvision.models.backbones import build_backbone, register_backbone
 from seqvision.models.sequence_model import build_sequence_model
 

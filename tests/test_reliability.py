@@ -1,7 +1,6 @@
 """Faults: kill -9 in training and extraction, a full disk, NaN losses, damaged checkpoints."""
 
 import errno
-import os
 import signal
 import subprocess
 import sys
@@ -87,7 +86,6 @@ def test_kill_9_during_extraction_then_rerun_computes_only_the_rest(tmp_path):
 
     clean = tmp_path / "clean"
     subprocess.run([*cmd[:cmd.index("--out") + 1], str(clean), *cmd[cmd.index("--out") + 2:]], check=True, capture_output=True)
-    from seqvision.features.cache import FeatureStore, CacheKey
     import json
 
     key_dir = next(p for p in cache.iterdir() if p.is_dir())

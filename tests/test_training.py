@@ -9,7 +9,6 @@ import torch
 import yaml
 
 from seqvision.config import resolve_config
-from seqvision.data.discovery import discover
 from seqvision.errors import CheckpointError, ConfigError, DataError
 from seqvision.evaluation.evaluate import evaluate
 from seqvision.inference.predict import predict
@@ -122,19 +121,18 @@ def test_truncated_checkpoint_is_detected(trained, tmp_path):
         Predictor.load(tmp_path / "cut.ckpt")
 
 
-def test_frozen_backbone_parameters_and_batchnorm_buffers_do_not_move(tmp_path):
+@pytest.mark.parametrize("cache", ["off", "auto"])  # off: the frozen CNN runs live in training mode
+def test_frozen_backbone_parameters_and_batchnorm_buffers_do_not_move(tmp_path, cache):
     data = make_folder_dataset(tmp_path / "data")
     cfg = fast_config(data)
     cfg.model.freeze = True
-    torch.manual_seed(0)
+    cfg.data.cache = cache
     result = train(cfg, tmp_path / "out", progress=False)
     from seqvision.models.sequence_model import build_sequence_model
 
-    reference = build_sequence_model(cfg.model, 2)  # same seed 0 init as train's seed_everything(0)
-    torch.manual_seed(0)
     import lightning as L
 
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(0, verbose=False)  # the same initial weights as train()'s seed_everything(0)
     reference = build_sequence_model(cfg.model, 2)
     trained_state = Predictor.load(result.last_checkpoint).model.encoder.state_dict()
     for key, value in reference.encoder.state_dict().items():

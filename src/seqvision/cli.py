@@ -208,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from seqvision.inference.predict import predict, write_rows
+    from seqvision.inference.predict import predict
 
     rows, skipped = predict(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,

@@ -1,0 +1,321 @@
+"""CSV / JSONL manifests -> samples, without reading pixels; every malformed row is an error naming its line.
+
+One row per image: ``sample_id, label, path[, index][, split]``; or one row per sample with ``paths``
+(a JSON list, or ``;``-separated in CSV). Relative paths resolve against the manifest's folder. Also:
+``labels`` (multi-label, ``;``-separated), ``target*`` columns (regression), ``frame_label`` /
+``frame_labels`` / ``frame_target*`` (per-image targets), and ``video`` (or a video ``path``) with
+optional ``start`` / ``end`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import gc
+import json
+import math
+import os
+import reprlib
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_video_file, natural_key
+from seqvision.errors import DataError
+
+_ID_COLUMNS = ("sample_id", "sample", "id")
+_PATH_COLUMNS = ("path", "image", "file")
+_PATHS_COLUMNS = ("paths", "images", "files")
+_META = ("label", "targets", "split", "labels")
+_FRAME_LABEL = "frame_label"  # per-image class (sequence labelling), on one-row-per-image manifests
+_FRAME_LABELS = "frame_labels"  # the same for a one-row-per-sample manifest, aligned with 'paths'
+_FRAME_TARGET = "frame_target"  # prefix of per-image regression columns
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV (with header) or JSONL manifest; a UTF-8 byte-order mark is allowed."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)  # rows made here: what csv.DictReader does, at half the cost
+                header = next(reader, None)
+                if not header:
+                    raise DataError(f"{path}: empty manifest; the first line must be a header")
+                names = [name.strip() for name in header]
+                for cells in reader:
+                    if not cells:  # a blank line
+                        continue
+                    if len(cells) > len(names):
+                        raise DataError(f"{path} line {reader.line_num}: more values than header columns")
+                    row = dict(zip(names, map(str.strip, cells)))
+                    for name in names[len(cells):]:  # fewer values than columns: the rest are missing
+                        row[name] = None
+                    yield reader.line_num, row
+        else:
+            with open(path, encoding="utf-8-sig") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except RecursionError:
+                        raise DataError(f"{path} line {lineno}: not valid JSON (nested too deeply)") from None
+                    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+                        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number with too many digits"
+                        raise DataError(f"{path} line {lineno}: not valid JSON ({reason})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path} line {lineno}: expected a JSON object per line")
+                    yield lineno, row
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = _short.maxlong = 60
+
+
+def _first(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The value of the first of ``names`` that has one; an empty cell (or JSON list) has none."""
+    for name in names:
+        if row.get(name) not in (None, "", []):
+            return row[name]
+    return None
+
+
+def _text(value: Any, where: str, what: str) -> str:
+    """A sample id, label or path as text: a JSON number becomes text, a list or an object is an error."""
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{where}: {what} must be text or a number, got {_short.repr(value)}")
+    return str(value)
+
+
+def _parse_paths(value: Any, where: str) -> list[str]:
+    if isinstance(value, list):
+        if any(isinstance(v, (list, dict)) for v in value):
+            raise DataError(f"{where}: 'paths' must be a list of path strings, got {_short.repr(value)}")
+        return [str(v) for v in value]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except (ValueError, RecursionError):  # JSONDecodeError, too many digits, too deep
+                raise DataError(f"{where}: 'paths' looks like JSON but does not parse") from None
+            return _parse_paths(parsed, where)
+        return [p.strip() for p in text.split(";") if p.strip()]
+    raise DataError(f"{where}: 'paths' must be a list or a ';'-separated string")
+
+
+def _parse_float(value: Any, where: str, column: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: column {column!r} must be a number, got {_short.repr(value)}") from None
+    except OverflowError:  # a (JSON) integer beyond the float range
+        out = math.inf
+    if not math.isfinite(out):
+        raise DataError(f"{where}: column {column!r} is {_short.repr(value)}; it must be a finite number")
+    return out
+
+
+def _video_clip(row: dict[str, Any], base: Path, where: str) -> VideoClip | None:
+    """A row naming a video (a ``video`` column, or a ``path`` to a video file), with optional
+    ``start`` / ``end`` seconds; None for an image row."""
+    value = row.get("video")
+    if value in (None, ""):
+        value = _first(row, _PATH_COLUMNS)
+        if not isinstance(value, str) or not is_video_file(Path(value)):
+            return None
+    file = base / _text(value, where, "'video'")
+    if not _is_file(file):
+        raise DataError(f"{where}: video file {file} does not exist")
+    start, end = (None if row.get(k) in (None, "") else _parse_float(row.get(k), where, k) for k in ("start", "end"))
+    if start is not None and start < 0:
+        raise DataError(f"{where}: 'start' must be 0 or more seconds, got {start:g}")
+    if start is not None and end is not None and end <= start:
+        raise DataError(f"{where}: 'end' ({end:g} s) must be after 'start' ({start:g} s)")
+    return VideoClip(file, start, end)
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file``, but False instead of an error for a name too long, unreadable or not encodable."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: a big manifest makes millions of long-lived objects (and no
+    cycles), which the collector would otherwise scan again and again (a third of the indexing time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def read_manifest(path: Path, *, targets: list[str] | None = None, require_labels: bool = True) -> list[Sample]:
+    """Parse a manifest into samples; every malformed row is an error naming its line."""
+    with _gc_paused():
+        return _read_manifest(path, targets, require_labels)
+
+
+def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) -> list[Sample]:
+    base = path.parent
+    frames: dict[str, list[tuple]] = {}  # (index, line, image, per-image target) per image
+    meta: dict[str, tuple] = {}  # label, targets, split, labels (multi-label)
+    lines: dict[str, int] = {}
+    packed: set[str] = set()  # samples given by one row with a 'paths' list
+    refs: dict[str, FrameRef] = {}  # each path as written, checked once: rows often share files
+    videos: dict[str, VideoClip] = {}  # samples that are (clips of) video files
+    target_cols = targets
+    for lineno, row in _read_rows(path):
+        where = f"{path} line {lineno}"
+        sample_id = _first(row, _ID_COLUMNS)
+        if sample_id is None:
+            raise DataError(f"{where}: no sample id; add a 'sample_id' column")
+        if not isinstance(sample_id, str):
+            sample_id = _text(sample_id, where, "the sample id")
+        if target_cols is None:
+            target_cols = [] if "label" in row else sorted(k for k in row if k.startswith("target"))
+        label = row.get("label")
+        if label == "" or label is None:
+            label = None
+        elif not isinstance(label, str):
+            label = _text(label, where, "'label'")
+        values = None
+        if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
+            values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
+        labels = _multi_labels(row.get("labels"), where)
+        per_image = any(k == _FRAME_LABEL or k == _FRAME_LABELS or k.startswith(_FRAME_TARGET) for k in row)
+        if require_labels and label is None and values is None and labels is None and not per_image:
+            raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
+        entry = (label, values, split, labels)
+        known = meta.get(sample_id)
+        if known is None:
+            meta[sample_id], lines[sample_id], frames[sample_id] = entry, lineno, []
+        elif known != entry:
+            raise DataError(
+                f"{where}: sample {sample_id!r} has label/targets/split {dict(zip(_META, entry))} here but "
+                f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target"
+            )
+
+        video = _video_clip(row, base, where)
+        if video is not None:  # one row, one clip: a video (or [start, end) seconds of it) is a sample
+            if frames[sample_id] or sample_id in videos:
+                raise DataError(f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a video sample has one row")
+            videos[sample_id] = video
+            continue
+        if sample_id in videos:
+            raise DataError(f"{where}: sample {sample_id!r} is a video on line {lines[sample_id]}; it cannot also list images")
+        single = _first(row, _PATH_COLUMNS)
+        many = _first(row, _PATHS_COLUMNS)
+        if single is None and many is None:
+            raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
+        if sample_id in packed or (many is not None and frames[sample_id]):
+            raise DataError(
+                f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a sample given by a 'paths' "
+                "list has that one row only"
+            )
+        if many is not None:
+            rel_paths = _parse_paths(many, where)
+            if not rel_paths:
+                raise DataError(f"{where}: sample {sample_id!r} has no image path in its 'paths' value")
+            packed.add(sample_id)
+            indices = map(float, range(len(rel_paths)))
+            payloads = _packed_frame_labels(row, len(rel_paths), where)
+        else:
+            index = row.get("index")
+            indices = (None if index in (None, "") else _parse_float(index, where, "index"),)
+            rel_paths = (single if isinstance(single, str) else _text(single, where, "'path'"),)
+            payloads = (_frame_payload(row, where, require_labels),)
+        sample_frames = frames[sample_id]
+        for index, rel, payload in zip(indices, rel_paths, payloads):
+            ref = refs.get(rel)
+            if ref is None:
+                file = base / rel
+                if not _is_file(file):
+                    raise DataError(f"{where}: sample {sample_id!r}: image file {file} does not exist")
+                ref = refs[rel] = FrameRef(file)  # FrameRef is immutable: rows naming one file share it
+            sample_frames.append((index, lineno, ref, payload))
+
+    name_key = functools.lru_cache(maxsize=None)(natural_key)
+    samples = []
+    for sample_id, entries in frames.items():
+        ordered = _order_frames(path, sample_id, entries, name_key)
+        sample = Sample(
+            id=sample_id,
+            frames=[ref for ref, _ in ordered],
+            **dict(zip(_META, meta[sample_id])),
+            source=f"{path} line {lines[sample_id]}",
+            video=videos.get(sample_id),
+        )
+        payloads = [payload for _, payload in ordered]
+        if any(p is not None and p[0] is not None for p in payloads):
+            sample.frame_labels = [p[0] if p else None for p in payloads]
+        if any(p is not None and p[1] is not None for p in payloads):
+            sample.frame_targets = [p[1] if p else None for p in payloads]
+        samples.append(sample)
+    return samples
+
+
+def _multi_labels(value: Any, where: str) -> list[str] | None:
+    """The 'labels' column: ``;``-separated (or a JSON list); an empty cell is a sample with no label on."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        items = [_text(v, where, "a label in 'labels'") for v in value]
+    elif isinstance(value, str):
+        items = [v.strip() for v in value.split(";")]
+    else:
+        items = [_text(value, where, "'labels'")]
+    return sorted({v for v in items if v})
+
+
+def _frame_payload(row: dict[str, Any], where: str, required: bool) -> tuple | None:
+    """(class, {target: value}) of one image row for per-image tasks; None when the row has neither."""
+    label = row.get(_FRAME_LABEL)
+    label = None if label in (None, "") else _text(label, where, f"'{_FRAME_LABEL}'")
+    columns = sorted(k for k in row if k.startswith(_FRAME_TARGET))
+    values = None
+    if columns and (required or all(row.get(c) not in (None, "") for c in columns)):
+        values = {c: _parse_float(row.get(c), where, c) for c in columns}
+    return None if label is None and values is None else (label, values)
+
+
+def _packed_frame_labels(row: dict[str, Any], count: int, where: str) -> list[tuple | None]:
+    """Per-image classes of a one-row sample: a ``frame_labels`` list aligned with its ``paths``."""
+    value = row.get(_FRAME_LABELS)
+    if value in (None, "", []):
+        return [None] * count
+    labels = _parse_paths(value, where)  # the same ;-separated / JSON-list syntax as 'paths'
+    if len(labels) != count:
+        raise DataError(f"{where}: '{_FRAME_LABELS}' has {len(labels)} labels for {count} paths; give one per image")
+    return [(label, None) for label in labels]
+
+
+def _order_frames(path: Path, sample_id: str, entries: list[tuple], name_key=natural_key) -> list[tuple]:
+    """``(image, per-image target)`` by ``index`` when every row has one, else by natural file-name order."""
+    with_index = [e for e in entries if e[0] is not None]
+    if with_index and len(with_index) != len(entries):
+        raise DataError(f"{path}: sample {sample_id!r}: some rows have an 'index' and some do not; give all or none")
+    if with_index:
+        seen: dict[float, int] = {}
+        for index, ln, *_ in entries:
+            if index in seen:
+                raise DataError(f"{path} line {ln}: sample {sample_id!r} repeats index {index:g} (line {seen[index]})")
+            seen[index] = ln
+        return [(ref, payload) for _, _, ref, payload in sorted(entries, key=lambda e: e[0])]
+    return sorted(((ref, payload) for _, _, ref, payload in entries), key=lambda e: name_key(e[0].path.name))
