@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
     p.add_argument("--no-progress", action="store_true")
     for *flags, section, name, options in _TRAIN_FLAGS:
+        if "action" not in options and "choices" not in options:
+            options = {"metavar": name.upper(), **options}
         p.add_argument(*flags, dest=_dest(section, name), default=None, **options)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
