@@ -115,15 +115,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
 
-    best = Path(callbacks[0].best_model_path or last)
+    best = out / "best.ckpt" if (out / "best.ckpt").exists() else last  # ModelCheckpoint's file names
     reported = data.dropped + sorted(set(task.skipped))
     if task.nan_steps_skipped:
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     result = TrainResult(out, best, last, reported=reported, feature_cache=cache_report)
     if trainer.is_global_zero:
-        if best != out / "best.ckpt" and best.exists():  # a resumed run may have kept an older best path
-            best = out / "best.ckpt" if (out / "best.ckpt").exists() else best
-        predictor = Predictor.load(best, device="cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
+        predictor = Predictor.load(best, device=_device(cfg))
         for split in ("val", "test"):
             if data.splits[split]:
                 ev = evaluate_samples(
@@ -154,7 +152,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     from seqvision.features.extract import extract_features
     from seqvision.runtime import inference_dtype
 
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
+    device = _device(cfg)
     # The cache must hold what the live model would compute: the training precision decides.
     compute = inference_dtype(device, "bf16" if cfg.train.precision.startswith("bf16") else "32")
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
@@ -186,3 +184,8 @@ def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
         total = len(data.splits["train"])
         return (total - counts).clamp_min(0) / counts.clamp_min(1)
     return counts.sum() / (len(counts) * counts.clamp_min(1))
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    """Where rank 0 extracts features and evaluates: the GPU unless training was told to use the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
