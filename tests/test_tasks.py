@@ -125,3 +125,18 @@ def test_balanced_sampler_draws_rare_classes_as_often(tmp_path):
     samples = [Sample(f"s{i}", [FrameRef(tmp_path / "x.png")], label="rare" if i < 2 else "common") for i in range(20)]
     weights = TargetSpec.infer(samples).sample_weights(samples)
     assert weights[:2].sum() == pytest.approx(weights[2:].sum())
+
+
+def test_training_with_the_balanced_sampler(tmp_path):
+    from conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=1, balanced_sampler=True)
+    from seqvision.training.datamodule import SequenceDataModule, prepare_data
+    from torch.utils.data import WeightedRandomSampler
+
+    prepared = prepare_data(cfg.data, seed=0)
+    dm = SequenceDataModule(prepared, cfg.data, preprocessing=Preprocessing(16, 16), batch_size=4, seed=0, augment=False,
+                            balanced_sampler=True)
+    assert isinstance(dm.train_dataloader().sampler, WeightedRandomSampler)
+    assert train(cfg, tmp_path / "run", progress=False).val_metrics["num_samples"] > 0
