@@ -78,6 +78,7 @@ class SequenceDataset(Dataset):
         self.shuffle_frames = shuffle_frames
         self.seed = seed
         self.notes: set[str] = set()  # per-sample facts for the summary (e.g. shorter than the clip)
+        self._video_info: dict = {}  # sample index -> VideoInfo
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -166,7 +167,8 @@ class SequenceDataset(Dataset):
         sample = self.samples[index]
         video = sample.video
         try:
-            info = probe_video(video.path, video.start, video.end)
+            info = self._video_info.get(index) or probe_video(video.path, video.start, video.end)
+            self._video_info[index] = info  # headers are read once per sample, not every epoch
             clips = self.clips(index, info.num_frames, source_fps=info.fps)
             wanted = [i for clip in clips for i in clip]
             frames, notes = read_frames(video.path, [info.frame_time(i) for i in wanted], info.fps)
