@@ -39,7 +39,7 @@ def test_extract_then_hit_then_invalidate_only_the_changed_file(tmp_path, folder
     write_image(changed, 7)
     os.utime(changed, ns=(time.time_ns(), time.time_ns()))
     store = _store(tmp_path / "cache", encoder)
-    assert store.missing([f.path for s in samples for f in s.frames]) == [changed]
+    assert list(store.missing([f.path for s in samples for f in s.frames])) == [changed]
     third = extract_features(samples, encoder, PREP, store, num_workers=0, progress=False, precision="32")
     assert (third.images, third.cached) == (1, 17)
 

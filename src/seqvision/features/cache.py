@@ -157,15 +157,15 @@ class FeatureStore:
     def identity(self, path: Path) -> str:
         return file_identity(path, content_hash=self.content_hash)
 
-    def missing(self, paths: Iterable[Path]) -> list[Path]:
-        """The paths (deduplicated, in order) whose current identity has no committed row."""
-        seen, out = set(), []
+    def missing(self, paths: Iterable[Path]) -> dict[Path, str]:
+        """``{path: identity}`` (deduplicated, in order) of the paths with no committed row; the
+        identities are the ones to commit their rows under, so no file is examined twice."""
+        out: dict[Path, str] = {}
         for path in paths:
-            if path in seen:
-                continue
-            seen.add(path)
-            if self.identity(path) not in self.index:
-                out.append(path)
+            if path not in out:
+                identity = self.identity(path)
+                if identity not in self.index:
+                    out[path] = identity
         return out
 
     def locate(self, paths: list[Path]) -> list[tuple[str, int] | None]:
@@ -193,23 +193,6 @@ class FeatureStore:
         state["_arrays"] = {}  # memory maps are reopened in each DataLoader worker, not copied
         return state
 
-    def get(self, paths: list[Path]) -> tuple[torch.Tensor, list[int]]:
-        """``(T, F)`` float32 features of the found paths, and the positions of those not found."""
-        rows, absent = [], []
-        for i, path in enumerate(paths):
-            try:
-                loc = self.index.get(self.identity(path))
-            except OSError:
-                loc = None
-            array = self._array(loc[0]) if loc else None
-            if array is None:
-                absent.append(i)
-                continue
-            rows.append(np.asarray(array[loc[1]], dtype=np.float32))
-        if not rows:
-            return torch.empty(0, 0), absent
-        return torch.from_numpy(np.stack(rows)), absent
-
     # -- writing ----------------------------------------------------------------------------------
     def add(self, identities: list[str], features: torch.Tensor) -> None:
         """Buffer rows; a shard is committed every ``shard_rows`` rows (and on :meth:`flush`)."""
@@ -233,8 +216,6 @@ class FeatureStore:
         for row, identity in enumerate(identities):
             self.index[identity] = (name, row)
 
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -157,7 +157,8 @@ def extract_features(
     for s in samples:
         for f in s.frames:
             owners.setdefault(f.path, s.id)
-    todo = store.missing(owners)
+    missing = store.missing(owners)  # path -> identity
+    todo = list(missing)
     stats = ExtractStats(cached=len(owners) - len(todo))
     dtype = inference_dtype(device, precision)
     stats.dtype = str(dtype).removeprefix("torch.")
@@ -184,7 +185,7 @@ def extract_features(
                 stats.skipped.append(message)
             if indices:
                 features = encode_batch(net, images, dtype)  # (n, F)
-                store.add([store.identity(todo[i]) for i in indices], features)
+                store.add([missing[todo[i]] for i in indices], features)
                 stats.images += len(indices)
             if bar is not None:
                 bar.update(len(indices) + len(errors))
