@@ -7,7 +7,8 @@ import torch
 from seqvision.data.discovery import discover
 from seqvision.data.transforms import Preprocessing
 from seqvision.features.cache import CacheKey, FeatureStore, cache_clear, cache_info
-from seqvision.features.extract import encode_batch, extract_features, prepare_encoder
+from seqvision.features.encode import encode_batch, prepare_encoder
+from seqvision.features.extract import extract_features
 from seqvision.models.backbones import build_backbone
 from seqvision.training.fit import train
 
@@ -175,3 +176,15 @@ def test_bad_image_during_extraction_names_it_or_is_skipped(tmp_path, folder_dat
     stats = extract_features(samples, encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False,
                              precision="32", on_bad_image="skip")
     assert len(stats.skipped) == 1 and stats.images + stats.cached == 17
+
+
+def test_read_gathers_rows_across_shards_in_the_asked_order(tmp_path):
+    store = FeatureStore(tmp_path / "c", CacheKey.for_encoder(_encoder(), PREP, dtype="float16"), shard_rows=2)
+    rows = torch.arange(20, dtype=torch.float32).reshape(5, 4)
+    store.add([f"id{i}" for i in range(5)], rows)
+    store.flush()  # shards of 2, 2 and 1 rows
+    order = [4, 0, 3, 3, 1]
+    locations = [store.index[f"id{i}"] for i in order]
+    assert len({shard for shard, _ in locations}) == 3
+    got = store.read(locations)
+    assert got.dtype == torch.float32 and torch.equal(got, rows[order])

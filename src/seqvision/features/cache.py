@@ -179,14 +179,25 @@ class FeatureStore:
         return out
 
     def read(self, locations: list[tuple[str, int]]) -> torch.Tensor | None:
-        """``(T, F)`` float32 rows at ``locations``; ``None`` if a shard turned out damaged."""
-        rows = []
-        for shard, row in locations:
+        """``(T, F)`` float32 rows at ``locations``; ``None`` if a shard turned out damaged.
+
+        One fancy-indexed read per shard (a sample's rows usually sit in one shard), not one per row:
+        this runs for every sample of every cached epoch.
+        """
+        by_shard: dict[str, tuple[list[int], list[int]]] = {}  # shard -> (positions in the output, rows)
+        for position, (shard, row) in enumerate(locations):
+            positions, rows = by_shard.setdefault(shard, ([], []))
+            positions.append(position)
+            rows.append(row)
+        out: np.ndarray | None = None
+        for shard, (positions, rows) in by_shard.items():
             array = self._array(shard)
             if array is None:
                 return None
-            rows.append(array[row])
-        return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+            if out is None:
+                out = np.empty((len(locations), *array.shape[1:]), dtype=np.float32)
+            out[positions] = np.asarray(array)[rows]  # (n, F) gathered from the memory map, as float32
+        return torch.from_numpy(out if out is not None else np.empty((0, 0), dtype=np.float32))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
