@@ -143,7 +143,7 @@ def cosine_bf16_vs_fp32(backbone: str, data: Path, size: int) -> float:
     """Mean and min cosine similarity of bf16 vs fp32 features on one real batch."""
     from seqvision.data.images import load_image
     from seqvision.data.transforms import resolve_preprocessing
-    from seqvision.features.extract import encode_batch, prepare_encoder
+    from seqvision.features.encode import encode_batch, prepare_encoder
     from seqvision.models.backbones import build_backbone
 
     torch.manual_seed(0)

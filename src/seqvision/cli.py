@@ -142,15 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
     p.add_argument("run", help="a run folder written by `seqvision train`")
     p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
 
     sub.add_parser("backbones", help="list the backbone names")
     return parser
 
 
 def _inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="samples per batch (all their images go through the CNN at once)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--on-bad-image", choices=["error", "skip"], default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument(
+        "--precision", choices=["auto", "32", "bf16"], default="auto",
+        help="the CNN's: auto = bf16 where the hardware is fast at it (else fp32); 32 = as trained in fp32",
+    )
+
+
+def _inference_device(args: argparse.Namespace) -> str:
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _version() -> str:
@@ -200,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image, split=args.split,
+        on_bad_image=args.on_bad_image, split=args.split, device=_inference_device(args), precision=args.precision,
     )
     print(headline(result.metrics))
     for path in result.files:
@@ -214,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     rows, skipped = predict(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image,
+        on_bad_image=args.on_bad_image, device=_inference_device(args), precision=args.precision,
     )
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
@@ -294,7 +306,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from seqvision.evaluation.evaluate import report
     from seqvision.evaluation.metrics import headline
 
-    result = report(args.run, split=args.split)
+    result = report(args.run, split=args.split, device=_inference_device(args))
     print(headline(result.metrics))
     for path in result.files:
         print(f"wrote {path}")

@@ -11,9 +11,10 @@ from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
 from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
-from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
+from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.report import plot_confusion_matrix, write_metrics
+from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
 
 
@@ -50,12 +51,15 @@ def check_task_matches(predictor: Predictor, samples: list[Sample], source: str)
 def evaluate_samples(
     predictor: Predictor, samples: list[Sample], out_dir: Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, source: str = "the data",
-    history_csv: list[Path] | None = None,
+    history_csv: list[Path] | None = None, store: FeatureStore | None = None,
 ) -> EvaluationResult:
     """Metrics of ``predictor`` on ``samples``. With ``out_dir``: ``metrics.json``, the confusion-matrix
-    plot and a self-contained ``report.html`` (with training curves from ``history_csv`` when given)."""
+    plot and a self-contained ``report.html`` (with training curves from ``history_csv`` when given).
+    ``store``: a frozen backbone's feature cache to read the features from instead of running the CNN."""
     check_task_matches(predictor, samples, source)
-    preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True)
+    preds = predictor.run(
+        samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True, store=store
+    )
     spec = predictor.spec
     if spec.task in ("classification", "frame_classification"):
         metrics = classification_metrics(preds.outputs, preds.targets, spec.class_names)
@@ -142,9 +146,11 @@ def frame_images(frames: list[str]) -> list:
 def evaluate(
     checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, split: str | None = None,
+    device: str | torch.device = "cpu", precision: str = "auto",
 ) -> EvaluationResult:
-    """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits)."""
-    predictor = Predictor.load(checkpoint)
+    """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits). ``precision``:
+    the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32)."""
+    predictor = Predictor.load(checkpoint, device=device, precision=precision)
     samples = discover(data, targets=predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None)
     if split is not None:
         samples = [s for s in samples if s.split == split]
@@ -154,14 +160,20 @@ def evaluate(
     )
 
 
-def report(run_dir: str | Path, *, split: str | None = None, batch_size: int = 8) -> EvaluationResult:
+def report(
+    run_dir: str | Path, *, split: str | None = None, batch_size: int = 8, device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> EvaluationResult:
     """Rebuild ``RUN/<split>/report.html`` (and metrics) from a run folder: its best checkpoint on its
-    saved test split (or validation split), with the training curves from its logs."""
+    saved test split (or validation split), with the training curves from its logs. The CNN runs in
+    ``precision``, by default the one it trained in (so the metrics are the run's own)."""
     import json
 
     run = Path(run_dir)
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
-    predictor = Predictor.load(checkpoint)
+    predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto")
+    if precision is None:
+        predictor.precision = "bf16" if predictor.cfg.train.precision.startswith("bf16") else "32"
     data = predictor.cfg.data.data
     splits_file = run / "splits.json"
     if not data or not splits_file.exists():

@@ -1,8 +1,8 @@
 """Batched feature extraction: every image of a dataset through the frozen CNN once, streamed to the cache.
 
-Large batches across samples, ``torch.inference_mode``, channels_last, bf16 autocast where the hardware
-runs it fast, decoding in DataLoader workers in parallel with the CNN, and features written to disk in
-shards as they come (bounded memory for any dataset size).
+Large batches across samples through the fast path of :mod:`seqvision.features.encode`, decoding in
+parallel with the CNN (a prefetch thread on small CPUs, DataLoader workers elsewhere), and features
+written to disk in shards as they come (bounded memory for any dataset size).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from seqvision.data.samples import Sample
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
 from seqvision.features.cache import FeatureStore
+from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.backbones import ImageEncoder
 from seqvision.runtime import inference_dtype, tune_allocator
 
@@ -113,26 +114,6 @@ class ExtractStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def prepare_encoder(encoder: ImageEncoder, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
-    """The encoder on ``device`` in eval mode and channels_last (faster convolutions on CPU and GPU)."""
-    encoder = encoder.to(device).eval()
-    encoder.to(memory_format=torch.channels_last)
-    if compile:
-        return torch.compile(encoder)
-    return encoder
-
-
-@torch.inference_mode()
-def encode_batch(encoder: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(N, 3, S, S) -> (N, F)`` float32, under autocast when ``dtype`` is not float32."""
-    device = next(encoder.parameters()).device
-    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    if dtype == torch.float32:
-        return encoder(images).float()
-    with torch.autocast(device.type, dtype=dtype):
-        return encoder(images).float()
-
-
 def extract_features(
     samples: list[Sample],
     encoder: ImageEncoder,
@@ -184,7 +165,7 @@ def extract_features(
                     raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip")
                 stats.skipped.append(message)
             if indices:
-                features = encode_batch(net, images, dtype)  # (n, F)
+                features = encode_batch(net, images, dtype, pad_to=batch_size if compile else None)  # (n, F)
                 store.add([missing[todo[i]] for i in indices], features)
                 stats.images += len(indices)
             if bar is not None:

@@ -14,7 +14,11 @@ from seqvision.data.samples import Sample
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import CheckpointError
+from seqvision.features.cache import CacheKey, FeatureStore
+from seqvision.features.dataset import CachedFeatureDataset
+from seqvision.features.encode import encode_batch
 from seqvision.models.sequence_model import SequenceModel, build_sequence_model
+from seqvision.runtime import inference_dtype
 from seqvision.training.checkpoint import read_checkpoint
 
 
@@ -34,17 +38,21 @@ class Predictor:
 
     def __init__(
         self, model: SequenceModel, *, cfg: RunConfig, spec: TargetSpec, preprocessing: Preprocessing,
-        thresholds: list[float] | None = None,
+        thresholds: list[float] | None = None, precision: str = "auto",
     ) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
         self.thresholds = thresholds or [0.5] * spec.num_outputs  # multi-label decision thresholds
+        self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "Predictor":
-        """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``)."""
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
+        """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``). ``precision`` is the
+        CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (features within a
+        cosine of 0.9999 of fp32; the heads always run in fp32), ``32`` reproduces training numerics."""
+        inference_dtype(torch.device(device), precision)  # a bad precision fails before any loading
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
         try:
@@ -60,19 +68,24 @@ class Predictor:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({str(exc)[:300]})") from None
-        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"))
+        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"), precision=precision)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the CNN computes in on this device."""
+        return inference_dtype(self.device, self.precision)
+
     def dataloader(
-        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None, with_targets: bool = False
+        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
+        with_targets: bool = False, store: FeatureStore | None = None,
     ) -> DataLoader:
+        """Batches of images, or of cached ``(T, F)`` features when ``store`` is given."""
         d = self.cfg.data
-        dataset = SequenceDataset(
-            samples,
-            ClipTransform(self.preprocessing, train=False),
+        options = dict(
             encode_target=self.spec.encode if with_targets else None,
             per_image=self.spec.per_image,
             sampling=d.sampling_policy(train=False),  # as the model was evaluated in training
@@ -80,29 +93,48 @@ class Predictor:
             shuffle_frames=d.shuffle_frames,
             seed=self.cfg.train.seed,
         )
+        if store is not None:
+            dataset: SequenceDataset = CachedFeatureDataset(samples, store, **options)
+        else:
+            dataset = SequenceDataset(samples, ClipTransform(self.preprocessing, train=False), **options)
         return DataLoader(
             dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, persistent_workers=False
         )
 
     @torch.inference_mode()
     def run(
-        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None, with_targets: bool = False
+        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
+        with_targets: bool = False, store: FeatureStore | None = None,
     ) -> Predictions:
-        """Outputs for every sample (in order), batched; bad input raises or is skipped and reported."""
+        """Outputs for every sample (in order), batched; bad input raises or is skipped and reported.
+
+        The CNN takes the same fast path as ``extract`` (all images of a batch in one pass, channels_last,
+        bf16 where fast). With ``store`` (a frozen backbone's feature cache, whose key must match this
+        model's encoder), the features are read from the cache and only the heads run.
+        """
+        if store is not None:
+            mine = CacheKey.for_encoder(self.model.encoder, self.preprocessing, dtype=store.key.dtype, compute=getattr(torch, store.key.compute))
+            if mine != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
+                raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
+        dtype = self.compute_dtype
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute
         ids, outputs, targets, skipped, frames = [], [], [], [], []
         sample_frames: dict[str, list[str]] = {}
         attention: dict[str, list[float]] = {}
         loader = self.dataloader(
-            samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets
+            samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets, store=store
         )
         for batch in loader:
             batch.raise_errors()
             skipped.extend(batch.skipped)
             if not batch.sample_ids:
                 continue
-            out = self.model(batch.images.to(self.device), batch.lengths)  # (C, K) or (N, K) per image
+            if store is not None:
+                features = batch.images.to(self.device)  # (N, F) from the cache
+            else:
+                features = encode_batch(self.model.encoder, batch.images, dtype)  # (N, 3, S, S) -> (N, F) fp32
+            out = self.model.forward_features(features, batch.lengths)  # (C, K) or (N, K) per image
             weights = getattr(self.model.temporal_head, "last_attention", None)  # (C, T) for attention heads
             at = 0
             for c, n in enumerate(batch.lengths.tolist()):

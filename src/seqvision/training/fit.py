@@ -121,13 +121,14 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     result = TrainResult(out, best, last, reported=reported, feature_cache=cache_report)
     if trainer.is_global_zero:
-        predictor = Predictor.load(best, device=_device(cfg))
+        # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
+        predictor = Predictor.load(best, device=_device(cfg), precision=_cnn_precision(cfg))
         for split in ("val", "test"):
             if data.splits[split]:
                 ev = evaluate_samples(
                     predictor, data.splits[split], out / split, batch_size=cfg.train.batch_size,
                     num_workers=dm.num_workers, on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
-                    history_csv=sorted(out.glob("logs/version_*/metrics.csv")),
+                    history_csv=sorted(out.glob("logs/version_*/metrics.csv")), store=store,
                 )
                 setattr(result, f"{split}_metrics", ev.metrics)
                 result.reported.extend(m for m in ev.skipped if m not in result.reported)
@@ -154,7 +155,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
 
     device = _device(cfg)
     # The cache must hold what the live model would compute: the training precision decides.
-    compute = inference_dtype(device, "bf16" if cfg.train.precision.startswith("bf16") else "32")
+    compute = inference_dtype(device, _cnn_precision(cfg))
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     store = FeatureStore(root, CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute))
     samples = [s for split in data.splits.values() for s in split]
@@ -165,7 +166,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
             samples, model.encoder, prep, store, device=device, precision=str(compute).removeprefix("torch."),
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
         )
-    model.encoder.to("cpu").to(memory_format=torch.contiguous_format)  # Lightning places it for training
+    model.encoder.to("cpu")  # Lightning places it for training
     data.dropped.extend(stats.skipped)
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "images_per_second": round(stats.images_per_second, 1)}
     return store, report
@@ -184,6 +185,11 @@ def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
         total = len(data.splits["train"])
         return (total - counts).clamp_min(0) / counts.clamp_min(1)
     return counts.sum() / (len(counts) * counts.clamp_min(1))
+
+
+def _cnn_precision(cfg: RunConfig) -> str:
+    """The CNN's inference precision (``32`` or ``bf16``) that matches the training precision."""
+    return "bf16" if cfg.train.precision.startswith("bf16") else "32"
 
 
 def _device(cfg: RunConfig) -> torch.device:

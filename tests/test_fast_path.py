@@ -1,0 +1,172 @@
+"""The CNN's inference fast path (channels_last, bf16 where fast, compile) serves extract, predict,
+evaluate and the end-of-training evaluation; a frozen run evaluates from its feature cache."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import seqvision.runtime as runtime
+from seqvision.cli import main
+from seqvision.data.discovery import discover
+from seqvision.errors import CheckpointError
+from seqvision.features.cache import CacheKey, FeatureStore
+from seqvision.features.encode import CompiledEncoder, encode_batch, prepare_encoder
+from seqvision.features.extract import extract_features
+from seqvision.inference.predictor import Predictor
+from seqvision.models.backbones import build_backbone
+from seqvision.training.fit import train
+
+from conftest import fast_config, make_folder_dataset
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory):
+    """A frozen-backbone run trained on cached features (one run shared by the tests that read it)."""
+    root = tmp_path_factory.mktemp("frozen")
+    data = make_folder_dataset(root / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=2)
+    cfg.model.freeze = True
+    cfg.data.cache = str(root / "cache")
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the CNN ran although the features are cached")
+
+    with pytest.MonkeyPatch.context() as patch:  # the end-of-run evaluation must read the cache
+        patch.setattr("seqvision.inference.predictor.encode_batch", no_cnn)
+        result = train(cfg, root / "out", progress=False)
+    return data, cfg, result
+
+
+def test_encoder_runs_channels_last_with_the_same_features():
+    torch.manual_seed(0)
+    encoder = build_backbone("tiny_cnn", weights="none").eval()
+    conv = encoder.trunk[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = copy.deepcopy(encoder).to(memory_format=torch.contiguous_format)
+    images = torch.randn(5, 3, 16, 16)  # NCHW in: the encoder converts
+    with torch.no_grad():
+        expected = plain.trunk(images).mean(dim=(-2, -1))
+        assert torch.allclose(encoder(images), expected, atol=1e-5)
+
+
+def test_padding_a_batch_does_not_change_its_rows():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = build_backbone("tiny_cnn", weights="none").eval()
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.encoder(x)
+
+    net = Recorder()
+    images = torch.randn(3, 3, 16, 16)
+    padded = encode_batch(net, images, torch.float32, pad_to=8)
+    plain = encode_batch(net, images, torch.float32)
+    assert seen == [8, 3] and padded.shape == plain.shape == (3, 64)
+    assert torch.allclose(padded, plain, atol=1e-6)
+
+
+def test_compiled_extraction_matches_eager(tmp_path, caplog):
+    data = make_folder_dataset(tmp_path / "data")
+    samples = discover(data)
+    torch.manual_seed(0)
+    encoder = build_backbone("tiny_cnn", weights="none")
+    prep = encoder.preprocessing
+    rows = {}
+    for compiled in (False, True):
+        store = FeatureStore(tmp_path / f"cache-{compiled}", CacheKey.for_encoder(encoder, prep))
+        with caplog.at_level("WARNING", logger="seqvision"):
+            stats = extract_features(samples, encoder, prep, store, batch_size=8, precision="32", compile=compiled, progress=False)
+        assert stats.images == 18  # batches of 8, 8 and 2 (padded to 8 for the compiled encoder)
+        paths = [f.path for s in samples for f in s.frames]
+        rows[compiled] = store.read(store.locate(paths))
+    assert "torch.compile failed" not in caplog.text  # it really ran compiled
+    assert torch.allclose(rows[True], rows[False], atol=1e-5)
+
+
+def test_a_compiler_failure_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(module, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found\nlong details")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    encoder = build_backbone("tiny_cnn", weights="none")
+    net = prepare_encoder(encoder, torch.device("cpu"), compile=True)
+    assert isinstance(net, CompiledEncoder)
+    images = torch.randn(2, 3, 16, 16)
+    with caplog.at_level("WARNING", logger="seqvision"):
+        out = encode_batch(net, images, torch.float32)
+        encode_batch(net, images, torch.float32)
+    assert torch.allclose(out, encode_batch(encoder, images, torch.float32))
+    assert caplog.text.count("torch.compile failed (RuntimeError: no C++ compiler found)") == 1
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_is_fast_at_it(frozen_run, monkeypatch):
+    _, _, result = frozen_run
+    predictor = Predictor.load(result.best_checkpoint)  # precision auto
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert predictor.compute_dtype == torch.float32
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert predictor.compute_dtype == torch.bfloat16
+    assert Predictor.load(result.best_checkpoint, precision="32").compute_dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        Predictor.load(result.best_checkpoint, precision="fp8")
+
+
+def test_bf16_predictions_are_close_to_fp32(frozen_run):
+    data, _, result = frozen_run
+    samples = discover(data)
+    fp32 = Predictor.load(result.best_checkpoint, precision="32").run(samples)
+    bf16 = Predictor.load(result.best_checkpoint, precision="bf16").run(samples)
+    assert fp32.sample_ids == bf16.sample_ids
+    assert torch.allclose(fp32.outputs.softmax(-1), bf16.outputs.softmax(-1), atol=0.02)
+
+
+def test_frozen_run_evaluates_from_its_feature_cache(frozen_run, tmp_path, monkeypatch):
+    """The end-of-run evaluation read the cached features (the fixture forbids the CNN), and they give
+    what the live CNN gives."""
+    data, cfg, result = frozen_run
+    assert result.feature_cache["computed"] == 22
+    val_ids = [k for k, v in json.loads((result.out_dir / "splits.json").read_text()).items() if v == "val"]
+    samples = [s for s in discover(data) if s.id in val_ids]
+    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    live_val = predictor.run(samples, with_targets=True)
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the CNN ran although the features are cached")
+
+    monkeypatch.setattr("seqvision.inference.predictor.encode_batch", no_cnn)
+    store = FeatureStore(cfg.data.cache, CacheKey.for_encoder(predictor.model.encoder, predictor.preprocessing))
+    cached_val = predictor.run(samples, with_targets=True, store=store)
+    assert torch.allclose(cached_val.outputs, live_val.outputs, atol=1e-5)
+    assert result.val_metrics["num_samples"] == len(samples) > 0
+    assert result.val_metrics["accuracy"] == pytest.approx(
+        float((live_val.outputs.argmax(-1) == live_val.targets).float().mean())
+    )
+
+
+def test_a_cache_of_other_weights_is_refused(frozen_run, tmp_path):
+    data, _, result = frozen_run
+    other = build_backbone("tiny_cnn", weights="none")  # fresh random weights
+    predictor = Predictor.load(result.best_checkpoint)
+    store = FeatureStore(tmp_path / "c", CacheKey.for_encoder(other, predictor.preprocessing))
+    with pytest.raises(CheckpointError, match="not computed with this checkpoint"):
+        predictor.run(discover(data), store=store)
+
+
+def test_cli_predict_takes_device_and_precision(frozen_run, tmp_path):
+    data, _, result = frozen_run
+    rows = {}
+    for precision in ("32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        assert main(["predict", str(result.best_checkpoint), str(data), "--device", "cpu", "--precision", precision, "--out", str(out)]) == 0
+        rows[precision] = json.loads(out.read_text())
+    assert [r["sample"] for r in rows["32"]] == [r["sample"] for r in rows["bf16"]]
+    assert all(abs(a["left"] - b["left"]) < 0.02 for a, b in zip(rows["32"], rows["bf16"]))
