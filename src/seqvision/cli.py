@@ -274,8 +274,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, device=device, precision=str(compute).removeprefix("torch."),
         compile=args.compile, on_bad_image=args.on_bad_image, progress=not args.no_progress,
     )
+    steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(
-        f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s, {stats.dtype}), "
+        f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s{steady}, {stats.dtype}), "
         f"{stats.cached} already cached -> {store.dir}"
     )
     _report(stats.skipped, "images left out")

@@ -34,6 +34,8 @@ class CompiledEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
+        if not torch.cuda.is_available():  # inductor's CPU path imports cpp_extension, which warns about CUDA_HOME
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.eager = encoder
         self.compiled = torch.compile(encoder, options={"freezing": True})
         self.failed = False

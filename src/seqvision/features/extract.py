@@ -108,10 +108,18 @@ class ExtractStats:
     seconds: float = 0.0
     dtype: str = "float32"  # compute precision used
     skipped: list[str] = field(default_factory=list)
+    first_batch_images: int = 0  # the first batch carries the start-up (loader, compilation)...
+    first_batch_seconds: float = 0.0  # ...so the steady state is measured without it
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Images/s after the first batch: the throughput a long job sees, without start-up costs."""
+        rest = self.seconds - self.first_batch_seconds
+        return (self.images - self.first_batch_images) / rest if rest > 0 else self.images_per_second
 
 
 def extract_features(
@@ -168,6 +176,8 @@ def extract_features(
                 features = encode_batch(net, images, dtype, pad_to=batch_size if compile else None)  # (n, F)
                 store.add([missing[todo[i]] for i in indices], features)
                 stats.images += len(indices)
+                if not stats.first_batch_images:
+                    stats.first_batch_images, stats.first_batch_seconds = len(indices), time.perf_counter() - start
             if bar is not None:
                 bar.update(len(indices) + len(errors))
     finally:
