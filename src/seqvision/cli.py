@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
+    p.add_argument("--sampling", choices=["uniform", "stride", "random", "segments"], default="uniform", help="videos: the frames training will sample (see train)")
+    p.add_argument("--num-frames", type=int, help="videos: frames per clip; default: cache every frame")
+    p.add_argument("--stride", type=int, default=1, help="videos, --sampling stride: every k-th frame")
+    p.add_argument("--fps", type=float, help="videos, --sampling stride: frames per second")
+    p.add_argument("--eval-clips", type=int, default=1, help="videos, --sampling random: evaluation clips")
     p.add_argument("--shard-rows", type=int, default=4096, help="images per committed cache shard (what a crash can lose)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     p.add_argument("--no-progress", action="store_true")
@@ -252,6 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from seqvision.data.discovery import discover
+    from seqvision.data.sampling import SamplingPolicy
     from seqvision.data.transforms import resolve_preprocessing
     from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
     from seqvision.features.extract import extract_features
@@ -266,6 +272,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compute = inference_dtype(device, args.precision)
+    # videos: cache the frames this policy can pick in training and in evaluation (images are cached whole)
+    policy = SamplingPolicy(args.sampling, num_frames=args.num_frames, stride=args.stride, fps=args.fps, clips=args.eval_clips)
     root = Path(args.out) if args.out else default_cache_root()
     key = CacheKey.for_encoder(encoder, prep, dtype=args.cache_dtype, compute=compute)
     store = FeatureStore(root, key, content_hash=args.content_hash, shard_rows=args.shard_rows)
@@ -273,6 +281,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         discover(args.data, require_labels=False), encoder, prep, store, batch_size=args.batch_size,
         num_workers=args.num_workers, device=device, precision=str(compute).removeprefix("torch."),
         compile=args.compile, on_bad_image=args.on_bad_image, progress=not args.no_progress,
+        sampling=[(policy, True), (policy, False)],
     )
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(
@@ -280,6 +289,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         f"{stats.cached} already cached -> {store.dir}"
     )
     _report(stats.skipped, "images left out")
+    _report(stats.notes, "notes")
     return 0
 
 

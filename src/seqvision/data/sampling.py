@@ -57,10 +57,7 @@ class SamplingPolicy:
         if self.mode == "uniform":
             return [uniform_indices(n, k)]
         if self.mode == "stride":
-            step = self.stride
-            if self.fps is not None and source_fps:
-                step = max(1, round(source_fps / self.fps))
-            positions = list(range(0, n, step))
+            positions = list(range(0, n, self.step(source_fps)))
             if k is None or len(positions) <= k:
                 return [positions]
             start = rng.randint(0, len(positions) - k) if train else (len(positions) - k) // 2
@@ -82,6 +79,24 @@ class SamplingPolicy:
             lo_i, hi_i = int(np.floor(lo)), max(int(np.floor(lo)) + 1, int(np.ceil(hi)))
             out.append(rng.randrange(lo_i, hi_i) if train else min(n - 1, int((lo + hi) / 2)))
         return [out]
+
+
+    def step(self, source_fps: float | None = None) -> int:
+        """The stride of ``stride`` sampling: ``stride``, or the one that gives ``fps`` of a video."""
+        if self.fps is not None and source_fps:
+            return max(1, round(source_fps / self.fps))
+        return self.stride
+
+    def candidates(self, n: int, *, train: bool, source_fps: float | None = None) -> list[int]:
+        """Every frame index (sorted) that a clip of a sample with ``n`` frames can contain, over all
+        random draws: what a feature cache must hold so that any epoch finds its frames."""
+        if n <= 0:
+            return []
+        if not train or self.mode == "uniform":  # deterministic: exactly the frames of the clips
+            return sorted({i for clip in self.clips_for(n, train=False, source_fps=source_fps) for i in clip})
+        if self.mode == "stride":  # a random window of the strided frames
+            return list(range(0, n, self.step(source_fps)))
+        return list(range(n))  # random start, or a random frame per segment: any frame can be drawn
 
 
 def uniform_indices(length: int, max_images: int | None) -> list[int]:

@@ -51,6 +51,11 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return tensor_digest(module.state_dict())
 
 
+def video_frame_identity(video_identity: str, time: float) -> str:
+    """The identity of the frame on screen at ``time`` seconds of the video whose file identity is given."""
+    return f"{video_identity}@{time:.6f}s"
+
+
 def file_identity(path: Path, *, content_hash: bool = False) -> str:
     """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256."""
     path = Path(path).resolve()

@@ -8,18 +8,21 @@ import torch
 
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.samples import Sample
-from seqvision.features.cache import FeatureStore
+from seqvision.errors import DataError
+from seqvision.features.cache import FeatureStore, video_frame_identity
 
 
 class CachedFeatureDataset(SequenceDataset):
     """Same samples, sampling, targets and bad-image policy as :class:`SequenceDataset`; rows come from
-    ``store`` (image identities are resolved once, so an epoch only reads memory-mapped rows)."""
+    ``store`` (image identities are resolved once, so an epoch only reads memory-mapped rows). Video
+    frames are found by the video file's identity and the frame's time (see ``extract_features``)."""
 
     def __init__(self, samples: list[Sample], store: FeatureStore, **kwargs) -> None:
         super().__init__(samples, transform=None, **kwargs)  # type: ignore[arg-type]
         self.store = store
         self._locations = [store.locate([f.path for f in s.frames]) for s in samples]
         self._row_of = [{f.path: i for i, f in enumerate(s.frames)} for s in samples]
+        self._video_ids: dict[int, str] = {}  # sample index -> the video file's identity
 
     def load_clip(self, index: int, paths: list[Path], item: dict) -> tuple[torch.Tensor | None, list[int]]:
         sample = self.samples[index]
@@ -39,3 +42,31 @@ class CachedFeatureDataset(SequenceDataset):
         if features is None:
             item["error"] = f"sample {sample.id!r}: the feature cache was damaged while training; run again to recompute it"
         return features, kept
+
+    def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
+        """The sampled frames' cached rows, one ``(T_c, F)`` tensor per clip (the same draws as live)."""
+        from seqvision.data.video import probe_video
+
+        sample = self.samples[index]
+        video = sample.video
+        try:
+            info = self._video_info.get(index) or probe_video(video.path, video.start, video.end)
+            self._video_info[index] = info  # headers are read once per sample, not every epoch
+            file_id = self._video_ids.get(index) or self.store.identity(video.path)
+            self._video_ids[index] = file_id
+        except (DataError, OSError) as exc:
+            self.bad_frame(item, f"sample {sample.id!r}: {exc}")
+            return [], []
+        clips = self.clips(index, info.num_frames, source_fps=info.fps)
+        wanted = [i for clip in clips for i in clip]
+        locations = [self.store.index.get(video_frame_identity(file_id, info.frame_time(i))) for i in wanted]
+        if None in locations:
+            time_s = info.frame_time(wanted[locations.index(None)])
+            self.bad_frame(item, f"sample {sample.id!r}: video {video.path}: the frame at {time_s:.3f} s is not in the "
+                                 "feature cache (the video changed since extraction, or other sampling settings)")
+            return [], []
+        features = self.store.read(locations)  # (sum T_c, F)
+        if features is None:
+            item["error"] = f"sample {sample.id!r}: the feature cache was damaged while training; run again to recompute it"
+            return [], []
+        return list(features.split([len(c) for c in clips])), wanted

@@ -3,6 +3,10 @@
 Large batches across samples through the fast path of :mod:`seqvision.features.encode`, decoding in
 parallel with the CNN (a prefetch thread on small CPUs, DataLoader workers elsewhere), and features
 written to disk in shards as they come (bounded memory for any dataset size).
+
+Image files are cached whole. Videos are cached frame by frame: every frame that the sampling policies
+can pick (all frames for random draws, exactly the clip's frames for deterministic ones), each under the
+video file's identity and the frame's time, decoded in time order in chunks of one batch.
 """
 
 from __future__ import annotations
@@ -20,38 +24,113 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqvision.data.images import BadImageError, load_image
 from seqvision.data.samples import Sample
+from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
-from seqvision.features.cache import FeatureStore
+from seqvision.features.cache import FeatureStore, video_frame_identity
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.backbones import ImageEncoder
 from seqvision.runtime import inference_dtype, tune_allocator
 
 
+# What both loaders yield: (identities of the rows, (n, 3, S, S) images, errors, notes)
+Work = tuple[list[str], torch.Tensor, list[str], list[str]]
+
+
 class _ImageFiles(Dataset):
     """One preprocessed image per item: ``(3, S, S)`` float, or the error that names the file."""
 
-    def __init__(self, paths: list[Path], owners: dict[Path, str], prep: Preprocessing) -> None:
-        self.paths = paths
+    def __init__(self, todo: dict[Path, str], owners: dict[Path, str], prep: Preprocessing) -> None:
+        self.paths = list(todo)
+        self.identities = todo  # path -> the identity its row is committed under
         self.owners = owners  # path -> a sample that uses it, for error messages
         self.transform = ClipTransform(prep)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
         path = self.paths[i]
         try:
-            return i, self.transform([load_image(path)])[0], None
+            return self.identities[path], self.transform([load_image(path)])[0], None
         except BadImageError as exc:
-            return i, None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
+            return self.identities[path], None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
 
 
-def _collate(items):
-    good = [(i, x) for i, x, err in items if x is not None]
-    errors = [(i, err) for i, x, err in items if err is not None]
+def _collate(items) -> Work:
+    good = [(identity, x) for identity, x, err in items if x is not None]
     images = torch.stack([x for _, x in good]) if good else torch.empty(0)
-    return [i for i, _ in good], images, errors
+    return [identity for identity, _ in good], images, [err for _, _, err in items if err is not None], []
+
+
+@dataclass(frozen=True)
+class _VideoChunk:
+    sample_id: str
+    path: Path
+    fps: float
+    frames: list[tuple[str, float]]  # (identity, time in seconds), in time order
+
+
+class _VideoChunks(Dataset):
+    """One chunk of a video's missing frames per item, decoded in one pass: a ready :data:`Work` batch."""
+
+    def __init__(self, chunks: list[_VideoChunk], prep: Preprocessing) -> None:
+        self.chunks = chunks
+        self.transform = ClipTransform(prep)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Work:
+        from seqvision.data.video import read_frames
+
+        chunk = self.chunks[i]
+        try:
+            frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps)
+        except DataError as exc:
+            return [], torch.empty(0), [f"sample {chunk.sample_id!r}: {exc}"], []
+        return [identity for identity, _ in chunk.frames], self.transform(frames), [], notes
+
+
+def _as_is(item):
+    return item
+
+
+def _video_plan(
+    samples: list[Sample], store: FeatureStore, policies: list[tuple[SamplingPolicy, bool]], batch_size: int,
+    stats: "ExtractStats", on_bad_image: str,
+) -> list[_VideoChunk]:
+    """The video frames the cache lacks, in chunks of at most ``batch_size`` frames of one video."""
+    from seqvision.data.video import probe_video
+
+    chunks: list[_VideoChunk] = []
+    planned: set[str] = set()
+    for sample in samples:
+        video = sample.video
+        if video is None:
+            continue
+        try:
+            info = probe_video(video.path, video.start, video.end)
+            file_id = store.identity(video.path)
+        except (DataError, OSError) as exc:
+            message = f"sample {sample.id!r}: {exc}"
+            if on_bad_image != "skip":
+                raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip") from None
+            stats.skipped.append(message)
+            continue
+        wanted = sorted({i for policy, train in policies for i in policy.candidates(info.num_frames, train=train, source_fps=info.fps)})
+        todo = []
+        for i in wanted:
+            time_s = info.frame_time(i)
+            identity = video_frame_identity(file_id, time_s)
+            if identity in store.index:
+                stats.cached += 1
+            elif identity not in planned:  # clips of one video may overlap
+                planned.add(identity)
+                todo.append((identity, time_s))
+        for at in range(0, len(todo), batch_size):
+            chunks.append(_VideoChunk(sample.id, video.path, info.fps, todo[at : at + batch_size]))
+    return chunks
 
 
 def extraction_workers(device: torch.device) -> int:
@@ -108,6 +187,7 @@ class ExtractStats:
     seconds: float = 0.0
     dtype: str = "float32"  # compute precision used
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a truncated video whose last frame is repeated
     first_batch_images: int = 0  # the first batch carries the start-up (loader, compilation)...
     first_batch_seconds: float = 0.0  # ...so the steady state is measured without it
 
@@ -135,9 +215,12 @@ def extract_features(
     compile: bool = False,
     on_bad_image: str = "error",
     progress: bool = True,
+    sampling: list[tuple[SamplingPolicy, bool]] | None = None,
 ) -> ExtractStats:
     """Compute and cache the features of every image of ``samples`` that the cache lacks.
 
+    ``sampling``: the ``(policy, train)`` pairs that will read the cache; for videos they decide which
+    frames are cached (default: every frame). Image files are always cached whole.
     Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
     """
     tune_allocator()
@@ -147,39 +230,44 @@ def extract_features(
         for f in s.frames:
             owners.setdefault(f.path, s.id)
     missing = store.missing(owners)  # path -> identity
-    todo = list(missing)
-    stats = ExtractStats(cached=len(owners) - len(todo))
+    stats = ExtractStats(cached=len(owners) - len(missing))
+    chunks = _video_plan(samples, store, sampling or [(SamplingPolicy(), False)], batch_size, stats, on_bad_image)
     dtype = inference_dtype(device, precision)
     stats.dtype = str(dtype).removeprefix("torch.")
-    if not todo:
+    total = len(missing) + sum(len(c.frames) for c in chunks)
+    if not total:
         return stats
     net = prepare_encoder(encoder, device, compile=compile)
     workers = extraction_workers(device) if num_workers is None else num_workers
-    loader = DataLoader(
-        _ImageFiles(todo, owners, prep), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
-    batches = loader if workers > 0 else prefetch(loader)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    loaders = []
+    if missing:
+        loaders.append(DataLoader(_ImageFiles(missing, owners, prep), batch_size=batch_size, collate_fn=_collate, **common))
+    if chunks:  # each item is already a batch (one chunk of one video)
+        loaders.append(DataLoader(_VideoChunks(chunks, prep), batch_size=None, collate_fn=_as_is, **common))
+    work = (batch for loader in loaders for batch in loader)
+    batches = work if workers > 0 else prefetch(work)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc="extract", dynamic_ncols=True)
+        bar = tqdm(total=total, unit="img", desc="extract", dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for indices, images, errors in batches:
-            for _, message in errors:
+        for identities, images, errors, notes in batches:
+            for message in errors:
                 if on_bad_image != "skip":
                     raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip")
                 stats.skipped.append(message)
-            if indices:
+            stats.notes.extend(n for n in notes if n not in stats.notes)
+            if identities:
                 features = encode_batch(net, images, dtype, pad_to=batch_size if compile else None)  # (n, F)
-                store.add([missing[todo[i]] for i in indices], features)
-                stats.images += len(indices)
+                store.add(identities, features)
+                stats.images += len(identities)
                 if not stats.first_batch_images:
-                    stats.first_batch_images, stats.first_batch_seconds = len(indices), time.perf_counter() - start
+                    stats.first_batch_images, stats.first_batch_seconds = len(identities), time.perf_counter() - start
             if bar is not None:
-                bar.update(len(indices) + len(errors))
+                bar.update(len(identities) + len(errors))
     finally:
         store.flush()  # whatever was computed is committed, even when a later batch fails
         if bar is not None:

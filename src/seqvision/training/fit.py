@@ -140,9 +140,6 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     off or augmentation changes pixels every epoch (then the CNN must run live, and we say so)."""
     if not cfg.model.freeze or cfg.data.cache == "off":
         return None, None
-    if any(s.video is not None for split in data.splits.values() for s in split):
-        log.warning("frozen backbone on video samples: the feature cache holds image files only, so the CNN runs live")
-        return None, None
     if augment:
         log.warning(
             "frozen backbone with --augment: augmentation changes the pixels every epoch, so the CNN runs live "
@@ -165,6 +162,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
         stats = extract_features(
             samples, model.encoder, prep, store, device=device, precision=str(compute).removeprefix("torch."),
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
+            sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
         )
     model.encoder.to("cpu")  # Lightning places it for training
     data.dropped.extend(stats.skipped)
