@@ -161,14 +161,23 @@ class SequenceDataset(Dataset):
                     return None, []
         return (self.transform(frames) if frames else None), kept
 
+    def video_info(self, index: int):
+        """The headers of sample ``index``'s video (:class:`VideoInfo`), read once per sample, not every
+        epoch; raises :class:`DataError` naming the file."""
+        from seqvision.data.video import probe_video
+
+        if index not in self._video_info:
+            video = self.samples[index].video
+            self._video_info[index] = probe_video(video.path, video.start, video.end)
+        return self._video_info[index]
+
     def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
-        from seqvision.data.video import probe_video, read_frames
+        from seqvision.data.video import read_frames
 
         sample = self.samples[index]
         video = sample.video
         try:
-            info = self._video_info.get(index) or probe_video(video.path, video.start, video.end)
-            self._video_info[index] = info  # headers are read once per sample, not every epoch
+            info = self.video_info(index)
             clips = self.clips(index, info.num_frames, source_fps=info.fps)
             wanted = [i for clip in clips for i in clip]
             frames, notes = read_frames(video.path, [info.frame_time(i) for i in wanted], info.fps)

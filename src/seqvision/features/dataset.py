@@ -45,13 +45,10 @@ class CachedFeatureDataset(SequenceDataset):
 
     def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
         """The sampled frames' cached rows, one ``(T_c, F)`` tensor per clip (the same draws as live)."""
-        from seqvision.data.video import probe_video
-
         sample = self.samples[index]
         video = sample.video
         try:
-            info = self._video_info.get(index) or probe_video(video.path, video.start, video.end)
-            self._video_info[index] = info  # headers are read once per sample, not every epoch
+            info = self.video_info(index)
             file_id = self._video_ids.get(index) or self.store.identity(video.path)
             self._video_ids[index] = file_id
         except (DataError, OSError) as exc:
