@@ -109,3 +109,31 @@ def test_large_jpeg_header_is_checked_before_decoding(tmp_path, monkeypatch):
 def test_one_pixel_image_is_fine(tmp_path):
     Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
     assert load_image(tmp_path / "dot.png").shape == (3, 1, 1)
+
+
+def test_decoding_in_threads_leaves_the_warnings_machinery_as_it_was(tmp_path):
+    """Decoding threads (extraction) each catch libjpeg's warnings; they must not leak a recorder
+    into the process or lose the filters (catch_warnings is process-wide state)."""
+    import threading
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i}.{'jpg' if i % 3 else 'png'}"
+        Image.fromarray(np.full((64, 64, 3), i * 5, np.uint8)).save(path)
+        paths.append(path)
+    load_image(paths[0]), load_image(paths[1])  # first decodes import modules that add filters of their own
+    before_show, before_filters = warnings.showwarning, list(warnings.filters)
+    barrier = threading.Barrier(2)
+
+    def decode(part):
+        barrier.wait()  # both threads decode at the same time
+        return [load_image(p) for p in part for _ in range(5)]
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(decode, [paths[::2], paths[1::2]]))
+    assert sum(len(d) for d in done) == 200
+    assert warnings.showwarning is before_show and warnings.filters == before_filters
+    with pytest.warns(UserWarning, match="still reported"):
+        warnings.warn("still reported", UserWarning, stacklevel=1)

@@ -7,6 +7,7 @@ Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all b
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from seqvision.errors import DataError
 # Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
 # before decoding them, so memory stays bounded whatever a file's header claims.
 MAX_PIXELS = 100_000_000
+_WARNINGS_LOCK = threading.Lock()
 
 
 class BadImageError(DataError):
@@ -59,7 +61,10 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError):
         pass  # let the decoders below report what is wrong with it
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # catch_warnings swaps process-wide state: two threads inside it at once would leave a recorder
+        # installed for good and could pin one image's libjpeg warning on another. One decode at a
+        # time holds it (the decoding threads still overlap each other's resizing).
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             image = decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
@@ -80,12 +85,13 @@ def _check_size(path: Path, height: int, width: int) -> None:
 
 def _decode_pillow(path: Path) -> torch.Tensor:
     try:
-        with warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings():  # the lock: see _decode_jpeg
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
-            with Image.open(path) as img:
-                _check_size(path, img.height, img.width)
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+            opened = Image.open(path)  # reads the header only (where Pillow's bomb check warns)
+        with opened as img:
+            _check_size(path, img.height, img.width)
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
     except BadImageError:
         raise
     except Image.DecompressionBombError:
