@@ -188,3 +188,24 @@ def test_read_gathers_rows_across_shards_in_the_asked_order(tmp_path):
     assert len({shard for shard, _ in locations}) == 3
     got = store.read(locations)
     assert got.dtype == torch.float32 and torch.equal(got, rows[order])
+
+
+def test_threaded_batches_equal_the_per_image_transform_and_close_holes(tmp_path, folder_data):
+    from seqvision.data.images import load_image
+    from seqvision.data.transforms import ClipTransform
+    from seqvision.features.extract import _ThreadedBatches
+
+    paths = sorted(folder_data.rglob("*.png"))[:7]
+    paths[3].write_bytes(b"not an image")
+    todo = {p: f"id-{p.parent.name}-{p.name}" for p in paths}
+    batches = list(_ThreadedBatches(todo, {p: "s" for p in paths}, PREP, batch_size=5, threads=2))
+    assert [len(ids) for ids, *_ in batches] == [4, 2]  # the bad file leaves no hole
+    identities = [i for ids, *_ in batches for i in ids]
+    assert identities == [todo[p] for p in paths if p != paths[3]]
+    images = torch.cat([x for _, x, _, _ in batches])
+    assert images.is_contiguous(memory_format=torch.channels_last) or images.shape[0] <= 1
+    transform = ClipTransform(PREP)
+    expected = torch.stack([transform([load_image(p)])[0] for p in paths if p != paths[3]])
+    assert torch.equal(images, expected)
+    errors = [e for _, _, errs, _ in batches for e in errs]
+    assert len(errors) == 1 and str(paths[3]) in errors[0] and "'s'" in errors[0]
