@@ -29,6 +29,7 @@ def frozen_run(tmp_path_factory):
     cfg = fast_config(data, max_epochs=2)
     cfg.model.freeze = True
     cfg.data.cache = str(root / "cache")
+    cfg.data.feature_precision = "32"  # fp32 rows: compared with the live fp32 CNN below
 
     def no_cnn(*args, **kwargs):
         raise AssertionError("the CNN ran although the features are cached")

@@ -123,6 +123,7 @@ def test_frozen_training_on_cached_features_matches_live_training(tmp_path):
         cfg = fast_config(data, max_epochs=3)
         cfg.model.freeze = True
         cfg.data.cache = "off" if mode == "live" else str(tmp_path / "cache")
+        cfg.data.feature_precision = "32"  # the live CNN's fp32 features, to compare bit for bit
         results[mode] = train(cfg, tmp_path / mode, progress=False)
     assert results["live"].feature_cache is None
     assert results["cached"].feature_cache["computed"] == 22  # 2 labels x (2+3+4+2) images
@@ -209,3 +210,20 @@ def test_threaded_batches_equal_the_per_image_transform_and_close_holes(tmp_path
     assert torch.equal(images, expected)
     errors = [e for _, _, errs, _ in batches for e in errs]
     assert len(errors) == 1 and str(paths[3]) in errors[0] and "'s'" in errors[0]
+
+
+def test_extract_from_python_fills_the_cache_that_train_freeze_reads(tmp_path):
+    """`seqvision.extract` and `train --freeze` with default precisions agree on the key: no image is
+    computed twice (auto = bf16 where the CPU is fast at it, in both)."""
+    import seqvision
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    torch.manual_seed(0)  # tiny_cnn with weights=none is random: seed it as train() seeds its model
+    stats, store = seqvision.extract(data, out=tmp_path / "cache", backbone="tiny_cnn", weights="none", image_size=16,
+                                     resize_size=16, progress=False)
+    assert stats.images == 22 and stats.cached == 0 and store.dir.parent == tmp_path / "cache"
+    cfg = fast_config(data, max_epochs=1)
+    cfg.model.freeze = True
+    cfg.data.cache = str(tmp_path / "cache")
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.feature_cache == {**result.feature_cache, "dir": str(store.dir), "computed": 0, "cached": 22}

@@ -54,6 +54,7 @@ def test_frozen_training_on_cached_video_frames_matches_the_live_cnn(tmp_path):
         cfg.model.freeze = True
         cfg.data.sampling, cfg.data.max_images, cfg.data.eval_clips = "random", 4, 2
         cfg.data.cache = "off" if mode == "live" else str(tmp_path / "cache")
+        cfg.data.feature_precision = "32"  # the live CNN's fp32 features, to compare closely
         results[mode] = train(cfg, tmp_path / mode, progress=False)
     # random clips in training: every frame of every video can be drawn, so all are cached (2 x 42)
     assert results["cached"].feature_cache["computed"] == 84

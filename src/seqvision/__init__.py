@@ -32,6 +32,12 @@ _EXPORTS = {
     "Predictor": "seqvision.inference.predictor",
     "predict": "seqvision.inference.predict",
     "run_demo": "seqvision.demo",
+    "extract": "seqvision.features.extract",
+    "extract_features": "seqvision.features.extract",
+    "FeatureStore": "seqvision.features.cache",
+    "CacheKey": "seqvision.features.cache",
+    "cache_info": "seqvision.features.cache",
+    "cache_clear": "seqvision.features.cache",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -39,6 +39,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--num-workers", "data", "num_workers", {"type": int}),
     ("--cache", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"]}),
+    ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
     ("--backbone", "model", "backbone", {}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
     ("--pool", "model", "pool", {"choices": ["avg", "max", "grid2"], "help": "grid2: 2x2 cells, keeps coarse layout"}),
@@ -256,32 +257,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from seqvision.data.discovery import discover
     from seqvision.data.sampling import SamplingPolicy
-    from seqvision.data.transforms import resolve_preprocessing
-    from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
-    from seqvision.features.extract import extract_features
-    from seqvision.models.backbones import build_backbone
-    from seqvision.runtime import inference_dtype
+    from seqvision.features.extract import extract
 
-    import torch
-
-    encoder = build_backbone(args.backbone, weights=args.weights, pool=args.pool)
-    prep = resolve_preprocessing(
-        encoder.preprocessing, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    compute = inference_dtype(device, args.precision)
     # videos: cache the frames this policy can pick in training and in evaluation (images are cached whole)
     policy = SamplingPolicy(args.sampling, num_frames=args.num_frames, stride=args.stride, fps=args.fps, clips=args.eval_clips)
-    root = Path(args.out) if args.out else default_cache_root()
-    key = CacheKey.for_encoder(encoder, prep, dtype=args.cache_dtype, compute=compute)
-    store = FeatureStore(root, key, content_hash=args.content_hash, shard_rows=args.shard_rows)
-    stats = extract_features(
-        discover(args.data, require_labels=False), encoder, prep, store, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=device, precision=str(compute).removeprefix("torch."),
-        compile=args.compile, on_bad_image=args.on_bad_image, progress=not args.no_progress,
-        sampling=[(policy, True), (policy, False)],
+    stats, store = extract(
+        args.data, out=args.out, backbone=args.backbone, weights=args.weights, pool=args.pool, image_size=args.image_size,
+        resize_size=args.resize_size, mean=args.mean, std=args.std, batch_size=args.batch_size, num_workers=args.num_workers,
+        precision=args.precision, cache_dtype=args.cache_dtype, compile=args.compile, content_hash=args.content_hash,
+        shard_rows=args.shard_rows, sampling=policy, on_bad_image=args.on_bad_image, progress=not args.no_progress,
     )
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(

@@ -46,6 +46,9 @@ class DataConfig:
     num_workers: int | None = None  # DataLoader workers; None = one per spare core (at most 4)
     cache: str = "auto"  # frozen backbone: auto (default cache folder) | off | a folder for the feature cache
     cache_dtype: str = "float32"  # float32 | float16 storage of cached features (half the disk, ~1e-3 error)
+    # the frozen CNN that fills the feature cache: auto = bf16 where the hardware is fast at it (as
+    # `seqvision extract` does, so its cache is found), else fp32; 32 = exactly the live fp32 features
+    feature_precision: str = "auto"
 
     def sampling_policy(self, *, train: bool) -> "SamplingPolicy":
         """The frame-sampling policy for training or for evaluation/prediction."""
@@ -170,6 +173,7 @@ def validate(cfg: RunConfig) -> None:
         ("data", "short_samples"): ("error", "drop"),
         ("data", "on_bad_image"): ("error", "skip"),
         ("data", "cache_dtype"): ("float32", "float16"),
+        ("data", "feature_precision"): ("auto", "32", "bf16"),
         ("model", "pool"): ("avg", "max", "grid2"),
         ("model", "head"): tuple(_heads()),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),

@@ -27,7 +27,7 @@ from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
-from seqvision.features.cache import FeatureStore, video_frame_identity
+from seqvision.features.cache import SHARD_ROWS, FeatureStore, video_frame_identity
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.backbones import ImageEncoder
 from seqvision.runtime import inference_dtype, tune_allocator
@@ -330,3 +330,54 @@ def extract_features(
             bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def extract(
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    backbone: str = "resnet18",
+    weights: str = "imagenet",
+    pool: str = "avg",
+    image_size: int | None = None,
+    resize_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    cache_dtype: str = "float32",
+    compile: bool = False,
+    content_hash: bool = False,
+    shard_rows: int = SHARD_ROWS,
+    sampling: SamplingPolicy | None = None,
+    on_bad_image: str = "error",
+    progress: bool = True,
+) -> tuple[ExtractStats, FeatureStore]:
+    """``seqvision extract`` from Python: fill the feature cache in ``out`` (default: ``$SEQVISION_CACHE``
+    or ``~/.cache/seqvision/features``) for every image of a data root or manifest.
+
+    The key is the backbone, its weights, the preprocessing (the weights' own, with the overrides given),
+    the pooling and the precisions, so ``train --freeze`` with the same settings finds these rows.
+    ``sampling``: for videos, the policy whose training and evaluation frames to cache (default: all).
+    Returns the statistics and the store (``store.dir`` is the key's folder).
+    """
+    from seqvision.data.discovery import discover
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.cache import CacheKey, default_cache_root
+    from seqvision.models.backbones import build_backbone
+
+    encoder = build_backbone(backbone, weights=weights, pool=pool)
+    prep = resolve_preprocessing(encoder.preprocessing, image_size=image_size, resize_size=resize_size, mean=mean, std=std)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    compute = inference_dtype(device, precision)
+    key = CacheKey.for_encoder(encoder, prep, dtype=cache_dtype, compute=compute)
+    store = FeatureStore(Path(out) if out else default_cache_root(), key, content_hash=content_hash, shard_rows=shard_rows)
+    policy = sampling or SamplingPolicy()
+    stats = extract_features(
+        discover(data, require_labels=False), encoder, prep, store, batch_size=batch_size, num_workers=num_workers,
+        device=device, precision=str(compute).removeprefix("torch."), compile=compile, on_bad_image=on_bad_image,
+        progress=progress, sampling=[(policy, True), (policy, False)],
+    )
+    return stats, store

@@ -151,8 +151,9 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     from seqvision.runtime import inference_dtype
 
     device = _device(cfg)
-    # The cache must hold what the live model would compute: the training precision decides.
-    compute = inference_dtype(device, _cnn_precision(cfg))
+    # bf16 training computes bf16 features; otherwise --feature-precision (auto: bf16 where the hardware
+    # is fast at it, as `seqvision extract` does, so a cache it filled is found; 32: the live features).
+    compute = inference_dtype(device, "bf16" if cfg.train.precision.startswith("bf16") else cfg.data.feature_precision)
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     store = FeatureStore(root, CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute))
     samples = [s for split in data.splits.values() for s in split]
