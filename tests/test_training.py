@@ -218,3 +218,18 @@ def test_half_precision_on_a_cpu_is_refused_clearly(tmp_path):
     cfg = fast_config(make_folder_dataset(tmp_path / "data"), precision="16-mixed")
     with pytest.raises(ConfigError, match="16-mixed needs a CUDA GPU"):
         train(cfg, tmp_path / "out", progress=False)
+
+
+def test_classes_named_like_the_fixed_columns_get_their_own_columns(tmp_path):
+    from seqvision.inference.predictor import output_columns
+
+    assert output_columns(["cat", "sample", "p_sample", "prediction"]) == ["cat", "p_p_sample", "p_sample", "p_prediction"]
+    data = make_folder_dataset(tmp_path / "data", labels=("sample", "prediction"), per_label=2)
+    result = train(fast_config(data, max_epochs=1), tmp_path / "out", progress=False)
+    rows, _ = predict(result.best_checkpoint, [data], tmp_path / "preds.csv")
+    assert set(rows[0]) == {"sample", "prediction", "p_sample", "p_prediction"}
+    for row in rows:
+        assert row["sample"].rsplit("/", 2)[-2] in ("sample", "prediction")  # the id, not a probability
+        assert row["p_sample"] + row["p_prediction"] == pytest.approx(1.0, abs=1e-5)
+    header = (tmp_path / "preds.csv").read_text().splitlines()[0]
+    assert header == "sample,prediction,p_prediction,p_sample"  # classes in their sorted order

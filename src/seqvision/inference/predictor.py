@@ -171,6 +171,7 @@ class Predictor:
         rows = []
         spec = self.spec
         frames = predictions.frames or [None] * len(predictions.sample_ids)
+        names = output_columns(spec.class_names if spec.is_classes else spec.target_names)
         for sample_id, frame, out in zip(predictions.sample_ids, frames, predictions.outputs):
             row: dict = {"sample": sample_id}
             if spec.per_image:
@@ -178,14 +179,32 @@ class Predictor:
             if spec.task in ("classification", "frame_classification"):
                 p = out.softmax(dim=-1)
                 row["prediction"] = spec.class_names[int(p.argmax())]
-                row.update({name: round(float(v), 6) for name, v in zip(spec.class_names, p)})
+                row.update({name: round(float(v), 6) for name, v in zip(names, p)})
             elif spec.task == "multilabel":  # every label whose probability reaches its threshold
                 p = out.sigmoid()
                 row["prediction"] = ";".join(n for n, v, t in zip(spec.class_names, p, self.thresholds) if float(v) >= t)
-                row.update({name: round(float(v), 6) for name, v in zip(spec.class_names, p)})
+                row.update({name: round(float(v), 6) for name, v in zip(names, p)})
             else:
                 values = [round(float(x), 6) for x in out]
                 row["prediction"] = values[0] if len(values) == 1 else values
-                row.update(dict(zip(spec.target_names, values)))
+                row.update(dict(zip(names, values)))
             rows.append(row)
         return rows
+
+
+RESERVED_COLUMNS = ("sample", "image", "prediction")
+
+
+def output_columns(names: list[str]) -> list[str]:
+    """Column names of the per-output values: the class (or target) names, except that one equal to a
+    fixed column (``sample``, ``image``, ``prediction``) becomes ``p_<name>``, so no value overwrites
+    another."""
+    taken = set(names)
+    out = []
+    for name in names:
+        column = name
+        while column in RESERVED_COLUMNS or (column != name and column in taken):
+            column = f"p_{column}"
+        taken.add(column)
+        out.append(column)
+    return out
