@@ -9,7 +9,7 @@ import torch
 
 import seqvision.runtime as runtime
 from seqvision.cli import main
-from seqvision.data.discovery import discover
+from seqvision.data.discovery import discover, discover_inputs
 from seqvision.errors import CheckpointError
 from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.encode import CompiledEncoder, encode_batch, prepare_encoder
@@ -169,5 +169,29 @@ def test_cli_predict_takes_device_and_precision(frozen_run, tmp_path):
         out = tmp_path / f"{precision}.json"
         assert main(["predict", str(result.best_checkpoint), str(data), "--device", "cpu", "--precision", precision, "--out", str(out)]) == 0
         rows[precision] = json.loads(out.read_text())
+        predictor = Predictor.load(result.best_checkpoint, device="cpu", precision=precision)
+        assert rows[precision] == predictor.rows(predictor.run(discover_inputs([data])))  # the flag reached the CNN
+    assert rows["32"] != rows["bf16"]  # ... and made a difference
     assert [r["sample"] for r in rows["32"]] == [r["sample"] for r in rows["bf16"]]
     assert all(abs(a["left"] - b["left"]) < 0.02 for a, b in zip(rows["32"], rows["bf16"]))
+
+
+def test_report_of_a_frozen_run_uses_the_precision_its_cache_was_built_in(tmp_path, monkeypatch):
+    from seqvision.evaluation.evaluate import report
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)  # auto = bf16, on any CPU
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=2)
+    cfg.model.freeze = True
+    cfg.data.cache = str(tmp_path / "cache")
+    assert cfg.cnn_precision() == "auto"
+    result = train(cfg, tmp_path / "run", progress=False)
+    (key,) = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/meta.json")]
+    assert key["compute"] == "bfloat16"
+    used = []
+    original_run = Predictor.run
+    monkeypatch.setattr(Predictor, "run", lambda self, *a, **k: used.append(self.compute_dtype) or original_run(self, *a, **k))
+    rebuilt = report(tmp_path / "run")  # runs the CNN live: in bf16 too, so the run's own numbers
+    assert used == [torch.bfloat16]
+    assert rebuilt.metrics["accuracy"] == result.val_metrics["accuracy"]
+    assert rebuilt.metrics["confusion_matrix"] == result.val_metrics["confusion_matrix"]

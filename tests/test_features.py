@@ -212,18 +212,57 @@ def test_threaded_batches_equal_the_per_image_transform_and_close_holes(tmp_path
     assert len(errors) == 1 and str(paths[3]) in errors[0] and "'s'" in errors[0]
 
 
-def test_extract_from_python_fills_the_cache_that_train_freeze_reads(tmp_path):
+def test_extract_from_python_fills_the_cache_that_train_freeze_reads(tmp_path, monkeypatch):
     """`seqvision.extract` and `train --freeze` with default precisions agree on the key: no image is
     computed twice (auto = bf16 where the CPU is fast at it, in both)."""
     import seqvision
+    import seqvision.runtime as runtime
 
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)  # auto = bf16 on any CPU: the case that differed
     data = make_folder_dataset(tmp_path / "data", per_label=4)
     torch.manual_seed(0)  # tiny_cnn with weights=none is random: seed it as train() seeds its model
     stats, store = seqvision.extract(data, out=tmp_path / "cache", backbone="tiny_cnn", weights="none", image_size=16,
                                      resize_size=16, progress=False)
     assert stats.images == 22 and stats.cached == 0 and store.dir.parent == tmp_path / "cache"
+    assert store.key.compute == "bfloat16"
     cfg = fast_config(data, max_epochs=1)
     cfg.model.freeze = True
     cfg.data.cache = str(tmp_path / "cache")
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.feature_cache == {**result.feature_cache, "dir": str(store.dir), "computed": 0, "cached": 22}
+
+
+def test_rebatch_packs_small_chunks_into_full_batches_and_passes_errors_through():
+    from seqvision.features.extract import _rebatch
+
+    def chunk(first, n):
+        return [f"id{i}" for i in range(first, first + n)], torch.arange(first, first + n).float()[:, None], [], []
+
+    source = [chunk(0, 3), ([], torch.empty(0), ["bad video"], ["a note"]), chunk(3, 5), chunk(8, 2)]
+    out = list(_rebatch(iter(source), 4))
+    assert [len(ids) for ids, *_ in out] == [0, 4, 4, 2]
+    assert out[0][2:] == (["bad video"], ["a note"])
+    assert [i for ids, *_ in out for i in ids] == [f"id{i}" for i in range(10)]
+    assert torch.equal(torch.cat([x for ids, x, *_ in out if ids])[:, 0], torch.arange(10).float())
+
+
+def test_extraction_leaves_torch_thread_count_as_it_found_it(tmp_path, folder_data):
+    import threading
+
+    before = torch.get_num_threads()
+    encoder = _encoder()
+    extract_features(discover(folder_data), encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [before] and torch.get_num_threads() == before
+
+
+def test_steady_rate_of_a_single_batch_is_its_rate():
+    from seqvision.features.extract import ExtractStats
+
+    stats = ExtractStats(images=10, seconds=2.0, first_batch_images=10, first_batch_seconds=1.9)
+    assert stats.steady_images_per_second == stats.images_per_second == 5.0
+    stats = ExtractStats(images=30, seconds=3.0, first_batch_images=10, first_batch_seconds=1.0)
+    assert stats.steady_images_per_second == 10.0

@@ -161,7 +161,7 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument(
         "--precision", choices=["auto", "32", "bf16"], default="auto",
-        help="the CNN's: auto = bf16 where the hardware is fast at it (else fp32); 32 = as trained in fp32",
+        help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32",
     )
 
 

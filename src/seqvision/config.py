@@ -113,6 +113,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def cnn_precision(self) -> str:
+        """The precision the CNN computes in for this run (``32``, ``bf16`` or ``auto``), so that every
+        evaluation of it sees the features training saw: bf16 with bf16 training; a frozen backbone on
+        the feature cache, ``feature_precision``; otherwise fp32."""
+        if self.train.precision.startswith("bf16"):
+            return "bf16"
+        if self.model.freeze and self.data.cache != "off" and not self.data.augment_enabled(frozen=True):
+            return self.data.feature_precision
+        return "32"
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         """Build from a nested dict (YAML or checkpoint); unknown sections or keys are an error."""

@@ -173,7 +173,7 @@ def report(
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
     predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto")
     if precision is None:
-        predictor.precision = "bf16" if predictor.cfg.train.precision.startswith("bf16") else "32"
+        predictor.precision = predictor.cfg.cnn_precision()
     data = predictor.cfg.data.data
     splits_file = run / "splits.json"
     if not data or not splits_file.exists():

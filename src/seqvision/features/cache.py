@@ -14,8 +14,9 @@ folder. An image's identity is its absolute path, size and modification time (or
 ``content_hash=True``, the sha256 of its bytes): a changed file simply misses. Shards are written to a
 temporary name and renamed, the .npy before its .json, so a crash leaves at most an uncommitted .npy
 that is ignored; a shard whose checksum does not match is reported and its images are recomputed.
-Sampling settings are not part of the key: the cache holds every image of a sample, and each
-sampling policy reads the rows it needs.
+Sampling settings are not part of the key: the cache holds every image file of a sample, and each
+sampling policy reads the rows it needs. A video frame's identity is its video's identity plus the
+frame's time (``video_frame_identity``); a video's rows are the frames its sampling can pick.
 """
 
 from __future__ import annotations

@@ -60,21 +60,19 @@ class _ImageFiles(Dataset):
 class _ThreadedBatches:
     """Image batches decoded and preprocessed by a few threads *between* CNN batches (small CPUs).
 
-    Each thread takes its share of the batch, image by image (libjpeg and the transforms release the
-    GIL; one image at a time stays in cache, where a stacked batch transform was measured 2x slower),
-    and writes the rows straight into a channels_last batch, the CNN's layout. See
+    Each thread takes its share of the batch, image by image (one image at a time stays in cache, where
+    a stacked batch transform was measured 2x slower), and writes the rows straight into a channels_last
+    batch, the CNN's layout. The resize and normalize of the threads run in parallel (they release the
+    GIL); libjpeg decodes one image at a time, under the warnings lock of :mod:`seqvision.data.images`. See
     :func:`extraction_workers` for why small CPUs decode in-process. The rows equal
     :class:`_ImageFiles`' (the same per-image transform).
     """
 
     def __init__(self, todo: dict[Path, str], owners: dict[Path, str], prep: Preprocessing, batch_size: int, threads: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.files = _ImageFiles(todo, owners, prep)
         self.size = prep.image_size
         self.batch_size = batch_size
         self.threads = max(1, threads)
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="seqvision-decode", initializer=_one_intra_op_thread)
 
     def _fill(self, indices: range, out: torch.Tensor, first: int) -> list[tuple[int, str, str | None]]:
         done = []
@@ -86,19 +84,23 @@ class _ThreadedBatches:
         return done
 
     def __iter__(self) -> Iterator[Work]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # the pool lives as long as the iteration: a consumer that stops early (an error) closes it
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="seqvision-decode", initializer=_one_intra_op_thread)
         try:
             for first in range(0, len(self.files), self.batch_size):
                 n = min(self.batch_size, len(self.files) - first)
                 out = torch.empty((n, 3, self.size, self.size), memory_format=torch.channels_last)
                 step = -(-n // self.threads)
                 shares = [range(at, min(first + n, at + step)) for at in range(first, first + n, step)]
-                done = [row for part in self.pool.map(self._fill, shares, [out] * len(shares), [first] * len(shares)) for row in part]
+                done = [row for part in pool.map(self._fill, shares, [out] * len(shares), [first] * len(shares)) for row in part]
                 good = [k for k, _, error in done if error is None]
                 if len(good) < n:  # bad images (skipped or about to raise) leave holes: close them
                     out = out[good]
                 yield [identity for _, identity, error in done if error is None], out, [e for _, _, e in done if e is not None], []
         finally:
-            self.pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
 
 
 def _collate(items) -> Work:
@@ -192,9 +194,42 @@ def extraction_workers(device: torch.device) -> int:
 
 def _one_intra_op_thread() -> None:
     """For a decoding thread: its tensor ops run single-threaded. Otherwise each resize or normalize
-    starts an OpenMP team of its own, oversubscribing the cores the CNN's team already holds (the
-    setting is per thread: the CNN keeps its threads)."""
+    starts an OpenMP team of its own, oversubscribing the cores the CNN's team already holds. A thread
+    that already ran tensor ops (the CNN's) keeps its own count, but the call also sets torch's default
+    for threads that start later: :func:`extract_features` puts that back when it is done."""
     torch.set_num_threads(1)
+
+
+def _rebatch(batches: Iterable[Work], size: int) -> Iterator[Work]:
+    """Full batches of ``size`` rows from smaller ones (video chunks: a few frames of one video each),
+    so the CNN always sees large batches and a compiled one a single shape. Errors and notes pass
+    through at once; at most one batch of rows is held back."""
+    identities: list[str] = []
+    parts: list[torch.Tensor] = []
+    held = 0
+    try:
+        for ids, images, errors, notes in batches:
+            if errors or notes:
+                yield [], torch.empty(0), errors, notes
+            if ids:
+                identities.extend(ids)
+                parts.append(images)
+                held += len(ids)
+            while held >= size:
+                rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+                yield identities[:size], rows[:size], [], []
+                identities, parts, held = identities[size:], ([rows[size:]] if held > size else []), held - size
+        if held:
+            yield identities, torch.cat(parts), [], []
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:  # a generator source (decoding threads): stop it now, not when collected
+            close()
+
+
+def _chained(loaders: list) -> Iterator[Work]:
+    for loader in loaders:
+        yield from loader  # closing this generator closes the loader's iterator too
 
 
 def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
@@ -252,7 +287,9 @@ class ExtractStats:
     def steady_images_per_second(self) -> float:
         """Images/s after the first batch: the throughput a long job sees, without start-up costs."""
         rest = self.seconds - self.first_batch_seconds
-        return (self.images - self.first_batch_images) / rest if rest > 0 else self.images_per_second
+        if self.images <= self.first_batch_images or rest <= 0:  # one batch: no steady state to measure
+            return self.images_per_second
+        return (self.images - self.first_batch_images) / rest
 
 
 def extract_features(
@@ -291,18 +328,19 @@ def extract_features(
     if not total:
         return stats
     net = prepare_encoder(encoder, device, compile=compile)
+    threads = torch.get_num_threads()  # decoding threads lower torch's default: restored at the end
     workers = extraction_workers(device) if num_workers is None else num_workers
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
     loaders: list = []
     threaded = workers == 0 and device.type == "cpu"  # decode between CNN batches, on every core
     if missing and threaded:
-        loaders.append(_ThreadedBatches(missing, owners, prep, batch_size, torch.get_num_threads()))
+        loaders.append(_ThreadedBatches(missing, owners, prep, batch_size, threads))
     elif missing:
         loaders.append(DataLoader(_ImageFiles(missing, owners, prep), batch_size=batch_size, collate_fn=_collate, **common))
-    if chunks:  # each item is already a batch (one chunk of one video)
+    if chunks:  # each item is one chunk of one video; _rebatch packs them into full batches
         loaders.append(DataLoader(_VideoChunks(chunks, prep), batch_size=None, collate_fn=_as_is, **common))
-    work = (batch for loader in loaders for batch in loader)
-    batches = work if workers > 0 or threaded else prefetch(work)
+    work = _chained(loaders)
+    batches = _rebatch(work if workers > 0 or threaded else prefetch(work), batch_size)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -325,6 +363,8 @@ def extract_features(
             if bar is not None:
                 bar.update(len(identities) + len(errors))
     finally:
+        batches.close()  # stops the decoding threads and workers at once when a batch failed
+        torch.set_num_threads(threads)
         store.flush()  # whatever was computed is committed, even when a later batch fails
         if bar is not None:
             bar.close()

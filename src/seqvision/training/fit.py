@@ -122,7 +122,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     result = TrainResult(out, best, last, reported=reported, feature_cache=cache_report)
     if trainer.is_global_zero:
         # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
-        predictor = Predictor.load(best, device=_device(cfg), precision=_cnn_precision(cfg))
+        predictor = Predictor.load(best, device=_device(cfg), precision=cfg.cnn_precision())
         for split in ("val", "test"):
             if data.splits[split]:
                 ev = evaluate_samples(
@@ -153,7 +153,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     device = _device(cfg)
     # bf16 training computes bf16 features; otherwise --feature-precision (auto: bf16 where the hardware
     # is fast at it, as `seqvision extract` does, so a cache it filled is found; 32: the live features).
-    compute = inference_dtype(device, "bf16" if cfg.train.precision.startswith("bf16") else cfg.data.feature_precision)
+    compute = inference_dtype(device, cfg.cnn_precision())
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     store = FeatureStore(root, CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute))
     samples = [s for split in data.splits.values() for s in split]
@@ -166,7 +166,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
             sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
         )
     model.encoder.to("cpu")  # Lightning places it for training
-    data.dropped.extend(stats.skipped)
+    data.dropped.extend(stats.skipped + stats.notes)  # notes: e.g. a truncated video's last frame repeated
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "images_per_second": round(stats.images_per_second, 1)}
     return store, report
 
@@ -184,11 +184,6 @@ def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
         total = len(data.splits["train"])
         return (total - counts).clamp_min(0) / counts.clamp_min(1)
     return counts.sum() / (len(counts) * counts.clamp_min(1))
-
-
-def _cnn_precision(cfg: RunConfig) -> str:
-    """The CNN's inference precision (``32`` or ``bf16``) that matches the training precision."""
-    return "bf16" if cfg.train.precision.startswith("bf16") else "32"
 
 
 def _device(cfg: RunConfig) -> torch.device:
