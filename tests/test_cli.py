@@ -90,6 +90,10 @@ def test_extract_and_cache_commands(tmp_path, capsys):
     assert "extracted 0 images" in out and "18 already cached" in out
     assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0
     assert "tiny_cnn" in capsys.readouterr().out
+    assert main(["cache", "info", str(tmp_path / "cache")]) == 0  # the folder may also come positionally
+    assert "18 images" in capsys.readouterr().out
+    assert main(["cache", "clear", str(tmp_path / "cache"), "--key", "nosuchkey"]) != 0
+    assert "no such key" in capsys.readouterr().err
     assert main(["cache", "clear", "--dir", str(tmp_path / "cache")]) == 0
     assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0
     assert "empty" in capsys.readouterr().out

@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --dir)")
     p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--key", help="clear only this key")
 
@@ -279,10 +280,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from seqvision.errors import ConfigError
     from seqvision.features.cache import cache_clear, cache_info, default_cache_root
 
-    root = Path(args.dir) if args.dir else default_cache_root()
+    if args.folder and args.dir and Path(args.folder) != Path(args.dir):
+        raise ConfigError(f"cache {args.action}: two folders given ({args.folder} and --dir {args.dir}); give one")
+    chosen = args.folder or args.dir
+    root = Path(chosen) if chosen else default_cache_root()
     if args.action == "clear":
+        keys = [e["key"] for e in cache_info(root)]
+        if args.key and args.key not in keys:
+            raise ConfigError(f"cache clear --key {args.key}: no such key in {root} (keys: {', '.join(keys) or 'none'})")
         freed = cache_clear(root, args.key)
         print(f"removed {freed / 1e6:.1f} MB from {root}")
         return 0
