@@ -131,7 +131,8 @@ def test_frozen_training_on_cached_features_matches_live_training(tmp_path):
     assert live["accuracy"] == cached["accuracy"]
     live_loss = [r for r in (tmp_path / "live/logs/version_0/metrics.csv").read_text().splitlines()]
     cached_loss = [r for r in (tmp_path / "cached/logs/version_0/metrics.csv").read_text().splitlines()]
-    import csv, io
+    import csv
+    import io
 
     def losses(lines):
         return [float(r["train_loss"]) for r in csv.DictReader(io.StringIO("\n".join(lines))) if r["train_loss"]]

@@ -80,7 +80,6 @@ class SamplingPolicy:
             out.append(rng.randrange(lo_i, hi_i) if train else min(n - 1, int((lo + hi) / 2)))
         return [out]
 
-
     def step(self, source_fps: float | None = None) -> int:
         """The stride of ``stride`` sampling: ``stride``, or the one that gives ``fps`` of a video."""
         if self.fps is not None and source_fps:
