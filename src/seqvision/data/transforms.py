@@ -51,11 +51,7 @@ class ClipTransform:
         self.augment = v2.Compose(augment)
 
     def __call__(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        return self.apply(_stack_same_size(frames))
-
-    def apply(self, clip: torch.Tensor) -> torch.Tensor:
-        """``(T, 3, H, W)`` uint8 (one size) -> ``(T, 3, S, S)`` float, normalized. Without augmentation
-        every image is transformed on its own, so any split of ``T`` gives the same rows."""
+        clip = _stack_same_size(frames)  # (T, 3, H, W) uint8
         if self.train:
             clip = self.augment(clip)
         else:

@@ -27,7 +27,7 @@ class CompiledEncoder(nn.Module):
     """``torch.compile`` of an inference-only encoder, with a safety net.
 
     Inductor's ``freezing`` treats the weights as constants, so BatchNorm folds into the convolutions
-    (measured here, ResNet-18 bf16 on 2 CPU cores: ~122 vs ~115 images/s eager, after a ~5 s compile).
+    (measured here, ResNet-18 bf16 on 2 CPU cores: ~122 vs ~115 images/s eager, after a 5-16 s compile).
     A compiler failure (no C++ compiler, an unsupported op) is reported once and the eager encoder
     runs instead: compiling is an optimisation, never a reason for a run to fail.
     """

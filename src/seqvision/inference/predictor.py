@@ -51,7 +51,7 @@ class Predictor:
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
         """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``). ``precision`` is the
         CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (features within a
-        cosine of 0.9999 of fp32; the heads always run in fp32), ``32`` reproduces training numerics."""
+        cosine of 0.9999 of fp32; the heads always run in fp32), ``32`` computes fp32 features."""
         inference_dtype(torch.device(device), precision)  # a bad precision fails before any loading
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
