@@ -233,3 +233,16 @@ def test_classes_named_like_the_fixed_columns_get_their_own_columns(tmp_path):
         assert row["p_sample"] + row["p_prediction"] == pytest.approx(1.0, abs=1e-5)
     header = (tmp_path / "preds.csv").read_text().splitlines()[0]
     assert header == "sample,prediction,p_prediction,p_sample"  # classes in their sorted order
+
+
+def test_last_checkpoint_is_written_every_epoch_even_when_validation_stops_improving(tmp_path):
+    # frozen backbone and lr=0: nothing changes, so val_loss never improves after the first epoch and
+    # best.ckpt stays at epoch 0; last.ckpt must still hold the final epoch (--resume continues from it)
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=3, lr=0.0, backbone_lr=0.0)
+    cfg.model.freeze = True
+    result = train(cfg, tmp_path / "out", progress=False)
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2 and last["global_step"] == 3 * best["global_step"]

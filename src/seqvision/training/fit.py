@@ -88,7 +88,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
     mode = "max" if monitor in MAXIMIZE else "min"
-    callbacks = [ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, save_last=True, enable_version_counter=False)]
+    callbacks = [
+        ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, enable_version_counter=False),
+        # last.ckpt after EVERY epoch, for --resume. Lightning's save_last=True writes it only in epochs
+        # where best.ckpt changed, so a run whose validation stopped improving resumed from a stale epoch.
+        # Listed after "best", so the best score it carries is the updated one.
+        ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False),
+    ]
     if cfg.train.patience > 0 and has_val:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
     trainer = L.Trainer(
