@@ -105,21 +105,21 @@ def test_kill_9_during_extraction_then_rerun_computes_only_the_rest(tmp_path):
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    import seqvision.training.checkpoint as checkpoint_io
 
     data = make_folder_dataset(tmp_path / "data", per_label=4)
     cfg = fast_config(data, max_epochs=3)
-    original = TorchCheckpointIO.save_checkpoint
+    original = checkpoint_io._save_synced
     calls = {"n": 0}
 
-    def flaky(self, checkpoint, path, storage_options=None):
+    def flaky(checkpoint, path):
         calls["n"] += 1
         if calls["n"] > 2:  # epoch 1's best + last went through; then the disk is full
             Path(path).write_bytes(b"half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, checkpoint, path, storage_options)
+        return original(checkpoint, path)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", flaky)
+    monkeypatch.setattr(checkpoint_io, "_save_synced", flaky)
     with pytest.raises(StorageError, match="No space left on device.*intact"):
         train(cfg, tmp_path / "out", progress=False)
     good = read_checkpoint(tmp_path / "out" / "last.ckpt")  # loads and verifies
@@ -172,3 +172,38 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
     with pytest.warns(UserWarning, match="starting the run from the beginning"):
         result = train(fast_config(data, max_epochs=1), tmp_path / "out", resume=True, progress=False)
     assert result.last_checkpoint.exists()
+
+
+def test_incremental_digest_equals_the_full_one_and_rehashes_only_what_can_change(monkeypatch):
+    import seqvision.io as sio
+    from seqvision.config import ModelConfig
+    from seqvision.models.sequence_model import build_sequence_model
+    from seqvision.training.module import make_adamw
+
+    hashed: list[str] = []
+    real = sio._hash_tensor
+    monkeypatch.setattr(sio, "_hash_tensor", lambda digest, name, t: (hashed.append(name), real(digest, name, t)))
+    torch.manual_seed(0)
+    model = build_sequence_model(ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, trainable_stages=1), 2)
+    stable = {f"encoder.{name}" for name, t in model.encoder.frozen_tensors().items() if not t.requires_grad}
+    assert stable and all(name in model.state_dict() for name in stable)
+    optim = make_adamw([{"params": [p for p in model.parameters() if p.requires_grad]}], weight_decay=0.01)
+    digest = sio.IncrementalTensorDigest()
+    model.train()
+    for step in range(3):
+        hashed.clear()
+        got = digest(model.state_dict(), stable=stable)
+        rehashed = set(hashed)
+        assert got == sio.tensor_digest(model.state_dict())  # the value a load verifies against
+        assert rehashed == set(model.state_dict()) if step == 0 else rehashed.isdisjoint(stable)
+        # a fused optimizer step and BatchNorm statistics change tensors WITHOUT bumping their version
+        # counters: only the frozen names may be trusted
+        loss = model(torch.rand(6, 3, 16, 16), torch.tensor([3, 3])).sum()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    with torch.no_grad():  # a frozen tensor changed in place after all (its version moves): hashed again
+        model.encoder.trunk[0][0].weight.add_(1.0)
+    hashed.clear()
+    assert digest(model.state_dict(), stable=stable) == sio.tensor_digest(model.state_dict())
+    assert "encoder.trunk.0.0.weight" in hashed

@@ -43,12 +43,54 @@ def atomic_write_text(path: Path, text: str) -> None:
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, shapes, dtypes and bytes of a dict of tensors (a state_dict)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(tensors.items()):
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        # the array's buffer, not a bytes copy of it: half the time for a 45 MB ResNet-18 (checkpoints hash
-        # their weights on every save); the same digest
-        digest.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    for name, tensor in _tensor_items(tensors):
+        _hash_tensor(digest, name, tensor)
     return digest.hexdigest()
+
+
+class IncrementalTensorDigest:
+    """:func:`tensor_digest` (the same value) that skips re-hashing tensors the caller vouches for.
+
+    A checkpoint hashes its weights on every save, and a frozen backbone's are most of them (45 MB
+    for ResNet-18: ~27 ms of sha256 per save here) although they never change. Only names in
+    ``stable`` are trusted, and only while they are the very same tensor as at the previous call: same
+    storage (kept alive here, so its address cannot be reused), layout and version counter. The
+    version counter alone is not enough: a fused optimizer step or a BatchNorm running-statistics
+    update changes a tensor without bumping it, hence ``stable`` (the caller's frozen tensors).
+    sha256 is sequential, so the reused part is the longest unchanged prefix in name order; after the
+    first changed tensor everything is hashed again.
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[tuple] = []  # per hashed tensor, in name order: what identifies it
+        self._states: list = []  # the sha256 state right after that tensor
+        self._alive: list[torch.Tensor] = []  # keeps the storages, so a key's address stays theirs
+
+    def __call__(self, tensors: dict[str, torch.Tensor], stable: frozenset[str] | set[str] = frozenset()) -> str:
+        items = _tensor_items(tensors)
+        digest = hashlib.sha256()
+        keys, states = [], []
+        reusing = True
+        for i, (name, t) in enumerate(items):
+            key = (name, t.device, t.dtype, tuple(t.shape), t.stride(), t.storage_offset(),
+                   t.untyped_storage().data_ptr(), t._version)
+            if reusing and name in stable and i < len(self._keys) and self._keys[i] == key:
+                digest = self._states[i].copy()
+            else:
+                reusing = False
+                _hash_tensor(digest, name, t)
+            keys.append(key)
+            states.append(digest.copy())
+        self._keys, self._states, self._alive = keys, states, [t for _, t in items]
+        return digest.hexdigest()
+
+
+def _tensor_items(tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    return [(name, t) for name, t in sorted(tensors.items()) if isinstance(t, torch.Tensor)]
+
+
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous()
+    digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+    # the array's buffer, not a bytes copy of it: half the time for a 45 MB ResNet-18; the same digest
+    digest.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")

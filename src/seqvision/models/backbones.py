@@ -162,6 +162,15 @@ class ImageEncoder(nn.Module):
         self._frozen = frozen
         self.train(self.training)
 
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """The frozen modules' parameters and buffers by name (relative to this encoder): fixed while training."""
+        frozen = {id(m) for top in self._frozen for m in top.modules()}
+        return {
+            f"{prefix}.{name}" if prefix else name: t
+            for prefix, module in self.named_modules() if id(module) in frozen
+            for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        }
+
     @property
     def fully_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.parameters())

@@ -13,6 +13,7 @@ from seqvision.config import RunConfig
 from seqvision.data.dataset import Batch
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import Preprocessing
+from seqvision.io import IncrementalTensorDigest
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.tasks import TaskLoss
 from seqvision.training.checkpoint import checkpoint_metadata, rng_state, set_rng_state
@@ -45,6 +46,7 @@ class SequenceTask(L.LightningModule):
         self._val_targets: list[torch.Tensor] = []
         self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
+        self._digest = IncrementalTensorDigest()  # a frozen backbone is hashed once, not at every save
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(images, lengths)
@@ -130,10 +132,10 @@ class SequenceTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from seqvision.io import tensor_digest
-
         meta = checkpoint_metadata(self.cfg, self.spec, self.preprocessing)
-        meta["state_sha256"] = tensor_digest(checkpoint["state_dict"])  # verified on every load
+        frozen = {f"model.encoder.{name}" for name, t in self.model.encoder.frozen_tensors().items()
+                  if not (isinstance(t, torch.nn.Parameter) and t.requires_grad)}
+        meta["state_sha256"] = self._digest(checkpoint["state_dict"], stable=frozen)  # verified on every load
         meta["rng"] = rng_state()  # a resumed run continues with the very same random draws
         meta["nan_steps_skipped"] = self.nan_steps_skipped
         meta["thresholds"] = [float(t) for t in self.thresholds]
