@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,12 +30,15 @@ class TrainResult:
     feature_cache: dict | None = None  # folder, images found cached, images computed (frozen backbone)
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = ()
+) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into ``out_dir``.
 
     Writes ``config.yaml``, ``splits.json``, ``best.ckpt``, ``last.ckpt``, CSV and TensorBoard logs, and
     (when there is a test split) ``test/metrics.json`` with the confusion-matrix plot.
     ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split.
+    ``callbacks``: more Lightning callbacks, added to seqvision's checkpointing and early stopping.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -88,7 +93,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
     mode = "max" if monitor in MAXIMIZE else "min"
-    callbacks = [
+    own_callbacks = [
         ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, enable_version_counter=False),
         # last.ckpt after EVERY epoch, for --resume. Lightning's save_last=True writes it only in epochs
         # where best.ckpt changed, so a run whose validation stopped improving resumed from a stale epoch.
@@ -96,7 +101,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False),
     ]
     if cfg.train.patience > 0 and has_val:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
+        own_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=cfg.train.max_epochs,
@@ -105,7 +110,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         precision=cfg.train.precision,
         gradient_clip_val=cfg.train.grad_clip or None,
         deterministic=cfg.train.deterministic,
-        callbacks=callbacks,
+        callbacks=[*own_callbacks, *callbacks],
         # versioned log folders: a resumed run adds version_1, ... and never overwrites earlier logs
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
         plugins=[AtomicCheckpointIO()],
