@@ -8,8 +8,9 @@ download): speed does not depend on the weight values.
 
 Measured:
   naive      the seed's recipe: PIL + torchvision transforms per image, one image per forward pass, fp32
-  seqvision  seqvision's extract_features: batched across samples, channels_last, bf16 where fast,
-             JPEG decoding on every core between CNN batches, features streamed to the cache
+  seqvision  seqvision's extract_features: batched across samples, bf16 where fast, BatchNorm folded and
+             oneDNN's blocked layout (ResNets on CPU; else channels_last eager), JPEG decoding on every
+             core between CNN batches, features streamed to the cache
   cnn only   the same CNN in the same precision on ready-made batches (no decoding, no cache): what no
              extraction pipeline on this machine can beat without a faster CNN, so cnn_only / naive
              bounds the speedup over the naive loop
@@ -149,9 +150,9 @@ def cnn_only(backbone: str, size: int, batch: int, quick: bool) -> float:
     from seqvision.features.encode import encode_batch, prepare_encoder
     from seqvision.models.backbones import build_backbone
 
-    net = prepare_encoder(build_backbone(backbone, weights="none"), torch.device("cpu"))
-    images = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     dtype = inference_dtype(torch.device("cpu"))
+    net = prepare_encoder(build_backbone(backbone, weights="none"), torch.device("cpu"), dtype=dtype)  # as extract does
+    images = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     encode_batch(net, images, dtype)  # warm-up
     best = 0.0
     for _ in range(1 if quick else 4):

@@ -12,7 +12,7 @@ from seqvision.cli import main
 from seqvision.data.discovery import discover, discover_inputs
 from seqvision.errors import CheckpointError
 from seqvision.features.cache import CacheKey, FeatureStore
-from seqvision.features.encode import CompiledEncoder, encode_batch, prepare_encoder
+from seqvision.features.encode import CompiledEncoder, OneDNNEncoder, encode_batch, prepare_encoder
 from seqvision.features.extract import extract_features
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
@@ -107,6 +107,58 @@ def test_a_compiler_failure_falls_back_to_eager(monkeypatch, caplog):
         encode_batch(net, images, torch.float32)
     assert torch.allclose(out, encode_batch(encoder, images, torch.float32))
     assert caplog.text.count("torch.compile failed (RuntimeError: no C++ compiler found)") == 1
+
+
+def _bf16_onednn() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not _bf16_onednn(), reason="this CPU has no oneDNN bf16"))])
+def test_onednn_cpu_path_gives_the_eager_features_and_leaves_the_encoder_alone(dtype):
+    torch.manual_seed(0)
+    encoder = build_backbone("tiny_cnn", weights="none")
+    # give BatchNorm real statistics, so folding it into the convolutions is actually exercised
+    encoder.train()(torch.rand(32, 3, 16, 16) * 3)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    net = prepare_encoder(encoder, torch.device("cpu"), dtype=dtype)
+    assert isinstance(net, OneDNNEncoder) and net.usable
+    images = torch.rand(6, 3, 16, 16)
+    fast, eager = encode_batch(net, images, dtype), encode_batch(encoder, images, dtype)
+    assert fast.dtype == torch.float32 and fast.shape == eager.shape == (6, 64)
+    assert torch.nn.functional.cosine_similarity(fast, eager, dim=-1).min() > (0.9999 if dtype == torch.float32 else 0.999)
+    if dtype == torch.float32:
+        assert torch.allclose(fast, eager, atol=1e-4, rtol=1e-4)
+    # the model's own encoder keeps its weights, layout and ability to train
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert encoder.trunk[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    encoder.train()(images).sum().backward()
+    assert encoder.trunk[0][0].weight.grad is not None
+
+
+def test_a_backbone_with_layers_onednn_lacks_runs_eagerly_without_noise(capfd):
+    encoder = build_backbone("mobilenet_v2", weights="none")  # ReLU6 has no oneDNN-tensor kernel
+    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
+    assert net is encoder
+    assert capfd.readouterr().err == ""  # fx's own traceback print is kept quiet
+
+
+def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog):
+    encoder = build_backbone("tiny_cnn", weights="none")
+    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
+    assert isinstance(net, OneDNNEncoder)
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("unsupported tensor layout: Mkldnn")
+
+    monkeypatch.setattr(net, "trunk", Broken())
+    images = torch.rand(2, 3, 16, 16)
+    with caplog.at_level("WARNING", logger="seqvision"):
+        out = encode_batch(net, images, torch.float32)
+        encode_batch(net, images, torch.float32)
+    assert torch.allclose(out, encode_batch(encoder, images, torch.float32))
+    assert caplog.text.count("the oneDNN CPU path failed (RuntimeError: unsupported tensor layout") == 1
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_is_fast_at_it(frozen_run, monkeypatch):

@@ -1,12 +1,16 @@
 """The CNN's inference fast path, shared by ``extract``, ``predict``/``evaluate`` and cached training.
 
 Eval mode, ``torch.inference_mode``, channels_last (the encoder's own layout), bf16 autocast where the
-hardware runs it fast, and optionally ``torch.compile`` with weight freezing (constant-folds BatchNorm
-into the convolutions), falling back to eager when compilation is not possible on this machine.
+hardware runs it fast. On CPUs, BatchNorm folded into the convolutions and the weights kept in oneDNN's
+own blocked layout (:class:`OneDNNEncoder`) where the backbone allows it; or, with ``compile``,
+``torch.compile`` with weight freezing. Both fall back to the eager encoder when they cannot run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import logging
 
 import torch
@@ -15,12 +19,93 @@ from torch import nn
 log = logging.getLogger("seqvision")
 
 
-def prepare_encoder(encoder: nn.Module, device: torch.device, *, compile: bool = False) -> nn.Module:
-    """``encoder`` on ``device`` in eval mode (channels_last, as every ImageEncoder is); with ``compile``,
-    wrapped in :class:`CompiledEncoder`."""
+def prepare_encoder(
+    encoder: nn.Module, device: torch.device, *, dtype: torch.dtype | None = None, compile: bool = False
+) -> nn.Module:
+    """``encoder`` on ``device`` in eval mode (channels_last, as every ImageEncoder is), for inference in
+    ``dtype``: with ``compile`` wrapped in :class:`CompiledEncoder`; else on a CPU, given ``dtype``, in
+    :class:`OneDNNEncoder` where the backbone's layers allow it. ``encoder`` itself is not changed
+    beyond eval mode and its layout, so a model can go on training it."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
-    return CompiledEncoder(encoder) if compile else encoder
+    if compile:
+        return CompiledEncoder(encoder)
+    if dtype is not None and device.type == "cpu" and hasattr(encoder, "pool_features"):
+        onednn = OneDNNEncoder(encoder, dtype)
+        if onednn.usable:
+            return onednn
+    return encoder
+
+
+class OneDNNEncoder(nn.Module):
+    """CPU inference on a converted copy of an ImageEncoder's trunk: BatchNorm folded into the
+    convolutions, the weights reordered once into oneDNN's blocked layout, in ``dtype``.
+
+    Eager autocast re-casts every weight to bf16 and runs BatchNorm as a separate pass at every call.
+    Measured here (2 Zen 4 cores), ResNet-18 on ready batches of 64: 104-110 vs 89-96 images/s eager
+    in bf16 (as fast as ``--compile``, without its 5-16 s compile), and 50 vs 45 in fp32.
+
+    oneDNN tensors support few operations (convolution, BatchNorm, ReLU, pooling, addition: the ResNet
+    family), so a probe batch decides at construction: a trunk that fails on it, or whose features
+    differ from the eager encoder's (cosine < 0.999), is not used (``usable`` is False). A failure
+    later falls back to the eager encoder, said once.
+    """
+
+    def __init__(self, encoder: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eager = encoder
+        self.dtype = dtype
+        self.trunk: nn.Module | None = None
+        self.failed = False
+        self.usable = False
+        if not torch.backends.mkldnn.is_available() or dtype not in (torch.float32, torch.bfloat16):
+            return
+        # fx prints the traceback of a failing traced call to stderr itself: the probe keeps it quiet
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                self.trunk = self._convert(encoder.trunk, dtype)
+                self.usable = self._agrees_on_a_probe()
+            except Exception as exc:  # noqa: BLE001 - an unsupported layer or op: the eager encoder runs
+                log.debug("oneDNN layout not used for this backbone (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        if not self.usable:
+            self.trunk = None
+
+    @staticmethod
+    def _convert(trunk: nn.Module, dtype: torch.dtype) -> nn.Module:
+        from torch.fx.experimental.optimization import fuse
+        from torch.utils.mkldnn import to_mkldnn
+
+        trunk = copy.deepcopy(trunk).eval().to(memory_format=torch.contiguous_format)
+        try:
+            trunk = fuse(trunk)  # conv + BatchNorm -> one conv (fx tracing)
+        except Exception:  # noqa: BLE001 - not traceable: BatchNorm stays, as a oneDNN layer of its own
+            pass
+        return to_mkldnn(trunk, dtype)
+
+    @torch.inference_mode()
+    def _agrees_on_a_probe(self) -> bool:
+        size = self.eager.preprocessing.image_size
+        probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
+            want = self.eager(probe).float()
+        got = self._run(probe).float()
+        if got.shape != want.shape or not torch.isfinite(got).all():
+            return False
+        return bool(nn.functional.cosine_similarity(got, want, dim=-1).min() >= 0.999)
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):  # the converted trunk is in self.dtype already
+            x = self.trunk(images.contiguous().to_mkldnn(self.dtype)).to_dense()  # (N, C, h, w) in self.dtype
+        return self.eager.pool_features(x)  # (N, F)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.failed and self.trunk is not None:
+            try:
+                return self._run(images)
+            except Exception as exc:  # noqa: BLE001 - e.g. an image size the probe did not see
+                self.failed = True
+                log.warning("the oneDNN CPU path failed (%s: %s); running the encoder eagerly", type(exc).__name__, str(exc).splitlines()[0][:200])
+        return self.eager(images)
 
 
 class CompiledEncoder(nn.Module):

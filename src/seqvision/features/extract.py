@@ -327,7 +327,7 @@ def extract_features(
     total = len(missing) + sum(len(c.frames) for c in chunks)
     if not total:
         return stats
-    net = prepare_encoder(encoder, device, compile=compile)
+    net = prepare_encoder(encoder, device, dtype=dtype, compile=compile)
     threads = torch.get_num_threads()  # decoding threads lower torch's default: restored at the end
     workers = extraction_workers(device) if num_workers is None else num_workers
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)

@@ -16,7 +16,7 @@ from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import CheckpointError
 from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.dataset import CachedFeatureDataset
-from seqvision.features.encode import encode_batch
+from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.sequence_model import SequenceModel, build_sequence_model
 from seqvision.runtime import inference_dtype
 from seqvision.training.checkpoint import read_checkpoint
@@ -46,6 +46,7 @@ class Predictor:
         self.preprocessing = preprocessing
         self.thresholds = thresholds or [0.5] * spec.num_outputs  # multi-label decision thresholds
         self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
+        self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
@@ -73,6 +74,14 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _inference_encoder(self) -> torch.nn.Module:
+        """The encoder prepared for inference (see :func:`prepare_encoder`), built on first use. It may be
+        a converted copy: load new weights into a new Predictor, not into this one's model."""
+        key = (self.device, self.compute_dtype)
+        if self._cnn is None or self._cnn[0] != key:
+            self._cnn = (key, prepare_encoder(self.model.encoder, self.device, dtype=self.compute_dtype))
+        return self._cnn[1]
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -133,7 +142,7 @@ class Predictor:
             if store is not None:
                 features = batch.images.to(self.device)  # (N, F) from the cache
             else:
-                features = encode_batch(self.model.encoder, batch.images, dtype)  # (N, 3, S, S) -> (N, F) fp32
+                features = encode_batch(self._inference_encoder(), batch.images, dtype)  # (N, 3, S, S) -> (N, F) fp32
             out = self.model.forward_features(features, batch.lengths)  # (C, K) or (N, K) per image
             weights = getattr(self.model.temporal_head, "last_attention", None)  # (C, T) for attention heads
             at = 0

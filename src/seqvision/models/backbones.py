@@ -130,7 +130,10 @@ class ImageEncoder(nn.Module):
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=torch.channels_last)  # a no-op when already NHWC
-        x = self.trunk(images)  # (N, C, h, w), or (N, F) when the trunk pools itself
+        return self.pool_features(self.trunk(images))
+
+    def pool_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output ``(N, C, h, w)`` (or ``(N, F)`` when the trunk pools itself) -> ``(N, F)``."""
         if self.pooled:
             return x.flatten(1)  # (N, F)
         if self.pool == "grid2":
