@@ -267,3 +267,63 @@ def test_steady_rate_of_a_single_batch_is_its_rate():
     assert stats.steady_images_per_second == stats.images_per_second == 5.0
     stats = ExtractStats(images=30, seconds=3.0, first_batch_images=10, first_batch_seconds=1.0)
     assert stats.steady_images_per_second == 10.0
+
+
+_RANK_SCRIPT = """
+import json, sys, torch
+from seqvision.data.discovery import discover
+from seqvision.features.cache import CacheKey, FeatureStore
+from seqvision.features.extract import extract_features
+from seqvision.models.backbones import build_backbone
+from seqvision.data.transforms import Preprocessing
+torch.manual_seed(0)
+encoder = build_backbone("tiny_cnn", weights="none").eval()
+prep = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+samples = discover(sys.argv[1])
+store = FeatureStore(sys.argv[2], CacheKey.for_encoder(encoder, prep))
+stats = extract_features(samples, encoder, prep, store, num_workers=0, precision="32", progress=False, stall_timeout=60)
+print(json.dumps({"computed": stats.images, "missing": len(store.missing(f.path for s in samples for f in s.frames))}))
+"""
+
+
+def test_torchrun_ranks_share_the_extraction_instead_of_repeating_it(tmp_path, folder_data):
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "TORCHELASTIC_RUN_ID": "test"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(folder_data), str(tmp_path / "cache")],
+                         env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    images = len({f.path for s in discover(folder_data) for f in s.frames})
+    assert sum(r["computed"] for r in results) == images == 18  # each image once, not once per process
+    assert all(r["computed"] > 0 for r in results) and all(r["missing"] == 0 for r in results)
+
+
+def test_a_peer_that_never_finishes_is_not_waited_for_forever(tmp_path, folder_data, monkeypatch, caplog):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "alone")
+    samples = discover(folder_data)
+    encoder = _encoder()
+    store = _store(tmp_path / "cache", encoder)
+    with caplog.at_level("WARNING", logger="seqvision"):
+        stats = extract_features(samples, encoder, PREP, store, num_workers=0, precision="32", progress=False,
+                                 launch=(0, 2), stall_timeout=0.5)
+    assert stats.images == 18 and not store.missing(f.path for s in samples for f in s.frames)
+    assert "1 of 2 processes have not finished their share" in caplog.text
+
+
+def test_lightning_started_processes_do_not_share(monkeypatch):
+    from seqvision.features.extract import launch_rank
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # Lightning's launcher sets this, not RANK
+    assert launch_rank() == (0, 1)
+    monkeypatch.setenv("RANK", "3")
+    assert launch_rank() == (3, 4)

@@ -56,3 +56,11 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def default_device() -> torch.device:
+    """This process's GPU (``cuda:LOCAL_RANK`` when a launcher such as torchrun started one process per
+    GPU), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())

@@ -135,6 +135,10 @@ class FeatureStore:
             for row, identity in enumerate(identities):
                 self.index[identity] = (record.stem, row)
 
+    def refresh(self) -> None:
+        """Index the shards other processes have committed since this store was opened."""
+        self._load_index()
+
     def _quarantine(self, shard: str, reason: str) -> None:
         """Move a damaged shard aside (never read again) and remember it for the report."""
         self.corrupt.append(f"{self.dir / shard}: {reason}; its images will be recomputed")

@@ -11,6 +11,8 @@ video file's identity and the frame's time, decoded in time order in chunks of o
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import threading
 import time
@@ -30,7 +32,9 @@ from seqvision.errors import DataError
 from seqvision.features.cache import SHARD_ROWS, FeatureStore, video_frame_identity
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.backbones import ImageEncoder
-from seqvision.runtime import inference_dtype, tune_allocator
+from seqvision.runtime import default_device, inference_dtype, tune_allocator
+
+log = logging.getLogger("seqvision")
 
 
 # What both loaders yield: (identities of the rows, (n, 3, S, S) images, errors, notes)
@@ -306,15 +310,108 @@ def extract_features(
     on_bad_image: str = "error",
     progress: bool = True,
     sampling: list[tuple[SamplingPolicy, bool]] | None = None,
+    launch: tuple[int, int] | None = None,
+    stall_timeout: float = 600.0,
 ) -> ExtractStats:
     """Compute and cache the features of every image of ``samples`` that the cache lacks.
 
     ``sampling``: the ``(policy, train)`` pairs that will read the cache; for videos they decide which
     frames are cached (default: every frame). Image files are always cached whole.
     Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
+
+    In a distributed launch (``(rank, world size)`` from ``launch``, else from torchrun's ``RANK`` and
+    ``WORLD_SIZE``), the processes share the work instead of each computing everything: each computes
+    every ``world``-th sample's images, marks its share done in the cache folder, waits for the others'
+    marks, then computes whatever is still missing (normally nothing). A peer that neither finishes nor
+    commits a shard for ``stall_timeout`` seconds is not waited for: its rest is computed here. Every
+    process returns with the whole cache.
     """
+    rank, world = launch if launch is not None else launch_rank()
+    options = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, compile=compile,
+                   on_bad_image=on_bad_image, sampling=sampling)
+    if world <= 1:
+        return _extract(samples, encoder, prep, store, progress=progress, **options)
+    own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0, **options)
+    token = _launch_token(world)
+    _remove_stale_marks(store.dir)
+    (store.dir / f".done-{token}-{rank}").touch()
+    _wait_for_peers(store.dir, token, world, stall_timeout)
+    store.refresh()
+    rest = _extract(samples, encoder, prep, store, progress=progress and rank == 0, **options)
+    return ExtractStats(
+        images=own.images + rest.images, cached=rest.cached - own.images, seconds=own.seconds + rest.seconds, dtype=own.dtype,
+        skipped=list(dict.fromkeys(own.skipped + rest.skipped)), notes=list(dict.fromkeys(own.notes + rest.notes)),
+        first_batch_images=own.first_batch_images, first_batch_seconds=own.first_batch_seconds,
+    )
+
+
+def launch_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of a torchrun-style launch (``RANK`` and ``WORLD_SIZE`` set), else ``(0, 1)``.
+
+    Lightning's own launcher sets ``WORLD_SIZE`` but not ``RANK`` in the processes it starts, after the
+    first one has filled the cache alone: those find every row cached, so they need no sharing."""
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 0, 1
+
+
+def _launch_token(world: int) -> str:
+    """The same in every process of one launch, and (in practice) different in the next one: torchrun
+    gives each launch its run id and, with c10d rendezvous, a fresh port. A stale mark from an earlier
+    launch with the same token only makes a process stop waiting early; the work stays correct."""
+    parts = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")]
+    return hashlib.sha256("|".join([*parts, str(world)]).encode()).hexdigest()[:16]
+
+
+def _remove_stale_marks(folder: Path, max_age: float = 86400.0) -> None:
+    for mark in folder.glob(".done-*"):
+        try:
+            if time.time() - mark.stat().st_mtime > max_age:
+                mark.unlink()
+        except OSError:
+            pass  # another process removed it first
+
+
+def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, poll: float = 0.5) -> None:
+    """Until every rank's mark exists; progress (a new mark or committed shard) restarts the clock."""
+
+    def progress() -> tuple[int, int]:
+        done = sum((folder / f".done-{token}-{r}").exists() for r in range(world))
+        return done, len(list(folder.glob("shard-*.json")))
+
+    seen, since = progress(), time.monotonic()
+    while seen[0] < world:
+        time.sleep(poll)
+        now = progress()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since > stall_timeout:
+            log.warning(
+                "feature cache: %d of %d processes have not finished their share and nothing was committed for %.0f s; "
+                "computing the rest in this process", world - seen[0], world, stall_timeout,
+            )
+            return
+
+
+def _extract(
+    samples: list[Sample],
+    encoder: ImageEncoder,
+    prep: Preprocessing,
+    store: FeatureStore,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    device: str | torch.device | None,
+    precision: str,
+    compile: bool,
+    on_bad_image: str,
+    progress: bool,
+    sampling: list[tuple[SamplingPolicy, bool]] | None,
+) -> ExtractStats:
+    """:func:`extract_features` in one process."""
     tune_allocator()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     owners: dict[Path, str] = {}
     for s in samples:
         for f in s.frames:
@@ -410,7 +507,7 @@ def extract(
 
     encoder = build_backbone(backbone, weights=weights, pool=pool)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=image_size, resize_size=resize_size, mean=mean, std=std)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     compute = inference_dtype(device, precision)
     key = CacheKey.for_encoder(encoder, prep, dtype=cache_dtype, compute=compute)
     store = FeatureStore(Path(out) if out else default_cache_root(), key, content_hash=content_hash, shard_rows=shard_rows)

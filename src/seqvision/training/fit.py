@@ -198,5 +198,7 @@ def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
 
 
 def _device(cfg: RunConfig) -> torch.device:
-    """Where rank 0 extracts features and evaluates: the GPU unless training was told to use the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu")
+    """Where this process extracts features and evaluates: its GPU unless training was told to use the CPU."""
+    from seqvision.runtime import default_device
+
+    return torch.device("cpu") if cfg.train.accelerator == "cpu" else default_device()
