@@ -313,8 +313,8 @@ def main() -> None:
             report["resnet18"]["compiled_steady_fraction_of_ceiling"] = compiled["steady_images_per_s"] / report["resnet18"]["ceiling_images_per_s"]
         report["epoch"] = epoch_times("resnet18", data, Path(tmp) / "cache-epoch", size, report["resnet18"]["naive_images_per_s"])
         e = report["epoch"]
+        # not the same work as the epochs above: train() trains on its train split and then validates
         e["train_command_epoch_s"] = train_epoch_s(data, Path(tmp) / "cache-train", q)
-        e["train_command_speedup_vs_naive"] = (e["naive_recompute_s"] - e["cached_s"] + e["train_command_epoch_s"]) / e["train_command_epoch_s"]
         report["malloc"] = malloc_effect(backbones[-1], data, size, batch)
         report["malloc"]["backbone"] = backbones[-1]
 
@@ -347,8 +347,7 @@ def main() -> None:
     e = report["epoch"]
     print(f"frozen epoch: cached {1000 * e['cached_s']:.1f} ms | live batched {e['live_batched_s']:.2f} s | naive recompute "
           f"{e['naive_recompute_s']:.2f} s -> {e['speedup_vs_naive']:.0f}x vs naive, {e['speedup_vs_live_batched']:.0f}x vs live batched")
-    print(f"`seqvision train --freeze` epoch on the cache (validation + checkpoints): {1000 * e['train_command_epoch_s']:.0f} ms "
-          f"-> {e['train_command_speedup_vs_naive']:.0f}x vs the naive recomputing epoch")
+    print(f"`seqvision train --freeze` epoch on the cache (its train split, validation, last.ckpt): {1000 * e['train_command_epoch_s']:.0f} ms")
     m = report["malloc"]
     print(f"malloc ({m['backbone']}): tuned {m['tuned_images_per_s']:.1f} img/s, {m['tuned_faults_per_batch']:.0f} faults/batch | "
           f"default {m['default_images_per_s']:.1f} img/s, {m['default_faults_per_batch']:.0f} faults/batch")

@@ -143,14 +143,16 @@ def test_a_backbone_with_layers_onednn_lacks_runs_eagerly_without_noise(capfd):
     assert capfd.readouterr().err == ""  # fx's own traceback print is kept quiet
 
 
-def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog):
+@pytest.mark.parametrize("message, said", [("unsupported tensor layout: Mkldnn\ndetails", "(RuntimeError: unsupported tensor layout: Mkldnn)"),
+                                           ("", "(RuntimeError)")])
+def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog, message, said):
     encoder = build_backbone("tiny_cnn", weights="none")
     net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
     assert isinstance(net, OneDNNEncoder)
 
     class Broken(torch.nn.Module):
         def forward(self, x):
-            raise RuntimeError("unsupported tensor layout: Mkldnn")
+            raise RuntimeError(message)
 
     monkeypatch.setattr(net, "trunk", Broken())
     images = torch.rand(2, 3, 16, 16)
@@ -158,7 +160,29 @@ def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog):
         out = encode_batch(net, images, torch.float32)
         encode_batch(net, images, torch.float32)
     assert torch.allclose(out, encode_batch(encoder, images, torch.float32))
-    assert caplog.text.count("the oneDNN CPU path failed (RuntimeError: unsupported tensor layout") == 1
+    assert caplog.text.count(f"the oneDNN CPU path failed {said}; running the encoder eagerly") == 1
+
+
+def test_onednn_path_keeps_the_encoders_chunk_size():
+    encoder = build_backbone("tiny_cnn", weights="none")
+    whole = encode_batch(prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32), torch.rand(1, 3, 16, 16), torch.float32)
+    assert whole.shape == (1, 64)
+    encoder.chunk_size = 2  # bounded memory for long sequences: the CNN never sees more images at once
+    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
+    seen = []
+    net.trunk.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    images = torch.rand(5, 3, 16, 16)
+    out = encode_batch(net, images, torch.float32)
+    assert seen == [2, 2, 1]
+    assert torch.allclose(out, encode_batch(encoder, images, torch.float32), atol=1e-4, rtol=1e-4)
+
+
+def test_predictor_runs_the_cnn_on_the_onednn_path(frozen_run):
+    _, _, result = frozen_run
+    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    net = predictor._inference_encoder()
+    assert isinstance(net, OneDNNEncoder) and net.eager is predictor.model.encoder
+    assert predictor._inference_encoder() is net  # built once per device and precision
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_is_fast_at_it(frozen_run, monkeypatch):

@@ -281,8 +281,9 @@ encoder = build_backbone("tiny_cnn", weights="none").eval()
 prep = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 samples = discover(sys.argv[1])
 store = FeatureStore(sys.argv[2], CacheKey.for_encoder(encoder, prep))
-stats = extract_features(samples, encoder, prep, store, num_workers=0, precision="32", progress=False, stall_timeout=60)
-print(json.dumps({"computed": stats.images, "missing": len(store.missing(f.path for s in samples for f in s.frames))}))
+stats = extract_features(samples, encoder, prep, store, num_workers=0, precision="32", progress=False, stall_timeout=300)
+print(json.dumps({"computed": stats.images, "by_peers": stats.by_peers, "cached": stats.cached,
+                  "missing": len(store.missing(f.path for s in samples for f in s.frames))}))
 """
 
 
@@ -291,7 +292,9 @@ def test_torchrun_ranks_share_the_extraction_instead_of_repeating_it(tmp_path, f
     import subprocess
     import sys
 
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511", "TORCHELASTIC_RUN_ID": "test"}
+    # what torchrun sets (the two processes also share their parent, as torchrun's do)
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511",
+           "TORCHELASTIC_RUN_ID": "test"}
     procs = [
         subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, str(folder_data), str(tmp_path / "cache")],
                          env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -305,6 +308,8 @@ def test_torchrun_ranks_share_the_extraction_instead_of_repeating_it(tmp_path, f
     images = len({f.path for s in discover(folder_data) for f in s.frames})
     assert sum(r["computed"] for r in results) == images == 18  # each image once, not once per process
     assert all(r["computed"] > 0 for r in results) and all(r["missing"] == 0 for r in results)
+    assert [r["by_peers"] for r in results] == [results[1]["computed"], results[0]["computed"]]
+    assert all(r["cached"] == 0 for r in results)  # nothing was there before this launch
 
 
 def test_a_peer_that_never_finishes_is_not_waited_for_forever(tmp_path, folder_data, monkeypatch, caplog):
@@ -322,8 +327,9 @@ def test_a_peer_that_never_finishes_is_not_waited_for_forever(tmp_path, folder_d
 def test_lightning_started_processes_do_not_share(monkeypatch):
     from seqvision.features.extract import launch_rank
 
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.setenv("WORLD_SIZE", "4")  # Lightning's launcher sets this, not RANK
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # Lightning's launcher sets these, not LOCAL_WORLD_SIZE
+    monkeypatch.setenv("LOCAL_RANK", "1")
     assert launch_rank() == (0, 1)
-    monkeypatch.setenv("RANK", "3")
-    assert launch_rank() == (3, 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: ranks share per node (the cache is the node's)
+    assert launch_rank() == (1, 2)

@@ -207,3 +207,33 @@ def test_incremental_digest_equals_the_full_one_and_rehashes_only_what_can_chang
     hashed.clear()
     assert digest(model.state_dict(), stable=stable) == sio.tensor_digest(model.state_dict())
     assert "encoder.trunk.0.0.weight" in hashed
+
+
+def test_a_frozen_runs_checkpoints_hash_the_backbone_once_and_all_verify(tmp_path, monkeypatch):
+    import seqvision.io as sio
+
+    hashed: list[str] = []  # what the checkpoint saves hash (not the full check of every load)
+    saving = {"now": False}
+    real_hash, real_call = sio._hash_tensor, sio.IncrementalTensorDigest.__call__
+
+    def call(self, tensors, stable=frozenset()):
+        saving["now"] = True
+        try:
+            return real_call(self, tensors, stable)
+        finally:
+            saving["now"] = False
+
+    monkeypatch.setattr(sio.IncrementalTensorDigest, "__call__", call)
+    monkeypatch.setattr(sio, "_hash_tensor", lambda digest, name, t: (saving["now"] and hashed.append(name), real_hash(digest, name, t)))
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=3)
+    cfg.model.freeze = True
+    train(cfg, tmp_path / "out", progress=False)
+    backbone = [n for n in set(hashed) if n.startswith("model.encoder.trunk.")]
+    head = [n for n in set(hashed) if not n.startswith("model.encoder.")]
+    assert backbone and head
+    saves = hashed.count(head[0])
+    assert saves >= 3  # last.ckpt every epoch, best.ckpt when it improved
+    assert all(hashed.count(n) == 1 for n in backbone)  # the frozen backbone: hashed at the first save only
+    for name in ("last.ckpt", "best.ckpt"):
+        read_checkpoint(tmp_path / "out" / name)  # every saved digest is the full one

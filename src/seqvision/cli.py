@@ -203,7 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if result.feature_cache:
         fc = result.feature_cache
-        print(f"feature cache: {fc['cached']} images reused, {fc['computed']} computed ({fc['dir']})")
+        peers = f", {fc['by_peers']} by the other processes" if fc.get("by_peers") else ""
+        print(f"feature cache: {fc['cached']} images reused, {fc['computed']} computed{peers} ({fc['dir']})")
     print(f"best checkpoint: {result.best_checkpoint}")
     for split in ("val", "test"):
         metrics = getattr(result, f"{split}_metrics")
@@ -272,7 +273,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(
         f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s{steady}, {stats.dtype}), "
-        f"{stats.cached} already cached -> {store.dir}"
+        f"{stats.cached} already cached" + (f", {stats.by_peers} by the other processes" if stats.by_peers else "") + f" -> {store.dir}"
     )
     _report(stats.skipped, "images left out")
     _report(stats.notes, "notes")

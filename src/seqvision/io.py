@@ -56,7 +56,9 @@ class IncrementalTensorDigest:
     ``stable`` are trusted, and only while they are the very same tensor as at the previous call: same
     storage (kept alive here, so its address cannot be reused), layout and version counter. The
     version counter alone is not enough: a fused optimizer step or a BatchNorm running-statistics
-    update changes a tensor without bumping it, hence ``stable`` (the caller's frozen tensors).
+    update changes a tensor without bumping it, hence ``stable`` (the caller's frozen tensors). Nor
+    do writes through ``.data`` or a numpy view: a caller must not name tensors it changes that way
+    (a stale digest would make the checkpoint fail its check at load time).
     sha256 is sequential, so the reused part is the longest unchanged prefix in name order; after the
     first changed tensor everything is hashed again.
     """

@@ -276,6 +276,7 @@ def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
 class ExtractStats:
     images: int = 0  # computed in this call
     cached: int = 0  # already in the cache
+    by_peers: int = 0  # computed meanwhile by the other processes of a distributed launch
     seconds: float = 0.0
     dtype: str = "float32"  # compute precision used
     skipped: list[str] = field(default_factory=list)
@@ -319,53 +320,60 @@ def extract_features(
     frames are cached (default: every frame). Image files are always cached whole.
     Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
 
-    In a distributed launch (``(rank, world size)`` from ``launch``, else from torchrun's ``RANK`` and
-    ``WORLD_SIZE``), the processes share the work instead of each computing everything: each computes
-    every ``world``-th sample's images, marks its share done in the cache folder, waits for the others'
-    marks, then computes whatever is still missing (normally nothing). A peer that neither finishes nor
-    commits a shard for ``stall_timeout`` seconds is not waited for: its rest is computed here. Every
-    process returns with the whole cache.
+    In a distributed launch (``(rank, world size)`` from ``launch``, else from :func:`launch_rank`: the
+    processes of this node), the processes share the work instead of each computing everything: each
+    computes every ``world``-th sample's images, marks its share done in the cache folder, waits for the
+    others' marks, then computes whatever is still missing (normally nothing). A peer that shows no
+    progress (no batch, no mark) for ``stall_timeout`` seconds is not waited for: its rest is computed
+    here. Every process returns with the whole cache.
     """
     rank, world = launch if launch is not None else launch_rank()
     options = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, compile=compile,
                    on_bad_image=on_bad_image, sampling=sampling)
     if world <= 1:
         return _extract(samples, encoder, prep, store, progress=progress, **options)
-    own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0, **options)
+    before = _plan(samples, store, sampling, batch_size, on_bad_image)[3].cached
     token = _launch_token(world)
     _remove_stale_marks(store.dir)
-    (store.dir / f".done-{token}-{rank}").touch()
+    mark = store.dir / f".{token}-{rank}"
+    mark.with_suffix(".working").touch()
+    own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0,
+                   heartbeat=mark.with_suffix(".working"), **options)
+    mark.with_suffix(".done").touch()
     _wait_for_peers(store.dir, token, world, stall_timeout)
     store.refresh()
     rest = _extract(samples, encoder, prep, store, progress=progress and rank == 0, **options)
+    timed = own if own.first_batch_images else rest
     return ExtractStats(
-        images=own.images + rest.images, cached=rest.cached - own.images, seconds=own.seconds + rest.seconds, dtype=own.dtype,
+        images=own.images + rest.images, cached=before, by_peers=max(0, rest.cached - before - own.images),
+        seconds=own.seconds + rest.seconds, dtype=own.dtype,
         skipped=list(dict.fromkeys(own.skipped + rest.skipped)), notes=list(dict.fromkeys(own.notes + rest.notes)),
-        first_batch_images=own.first_batch_images, first_batch_seconds=own.first_batch_seconds,
+        first_batch_images=timed.first_batch_images, first_batch_seconds=timed.first_batch_seconds,
     )
 
 
 def launch_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of a torchrun-style launch (``RANK`` and ``WORLD_SIZE`` set), else ``(0, 1)``.
+    """``(local rank, local world size)`` of a torchrun-style launch (``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE`` set, as torchrun does), else ``(0, 1)``.
 
-    Lightning's own launcher sets ``WORLD_SIZE`` but not ``RANK`` in the processes it starts, after the
-    first one has filled the cache alone: those find every row cached, so they need no sharing."""
+    Per node, because the default cache folder is each node's own: on several nodes each node fills
+    its cache once. Lightning's own launcher sets ``LOCAL_RANK`` but not ``LOCAL_WORLD_SIZE`` in the
+    processes it starts, after the first one has filled the cache alone: they find every row cached."""
     try:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     except (KeyError, ValueError):
         return 0, 1
 
 
 def _launch_token(world: int) -> str:
-    """The same in every process of one launch, and (in practice) different in the next one: torchrun
-    gives each launch its run id and, with c10d rendezvous, a fresh port. A stale mark from an earlier
-    launch with the same token only makes a process stop waiting early; the work stays correct."""
+    """The same in every process of one launch on one node, and different in the next launch: the
+    processes torchrun starts share its agent as their parent process, and each launch has a new agent."""
     parts = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")]
-    return hashlib.sha256("|".join([*parts, str(world)]).encode()).hexdigest()[:16]
+    return "rank-" + hashlib.sha256("|".join([*parts, str(os.getppid()), str(world)]).encode()).hexdigest()[:16]
 
 
 def _remove_stale_marks(folder: Path, max_age: float = 86400.0) -> None:
-    for mark in folder.glob(".done-*"):
+    for mark in [*folder.glob(".rank-*.done"), *folder.glob(".rank-*.working")]:
         try:
             if time.time() - mark.stat().st_mtime > max_age:
                 mark.unlink()
@@ -374,11 +382,18 @@ def _remove_stale_marks(folder: Path, max_age: float = 86400.0) -> None:
 
 
 def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, poll: float = 0.5) -> None:
-    """Until every rank's mark exists; progress (a new mark or committed shard) restarts the clock."""
+    """Until every process's ``.done`` mark exists. Progress restarts the clock: a new mark, a committed
+    shard, or a peer's ``.working`` mark touched (after every batch it computes)."""
 
-    def progress() -> tuple[int, int]:
-        done = sum((folder / f".done-{token}-{r}").exists() for r in range(world))
-        return done, len(list(folder.glob("shard-*.json")))
+    def progress() -> tuple:
+        done = sum((folder / f".{token}-{r}.done").exists() for r in range(world))
+        beats = []
+        for r in range(world):
+            try:
+                beats.append((folder / f".{token}-{r}.working").stat().st_mtime_ns)
+            except OSError:
+                beats.append(0)
+        return done, len(list(folder.glob("shard-*.json"))), tuple(beats)
 
     seen, since = progress(), time.monotonic()
     while seen[0] < world:
@@ -388,10 +403,25 @@ def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, 
             seen, since = now, time.monotonic()
         elif time.monotonic() - since > stall_timeout:
             log.warning(
-                "feature cache: %d of %d processes have not finished their share and nothing was committed for %.0f s; "
+                "feature cache: %d of %d processes have not finished their share and show no progress for %.0f s; "
                 "computing the rest in this process", world - seen[0], world, stall_timeout,
             )
             return
+
+
+def _plan(
+    samples: list[Sample], store: FeatureStore, sampling: list[tuple[SamplingPolicy, bool]] | None, batch_size: int, on_bad_image: str,
+) -> tuple[dict[Path, str], dict[Path, str], list, ExtractStats]:
+    """What the cache lacks: each image file's owning sample, the missing files (path -> identity), the
+    video chunks to compute, and stats with ``cached`` counted."""
+    owners: dict[Path, str] = {}
+    for s in samples:
+        for f in s.frames:
+            owners.setdefault(f.path, s.id)
+    missing = store.missing(owners)  # path -> identity
+    stats = ExtractStats(cached=len(owners) - len(missing))
+    chunks = _video_plan(samples, store, sampling or [(SamplingPolicy(), False)], batch_size, stats, on_bad_image)
+    return owners, missing, chunks, stats
 
 
 def _extract(
@@ -408,17 +438,14 @@ def _extract(
     on_bad_image: str,
     progress: bool,
     sampling: list[tuple[SamplingPolicy, bool]] | None,
+    heartbeat: Path | None = None,
 ) -> ExtractStats:
-    """:func:`extract_features` in one process."""
+    """:func:`extract_features` in one process; ``heartbeat`` is touched after every batch."""
     tune_allocator()
     device = torch.device(device) if device else default_device()
-    owners: dict[Path, str] = {}
-    for s in samples:
-        for f in s.frames:
-            owners.setdefault(f.path, s.id)
-    missing = store.missing(owners)  # path -> identity
-    stats = ExtractStats(cached=len(owners) - len(missing))
-    chunks = _video_plan(samples, store, sampling or [(SamplingPolicy(), False)], batch_size, stats, on_bad_image)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # pinned-memory threads and new tensors go to this GPU, not GPU 0
+    owners, missing, chunks, stats = _plan(samples, store, sampling, batch_size, on_bad_image)
     dtype = inference_dtype(device, precision)
     stats.dtype = str(dtype).removeprefix("torch.")
     total = len(missing) + sum(len(c.frames) for c in chunks)
@@ -457,6 +484,8 @@ def _extract(
                 stats.images += len(identities)
                 if not stats.first_batch_images:
                     stats.first_batch_images, stats.first_batch_seconds = len(identities), time.perf_counter() - start
+            if heartbeat is not None:
+                heartbeat.touch()
             if bar is not None:
                 bar.update(len(identities) + len(errors))
     finally:

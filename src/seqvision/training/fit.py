@@ -178,7 +178,8 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
         )
     model.encoder.to("cpu")  # Lightning places it for training
     data.dropped.extend(stats.skipped + stats.notes)  # notes: e.g. a truncated video's last frame repeated
-    report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "images_per_second": round(stats.images_per_second, 1)}
+    report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
+              "images_per_second": round(stats.images_per_second, 1)}
     return store, report
 
 
