@@ -113,15 +113,17 @@ def _bf16_onednn() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    not _bf16_onednn(), reason="this CPU has no oneDNN bf16"))])
+needs_bf16 = pytest.mark.skipif(not _bf16_onednn(), reason="this CPU has no oneDNN bf16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)])
 def test_onednn_cpu_path_gives_the_eager_features_and_leaves_the_encoder_alone(dtype):
     torch.manual_seed(0)
     encoder = build_backbone("tiny_cnn", weights="none")
     # give BatchNorm real statistics, so folding it into the convolutions is actually exercised
     encoder.train()(torch.rand(32, 3, 16, 16) * 3)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    net = prepare_encoder(encoder, torch.device("cpu"), dtype=dtype)
+    net = prepare_encoder(encoder, torch.device("cpu"), dtype=dtype) if dtype == torch.bfloat16 else OneDNNEncoder(encoder.eval(), dtype)
     assert isinstance(net, OneDNNEncoder) and net.usable
     images = torch.rand(6, 3, 16, 16)
     fast, eager = encode_batch(net, images, dtype), encode_batch(encoder, images, dtype)
@@ -136,19 +138,24 @@ def test_onednn_cpu_path_gives_the_eager_features_and_leaves_the_encoder_alone(d
     assert encoder.trunk[0][0].weight.grad is not None
 
 
+def test_fp32_inference_stays_on_the_eager_model_so_its_features_are_exact():
+    encoder = build_backbone("tiny_cnn", weights="none")
+    assert prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32) is encoder
+
+
 def test_a_backbone_with_layers_onednn_lacks_runs_eagerly_without_noise(capfd):
     encoder = build_backbone("mobilenet_v2", weights="none")  # ReLU6 has no oneDNN-tensor kernel
-    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
-    assert net is encoder
+    net = OneDNNEncoder(encoder.eval(), torch.float32)
+    assert not net.usable and net.trunk is None
     assert capfd.readouterr().err == ""  # fx's own traceback print is kept quiet
 
 
 @pytest.mark.parametrize("message, said", [("unsupported tensor layout: Mkldnn\ndetails", "(RuntimeError: unsupported tensor layout: Mkldnn)"),
                                            ("", "(RuntimeError)")])
 def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog, message, said):
-    encoder = build_backbone("tiny_cnn", weights="none")
-    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
-    assert isinstance(net, OneDNNEncoder)
+    encoder = build_backbone("tiny_cnn", weights="none").eval()
+    net = OneDNNEncoder(encoder, torch.float32)
+    assert net.usable
 
     class Broken(torch.nn.Module):
         def forward(self, x):
@@ -164,11 +171,9 @@ def test_a_onednn_failure_later_falls_back_to_eager_once(monkeypatch, caplog, me
 
 
 def test_onednn_path_keeps_the_encoders_chunk_size():
-    encoder = build_backbone("tiny_cnn", weights="none")
-    whole = encode_batch(prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32), torch.rand(1, 3, 16, 16), torch.float32)
-    assert whole.shape == (1, 64)
+    encoder = build_backbone("tiny_cnn", weights="none").eval()
     encoder.chunk_size = 2  # bounded memory for long sequences: the CNN never sees more images at once
-    net = prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)
+    net = OneDNNEncoder(encoder, torch.float32)
     seen = []
     net.trunk.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     images = torch.rand(5, 3, 16, 16)
@@ -177,9 +182,10 @@ def test_onednn_path_keeps_the_encoders_chunk_size():
     assert torch.allclose(out, encode_batch(encoder, images, torch.float32), atol=1e-4, rtol=1e-4)
 
 
+@needs_bf16
 def test_predictor_runs_the_cnn_on_the_onednn_path(frozen_run):
     _, _, result = frozen_run
-    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    predictor = Predictor.load(result.best_checkpoint, precision="bf16")
     net = predictor._inference_encoder()
     assert isinstance(net, OneDNNEncoder) and net.eager is predictor.model.encoder
     assert predictor._inference_encoder() is net  # built once per device and precision
