@@ -337,9 +337,11 @@ def extract_features(
     _remove_stale_marks(store.dir)
     mark = store.dir / f".{token}-{rank}"
     mark.with_suffix(".working").touch()
-    own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0,
-                   heartbeat=mark.with_suffix(".working"), **options)
-    mark.with_suffix(".done").touch()
+    try:
+        own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0,
+                       heartbeat=mark.with_suffix(".working"), **options)
+    finally:  # also on an error (a bad image): the others then stop waiting and meet it themselves
+        mark.with_suffix(".done").touch()
     _wait_for_peers(store.dir, token, world, stall_timeout)
     store.refresh()
     rest = _extract(samples, encoder, prep, store, progress=progress and rank == 0, **options)
