@@ -105,21 +105,19 @@ def test_kill_9_during_extraction_then_rerun_computes_only_the_rest(tmp_path):
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import seqvision.training.checkpoint as checkpoint_io
-
     data = make_folder_dataset(tmp_path / "data", per_label=4)
     cfg = fast_config(data, max_epochs=3)
-    original = checkpoint_io._save_synced
+    original = torch.save
     calls = {"n": 0}
 
-    def flaky(checkpoint, path):
+    def flaky(obj, f, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1's best + last went through; then the disk is full
-            Path(path).write_bytes(b"half a checkpoint")
+        if calls["n"] > 2:  # epoch 1's best + last went through; then the disk fills up mid-write
+            f.write(b"half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(checkpoint, path)
+        return original(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_io, "_save_synced", flaky)
+    monkeypatch.setattr(torch, "save", flaky)
     with pytest.raises(StorageError, match="No space left on device.*intact"):
         train(cfg, tmp_path / "out", progress=False)
     good = read_checkpoint(tmp_path / "out" / "last.ckpt")  # loads and verifies

@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -38,6 +38,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_synced(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """:func:`atomic_write` through an open binary file, fsynced before the rename, so the file that
+    replaces the old one is whole on disk (checkpoints, cache shards)."""
+
+    def run(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, run)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from seqvision.data.transforms import Preprocessing
-from seqvision.io import atomic_write, atomic_write_text, tensor_digest
+from seqvision.io import atomic_write_synced, atomic_write_text, tensor_digest
 
 SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
 
@@ -231,19 +231,12 @@ class FeatureStore:
     def _commit(self, rows: list[tuple[str, np.ndarray]]) -> None:
         name = f"shard-{uuid.uuid4().hex[:16]}"
         npy = self.dir / f"{name}.npy"
-        atomic_write(npy, lambda tmp: _save_npy(tmp, np.stack([r for _, r in rows])))
+        atomic_write_synced(npy, lambda fh: np.save(fh, np.stack([r for _, r in rows])))
         identities = [i for i, _ in rows]
         atomic_write_text(npy.with_suffix(".json"), json.dumps({"identities": identities, "sha256": _sha256_file(npy)}))
         for row, identity in enumerate(identities):
             self.index[identity] = (name, row)
 
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def cache_info(root: Path | None = None) -> list[dict]:
