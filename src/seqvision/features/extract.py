@@ -332,22 +332,23 @@ def extract_features(
                    on_bad_image=on_bad_image, sampling=sampling)
     if world <= 1:
         return _extract(samples, encoder, prep, store, progress=progress, **options)
-    before = _plan(samples, store, sampling, batch_size, on_bad_image)[3].cached
     token = _launch_token(world)
     _remove_stale_marks(store.dir)
     mark = store.dir / f".{token}-{rank}"
     mark.with_suffix(".working").touch()
+    computed = 0
     try:
         own = _extract(samples[rank::world], encoder, prep, store, progress=progress and rank == 0,
                        heartbeat=mark.with_suffix(".working"), **options)
+        computed = own.images
     finally:  # also on an error (a bad image): the others then stop waiting and meet it themselves
-        mark.with_suffix(".done").touch()
-    _wait_for_peers(store.dir, token, world, stall_timeout)
+        mark.with_suffix(".done").write_text(str(computed))  # the peers report how many rows came from here
+    peers = _wait_for_peers(store.dir, token, world, stall_timeout, rank)
     store.refresh()
     rest = _extract(samples, encoder, prep, store, progress=progress and rank == 0, **options)
     timed = own if own.first_batch_images else rest
     return ExtractStats(
-        images=own.images + rest.images, cached=before, by_peers=max(0, rest.cached - before - own.images),
+        images=own.images + rest.images, cached=max(0, rest.cached - own.images - peers), by_peers=peers,
         seconds=own.seconds + rest.seconds, dtype=own.dtype,
         skipped=list(dict.fromkeys(own.skipped + rest.skipped)), notes=list(dict.fromkeys(own.notes + rest.notes)),
         first_batch_images=timed.first_batch_images, first_batch_seconds=timed.first_batch_seconds,
@@ -383,9 +384,10 @@ def _remove_stale_marks(folder: Path, max_age: float = 86400.0) -> None:
             pass  # another process removed it first
 
 
-def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, poll: float = 0.5) -> None:
+def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, rank: int, poll: float = 0.5) -> int:
     """Until every process's ``.done`` mark exists. Progress restarts the clock: a new mark, a committed
-    shard, or a peer's ``.working`` mark touched (after every batch it computes)."""
+    shard, or a peer's ``.working`` mark touched (after every batch it computes). Returns the number of
+    rows the other processes say they computed."""
 
     def progress() -> tuple:
         done = sum((folder / f".{token}-{r}.done").exists() for r in range(world))
@@ -408,7 +410,14 @@ def _wait_for_peers(folder: Path, token: str, world: int, stall_timeout: float, 
                 "feature cache: %d of %d processes have not finished their share and show no progress for %.0f s; "
                 "computing the rest in this process", world - seen[0], world, stall_timeout,
             )
-            return
+            break
+    total = 0
+    for r in range(world):
+        try:
+            total += int((folder / f".{token}-{r}.done").read_text()) if r != rank else 0
+        except (OSError, ValueError):
+            pass  # a peer that never finished
+    return total
 
 
 def _plan(
