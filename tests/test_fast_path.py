@@ -203,6 +203,17 @@ def test_auto_precision_is_bf16_only_where_the_cpu_is_fast_at_it(frozen_run, mon
         Predictor.load(result.best_checkpoint, precision="fp8")
 
 
+def test_a_resolved_precision_passes_on_by_its_dtype_name_fp16_included(monkeypatch):
+    # train --freeze and extract resolve "auto" once and hand str(dtype) on; on a CUDA GPU without bf16
+    # that is "float16", which must parse back (it used to be refused and stop the run)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    gpu = torch.device("cuda")
+    for precision in ("auto", "32", "bf16"):
+        dtype = runtime.inference_dtype(gpu, precision)
+        assert runtime.inference_dtype(gpu, str(dtype).removeprefix("torch.")) == dtype
+    assert runtime.inference_dtype(gpu) == torch.float16
+
+
 def test_bf16_predictions_are_close_to_fp32(frozen_run):
     data, _, result = frozen_run
     samples = discover(data)
