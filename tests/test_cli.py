@@ -73,6 +73,25 @@ def test_help_is_instant_and_imports_no_torch():
     assert info.value.code == 0
 
 
+def test_cli_choices_are_the_implementations_own():
+    from seqvision.config import POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
+    from seqvision.data.sampling import MODES
+    from seqvision.data.targets import TASKS
+    from seqvision.models.backbones import POOLS
+
+    assert POOL_CHOICES == POOLS and SAMPLING_CHOICES == MODES and TASK_CHOICES == ("auto", *TASKS)
+
+
+def test_extract_caches_every_pooling_train_can_use(tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "data")
+    args = ["extract", "--data", str(data), "--out", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", "none",
+            "--image-size", "16", "--num-workers", "0", "--no-progress", "--pool", "grid2"]
+    assert main(args) == 0  # grid2 used to be refused by extract although train takes it
+    assert "extracted 18 images" in capsys.readouterr().out
+    assert main(["cache", "info", str(tmp_path / "cache")]) == 0
+    assert "grid2" in capsys.readouterr().out
+
+
 def test_extract_and_cache_commands(tmp_path, capsys):
     import torch
 

@@ -11,16 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from seqvision.config import POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
 from seqvision.errors import SeqVisionError
 
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
 _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse options)
     ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
-    ("--task", "data", "task", {"choices": ["auto", "classification", "multilabel", "regression", "frame_classification", "frame_regression"]}),
+    ("--task", "data", "task", {"choices": TASK_CHOICES}),
     ("--targets", "data", "targets", {"type": lambda s: s.split(","), "help": "regression target columns, comma-separated"}),
     ("--max-images", "--num-frames", "data", "max_images", {"type": int, "help": "frames per clip (uniform: at most N)"}),
-    ("--sampling", "data", "sampling", {"choices": ["uniform", "stride", "random", "segments"]}),
-    ("--eval-sampling", "data", "eval_sampling", {"choices": ["uniform", "stride", "random", "segments"]}),
+    ("--sampling", "data", "sampling", {"choices": SAMPLING_CHOICES}),
+    ("--eval-sampling", "data", "eval_sampling", {"choices": SAMPLING_CHOICES}),
     ("--stride", "data", "stride", {"type": int, "help": "stride sampling: every k-th frame"}),
     ("--fps", "data", "fps", {"type": float, "help": "stride sampling of videos: target frames per second"}),
     ("--eval-clips", "data", "eval_clips", {"type": int, "help": "random sampling: clips averaged at evaluation"}),
@@ -42,7 +43,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
     ("--backbone", "model", "backbone", {}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
-    ("--pool", "model", "pool", {"choices": ["avg", "max", "grid2"], "help": "grid2: 2x2 cells, keeps coarse layout"}),
+    ("--pool", "model", "pool", {"choices": POOL_CHOICES, "help": "grid2: 2x2 cells, keeps coarse layout"}),
     ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
     ("--trainable-stages", "model", "trainable_stages", {"type": int, "help": "fine-tune only the last K backbone stages"}),
     ("--chunk-size", "model", "chunk_size", {"type": int, "help": "images per backbone pass (bounds memory)"}),
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--weights", default="imagenet")
-    p.add_argument("--pool", choices=["avg", "max"], default="avg")
+    p.add_argument("--pool", choices=POOL_CHOICES, default="avg", help="grid2: 2x2 cells, keeps coarse layout")
     p.add_argument("--image-size", type=int)
     p.add_argument("--resize-size", type=int)
     p.add_argument("--mean", type=float, nargs=3)
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
-    p.add_argument("--sampling", choices=["uniform", "stride", "random", "segments"], default="uniform", help="videos: the frames training will sample (see train)")
+    p.add_argument("--sampling", choices=SAMPLING_CHOICES, default="uniform", help="videos: the frames training will sample (see train)")
     p.add_argument("--num-frames", type=int, help="videos: frames per clip; default: cache every frame")
     p.add_argument("--stride", type=int, default=1, help="videos, --sampling stride: every k-th frame")
     p.add_argument("--fps", type=float, help="videos, --sampling stride: frames per second")

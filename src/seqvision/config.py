@@ -176,15 +176,22 @@ def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any
     return cfg
 
 
+# The choices of the options the CLI offers, here so that `seqvision --help` needs no torch; a test
+# keeps them equal to the implementations' own (targets.TASKS, sampling.MODES, backbones.POOLS).
+TASK_CHOICES = ("auto", "classification", "multilabel", "regression", "frame_classification", "frame_regression")
+SAMPLING_CHOICES = ("uniform", "stride", "random", "segments")
+POOL_CHOICES = ("avg", "max", "grid2")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject option values that cannot work, naming the option and the choices."""
     choices = {
-        ("data", "task"): ("auto", "classification", "multilabel", "regression", "frame_classification", "frame_regression"),
+        ("data", "task"): TASK_CHOICES,
         ("data", "short_samples"): ("error", "drop"),
         ("data", "on_bad_image"): ("error", "skip"),
         ("data", "cache_dtype"): ("float32", "float16"),
         ("data", "feature_precision"): ("auto", "32", "bf16"),
-        ("model", "pool"): ("avg", "max", "grid2"),
+        ("model", "pool"): POOL_CHOICES,
         ("model", "head"): tuple(_heads()),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
         ("train", "loss"): ("mse", "l1"),
