@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 from html import escape
@@ -139,3 +140,14 @@ def test_report_renders_in_chromium(report, tmp_path):
         body = re.search(rf'<table class="{table}">(.*?)</table>', dom, re.S)
         assert body and body.group(1).count("<tr>") >= 2, table  # a header row and data rows
     assert EVIL in dom.replace("&lt;", "<").replace("&gt;", ">")  # shown as text
+
+
+def test_confusion_matrix_png_takes_class_names_matplotlib_would_parse_as_tex(tmp_path):
+    from seqvision.evaluation.report import confusion_matrix_png
+
+    png = confusion_matrix_png([[1, 0], [0, 1]], ["$a$", "price $5 \\bad{$"])  # raised ValueError as TeX
+    assert png.startswith(b"\x89PNG")
+    # the report embeds the PNG it is given instead of drawing the plot a second time
+    out = write_html_report(tmp_path / "r.html", metrics={"confusion_matrix": {"labels": ["a", "b"], "matrix": [[1, 0], [0, 1]]}},
+                            title="t", confusion_png=png)
+    assert base64.b64encode(png).decode() in out.read_text()

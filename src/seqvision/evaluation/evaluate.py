@@ -13,7 +13,8 @@ from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
 from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
-from seqvision.evaluation.report import plot_confusion_matrix, write_metrics
+from seqvision.evaluation.report import confusion_matrix_png, write_metrics
+from seqvision.io import atomic_write
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
 
@@ -75,13 +76,18 @@ def evaluate_samples(
     if out_dir is not None:
         out_dir = Path(out_dir)
         result.files.append(write_metrics(metrics, out_dir))
-        if "confusion_matrix" in metrics:
+        png = None
+        if "confusion_matrix" in metrics:  # drawn once: the PNG file and the report's plot
             cm = metrics["confusion_matrix"]
-            result.files.append(plot_confusion_matrix(cm["matrix"], cm["labels"], out_dir / "confusion_matrix.png"))
+            png = confusion_matrix_png(cm["matrix"], cm["labels"])
+            path = out_dir / "confusion_matrix.png"
+            atomic_write(path, lambda tmp: tmp.write_bytes(png))
+            result.files.append(path)
         result.files.append(
             write_html_report(
                 out_dir / "report.html", metrics=metrics, title=f"seqvision evaluation: {source}",
                 history_csv=history_csv, errors=confident_errors(predictor, preds), attention=attention_cases(predictor, preds),
+                confusion_png=png,
             )
         )
     return result

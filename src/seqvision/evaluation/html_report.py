@@ -14,7 +14,6 @@ import hashlib
 import io
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -68,6 +67,7 @@ def write_html_report(
     history_csv: list[Path] | None = None,
     errors: list[ErrorCase] | None = None,
     attention: list[AttentionCase] | None = None,
+    confusion_png: bytes | None = None,
 ) -> Path:
     """Write a self-contained HTML evaluation report (atomically) and return its path.
 
@@ -80,7 +80,7 @@ def write_html_report(
         errors: wrongly predicted samples; shown most confident first.
         attention: samples with per-image attention weights.
     """
-    parts = [f"<h1>{escape(title)}</h1>", _metrics_section(metrics)]
+    parts = [f"<h1>{escape(title)}</h1>", _metrics_section(metrics, confusion_png)]
     if history_csv:
         parts.append(_curves_section([Path(p) for p in history_csv]))
     if errors:
@@ -143,7 +143,7 @@ def _img(data: bytes, mime: str, alt: str, cls: str = "") -> str:
 # --- metrics --------------------------------------------------------------------------------------
 
 
-def _metrics_section(metrics: dict) -> str:
+def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     rows = "".join(f'<tr><td class="name">{escape(k)}</td><td>{_fmt(v)}</td></tr>' for k, v in scalars.items())
     html = [f'<section id="metrics"><h2>Metrics</h2><table class="metrics"><tr><th class="name">metric</th><th>value</th></tr>{rows}</table>']
@@ -158,15 +158,13 @@ def _metrics_section(metrics: dict) -> str:
             )
             html.append(f'<h2>{heading}</h2><table class="{key}"><tr><th class="name">name</th>{head}</tr>{body}</table>')
     if metrics.get("confusion_matrix"):
-        html.append(_confusion_html(metrics["confusion_matrix"]["labels"], metrics["confusion_matrix"]["matrix"]))
+        html.append(_confusion_html(metrics["confusion_matrix"]["labels"], metrics["confusion_matrix"]["matrix"], confusion_png))
     return "\n".join(html) + "</section>"
 
 
-def _confusion_html(labels: list[str], matrix: list[list[int]]) -> str:
-    """The matrix as a shaded table (rows: true, columns: predicted) plus the same plot as report.py."""
-    import matplotlib
-
-    from seqvision.evaluation.report import plot_confusion_matrix
+def _confusion_html(labels: list[str], matrix: list[list[int]], png: bytes | None) -> str:
+    """The matrix as a shaded table (rows: true, columns: predicted) plus the plot (``png``, else drawn here)."""
+    from seqvision.evaluation.report import confusion_matrix_png
 
     head = "".join(f"<th>{escape(str(lab))}</th>" for lab in labels)
     rows = []
@@ -178,9 +176,7 @@ def _confusion_html(labels: list[str], matrix: list[list[int]]) -> str:
         )
         rows.append(f'<tr><th class="name">{escape(str(label))}</th>{cells}</tr>')
     table = f'<table class="confusion"><tr><th class="name">true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
-    # parse_math off: a class name with two "$" would otherwise be parsed (and fail) as TeX.
-    with tempfile.TemporaryDirectory() as tmp, matplotlib.rc_context({"text.parse_math": False}):
-        png = plot_confusion_matrix(matrix, [str(lab) for lab in labels], Path(tmp) / "confusion.png").read_bytes()
+    png = png if png is not None else confusion_matrix_png(matrix, labels)
     return f'<h2>Confusion matrix</h2>{table}\n{_img(png, "image/png", "confusion matrix", "plot")}'
 
 

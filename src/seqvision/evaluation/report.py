@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seqvision.io import atomic_write, atomic_write_text
+from seqvision.io import atomic_write_text
 
 
 def write_metrics(metrics: dict, out_dir: Path) -> Path:
@@ -14,8 +14,10 @@ def write_metrics(metrics: dict, out_dir: Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> Path:
+def confusion_matrix_png(matrix: list[list[int]], labels: list[str]) -> bytes:
     """A labelled confusion-matrix PNG (rows: true class, columns: predicted)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -23,19 +25,22 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
 
     k = len(labels)
     size = max(4.0, 0.6 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    try:
-        ax.imshow(matrix, cmap="Blues")
-        ax.set_xticks(range(k), labels, rotation=45, ha="right")
-        ax.set_yticks(range(k), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        top = max((max(row) for row in matrix), default=0)
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > top / 2 else "black")
-        fig.tight_layout()
-        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return Path(path)
+    # parse_math off: a class name with two "$" would otherwise be parsed (and fail) as TeX
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig, ax = plt.subplots(figsize=(size, size))
+        try:
+            ax.imshow(matrix, cmap="Blues")
+            ax.set_xticks(range(k), [str(lab) for lab in labels], rotation=45, ha="right")
+            ax.set_yticks(range(k), [str(lab) for lab in labels])
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            top = max((max(row) for row in matrix), default=0)
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if matrix[i][j] > top / 2 else "black")
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, dpi=100, format="png")
+        finally:
+            plt.close(fig)
+    return buffer.getvalue()
