@@ -131,10 +131,20 @@ def read_frames(
         stream.thread_type = "AUTO"
         base = stream.start_time or 0
         tb = float(stream.time_base)
+        # the last decoded frame, converted to RGB only when it is kept: the frames decoded on the way
+        # from a key frame to the target are never converted
         decoder, last, last_time, count = None, None, -math.inf, 0
+        kept: torch.Tensor | None = None
+
+        def keep() -> torch.Tensor:
+            nonlocal kept
+            if kept is None:
+                kept = torch.from_numpy(last.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+            return kept
+
         for t in order:
             if last is not None and last_time + half >= t:  # the frame on screen already covers t
-                found[t] = last
+                found[t] = keep()
                 continue
             if decoder is None or t - last_time > SEEK_AHEAD_SECONDS:
                 container.seek(base + max(0, int((t - half) / tb)), stream=stream, backward=True, any_frame=False)
@@ -143,8 +153,7 @@ def read_frames(
                 for frame in decoder:
                     count += 1
                     frame_time = (frame.pts - base) * tb if frame.pts is not None else count / fps
-                    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
-                    last, last_time = image, frame_time
+                    last, last_time, kept = frame, frame_time, None
                     if frame_time + half >= t:
                         break
             except av.error.FFmpegError as exc:
@@ -156,7 +165,7 @@ def read_frames(
                 raise BadVideoError(path, "has no decodable frames (zero-frame or corrupt video)")
             if last_time + half < t:
                 notes.append(f"{path}: no frame at {t:.3f} s (the video ends at {last_time:.3f} s); the last frame is repeated")
-            found[t] = last
+            found[t] = keep()
     except av.error.FFmpegError as exc:
         raise BadVideoError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
     finally:
