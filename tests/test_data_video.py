@@ -257,3 +257,27 @@ def test_a_video_shorter_than_the_clip_uses_all_frames_and_says_so(tmp_path):
     item = ds[0]
     assert len(item["clip"]) == 5
     assert any("5 frame(s), fewer than --num-frames 8: all used" in m for m in item["skipped"])
+
+
+def test_report_thumbnails_read_each_video_once_in_the_asked_order(tmp_path, monkeypatch):
+    import seqvision.data.video as video
+    from seqvision.evaluation.evaluate import frame_images
+
+    clip = write_video(tmp_path / "v.mp4", frames=20)
+    calls = {"probe_video": 0, "read_frames": 0}
+
+    def counted(name):
+        real = getattr(video, name)
+
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return run
+
+    for name in calls:
+        monkeypatch.setattr(video, name, counted(name))
+    images = frame_images([f"{clip}@12", str(tmp_path / "f.png"), f"{clip}@3", f"{tmp_path / 'gone.mp4'}@1"])
+    assert calls == {"probe_video": 2, "read_frames": 1}  # v.mp4 once for both frames; gone.mp4 fails its probe
+    assert [level(torch.from_numpy(images[i]).permute(2, 0, 1)) for i in (0, 2)] == [12, 3]
+    assert images[1] == tmp_path / "f.png" and images[3] == tmp_path / "gone.mp4@1"  # an unreadable video stays a path

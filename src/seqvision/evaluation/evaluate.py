@@ -131,21 +131,25 @@ def attention_cases(predictor: Predictor, preds, limit: int = 6) -> list[Attenti
 
 
 def frame_images(frames: list[str]) -> list:
-    """Thumbnails' sources: image paths as they are; video frames (``path@index``) decoded here."""
-    out: list = []
-    for frame in frames:
+    """Thumbnails' sources: image paths as they are; video frames (``path@index``) decoded here, each
+    video probed and read once for all its frames."""
+    out: list = [Path(frame) for frame in frames]  # a video frame that cannot be read stays a path
+    wanted: dict[str, list[tuple[int, int]]] = {}  # video path -> (position in out, frame index)
+    for position, frame in enumerate(frames):
         path, _, index = frame.rpartition("@")
-        if not path or not index.isdecimal():
-            out.append(Path(frame))
-            continue
+        if path and index.isdecimal():
+            wanted.setdefault(path, []).append((position, int(index)))
+    if wanted:
         from seqvision.data.video import probe_video, read_frames
 
+    for path, items in wanted.items():
         try:
             info = probe_video(path)
-            (image,), _ = read_frames(path, [info.frame_time(int(index))], info.fps)
-            out.append(image.permute(1, 2, 0).numpy())
+            images, _ = read_frames(path, [info.frame_time(index) for _, index in items], info.fps)
         except DataError:
-            out.append(Path(frame))  # shown as unreadable in the report
+            continue  # shown as unreadable in the report
+        for (position, _), image in zip(items, images):
+            out[position] = image.permute(1, 2, 0).numpy()
     return out
 
 
