@@ -168,9 +168,9 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _inference_device(args: argparse.Namespace) -> str:
-    import torch
+    from seqvision.runtime import default_device
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return args.device or str(default_device())
 
 
 def _version() -> str:
@@ -290,9 +290,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     chosen = args.folder or args.dir
     root = Path(chosen) if chosen else default_cache_root()
     if args.action == "clear":
-        keys = [e["key"] for e in cache_info(root)]
-        if args.key and args.key not in keys:
-            raise ConfigError(f"cache clear --key {args.key}: no such key in {root} (keys: {', '.join(keys) or 'none'})")
         freed = cache_clear(root, args.key)
         print(f"removed {freed / 1e6:.1f} MB from {root}")
         return 0

@@ -234,6 +234,7 @@ class FeatureStore:
         atomic_write_synced(npy, lambda fh: np.save(fh, np.stack([r for _, r in rows])))
         identities = [i for i, _ in rows]
         atomic_write_text(npy.with_suffix(".json"), json.dumps({"identities": identities, "sha256": _sha256_file(npy)}))
+        self._verified.add(name)  # its checksum was just taken from the file as written
         for row, identity in enumerate(identities):
             self.index[identity] = (name, row)
 
@@ -270,12 +271,18 @@ def cache_info(root: Path | None = None) -> list[dict]:
 
 
 def cache_clear(root: Path | None = None, key: str | None = None) -> int:
-    """Remove every key folder (or one); returns the number of bytes freed."""
+    """Remove every key folder (or one); returns the number of bytes freed. An unknown ``key`` is a
+    :class:`ConfigError` naming the keys there are."""
     import shutil
 
+    from seqvision.errors import ConfigError
+
     root = Path(root or default_cache_root())
+    entries = cache_info(root)
+    if key is not None and key not in [e["key"] for e in entries]:
+        raise ConfigError(f"cache clear --key {key}: no such key in {root} (keys: {', '.join(e['key'] for e in entries) or 'none'})")
     freed = 0
-    for entry in cache_info(root):
+    for entry in entries:
         if key is None or entry["key"] == key:
             freed += entry["bytes"]
             shutil.rmtree(root / entry["key"])
