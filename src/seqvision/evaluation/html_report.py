@@ -257,9 +257,9 @@ def _curves_section(paths: list[Path]) -> str:
 
 def _chosen(n: int) -> list[int]:
     """At most MAX_THUMBS indices, evenly spread over ``range(n)``, first and last included."""
-    if n <= MAX_THUMBS:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, MAX_THUMBS).round().astype(int).tolist()))
+    from seqvision.data.sampling import uniform_indices
+
+    return uniform_indices(n, MAX_THUMBS)
 
 
 def _as_rgb(image: Thumbnail, sample_id: str) -> np.ndarray:

@@ -107,7 +107,7 @@ class ImageEncoder(nn.Module):
         if not self.chunk_size or images.shape[0] <= self.chunk_size:
             return self._encode(images)
         chunks = images.split(self.chunk_size)
-        if self.checkpointing and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        if self.checkpointing and torch.is_grad_enabled() and not self.fully_frozen:
             return torch.cat([self._checkpointed(c) for c in chunks])
         return torch.cat([self._encode(c) for c in chunks])
 

@@ -8,7 +8,7 @@ from torch import nn
 from seqvision.config import ModelConfig
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
-from seqvision.models.temporal import build_temporal_head
+from seqvision.models.temporal import build_temporal_head, real_steps
 
 
 def pad_features(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,8 @@ class SequenceModel(nn.Module):
             state = self.temporal_head(padded, lengths)  # (B, D)
             return self.task_head(state)  # (B, K)
         states = self.temporal_head(padded, lengths, per_step=True)  # (B, T, D)
-        mask = torch.arange(padded.shape[1], device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
-        return self.task_head(states[mask.to(states.device)])  # (N, K): real images only, sample after sample
+        mask = real_steps(lengths, padded.shape[1], states.device)  # (B, T)
+        return self.task_head(states[mask])  # (N, K): real images only, sample after sample
 
 
 def build_sequence_model(
