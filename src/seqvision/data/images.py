@@ -45,7 +45,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise BadImageError(path, "empty file (0 bytes)")
     if data[:3] == b"\xff\xd8\xff":
         return _decode_jpeg(path, data)
-    return _decode_pillow(path)
+    return _decode_pillow(path, data)
 
 
 def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
@@ -69,11 +69,11 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             image = decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
-        return _decode_pillow(path)  # CMYK/odd JPEGs: let Pillow try (it raises a clear error if not)
+        return _decode_pillow(path, data)  # CMYK/odd JPEGs: let Pillow try (it raises a clear error if not)
     # torchvision 0.29 deprecates its decoders (DeprecationWarning, harmless); any other warning is
     # libjpeg reporting corrupt data: let Pillow decide.
     if any(not issubclass(w.category, DeprecationWarning) for w in caught):
-        return _decode_pillow(path)
+        return _decode_pillow(path, data)
     _check_size(path, image.shape[1], image.shape[2])
     return image
 
@@ -83,11 +83,12 @@ def _check_size(path: Path, height: int, width: int) -> None:
         raise BadImageError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)")
 
 
-def _decode_pillow(path: Path) -> torch.Tensor:
+def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
+    """``data`` (the bytes of ``path``, already read) decoded by Pillow; errors name ``path``."""
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():  # the lock: see _decode_jpeg
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
-            opened = Image.open(path)  # reads the header only (where Pillow's bomb check warns)
+            opened = Image.open(io.BytesIO(data))  # reads the header only (where Pillow's bomb check warns)
         with opened as img:
             _check_size(path, img.height, img.width)
             img = ImageOps.exif_transpose(img)
