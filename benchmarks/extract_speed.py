@@ -192,7 +192,6 @@ def epoch_times(backbone: str, data: Path, cache: Path, size: int, naive_ips: fl
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
     store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=torch.float32))
     extract_features(samples, model.encoder, prep, store, precision="32", progress=False)
-    model.encoder.to(memory_format=torch.contiguous_format)
     loss_fn = TaskLoss("classification")
     from seqvision.training.module import make_adamw
 

@@ -16,8 +16,6 @@ import torch
 
 from seqvision.errors import DataError
 
-from seqvision.data.samples import VIDEO_EXTENSIONS, is_video_file  # noqa: F401  (re-exported)
-
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
 
 
@@ -30,13 +28,11 @@ class BadVideoError(DataError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """A clip of a video: ``num_frames`` frames at ``fps`` from ``start`` to ``end`` seconds."""
+    """A clip of a video: ``num_frames`` frames at ``fps`` from ``start`` seconds on."""
 
     fps: float
     start: float
-    end: float
     num_frames: int
-    variable_rate: bool = False
 
     def frame_time(self, index: int) -> float:
         return self.start + index / self.fps
@@ -89,8 +85,6 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
             if frames == 0:
                 raise BadVideoError(path, "has no frames (zero-length or empty video stream)")
             raise BadVideoError(path, "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
-        base_rate = float(stream.base_rate) if stream.base_rate else fps
-        variable = abs(base_rate - fps) > 0.01 * fps
     finally:
         container.close()
     clip_start = 0.0 if start is None else float(start)
@@ -106,7 +100,7 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
     num = max(0, int(round((min(clip_end, duration) - clip_start) * fps)))
     if num == 0:
         raise BadVideoError(path, f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
-    return VideoInfo(fps=fps, start=clip_start, end=min(clip_end, duration), num_frames=num, variable_rate=variable)
+    return VideoInfo(fps=fps, start=clip_start, num_frames=num)
 
 
 def read_frames(
