@@ -238,8 +238,13 @@ def test_frozen_run_evaluates_from_its_feature_cache(frozen_run, tmp_path, monke
 
     monkeypatch.setattr("seqvision.inference.predictor.encode_batch", no_cnn)
     store = FeatureStore(cfg.data.cache, CacheKey.for_encoder(predictor.model.encoder, predictor.preprocessing))
+    keys = []
+    real_key = CacheKey.for_encoder
+    monkeypatch.setattr(CacheKey, "for_encoder", lambda *a, **k: keys.append(1) or real_key(*a, **k))
     cached_val = predictor.run(samples, with_targets=True, store=store)
     assert torch.allclose(cached_val.outputs, live_val.outputs, atol=1e-5)
+    predictor.run(samples, with_targets=True, store=store)  # e.g. val, then test
+    assert len(keys) == 1  # the encoder's weights are hashed for the key check once, not per run
     assert result.val_metrics["num_samples"] == len(samples) > 0
     assert result.val_metrics["accuracy"] == pytest.approx(
         float((live_val.outputs.argmax(-1) == live_val.targets).float().mean())

@@ -47,6 +47,7 @@ class Predictor:
         self.thresholds = thresholds or [0.5] * spec.num_outputs  # multi-label decision thresholds
         self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
         self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype)
+        self._keys: dict[tuple[str, str], CacheKey] = {}
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
@@ -74,6 +75,15 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _cache_key(self, dtype: str, compute: str) -> CacheKey:
+        """This model's feature-cache key, computed once per storage and compute dtype (it hashes every
+        weight of the encoder: 45 MB for ResNet-18)."""
+        if (dtype, compute) not in self._keys:
+            self._keys[dtype, compute] = CacheKey.for_encoder(
+                self.model.encoder, self.preprocessing, dtype=dtype, compute=getattr(torch, compute)
+            )
+        return self._keys[dtype, compute]
 
     def _inference_encoder(self) -> torch.nn.Module:
         """The encoder prepared for inference (see :func:`prepare_encoder`), built on first use. It may be
@@ -122,8 +132,7 @@ class Predictor:
         model's encoder), the features are read from the cache and only the heads run.
         """
         if store is not None:
-            mine = CacheKey.for_encoder(self.model.encoder, self.preprocessing, dtype=store.key.dtype, compute=getattr(torch, store.key.compute))
-            if mine != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
+            if self._cache_key(store.key.dtype, store.key.compute) != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
                 raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
         dtype = self.compute_dtype
         if with_targets:
