@@ -8,7 +8,7 @@ from torch import nn
 from seqvision.config import ModelConfig
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
-from seqvision.models.temporal import build_temporal_head, real_steps
+from seqvision.models.temporal import available_heads, build_temporal_head, head_options, real_steps
 
 
 def pad_features(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,8 @@ def build_sequence_model(
     elif cfg.trainable_stages:
         encoder.set_trainable(cfg.trainable_stages)
     options = dict(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.lstm_dropout)
-    if cfg.head == "transformer":
-        options.update(d_model=cfg.d_model, nhead=cfg.nhead)
+    # head-specific config options go to the heads that take them (a head refuses an option it lacks)
+    accepted = head_options(cfg.head) if cfg.head in available_heads() else []
+    options.update({k: v for k, v in (("d_model", cfg.d_model), ("nhead", cfg.nhead)) if k in accepted})
     head = build_temporal_head(cfg.head, encoder.num_features, temporal_diff=cfg.temporal_diff, **options)
     return SequenceModel(encoder, head, TaskHead(head.output_size, num_outputs, dropout=cfg.dropout), per_step=per_step)
