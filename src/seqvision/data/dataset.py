@@ -139,7 +139,7 @@ class SequenceDataset(Dataset):
             return self._video_clips(index, item)
         out, used = [], []
         for clip in self.clips(index, len(sample.frames)):
-            tensor, kept = self.load_clip(index, [sample.frames[i].path for i in clip], item)
+            tensor, kept = self.load_clip(index, clip, item)
             if item["error"]:
                 return [], []
             if tensor is not None:
@@ -147,11 +147,12 @@ class SequenceDataset(Dataset):
                 used.extend(clip[k] for k in kept)
         return out, used
 
-    def load_clip(self, index: int, paths: list, item: dict) -> tuple[torch.Tensor | None, list[int]]:
-        """Decode and transform the images at ``paths`` -> ``(T, 3, S, S)`` (``None`` if none is
-        readable), and the positions in ``paths`` that made it (bad images may be skipped)."""
+    def load_clip(self, index: int, clip: list[int], item: dict) -> tuple[torch.Tensor | None, list[int]]:
+        """Decode and transform sample ``index``'s images ``clip`` (frame indices) -> ``(T, 3, S, S)``
+        (``None`` if none is readable), and the positions in ``clip`` that made it (bad images may be skipped)."""
         frames, kept = [], []
-        for k, path in enumerate(paths):
+        for k, i in enumerate(clip):
+            path = self.samples[index].frames[i].path
             try:
                 frames.append(load_image(path))
                 kept.append(k)

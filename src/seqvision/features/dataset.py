@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from seqvision.data.dataset import SequenceDataset
@@ -20,17 +18,16 @@ class CachedFeatureDataset(SequenceDataset):
     def __init__(self, samples: list[Sample], store: FeatureStore, **kwargs) -> None:
         super().__init__(samples, transform=None, **kwargs)  # type: ignore[arg-type]
         self.store = store
-        self._locations = [store.locate([f.path for f in s.frames]) for s in samples]
-        self._row_of = [{f.path: i for i, f in enumerate(s.frames)} for s in samples]
+        self._locations = [store.locate([f.path for f in s.frames]) for s in samples]  # per sample, per frame
         self._video_ids: dict[int, str] = {}  # sample index -> the video file's identity
 
-    def load_clip(self, index: int, paths: list[Path], item: dict) -> tuple[torch.Tensor | None, list[int]]:
+    def load_clip(self, index: int, clip: list[int], item: dict) -> tuple[torch.Tensor | None, list[int]]:
         sample = self.samples[index]
         found, kept = [], []
-        for k, path in enumerate(paths):
-            location = self._locations[index][self._row_of[index][path]]
+        for k, i in enumerate(clip):
+            location = self._locations[index][i]
             if location is None:  # a bad image skipped at extraction, or a file changed since
-                self.bad_frame(item, f"sample {sample.id!r}: image {path}: not in the feature cache (unreadable, or changed since extraction)")
+                self.bad_frame(item, f"sample {sample.id!r}: image {sample.frames[i].path}: not in the feature cache (unreadable, or changed since extraction)")
                 if item["error"]:
                     return None, []
                 continue
