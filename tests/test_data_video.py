@@ -281,3 +281,16 @@ def test_report_thumbnails_read_each_video_once_in_the_asked_order(tmp_path, mon
     assert calls == {"probe_video": 2, "read_frames": 1}  # v.mp4 once for both frames; gone.mp4 fails its probe
     assert [level(torch.from_numpy(images[i]).permute(2, 0, 1)) for i in (0, 2)] == [12, 3]
     assert images[1] == tmp_path / "f.png" and images[3] == tmp_path / "gone.mp4@1"  # an unreadable video stays a path
+
+
+def test_headers_are_probed_once_per_file_version(tmp_path, monkeypatch):
+    import seqvision.data.video as video
+
+    clip = write_video(tmp_path / "p.mp4", frames=20)
+    opened = []
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda path: opened.append(path) or real_open(path))
+    first = probe_video(clip)
+    assert probe_video(str(clip)) == first and len(opened) == 1  # filtering, planning, datasets: one read
+    write_video(clip, frames=30)  # a new version of the file: read again
+    assert probe_video(clip).num_frames == 30 and len(opened) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -64,8 +65,22 @@ def _open(path: Path):
 
 
 def probe_video(path: str | Path, start: float | None = None, end: float | None = None) -> VideoInfo:
-    """Frame rate, duration and the number of frames in ``[start, end)`` from the container's headers."""
+    """Frame rate, duration and the number of frames in ``[start, end)`` from the container's headers.
+
+    Remembered per file version (path, size, modification time) in this process: filtering, cache
+    planning, the datasets and the report all ask for the same videos' headers."""
     path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise BadVideoError(path, "file does not exist") from None
+    except OSError as exc:
+        raise BadVideoError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return _probe(path, stat.st_size, stat.st_mtime_ns, start, end)
+
+
+@lru_cache(maxsize=65536)
+def _probe(path: Path, size: int, mtime_ns: int, start: float | None, end: float | None) -> VideoInfo:
     container = _open(path)
     try:
         stream = container.streams.video[0]
