@@ -78,7 +78,6 @@ class SequenceDataset(Dataset):
         self.shuffle_frames = shuffle_frames
         self.seed = seed
         self.notes: set[str] = set()  # per-sample facts for the summary (e.g. shorter than the clip)
-        self._video_info: dict = {}  # sample index -> VideoInfo
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -163,14 +162,12 @@ class SequenceDataset(Dataset):
         return (self.transform(frames) if frames else None), kept
 
     def video_info(self, index: int):
-        """The headers of sample ``index``'s video (:class:`VideoInfo`), read once per sample, not every
-        epoch; raises :class:`DataError` naming the file."""
+        """The headers of sample ``index``'s video (:class:`VideoInfo`; ``probe_video`` reads them once
+        per file version); raises :class:`DataError` naming the file."""
         from seqvision.data.video import probe_video
 
-        if index not in self._video_info:
-            video = self.samples[index].video
-            self._video_info[index] = probe_video(video.path, video.start, video.end)
-        return self._video_info[index]
+        video = self.samples[index].video
+        return probe_video(video.path, video.start, video.end)
 
     def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
         from seqvision.data.video import read_frames
