@@ -43,3 +43,23 @@ def test_uniform_sampling_spreads_over_the_sample():
     assert uniform_indices(9, 1) == [4]
     assert sorted(shuffled([0, 1, 2, 3], seed=1)) == [0, 1, 2, 3]
     assert shuffled(list(range(10)), seed=1) == shuffled(list(range(10)), seed=1)
+
+
+def _left_bright() -> torch.Tensor:
+    image = torch.zeros((3, 24, 24), dtype=torch.uint8)
+    image[:, :, :12] = 255  # left half white, right half black: a mirror puts the white on the right
+    return image
+
+
+def _mirrored(clip: torch.Tensor) -> bool:
+    return bool(clip[0, :, :, 0].mean() < clip[0, :, :, -1].mean())
+
+
+def test_default_augmentation_never_mirrors_so_direction_survives():
+    from seqvision.config import DataConfig
+
+    torch.manual_seed(0)
+    default = ClipTransform(Preprocessing(12, 12), train=True, hflip=DataConfig().hflip)
+    assert not any(_mirrored(default([_left_bright()] * 3)) for _ in range(60))
+    flipping = ClipTransform(Preprocessing(12, 12), train=True, hflip=True)  # only when asked for
+    assert any(_mirrored(flipping([_left_bright()] * 3)) for _ in range(60))

@@ -35,7 +35,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--mean", "data", "mean", {"type": float, "nargs": 3}),
     ("--std", "data", "std", {"type": float, "nargs": 3}),
     ("--augment", "data", "augment", {"action": argparse.BooleanOptionalAction}),
-    ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction}),
+    ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction, "help": "random horizontal flip in augmentation (default off: a mirror reverses motion; turn on only when a mirrored sample keeps its label)"}),
     ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
     ("--num-workers", "data", "num_workers", {"type": int}),
     ("--cache", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder"}),

@@ -39,9 +39,11 @@ class DataConfig:
     resize_size: int | None = None  # shorter side before the centre crop; None = image_size * 256/224
     mean: list[float] | None = None  # None = the backbone's pretrained normalization
     std: list[float] | None = None
-    augment: bool | None = None  # random resized crop + flip + colour jitter, ONE draw per sample;
-    # None = on when the backbone learns, off when it is frozen (so training reads the feature cache)
-    hflip: bool = True  # horizontal flip in augmentation (turn off when left/right carries meaning)
+    augment: bool | None = None  # random resized crop + colour jitter (+ flip with hflip), ONE draw per
+    # sample; None = on when the backbone learns, off when it is frozen (so training reads the feature cache)
+    # Off by default: a mirror reverses motion (left <-> right, clockwise <-> anticlockwise), so it swaps
+    # the labels of direction tasks. Turn on only when a mirrored sample keeps its label.
+    hflip: bool = False
     shuffle_frames: bool = False  # control experiment: shuffle the images of every sample (order lost)
     num_workers: int | None = None  # DataLoader workers; None = one per spare core (at most 4)
     cache: str = "auto"  # frozen backbone: auto (default cache folder) | off | a folder for the feature cache

@@ -34,12 +34,14 @@ class Preprocessing:
 class ClipTransform:
     """``list of (3, H, W) uint8`` -> ``(T, 3, S, S)`` float, normalized.
 
-    In training, random resized crop, horizontal flip and colour jitter draw ONE set of parameters per
-    sample and apply it to every image: torchvision's v2 transforms treat the leading ``T`` dimension
-    of a stacked clip as a batch that shares the draw, so motion between frames is never faked.
+    In training, random resized crop and colour jitter (and, with ``hflip``, a horizontal flip) draw ONE
+    set of parameters per sample and apply it to every image: torchvision's v2 transforms treat the
+    leading ``T`` dimension of a stacked clip as a batch that shares the draw, so motion between frames
+    is never faked. Both default augmentations keep order and direction; a flip does not (it mirrors
+    the motion), so it is off unless asked for.
     """
 
-    def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = True) -> None:
+    def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = False) -> None:
         self.prep = prep
         self.train = train
         augment: list[v2.Transform] = [
