@@ -228,7 +228,7 @@ def test_frozen_run_evaluates_from_its_feature_cache(frozen_run, tmp_path, monke
     what the live CNN gives."""
     data, cfg, result = frozen_run
     assert result.feature_cache["computed"] == 22
-    val_ids = [k for k, v in json.loads((result.out_dir / "splits.json").read_text()).items() if v == "val"]
+    val_ids = [k for k, v in json.loads((result.out_dir / "splits.json").read_text())["splits"].items() if v == "val"]
     samples = [s for s in discover(data) if s.id in val_ids]
     predictor = Predictor.load(result.best_checkpoint, precision="32")
     live_val = predictor.run(samples, with_targets=True)

@@ -28,6 +28,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--min-images", "data", "min_images", {"type": int}),
     ("--short-samples", "data", "short_samples", {"choices": ["error", "drop"], "help": "what to do with samples under --min-images"}),
     ("--on-bad-image", "data", "on_bad_image", {"choices": ["error", "skip"]}),
+    ("--group-by", "data", "group_by", {"help": "what names each sample's source (video, object, subject), so a source never straddles a split: a manifest column (default: 'group' when present) or, for a folder, a regex on the sample names whose first match is the group (e.g. '^[a-z]+\\d+')"}),
     ("--val-fraction", "data", "val_fraction", {"type": float}),
     ("--test-fraction", "data", "test_fraction", {"type": float}),
     ("--image-size", "data", "image_size", {"type": int}),
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png")
     p.add_argument("--split", choices=["train", "val", "test"], help="evaluate only this split of the data")
+    p.add_argument("--per-group", action="store_true", help="also the metrics of each group (in metrics.json and the report)")
+    p.add_argument("--group-by", help="the groups: a manifest column (default 'group') or, for a folder, a regex on the sample names")
     _inference_flags(p)
 
     p = sub.add_parser("predict", help="predict samples (sample folders, data roots or a manifest)")
@@ -222,6 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         on_bad_image=args.on_bad_image, split=args.split, device=_inference_device(args), precision=args.precision,
+        per_group=args.per_group or args.group_by is not None, group_by=args.group_by,
     )
     print(headline(result.metrics))
     for path in result.files:

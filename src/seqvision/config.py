@@ -33,6 +33,9 @@ class DataConfig:
     min_images: int = 1  # shorter samples are an error, or dropped (and reported) with short_samples=drop
     short_samples: str = "error"  # error | drop
     on_bad_image: str = "error"  # error | skip: skip leaves bad images out and reports them at the end
+    # which samples share a source (video, object, subject, session), so they never straddle a split: a
+    # manifest column (default: 'group' when present) or, for a folder, a regex on the sample names
+    group_by: str | None = None
     val_fraction: float = 0.15  # used only when the data has no val split of its own
     test_fraction: float = 0.15  # used only when the data has no test split of its own
     image_size: int | None = None  # crop size; None = the backbone's pretrained configuration
@@ -218,6 +221,11 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"--{name} needs 3 values (R G B), got {value}")
     if d.std is not None and any(s <= 0 for s in d.std):
         raise ConfigError("--std values must be positive")
+    if d.group_by is not None:
+        from seqvision.data.discovery import compile_group_pattern, is_manifest
+
+        if not is_manifest(d.data):  # a folder: a regex on the sample names
+            compile_group_pattern(d.group_by)
     if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
         raise ConfigError("val/test fractions must be in [0, 1) and sum to less than 1")
     if cfg.model.checkpointing and not cfg.model.chunk_size:

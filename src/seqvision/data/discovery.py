@@ -8,18 +8,19 @@ Manifest, one row per image: ``sample_id, label, path[, index]``; or one row per
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from seqvision.data.manifest import read_manifest
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
-from seqvision.errors import DataError
+from seqvision.errors import ConfigError, DataError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
 def discover(
-    source: str | Path, *, targets: list[str] | None = None, require_labels: bool = True
+    source: str | Path, *, targets: list[str] | None = None, require_labels: bool = True, group_by: str | None = None
 ) -> list[Sample]:
     """Samples of a data root or a manifest, sorted by id. Reads no image data.
 
@@ -28,19 +29,51 @@ def discover(
         targets: manifest columns holding regression targets (None: a ``label`` column, or ``target*``
             columns when there is no label column).
         require_labels: False for prediction, where samples may carry no label.
+        group_by: what says which samples share a source: for a manifest, a column (default ``group``);
+            for a folder, a regular expression searched in each sample's name (its folder or video file
+            name), whose first match (or first capture group) is the group.
     """
     path = Path(source)
     if not path.exists():
         raise DataError(f"data {path} does not exist; pass a data folder or a .csv/.jsonl manifest")
     if path.is_file():
-        if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        if not is_manifest(path):
             raise DataError(f"{path}: a manifest must be a .csv or .jsonl file")
-        samples = read_manifest(path, targets=targets, require_labels=require_labels)
+        samples = read_manifest(path, targets=targets, require_labels=require_labels, group_column=group_by)
     else:
         samples = discover_folders(path)
+        if group_by is not None:
+            group_by_name(samples, group_by)
     if not samples:
         raise DataError(f"{path}: no samples found; expected ROOT/<label>/<sample_id>/<images> or a manifest")
     return samples
+
+
+def is_manifest(data: str | Path | None) -> bool:
+    """Whether ``data`` names a manifest (a .csv / .jsonl file) rather than a folder."""
+    return data is not None and Path(data).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def group_by_name(samples: list[Sample], pattern: str) -> None:
+    """Set each sample's group to the first match of ``pattern`` in its name (the last part of its id):
+    its first capture group when it has one, else the whole match. A name it does not match is an error."""
+    regex = compile_group_pattern(pattern)
+    for s in samples:
+        name = s.id.rsplit("/", 1)[-1]
+        found = regex.search(name)
+        if found is None or not (found.group(1) if regex.groups else found.group(0)):
+            raise DataError(
+                f"sample {s.id!r} ({s.source}): --group-by {pattern!r} does not match its name {name!r}; "
+                "use a pattern that finds the source in every sample name (e.g. '^[a-z]+\\d+' for 'obj12_view3')"
+            )
+        s.group = found.group(1) if regex.groups else found.group(0)
+
+
+def compile_group_pattern(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--group-by {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------- folders

@@ -1,7 +1,9 @@
 """CSV / JSONL manifests -> samples, without reading pixels; every malformed row is an error naming its line.
 
-One row per image: ``sample_id, label, path[, index][, split]``; or one row per sample with ``paths``
-(a JSON list, or ``;``-separated in CSV). Relative paths resolve against the manifest's folder. Also:
+One row per image: ``sample_id, label, path[, index][, split][, group]``; or one row per sample with
+``paths`` (a JSON list, or ``;``-separated in CSV). Relative paths resolve against the manifest's folder.
+``group`` (or the column named by ``group_column``) names the source a sample shares with others (a
+video, object, subject, session); clips of one video file are grouped by that file unless told. Also:
 ``labels`` (multi-label, ``;``-separated), ``target*`` columns (regression), ``frame_label`` /
 ``frame_labels`` / ``frame_target*`` (per-image targets), and ``video`` (or a video ``path``) with
 optional ``start`` / ``end`` seconds.
@@ -27,7 +29,7 @@ from seqvision.errors import DataError
 _ID_COLUMNS = ("sample_id", "sample", "id")
 _PATH_COLUMNS = ("path", "image", "file")
 _PATHS_COLUMNS = ("paths", "images", "files")
-_META = ("label", "targets", "split", "labels")
+_META = ("label", "targets", "split", "labels", "group")
 _FRAME_LABEL = "frame_label"  # per-image class (sequence labelling), on one-row-per-image manifests
 _FRAME_LABELS = "frame_labels"  # the same for a one-row-per-sample manifest, aligned with 'paths'
 _FRAME_TARGET = "frame_target"  # prefix of per-image regression columns
@@ -163,13 +165,28 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_manifest(path: Path, *, targets: list[str] | None = None, require_labels: bool = True) -> list[Sample]:
-    """Parse a manifest into samples; every malformed row is an error naming its line."""
+def read_manifest(
+    path: Path, *, targets: list[str] | None = None, require_labels: bool = True, group_column: str | None = None
+) -> list[Sample]:
+    """Parse a manifest into samples; every malformed row is an error naming its line.
+
+    ``group_column``: the column naming each sample's source (None: ``group`` when the manifest has it);
+    a named column that no row has is an error. A video sample without a group is grouped by its file, so
+    clips cut from one video never straddle a split.
+    """
     with _gc_paused():
-        return _read_manifest(path, targets, require_labels)
+        samples, seen = _read_manifest(path, targets, require_labels, group_column or "group")
+    if group_column is not None and not seen:
+        raise DataError(f"{path}: --group-by {group_column!r}: no row has a {group_column!r} column")
+    for s in samples:
+        if s.group is None and s.video is not None:
+            s.group = str(s.video.path)
+    return samples
 
 
-def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) -> list[Sample]:
+def _read_manifest(
+    path: Path, targets: list[str] | None, require_labels: bool, group_column: str
+) -> tuple[list[Sample], bool]:
     base = path.parent
     frames: dict[str, list[tuple]] = {}  # (index, line, image, per-image target) per image
     meta: dict[str, tuple] = {}  # label, targets, split, labels (multi-label)
@@ -178,6 +195,7 @@ def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) 
     refs: dict[str, FrameRef] = {}  # each path as written, checked once: rows often share files
     videos: dict[str, VideoClip] = {}  # samples that are (clips of) video files
     target_cols = targets
+    group_seen = False  # whether any row has the group column
     for lineno, row in _read_rows(path):
         where = f"{path} line {lineno}"
         sample_id = _first(row, _ID_COLUMNS)
@@ -202,14 +220,17 @@ def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) 
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
-        entry = (label, values, split, labels)
+        group = row.get(group_column)
+        group_seen = group_seen or group_column in row
+        group = None if group in (None, "") else _text(group, where, f"the group ({group_column!r})")
+        entry = (label, values, split, labels, group)
         known = meta.get(sample_id)
         if known is None:
             meta[sample_id], lines[sample_id], frames[sample_id] = entry, lineno, []
         elif known != entry:
             raise DataError(
-                f"{where}: sample {sample_id!r} has label/targets/split {dict(zip(_META, entry))} here but "
-                f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target"
+                f"{where}: sample {sample_id!r} has label/targets/split/group {dict(zip(_META, entry))} here but "
+                f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target and one group"
             )
 
         video = _video_clip(row, base, where)
@@ -268,7 +289,7 @@ def _read_manifest(path: Path, targets: list[str] | None, require_labels: bool) 
         if any(p is not None and p[1] is not None for p in payloads):
             sample.frame_targets = [p[1] if p else None for p in payloads]
         samples.append(sample)
-    return samples
+    return samples, group_seen
 
 
 def _multi_labels(value: Any, where: str) -> list[str] | None:

@@ -38,6 +38,9 @@ class Sample:
     label: str | None = None  # classification target (class name)
     targets: dict[str, float] | None = None  # regression targets by name
     split: str | None = None  # train | val | test when the data says so
+    # the source it shares with other samples (a video, object, subject, camera, session): samples of one
+    # group never straddle a split; None: a source of its own
+    group: str | None = None
     source: str = ""  # where it came from (folder or manifest rows), for error messages
     video: VideoClip | None = None  # a video sample: frames are decoded from it (``frames`` is empty)
     labels: list[str] | None = None  # multi-label classification: every class that is on

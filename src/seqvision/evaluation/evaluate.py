@@ -9,6 +9,7 @@ import torch
 
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
+from seqvision.data.splits import read_split_file
 from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
@@ -52,24 +53,24 @@ def check_task_matches(predictor: Predictor, samples: list[Sample], source: str)
 def evaluate_samples(
     predictor: Predictor, samples: list[Sample], out_dir: Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, source: str = "the data",
-    history_csv: list[Path] | None = None, store: FeatureStore | None = None,
+    history_csv: list[Path] | None = None, store: FeatureStore | None = None, per_group: bool = False,
 ) -> EvaluationResult:
     """Metrics of ``predictor`` on ``samples``. With ``out_dir``: ``metrics.json``, the confusion-matrix
     plot and a self-contained ``report.html`` (with training curves from ``history_csv`` when given).
-    ``store``: a frozen backbone's feature cache to read the features from instead of running the CNN."""
+    ``store``: a frozen backbone's feature cache to read the features from instead of running the CNN.
+    ``per_group``: also the metrics of each group of samples (see ``per_group_metrics``)."""
     check_task_matches(predictor, samples, source)
+    if per_group and not any(s.group is not None for s in samples):
+        raise DataError(
+            f"--per-group: no sample of {source} has a group; give the data a 'group' column, or --group-by "
+            "COLUMN (a manifest) / --group-by REGEX (a folder, matched on the sample names)"
+        )
     preds = predictor.run(
         samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True, store=store
     )
-    spec = predictor.spec
-    if spec.task in ("classification", "frame_classification"):
-        metrics = classification_metrics(preds.outputs, preds.targets, spec.class_names)
-    elif spec.task == "multilabel":
-        metrics = multilabel_metrics(preds.outputs, preds.targets, spec.class_names, predictor.thresholds)
-    else:
-        metrics = regression_metrics(preds.outputs, preds.targets, spec.target_names)
-    if spec.per_image:  # metrics over images; samples counted apart
-        metrics["num_images"], metrics["num_samples"] = metrics["num_samples"], len(set(preds.sample_ids))
+    metrics = _metrics(predictor, preds.outputs, preds.targets, preds.sample_ids)
+    if per_group:
+        metrics.update(per_group_metrics(predictor, preds, {s.id: s.group for s in samples}))
     if preds.skipped:
         metrics["skipped"] = preds.skipped
     result = EvaluationResult(metrics, skipped=preds.skipped)
@@ -91,6 +92,53 @@ def evaluate_samples(
             )
         )
     return result
+
+
+def _metrics(predictor: Predictor, outputs: torch.Tensor, targets: torch.Tensor, sample_ids: list[str]) -> dict:
+    """The task's metrics of output rows against their targets."""
+    spec = predictor.spec
+    if spec.task in ("classification", "frame_classification"):
+        metrics = classification_metrics(outputs, targets, spec.class_names)
+    elif spec.task == "multilabel":
+        metrics = multilabel_metrics(outputs, targets, spec.class_names, predictor.thresholds)
+    else:
+        metrics = regression_metrics(outputs, targets, spec.target_names)
+    if spec.per_image:  # metrics over images; samples counted apart
+        metrics["num_images"], metrics["num_samples"] = metrics["num_samples"], len(set(sample_ids))
+    return metrics
+
+
+# per group, the task's headline figures: the first is summarized across groups
+_GROUP_KEYS = {"classification": ("accuracy", "macro_f1"), "frame_classification": ("accuracy", "macro_f1"),
+               "multilabel": ("exact_match", "micro_f1"), "regression": ("mae", "rmse"), "frame_regression": ("mae", "rmse")}
+
+
+def per_group_metrics(predictor: Predictor, preds, groups: dict[str, str | None]) -> dict:
+    """``per_group``: the headline metrics of each group's samples (worst first), and across groups
+    ``num_groups``, the mean and the worst value of the first figure (``group_mean_accuracy``,
+    ``group_worst_accuracy``, ...). Samples without a group belong to no group."""
+    rows: dict[str, list[int]] = {}
+    for i, sample_id in enumerate(preds.sample_ids):
+        group = groups.get(sample_id)
+        if group is not None:
+            rows.setdefault(group, []).append(i)
+    if not rows:
+        return {}
+    keys = _GROUP_KEYS[predictor.spec.task]
+    per_group = {}
+    for group, idx in rows.items():
+        index = torch.tensor(idx)
+        found = _metrics(predictor, preds.outputs[index], preds.targets[index], [preds.sample_ids[i] for i in idx])
+        per_group[group] = {k: found[k] for k in ("num_samples", "num_images", *keys) if k in found}
+    key, sign = keys[0], (-1 if keys[0] == "mae" else 1)  # worst first: the lowest accuracy, the highest error
+    ordered = sorted(per_group.items(), key=lambda item: (sign * item[1][key], item[0]))
+    values = [stats[key] for _, stats in ordered]
+    return {
+        "num_groups": len(ordered),
+        f"group_mean_{key}": sum(values) / len(values),
+        f"group_worst_{key}": values[0],
+        "per_group": dict(ordered),
+    }
 
 
 def confident_errors(predictor: Predictor, preds, limit: int = 8) -> list[ErrorCase]:
@@ -156,17 +204,20 @@ def frame_images(frames: list[str]) -> list:
 def evaluate(
     checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, split: str | None = None,
-    device: str | torch.device = "cpu", precision: str = "auto",
+    device: str | torch.device = "cpu", precision: str = "auto", per_group: bool = False, group_by: str | None = None,
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits). ``precision``:
-    the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32)."""
+    the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32).
+    ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
+    regular expression on the sample names of a folder; see ``discover``)."""
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
-    samples = discover(data, targets=predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None)
+    targets = predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None
+    samples = discover(data, targets=targets, group_by=group_by)
     if split is not None:
         samples = [s for s in samples if s.split == split]
     return evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
-        num_workers=num_workers, on_bad_image=on_bad_image, source=str(data),
+        num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group,
     )
 
 
@@ -177,8 +228,6 @@ def report(
     """Rebuild ``RUN/<split>/report.html`` (and metrics) from a run folder: its best checkpoint on its
     saved test split (or validation split), with the training curves from its logs. The CNN runs in
     ``precision``, by default the one it trained in (so the metrics are the run's own)."""
-    import json
-
     run = Path(run_dir)
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
     predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto")
@@ -188,13 +237,14 @@ def report(
     splits_file = run / "splits.json"
     if not data or not splits_file.exists():
         raise CheckpointError(f"{run} is not a complete run folder (config data path and splits.json needed)")
-    assignment = json.loads(splits_file.read_text())
-    samples = discover(data, targets=predictor.cfg.data.targets)
+    assignment = read_split_file(splits_file)
+    samples = discover(data, targets=predictor.cfg.data.targets, group_by=predictor.cfg.data.group_by)
     for name in ([split] if split else ["test", "val"]):
         chosen = [s for s in samples if assignment.get(s.id) == name]
         if chosen:
             return evaluate_samples(
                 predictor, chosen, run / name, batch_size=batch_size, source=f"the {name} split of {data}",
                 history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
+                per_group=any(s.group is not None for s in chosen),
             )
     raise CheckpointError(f"{run}: the saved split has no {split or 'test or val'} samples to report on")

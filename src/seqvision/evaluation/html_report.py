@@ -147,7 +147,7 @@ def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     rows = "".join(f'<tr><td class="name">{escape(k)}</td><td>{_fmt(v)}</td></tr>' for k, v in scalars.items())
     html = [f'<section id="metrics"><h2>Metrics</h2><table class="metrics"><tr><th class="name">metric</th><th>value</th></tr>{rows}</table>']
-    for key, heading in (("per_class", "Per class"), ("per_target", "Per target")):
+    for key, heading in (("per_class", "Per class"), ("per_target", "Per target"), ("per_group", "Per group (worst first)")):
         per = metrics.get(key)
         if per:
             columns = list(dict.fromkeys(c for stats in per.values() for c in stats))

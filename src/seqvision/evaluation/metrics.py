@@ -65,7 +65,13 @@ def headline(metrics: dict) -> str:
         keys = ("accuracy", "top2_accuracy", "macro_f1") if "accuracy" in metrics else ("mae", "rmse", "r2")
     parts = [f"{k}={metrics[k]:.4f}" for k in keys if k in metrics]
     images = f" ({metrics['num_images']} images)" if "num_images" in metrics else ""
-    return f"{metrics['num_samples']} samples{images}: " + ", ".join(parts)
+    groups = ""
+    if "num_groups" in metrics:  # per-group evaluation: the mean over groups and the worst group
+        key = next(k.removeprefix("group_mean_") for k in metrics if k.startswith("group_mean_"))
+        worst = next(iter(metrics["per_group"]))
+        groups = (f"; {metrics['num_groups']} groups: mean {key} {metrics['group_mean_' + key]:.4f}, "
+                  f"worst {metrics['group_worst_' + key]:.4f} ({worst})")
+    return f"{metrics['num_samples']} samples{images}: " + ", ".join(parts) + groups
 
 
 def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> list[float]:

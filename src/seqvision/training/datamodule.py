@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from seqvision.config import DataConfig
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
-from seqvision.data.splits import assign_splits, load_splits, save_splits
+from seqvision.data.splits import assign_splits, load_splits, save_splits, shared_source_hint
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
@@ -61,13 +62,14 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
     """Discover, filter, infer the task and split. A saved ``splits_file`` is reused (resume), else written."""
     if not cfg.data:
         raise DataError("no data given; pass --data DIR_OR_MANIFEST")
-    samples, dropped = filter_short(discover(cfg.data, targets=cfg.targets), cfg)
+    samples, dropped = filter_short(discover(cfg.data, targets=cfg.targets, group_by=cfg.group_by), cfg)
     if not samples:
         raise DataError(f"{cfg.data}: every sample was dropped as too short ({len(dropped)} samples)")
     spec = TargetSpec.infer(samples, task=cfg.task, target_names=cfg.targets)
     if splits_file is not None and splits_file.exists():
         assignment = load_splits(splits_file, samples)
     else:
+        _warn_if_sources_look_shared(samples)
         assignment = assign_splits(
             samples,
             val_fraction=cfg.val_fraction,
@@ -76,13 +78,28 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
             stratify=spec.task == "classification",
         )
         if splits_file is not None:
-            save_splits(assignment, splits_file)
+            save_splits(assignment, splits_file, samples)
     by_split: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
         by_split[assignment[s.id]].append(s)
     if not by_split["train"]:
         raise DataError(f"{cfg.data}: no training samples after the split")
     return PreparedData(by_split, spec, dropped)
+
+
+def _warn_if_sources_look_shared(samples: list[Sample]) -> None:
+    """Once, before a random split: samples without groups that seem to share sources would leak."""
+    if any(s.group is not None for s in samples) or all(s.split for s in samples):
+        return
+    hint = shared_source_hint(samples)
+    if hint:
+        warnings.warn(
+            f"no groups given, but {hint}: several samples may come from one video, object or session, and a "
+            "random split puts them on both sides, so validation and test accuracy may be optimistic. Name each "
+            "sample's source with a 'group' column (or --group-by COLUMN; for folders --group-by REGEX on the "
+            "sample names) to split by source",
+            stacklevel=3,
+        )
 
 
 def default_workers() -> int:
