@@ -120,3 +120,42 @@ def test_shared_mobilenet_weights_classify_like_plain_torchvision():
         ours = reference.classifier(encoder(images))
     assert torch.allclose(ours, expected, atol=1e-4)
     assert torch.equal(ours.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize("name, features", [
+    ("timm/resnet18", 512),  # a CNN: (N, C, h, w) feature map
+    ("timm/vit_tiny_patch16_224", 192),  # a ViT: (N, tokens, C), pooled by its class token
+    ("timm/vit_tiny_r_s16_p8_224", 192),  # a hybrid: ResNet stem + transformer
+])
+def test_timm_models_give_their_own_number_of_features(name, features):
+    pytest.importorskip("timm")
+    from seqvision.data.transforms import Preprocessing
+    from seqvision.models.backbones import build_backbone
+
+    encoder = build_backbone(name, weights="none").eval()
+    assert encoder.num_features == features
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, features) and not torch.allclose(out[0], out[1])
+    # timm's interpolation travels with the preprocessing (into checkpoints and the cache key)
+    assert encoder.preprocessing.interpolation == "bicubic"
+    assert Preprocessing.from_dict(encoder.preprocessing.to_dict()) == encoder.preprocessing
+
+
+def test_timm_grid2_needs_a_feature_map():
+    pytest.importorskip("timm")
+    from seqvision.errors import ConfigError
+    from seqvision.models.backbones import build_backbone
+
+    assert build_backbone("timm/resnet18", weights="none", pool="grid2").num_features == 4 * 512
+    assert build_backbone("timm/resnet18", weights="none", pool="max").num_features == 512
+    with pytest.raises(ConfigError, match="gives tokens.*grid2"):
+        build_backbone("timm/vit_tiny_patch16_224", weights="none", pool="grid2")
+
+
+def test_bilinear_preprocessing_keeps_the_keys_written_before():
+    from seqvision.data.transforms import Preprocessing
+
+    assert "interpolation" not in Preprocessing().to_dict()  # cache keys and checkpoints of earlier runs still match
+    old = {"image_size": 224, "resize_size": 256, "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert Preprocessing.from_dict(old).interpolation == "bilinear"

@@ -9,6 +9,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize -> centre crop -> normalize, as the backbone's weights expect. Stored in checkpoints."""
@@ -17,9 +20,13 @@ class Preprocessing:
     resize_size: int = 256  # shorter side before the centre crop
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"  # of the resize: what the weights were trained with (timm: often bicubic)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if self.interpolation == "bilinear":  # the only one before it was recorded: cache keys stay as they were
+            del out["interpolation"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Preprocessing":
@@ -28,7 +35,12 @@ class Preprocessing:
             resize_size=int(raw["resize_size"]),
             mean=tuple(float(m) for m in raw["mean"]),
             std=tuple(float(s) for s in raw["std"]),
+            interpolation=str(raw.get("interpolation", "bilinear")),
         )
+
+    @property
+    def interpolation_mode(self) -> v2.InterpolationMode:
+        return v2.InterpolationMode(self.interpolation)
 
 
 class ClipTransform:
@@ -45,7 +57,7 @@ class ClipTransform:
         self.prep = prep
         self.train = train
         augment: list[v2.Transform] = [
-            v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), interpolation=prep.interpolation_mode, antialias=True),
         ]
         if hflip:
             augment.append(v2.RandomHorizontalFlip())
@@ -57,7 +69,7 @@ class ClipTransform:
         if self.train:
             clip = self.augment(clip)
         else:
-            clip = F.resize(clip, [self.prep.resize_size], antialias=True)
+            clip = F.resize(clip, [self.prep.resize_size], interpolation=self.prep.interpolation_mode, antialias=True)
             clip = F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
         clip = F.to_dtype(clip, torch.float32, scale=True)
         return F.normalize(clip, mean=list(self.prep.mean), std=list(self.prep.std))
@@ -90,4 +102,5 @@ def resolve_preprocessing(
         resize_size=int(resize_size),
         mean=tuple(mean) if mean is not None else base.mean,
         std=tuple(std) if std is not None else base.std,
+        interpolation=base.interpolation,
     )

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from seqvision.data.transforms import Preprocessing
+from seqvision.data.transforms import INTERPOLATIONS, Preprocessing
 from seqvision.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,12 +74,13 @@ class ImageEncoder(nn.Module):
         post_pool: nn.Module | None = None,
         preprocessing: Preprocessing,
         pooled: bool = False,
+        trunk_pool: str = "avg",
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"--pool {pool!r}: use {', '.join(POOLS[:-1])} or {POOLS[-1]}")
-        if pooled and pool != "avg":
-            raise ConfigError(f"backbone {name!r} pools internally; only --pool avg is available for it")
+        if pooled and pool != trunk_pool:  # trunk_pool: the pooling a trunk that pools itself applies
+            raise ConfigError(f"backbone {name!r} pools internally; only --pool {trunk_pool} is available for it")
         self.trunk = trunk
         self.post_pool = post_pool if post_pool is not None else nn.Identity()
         self.name = name
@@ -255,7 +256,9 @@ def _build_torchvision(name: str, *, weights: str, pool: str) -> ImageEncoder:
             ) from None
         model.load_state_dict(state)
         t = enum.transforms()
-        prep = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std))
+        mode = getattr(getattr(t, "interpolation", None), "value", "bilinear")  # e.g. bicubic for efficientnet_b1+
+        prep = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std),
+                             interpolation=mode if mode in INTERPOLATIONS else "bilinear")
     elif weights != "none":
         _load_local_weights(model, weights, name)
     trunk, stages, post_pool, pooled = _headless(model, name)
@@ -327,32 +330,51 @@ def _load_local_weights(model: nn.Module, path: str, name: str) -> None:
 
 
 def _build_timm(name: str, *, weights: str, pool: str) -> ImageEncoder:
+    """A timm model through timm's own contract: ``forward_features``, then ``forward_head(...,
+    pre_logits=True)`` with the model's own global pooling (the class token or the mean of tokens for
+    ViTs and hybrids, the average for CNNs; ``--pool max`` asks timm for max pooling), so every model
+    gives ``num_features`` values per image. ``--pool grid2`` keeps a CNN's 2x2 cells (not for token models)."""
     try:
         import timm
     except ImportError:
         raise ConfigError(f"backbone {name!r} needs timm: pip install 'seqvision[timm]'") from None
     model_name = name.removeprefix("timm/")
+    options = {"global_pool": {"avg": None, "max": "max", "grid2": ""}[pool]}
     try:
-        model = timm.create_model(model_name, pretrained=weights == "imagenet", num_classes=0, global_pool="")
+        model = timm.create_model(model_name, pretrained=weights == "imagenet", num_classes=0,
+                                  **{k: v for k, v in options.items() if v is not None})
     except Exception as exc:
         raise ConfigError(
-            f"cannot create timm model {model_name!r} ({type(exc).__name__}: {exc}); when offline pass "
-            "--weights PATH or --weights none"
+            f"cannot create timm model {model_name!r} with --pool {pool} ({type(exc).__name__}: {exc}); when offline "
+            "pass --weights PATH or --weights none"
         ) from None
     if weights not in ("imagenet", "none"):
         _load_local_weights(model, weights, name)
     cfg = model.pretrained_cfg
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     resize = int(round(size / cfg.get("crop_pct", 0.875)))
-    prep = Preprocessing(size, resize, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-    trunk = _TimmTrunk(model)
-    return ImageEncoder(trunk, name=name, pool=pool, preprocessing=prep)
+    prep = Preprocessing(
+        size, resize, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
+        interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS else "bilinear",
+    )
+    if pool == "grid2":
+        with torch.no_grad():
+            shape = model.eval().forward_features(torch.zeros(1, 3, size, size)).shape
+        if len(shape) != 4:
+            raise ConfigError(f"backbone {name!r} gives tokens, not a feature map: --pool grid2 needs a CNN; use --pool avg")
+        return ImageEncoder(_TimmTrunk(model, head=False), name=name, pool=pool, preprocessing=prep)
+    trunk = _TimmTrunk(model, head=True)
+    return ImageEncoder(trunk, name=name, pool=pool, preprocessing=prep, pooled=True, trunk_pool=pool)
 
 
 class _TimmTrunk(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    """``forward_features`` (a feature map), or with ``head`` also timm's pooling: ``(N, num_features)``."""
+
+    def __init__(self, model: nn.Module, *, head: bool) -> None:
         super().__init__()
         self.model = model
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)  # (N, C, h, w) for CNNs
+        features = self.model.forward_features(x)  # (N, C, h, w) for CNNs, (N, tokens, C) for ViTs
+        return self.model.forward_head(features, pre_logits=True) if self.head else features
