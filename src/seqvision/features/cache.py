@@ -114,6 +114,8 @@ class FeatureStore:
         if not meta.exists():
             atomic_write_text(meta, json.dumps(key.to_dict(), indent=1, sort_keys=True))
         self.index: dict[str, tuple[str, int]] = {}  # identity -> (shard name, row)
+        self._content_rows = False  # whether any row is keyed by a content hash (extract --content-hash)
+        self._video_files: set[str] = set()  # identities of the video files whose frames have rows
         self.corrupt: list[str] = []  # shards found damaged (reported, their rows recomputed)
         self._arrays: dict[str, np.ndarray] = {}
         self._verified: set[str] = set()
@@ -133,7 +135,7 @@ class FeatureStore:
                 self._quarantine(record.stem, f"unreadable commit record ({exc})")
                 continue
             for row, identity in enumerate(identities):
-                self.index[identity] = (record.stem, row)
+                self._add(identity, (record.stem, row))
 
     def refresh(self) -> None:
         """Index the shards other processes have committed since this store was opened."""
@@ -164,8 +166,20 @@ class FeatureStore:
                 return None
         return self._arrays[shard]
 
-    def identity(self, path: Path) -> str:
-        return file_identity(path, content_hash=self.content_hash)
+    def identity(self, path: Path, *, video: bool = False) -> str:
+        """The identity ``path``'s rows are kept under (``video``: a video file, whose frames have the rows).
+
+        The store's own kind (path + size + mtime, or the content hash), unless the cache was filled the
+        other way (``extract --content-hash``) and holds the file under its content hash: a cache is found
+        whichever way it was filled. The content is hashed only for files the own kind does not find."""
+        own = file_identity(path, content_hash=self.content_hash)
+        if self.content_hash or not self._content_rows or self._holds(own, video):
+            return own
+        content = file_identity(path, content_hash=True)
+        return content if self._holds(content, video) else own
+
+    def _holds(self, identity: str, video: bool) -> bool:
+        return identity in (self._video_files if video else self.index)
 
     def missing(self, paths: Iterable[Path]) -> dict[Path, str]:
         """``{path: identity}`` (deduplicated, in order) of the paths with no committed row; the
@@ -236,7 +250,14 @@ class FeatureStore:
         atomic_write_text(npy.with_suffix(".json"), json.dumps({"identities": identities, "sha256": _sha256_file(npy)}))
         self._verified.add(name)  # its checksum was just taken from the file as written
         for row, identity in enumerate(identities):
-            self.index[identity] = (name, row)
+            self._add(identity, (name, row))
+
+    def _add(self, identity: str, location: tuple[str, int]) -> None:
+        self.index[identity] = location
+        self._content_rows = self._content_rows or identity.startswith("sha256:")
+        video, at, _ = identity.rpartition("@")
+        if at:  # a video frame: remember its file's identity
+            self._video_files.add(video)
 
 
 
@@ -247,8 +268,7 @@ def cache_info(root: Path | None = None) -> list[dict]:
     if not root.is_dir():
         return out
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        meta_file = folder / "meta.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        meta, note = _read_meta(folder / "meta.json")
         entries = 0
         for record in folder.glob("shard-*.json"):
             try:
@@ -266,8 +286,23 @@ def cache_info(root: Path | None = None) -> list[dict]:
             "entries": entries,
             "shards": len(list(folder.glob("shard-*.json"))),
             "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+            "note": note,
         })
     return out
+
+
+def _read_meta(path: Path) -> tuple[dict, str | None]:
+    """A key folder's ``meta.json``, or ``{}`` and what is wrong with it (shown, not raised: one damaged
+    entry must not hide the rest of the cache)."""
+    if not path.exists():
+        return {}, "no meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"meta.json unreadable ({type(exc).__name__}); `seqvision cache clear --key` removes the entry"
+    if not isinstance(meta, dict):
+        return {}, "meta.json damaged (not an object); `seqvision cache clear --key` removes the entry"
+    return meta, None
 
 
 def cache_clear(root: Path | None = None, key: str | None = None) -> int:

@@ -46,7 +46,7 @@ class CachedFeatureDataset(SequenceDataset):
         video = sample.video
         try:
             info = self.video_info(index)
-            file_id = self._video_ids.get(index) or self.store.identity(video.path)
+            file_id = self._video_ids.get(index) or self.store.identity(video.path, video=True)
             self._video_ids[index] = file_id
         except (DataError, OSError) as exc:
             self.bad_frame(item, f"sample {sample.id!r}: {exc}")

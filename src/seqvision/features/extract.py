@@ -161,7 +161,7 @@ def _video_plan(
             continue
         try:
             info = probe_video(video.path, video.start, video.end)
-            file_id = store.identity(video.path)
+            file_id = store.identity(video.path, video=True)
         except (DataError, OSError) as exc:
             message = f"sample {sample.id!r}: {exc}"
             if on_bad_image != "skip":
