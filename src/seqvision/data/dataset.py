@@ -113,7 +113,7 @@ class SequenceDataset(Dataset):
             return item
         item["clip"] = torch.cat(clips)  # (sum T_c, ...)
         item["clip_lengths"] = [len(c) for c in clips]
-        item["frames"] = [str(sample.frames[i].path) if sample.video is None else f"{sample.video.path}@{i}" for i in used]
+        item["frames"] = self.frame_names(index, used)
         if self.encode_target is not None:
             try:
                 target = self.encode_target(sample, used)
@@ -160,6 +160,15 @@ class SequenceDataset(Dataset):
                 if item["error"]:
                     return None, []
         return (self.transform(frames) if frames else None), kept
+
+    def frame_names(self, index: int, used: list[int]) -> list[str]:
+        """What each used image is, for reports and per-image predictions: an image's path, or a video
+        frame as ``path@T.TTTs`` (its time in the whole video, so a clip with a start shows its own frames)."""
+        sample = self.samples[index]
+        if sample.video is None:
+            return [str(sample.frames[i].path) for i in used]
+        info = self.video_info(index)
+        return [f"{sample.video.path}@{info.frame_time(i):.3f}s" for i in used]
 
     def video_info(self, index: int):
         """The headers of sample ``index``'s video (:class:`VideoInfo`; ``probe_video`` reads them once

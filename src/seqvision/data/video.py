@@ -60,7 +60,10 @@ def _open(path: Path):
         container.close()
         if not kinds:
             raise BadVideoError(path, "holds no streams at all (an empty, zero-frame video)")
-        raise BadVideoError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
+        if "audio" in kinds:
+            raise BadVideoError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
+        # no audio either: what FFmpeg sees of an mp4/mov cut before its index (the moov atom at the end)
+        raise BadVideoError(path, f"is truncated or damaged: no video stream can be found (only {kinds}); copy or export it again")
     return container
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def evaluate_samples(
             f"--per-group: no sample of {source} has a group; give the data a 'group' column, or --group-by "
             "COLUMN (a manifest) / --group-by REGEX (a folder, matched on the sample names)"
         )
+    started = time.perf_counter()
     preds = predictor.run(
         samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True, store=store
     )
+    seconds = time.perf_counter() - started
     metrics = _metrics(predictor, preds.outputs, preds.targets, preds.sample_ids)
     if per_group:
         metrics.update(per_group_metrics(predictor, preds, {s.id: s.group for s in samples}))
@@ -88,10 +91,38 @@ def evaluate_samples(
             write_html_report(
                 out_dir / "report.html", metrics=metrics, title=f"seqvision evaluation: {source}",
                 history_csv=history_csv, errors=confident_errors(predictor, preds), attention=attention_cases(predictor, preds),
-                confusion_png=png,
+                confusion_png=png, run=run_summary(predictor, source, len(samples), seconds, cached=store is not None),
             )
         )
     return result
+
+
+def run_summary(predictor: Predictor, source: str, num_samples: int, seconds: float, *, cached: bool = False) -> dict[str, str]:
+    """What was evaluated, in words, for the report: the model, how it was trained, the data and the versions."""
+    cfg, model = predictor.cfg, predictor.cfg.model
+    prep = predictor.preprocessing
+    backbone = "frozen" if model.freeze else f"last {model.trainable_stages} stage(s) fine-tuned" if model.trainable_stages else "fine-tuned"
+    head = f"{model.head}, hidden {model.hidden_size}, {model.num_layers} layer(s)" + (", bidirectional" if model.bidirectional else "")
+    if model.temporal_diff:
+        head += ", temporal differences"
+    sampling = cfg.data.sampling + (f", {cfg.data.max_images} frames" if cfg.data.max_images else ", all frames")
+    augment = cfg.data.augment_enabled(frozen=model.freeze)
+    source_info = predictor.source
+    epoch = source_info.get("epoch")
+    return {
+        "checkpoint": source_info.get("checkpoint", "(in memory)") + (f" (after epoch {epoch + 1})" if isinstance(epoch, int) else ""),
+        "backbone": f"{model.backbone}, weights {model.weights}, pool {model.pool}, {backbone}",
+        "temporal head": head,
+        "task": f"{predictor.spec.task}: {predictor.spec.num_outputs} output(s)",
+        "trained on": f"{cfg.data.data} (split seed {cfg.train.seed}" + (f", groups by {cfg.data.group_by})" if cfg.data.group_by else ")"),
+        "training": f"batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, up to {cfg.train.max_epochs} epochs, precision {cfg.train.precision}, "
+                    f"augmentation {'on' if augment else 'off'}{' with flip' if augment and cfg.data.hflip else ''}",
+        "frames": sampling,
+        "preprocessing": f"{prep.image_size}px crop of {prep.resize_size}px ({prep.interpolation}), mean {list(prep.mean)}, std {list(prep.std)}",
+        "evaluated": f"{source}: {num_samples} samples in {seconds:.1f} s, CNN in {str(predictor.compute_dtype).removeprefix('torch.')}"
+                     + (" (features from the cache)" if cached else "") + f", {time.strftime('%Y-%m-%d %H:%M')}",
+        "versions": ", ".join(f"{k} {v}" for k, v in sorted((source_info.get("versions") or {}).items())) or "unknown",
+    }
 
 
 def _metrics(predictor: Predictor, outputs: torch.Tensor, targets: torch.Tensor, sample_ids: list[str]) -> dict:
@@ -179,21 +210,24 @@ def attention_cases(predictor: Predictor, preds, limit: int = 6) -> list[Attenti
 
 
 def frame_images(frames: list[str]) -> list:
-    """Thumbnails' sources: image paths as they are; video frames (``path@index``) decoded here, each
-    video probed and read once for all its frames."""
+    """Thumbnails' sources: image paths as they are; video frames (``path@T.TTTs``, a time in the whole
+    video) decoded here, each video probed and read once for all its frames."""
     out: list = [Path(frame) for frame in frames]  # a video frame that cannot be read stays a path
-    wanted: dict[str, list[tuple[int, int]]] = {}  # video path -> (position in out, frame index)
+    wanted: dict[str, list[tuple[int, float]]] = {}  # video path -> (position in out, time in seconds)
     for position, frame in enumerate(frames):
-        path, _, index = frame.rpartition("@")
-        if path and index.isdecimal():
-            wanted.setdefault(path, []).append((position, int(index)))
+        path, _, when = frame.rpartition("@")
+        try:
+            time_s = float(when.removesuffix("s")) if path and when.endswith("s") else None
+        except ValueError:
+            time_s = None
+        if time_s is not None:
+            wanted.setdefault(path, []).append((position, time_s))
     if wanted:
         from seqvision.data.video import probe_video, read_frames
 
     for path, items in wanted.items():
         try:
-            info = probe_video(path)
-            images, _ = read_frames(path, [info.frame_time(index) for _, index in items], info.fps)
+            images, _ = read_frames(path, [time_s for _, time_s in items], probe_video(path).fps)
         except DataError:
             continue  # shown as unreadable in the report
         for (position, _), image in zip(items, images):
@@ -214,7 +248,13 @@ def evaluate(
     targets = predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None
     samples = discover(data, targets=targets, group_by=group_by)
     if split is not None:
+        found = sorted({s.split for s in samples if s.split})
         samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise DataError(
+                f"--split {split}: no sample of {data} is in that split (its splits: {', '.join(found) or 'none'}; a "
+                "split comes from a 'split' column or train/val/test folders); evaluate all of it without --split"
+            )
     return evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group,

@@ -68,6 +68,7 @@ def write_html_report(
     errors: list[ErrorCase] | None = None,
     attention: list[AttentionCase] | None = None,
     confusion_png: bytes | None = None,
+    run: dict[str, str] | None = None,
 ) -> Path:
     """Write a self-contained HTML evaluation report (atomically) and return its path.
 
@@ -79,8 +80,13 @@ def write_html_report(
             version_1, ...); they are concatenated and a later value for the same step wins.
         errors: wrongly predicted samples; shown most confident first.
         attention: samples with per-image attention weights.
+        run: what was evaluated, in words (backbone, head, options, data, sizes, times, versions).
     """
-    parts = [f"<h1>{escape(title)}</h1>", _metrics_section(metrics, confusion_png)]
+    parts = [f"<h1>{escape(title)}</h1>"]
+    if run:
+        rows = "".join(f'<tr><td class="name">{escape(k)}</td><td class="text">{escape(v)}</td></tr>' for k, v in run.items())
+        parts.append(f'<section id="run"><h2>Run</h2><table class="run">{rows}</table></section>')
+    parts.append(_metrics_section(metrics, confusion_png))
     if history_csv:
         parts.append(_curves_section([Path(p) for p in history_csv]))
     if errors:

@@ -18,7 +18,7 @@ from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.dataset import CachedFeatureDataset
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.sequence_model import SequenceModel, build_sequence_model
-from seqvision.runtime import inference_dtype
+from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.training.checkpoint import read_checkpoint
 
 
@@ -38,9 +38,10 @@ class Predictor:
 
     def __init__(
         self, model: SequenceModel, *, cfg: RunConfig, spec: TargetSpec, preprocessing: Preprocessing,
-        thresholds: list[float] | None = None, precision: str = "auto",
+        thresholds: list[float] | None = None, precision: str = "auto", source: dict | None = None,
     ) -> None:
         self.model = model.eval()
+        self.source = source or {}  # where the model came from: checkpoint path, epoch, versions (for reports)
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
@@ -54,7 +55,8 @@ class Predictor:
         """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``). ``precision`` is the
         CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (features within a
         cosine of 0.9999 of fp32; the heads always run in fp32), ``32`` computes fp32 features."""
-        inference_dtype(torch.device(device), precision)  # a bad precision fails before any loading
+        device = resolve_device(device)  # a bad device or precision fails before any loading
+        inference_dtype(device, precision)
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
         try:
@@ -70,7 +72,9 @@ class Predictor:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({str(exc)[:300]})") from None
-        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"), precision=precision)
+        source = {"checkpoint": str(path), "epoch": raw.get("epoch"), "versions": meta.get("versions") or {}}
+        return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"),
+                   precision=precision, source=source)
 
     @property
     def device(self) -> torch.device:
