@@ -68,9 +68,7 @@ def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
 def test_help_is_instant_and_imports_no_torch():
     code = "import sys; from seqvision.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
+    assert main(["--help"]) == 0  # argparse's exit becomes main's return value
 
 
 def test_cli_choices_are_the_implementations_own():
@@ -124,3 +122,61 @@ def test_train_frozen_uses_the_cache(tmp_path, capsys):
     assert "feature cache: 0 images reused, 22 computed" in capsys.readouterr().out
     assert main(_train_args(data, tmp_path / "run2", "--freeze", "--cache", str(tmp_path / "cache"))) == 0
     assert "feature cache: 22 images reused, 0 computed" in capsys.readouterr().out
+
+
+def test_a_cache_filled_with_content_hashes_is_found_by_train(tmp_path, capsys):
+    import torch
+
+    from seqvision.models.backbones import build_backbone
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    torch.save(build_backbone("tiny_cnn", weights="none").trunk.state_dict(), tmp_path / "tiny.pth")
+    weights = ["--backbone", "tiny_cnn", "--weights", str(tmp_path / "tiny.pth"), "--image-size", "16", "--resize-size", "16"]
+    assert main(["extract", "--data", str(data), "--out", str(tmp_path / "cache"), *weights, "--num-workers", "0",
+                 "--precision", "32", "--content-hash", "--no-progress"]) == 0
+    assert "extracted 22 images" in capsys.readouterr().out
+    args = _train_args(data, tmp_path / "run", "--freeze", "--cache", str(tmp_path / "cache"), "--feature-precision", "32")
+    args[args.index("--weights") + 1] = str(tmp_path / "tiny.pth")
+    assert main(args) == 0
+    assert "feature cache: 22 images reused, 0 computed" in capsys.readouterr().out
+
+
+def test_cache_info_shows_a_damaged_entry_instead_of_failing(tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "data")
+    assert main(["extract", "--data", str(data), "--out", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", "none",
+                 "--image-size", "16", "--num-workers", "0", "--no-progress"]) == 0
+    (meta,) = (tmp_path / "cache").glob("*/meta.json")
+    meta.write_text("{not json")
+    assert main(["cache", "info", str(tmp_path / "cache")]) == 0
+    assert "meta.json unreadable" in capsys.readouterr().out
+
+
+def test_every_flag_has_a_help_line_and_train_shows_its_defaults(capsys):
+    import argparse
+
+    from seqvision.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if a.dest != "help" and not a.help]
+    assert not missing
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--batch-size BATCH_SIZE samples per step (default: 8)", "(default: lstm)", "--hflip, --no-hflip",
+                  "(default: False)", "(default: 0.15)"):
+        assert shown in text, shown
+
+
+def test_logs_to_a_pipe_get_one_line_per_epoch_and_no_library_chatter(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    args = [a for a in _train_args(data, tmp_path / "run") if a != "--no-progress"]
+    quiet = subprocess.run([sys.executable, "-m", "seqvision", *args], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "\r" not in quiet.stdout  # no progress bar redrawn into the log
+    epochs = [line for line in quiet.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"] and "val_loss" in epochs[0]
+    assert "GPU available" not in quiet.stderr and "Tip:" not in quiet.stderr and "deprecated" not in quiet.stderr
+    verbose = subprocess.run([sys.executable, "-m", "seqvision", *args[:4], str(tmp_path / "run2"), *args[5:], "--verbose"],
+                             capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and "GPU available" in verbose.stderr

@@ -169,7 +169,8 @@ def test_training_warns_once_when_sources_look_shared_and_not_with_groups(tmp_pa
     cfg.group_by = "source"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        data = prepare_data(cfg, seed=0, splits_file=tmp_path / "splits.json")
+        data = prepare_data(cfg, seed=0)
+    data.save_splits(tmp_path / "splits.json")
     held_out = {s.group for split in ("val", "test") for s in data.splits[split]}
     assert held_out and not held_out & {s.group for s in data.splits["train"]}
     assert json.loads((tmp_path / "splits.json").read_text())["groups"]["v0_c0"] == "v0"

@@ -10,7 +10,7 @@ import torch
 import seqvision.runtime as runtime
 from seqvision.cli import main
 from seqvision.data.discovery import discover, discover_inputs
-from seqvision.errors import CheckpointError
+from seqvision.errors import CheckpointError, ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.encode import CompiledEncoder, OneDNNEncoder, encode_batch, prepare_encoder
 from seqvision.features.extract import extract_features
@@ -199,7 +199,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_is_fast_at_it(frozen_run, mon
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     assert predictor.compute_dtype == torch.bfloat16
     assert Predictor.load(result.best_checkpoint, precision="32").compute_dtype == torch.float32
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ConfigError, match="precision"):
         Predictor.load(result.best_checkpoint, precision="fp8")
 
 

@@ -17,32 +17,32 @@ from seqvision.errors import SeqVisionError
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
 _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse options)
     ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
-    ("--task", "data", "task", {"choices": TASK_CHOICES}),
+    ("--task", "data", "task", {"choices": TASK_CHOICES, "help": "auto reads it from the labels"}),
     ("--targets", "data", "targets", {"type": lambda s: s.split(","), "help": "regression target columns, comma-separated"}),
-    ("--max-images", "--num-frames", "data", "max_images", {"type": int, "help": "frames per clip (uniform: at most N)"}),
-    ("--sampling", "data", "sampling", {"choices": SAMPLING_CHOICES}),
-    ("--eval-sampling", "data", "eval_sampling", {"choices": SAMPLING_CHOICES}),
+    ("--num-frames", "--max-images", "data", "max_images", {"type": int, "help": "frames per clip (uniform: at most N)"}),
+    ("--sampling", "data", "sampling", {"choices": SAMPLING_CHOICES, "help": "which frames a clip takes (see README: Videos and frame sampling)"}),
+    ("--eval-sampling", "data", "eval_sampling", {"choices": SAMPLING_CHOICES, "help": "sampling for evaluation and prediction (default: --sampling)"}),
     ("--stride", "data", "stride", {"type": int, "help": "stride sampling: every k-th frame"}),
     ("--fps", "data", "fps", {"type": float, "help": "stride sampling of videos: target frames per second"}),
     ("--eval-clips", "data", "eval_clips", {"type": int, "help": "random sampling: clips averaged at evaluation"}),
-    ("--min-images", "data", "min_images", {"type": int}),
+    ("--min-images", "data", "min_images", {"type": int, "help": "fewest images a sample may have"}),
     ("--short-samples", "data", "short_samples", {"choices": ["error", "drop"], "help": "what to do with samples under --min-images"}),
-    ("--on-bad-image", "data", "on_bad_image", {"choices": ["error", "skip"]}),
+    ("--on-bad-image", "data", "on_bad_image", {"choices": ["error", "skip"], "help": "stop at a bad image, or leave it out and report it"}),
     ("--group-by", "data", "group_by", {"help": "what names each sample's source (video, object, subject), so a source never straddles a split: a manifest column (default: 'group' when present) or, for a folder, a regex on the sample names whose first match is the group (e.g. '^[a-z]+\\d+')"}),
-    ("--val-fraction", "data", "val_fraction", {"type": float}),
-    ("--test-fraction", "data", "test_fraction", {"type": float}),
-    ("--image-size", "data", "image_size", {"type": int}),
-    ("--resize-size", "data", "resize_size", {"type": int}),
-    ("--mean", "data", "mean", {"type": float, "nargs": 3}),
-    ("--std", "data", "std", {"type": float, "nargs": 3}),
-    ("--augment", "data", "augment", {"action": argparse.BooleanOptionalAction}),
+    ("--val-fraction", "data", "val_fraction", {"type": float, "help": "share of samples (by group) held out for validation, when the data has no val split"}),
+    ("--test-fraction", "data", "test_fraction", {"type": float, "help": "share of samples (by group) held out for the test, when the data has no test split"}),
+    ("--image-size", "data", "image_size", {"type": int, "help": "crop size fed to the CNN (default: the backbone's)"}),
+    ("--resize-size", "data", "resize_size", {"type": int, "help": "shorter side before the centre crop (default: keeps the backbone's ratio)"}),
+    ("--mean", "data", "mean", {"type": float, "nargs": 3, "help": "normalization mean R G B (default: the weights')"}),
+    ("--std", "data", "std", {"type": float, "nargs": 3, "help": "normalization std R G B (default: the weights')"}),
+    ("--augment", "data", "augment", {"action": argparse.BooleanOptionalAction, "help": "random resized crop + colour jitter, one draw per sample (default: on when the backbone learns, off when frozen)"}),
     ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction, "help": "random horizontal flip in augmentation (default off: a mirror reverses motion; turn on only when a mirrored sample keeps its label)"}),
     ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
-    ("--num-workers", "data", "num_workers", {"type": int}),
+    ("--num-workers", "data", "num_workers", {"type": int, "help": "DataLoader worker processes (default: one per spare core, at most 4)"}),
     ("--cache", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder"}),
-    ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"]}),
+    ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
-    ("--backbone", "model", "backbone", {}),
+    ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
     ("--pool", "model", "pool", {"choices": POOL_CHOICES, "help": "grid2: 2x2 cells, keeps coarse layout"}),
     ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
@@ -53,31 +53,54 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--temporal-diff", "model", "temporal_diff", {"action": argparse.BooleanOptionalAction, "help": "also feed x_t - x_{t-1}"}),
     ("--d-model", "model", "d_model", {"type": int, "help": "transformer width"}),
     ("--nhead", "model", "nhead", {"type": int, "help": "transformer attention heads"}),
-    ("--hidden-size", "model", "hidden_size", {"type": int}),
-    ("--num-layers", "model", "num_layers", {"type": int}),
-    ("--bidirectional", "model", "bidirectional", {"action": argparse.BooleanOptionalAction}),
-    ("--lstm-dropout", "model", "lstm_dropout", {"type": float}),
-    ("--dropout", "model", "dropout", {"type": float}),
-    ("--max-epochs", "train", "max_epochs", {"type": int}),
-    ("--batch-size", "train", "batch_size", {"type": int}),
-    ("--lr", "train", "lr", {"type": float}),
-    ("--backbone-lr", "train", "backbone_lr", {"type": float}),
-    ("--weight-decay", "train", "weight_decay", {"type": float}),
-    ("--warmup-fraction", "train", "warmup_fraction", {"type": float}),
-    ("--grad-clip", "train", "grad_clip", {"type": float}),
-    ("--precision", "train", "precision", {"choices": ["32", "bf16-mixed", "16-mixed", "64"]}),
-    ("--seed", "train", "seed", {"type": int}),
+    ("--hidden-size", "model", "hidden_size", {"type": int, "help": "LSTM/GRU/attention hidden units"}),
+    ("--num-layers", "model", "num_layers", {"type": int, "help": "stacked recurrent (or transformer) layers"}),
+    ("--bidirectional", "model", "bidirectional", {"action": argparse.BooleanOptionalAction, "help": "read each sample both ways (LSTM/GRU/attention)"}),
+    ("--lstm-dropout", "model", "lstm_dropout", {"type": float, "help": "dropout between stacked layers (needs --num-layers 2+)"}),
+    ("--dropout", "model", "dropout", {"type": float, "help": "dropout before the task head"}),
+    ("--max-epochs", "train", "max_epochs", {"type": int, "help": "most epochs (early stopping may end sooner)"}),
+    ("--batch-size", "train", "batch_size", {"type": int, "help": "samples per step"}),
+    ("--lr", "train", "lr", {"type": float, "help": "learning rate of the temporal and task heads"}),
+    ("--backbone-lr", "train", "backbone_lr", {"type": float, "help": "learning rate of a fine-tuned backbone"}),
+    ("--weight-decay", "train", "weight_decay", {"type": float, "help": "AdamW weight decay"}),
+    ("--warmup-fraction", "train", "warmup_fraction", {"type": float, "help": "share of steps of linear warm-up before the cosine decay"}),
+    ("--grad-clip", "train", "grad_clip", {"type": float, "help": "max gradient norm (0: off)"}),
+    ("--precision", "train", "precision", {"choices": ["32", "bf16-mixed", "16-mixed", "64"], "help": "training precision (16-mixed: CUDA GPUs)"}),
+    ("--seed", "train", "seed", {"type": int, "help": "seeds the split, the initialization and the data order"}),
     ("--patience", "train", "patience", {"type": int, "help": "early-stopping patience in epochs (0: off)"}),
     ("--monitor", "train", "monitor", {"help": "val_loss | val_acc | val_f1 | val_mae | val_rmse"}),
-    ("--label-smoothing", "train", "label_smoothing", {"type": float}),
-    ("--class-weights", "train", "class_weights", {"choices": ["balanced"]}),
-    ("--balanced-sampler", "train", "balanced_sampler", {"action": argparse.BooleanOptionalAction}),
-    ("--loss", "train", "loss", {"choices": ["mse", "l1"]}),
-    ("--accelerator", "train", "accelerator", {}),
-    ("--devices", "train", "devices", {}),
-    ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction}),
+    ("--label-smoothing", "train", "label_smoothing", {"type": float, "help": "classification: cross-entropy label smoothing"}),
+    ("--class-weights", "train", "class_weights", {"choices": ["balanced"], "help": "weigh classes by N / (C x n_c) of the training split"}),
+    ("--balanced-sampler", "train", "balanced_sampler", {"action": argparse.BooleanOptionalAction, "help": "draw samples with probability 1 / their class count"}),
+    ("--loss", "train", "loss", {"choices": ["mse", "l1"], "help": "regression loss"}),
+    ("--accelerator", "train", "accelerator", {"help": "auto | cpu | gpu | cuda | mps"}),
+    ("--devices", "train", "devices", {"help": "auto, a count (-1: all) or indices like 0,1"}),
+    ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction, "help": "deterministic algorithms (with --seed: repeatable runs)"}),
     ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
 ]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``seqvision: error: ...``, exit 2), like our own errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def _dest(section: str, name: str) -> str:
@@ -85,67 +108,73 @@ def _dest(section: str, name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqvision", description="Learn from samples made of several images.")
+    parser = _Parser(prog="seqvision", description="Learn from samples made of several images.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a CNN+LSTM on a data root or manifest")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.yaml, metrics)")
     p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to a file or pipe get one line per epoch anyway)")
+    defaults = _config_defaults()
     for *flags, section, name, options in _TRAIN_FLAGS:
         if "action" not in options and "choices" not in options:
             options = {"metavar": name.upper(), **options}
+        # defaults stay None here (only given flags override the config file); the help shows the real one
+        shown = defaults[section][name]
+        if shown is not None and "(default" not in options.get("help", ""):
+            shown = ",".join(map(str, shown)) if isinstance(shown, list) else shown
+            options = {**options, "help": f"{options.get('help', '')} (default: {shown})".lstrip().replace("%", "%%")}
         p.add_argument(*flags, dest=_dest(section, name), default=None, **options)
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", help="folder for metrics.json and confusion_matrix.png")
+    p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
+    p.add_argument("--data", required=True, help="labelled data: a data root or a .csv/.jsonl manifest")
+    p.add_argument("--out", help="folder for metrics.json, confusion_matrix.png and report.html")
     p.add_argument("--split", choices=["train", "val", "test"], help="evaluate only this split of the data")
     p.add_argument("--per-group", action="store_true", help="also the metrics of each group (in metrics.json and the report)")
     p.add_argument("--group-by", help="the groups: a manifest column (default 'group') or, for a folder, a regex on the sample names")
     _inference_flags(p)
 
     p = sub.add_parser("predict", help="predict samples (sample folders, data roots or a manifest)")
-    p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
+    p.add_argument("inputs", nargs="+", help="sample folders, video files, data roots or manifests")
     p.add_argument("--out", help="preds.csv or preds.json (default: print CSV)")
     _inference_flags(p)
 
     p = sub.add_parser("demo", help="the main job on built-in synthetic data, offline (a few minutes on a CPU)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--max-epochs", type=int, default=30)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="runs/demo", help="folder for the data and both runs (default: %(default)s)")
+    p.add_argument("--max-epochs", type=_at_least(1), default=30, help="most epochs per run (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("extract", help="compute and cache one feature vector per image (frozen backbone)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="a data root or a .csv/.jsonl manifest")
     p.add_argument("--out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--backbone", default="resnet18", help="as for train (default: %(default)s)")
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (default: %(default)s)")
     p.add_argument("--pool", choices=POOL_CHOICES, default="avg", help="grid2: 2x2 cells, keeps coarse layout")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--resize-size", type=int)
-    p.add_argument("--mean", type=float, nargs=3)
-    p.add_argument("--std", type=float, nargs=3)
-    p.add_argument("--batch-size", type=int, default=64, help="images per CNN batch (across samples)")
-    p.add_argument("--num-workers", type=int, help="decoding workers (default: one per spare core)")
+    p.add_argument("--image-size", type=_at_least(1), help="crop size (default: the backbone's)")
+    p.add_argument("--resize-size", type=_at_least(1), help="shorter side before the crop (default: the backbone's ratio)")
+    p.add_argument("--mean", type=float, nargs=3, help="normalization mean R G B (default: the weights')")
+    p.add_argument("--std", type=float, nargs=3, help="normalization std R G B (default: the weights')")
+    p.add_argument("--batch-size", type=_at_least(1), default=64, help="images per CNN batch (across samples)")
+    p.add_argument("--num-workers", type=_at_least(0), help="decoding workers (default: one per spare core)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="auto: bf16 where the hardware is fast at it")
-    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32", help="storage of the features (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
     p.add_argument("--sampling", choices=SAMPLING_CHOICES, default="uniform", help="videos: the frames training will sample (see train)")
-    p.add_argument("--num-frames", type=int, help="videos: frames per clip; default: cache every frame")
-    p.add_argument("--stride", type=int, default=1, help="videos, --sampling stride: every k-th frame")
+    p.add_argument("--num-frames", type=_at_least(1), help="videos: frames per clip; default: cache every frame")
+    p.add_argument("--stride", type=_at_least(1), default=1, help="videos, --sampling stride: every k-th frame")
     p.add_argument("--fps", type=float, help="videos, --sampling stride: frames per second")
-    p.add_argument("--eval-clips", type=int, default=1, help="videos, --sampling random: evaluation clips")
-    p.add_argument("--shard-rows", type=int, default=4096, help="images per committed cache shard (what a crash can lose)")
-    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--eval-clips", type=_at_least(1), default=1, help="videos, --sampling random: evaluation clips")
+    p.add_argument("--shard-rows", type=_at_least(1), default=4096, help="images per committed cache shard (what a crash can lose)")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error", help="stop, or leave bad images out and report them (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
-    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("action", choices=["info", "clear"], help="info: list the keys; clear: remove them (or --key)")
     p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --dir)")
     p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--key", help="clear only this key")
@@ -156,13 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
 
     sub.add_parser("backbones", help="list the backbone names")
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
     return parser
 
 
+def _config_defaults() -> dict[str, dict[str, Any]]:
+    from seqvision.config import RunConfig
+
+    return RunConfig().to_dict()
+
+
 def _inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=8, help="samples per batch (all their images go through the CNN at once)")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--on-bad-image", choices=["error", "skip"], default=None)
+    p.add_argument("--batch-size", type=_at_least(1), default=8, help="samples per batch (all their images go through the CNN at once)")
+    p.add_argument("--num-workers", type=_at_least(0), default=0, help="decoding worker processes")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default=None, help="stop at a bad image, or leave it out (default: as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument(
         "--precision", choices=["auto", "32", "bf16"], default="auto",
@@ -171,9 +208,9 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _inference_device(args: argparse.Namespace) -> str:
-    from seqvision.runtime import default_device
+    from seqvision.runtime import default_device, resolve_device
 
-    return args.device or str(default_device())
+    return str(resolve_device(args.device)) if args.device else str(default_device())
 
 
 def _version() -> str:
@@ -204,7 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqvision.training.fit import train
 
     cfg = resolve_config(args.config, _overrides(args))
-    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    bar = not args.no_progress and sys.stdout.isatty()  # a file or a pipe gets one line per epoch instead
+    result = train(cfg, args.out, resume=args.resume, progress=bar, epoch_log=not bar)
     if result.feature_cache:
         fc = result.feature_cache
         peers = f", {fc['by_peers']} by the other processes" if fc.get("by_peers") else ""
@@ -256,7 +294,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from seqvision.demo import run_demo
 
-    result = run_demo(args.out, max_epochs=args.max_epochs, progress=not args.no_progress)
+    result = run_demo(args.out, max_epochs=args.max_epochs, progress=not args.no_progress and sys.stdout.isatty())
     print(f"demo: CNN+LSTM test accuracy {result.accuracy:.3f} (target >= 0.95)")
     print(f"demo: control with shuffled frames {result.control_accuracy:.3f} (chance = 0.5)")
     print(f"demo: runs, checkpoints and metrics in {result.out_dir}")
@@ -273,7 +311,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         args.data, out=args.out, backbone=args.backbone, weights=args.weights, pool=args.pool, image_size=args.image_size,
         resize_size=args.resize_size, mean=args.mean, std=args.std, batch_size=args.batch_size, num_workers=args.num_workers,
         precision=args.precision, cache_dtype=args.cache_dtype, compile=args.compile, content_hash=args.content_hash,
-        shard_rows=args.shard_rows, sampling=policy, on_bad_image=args.on_bad_image, progress=not args.no_progress,
+        shard_rows=args.shard_rows, sampling=policy, on_bad_image=args.on_bad_image,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(
@@ -305,6 +344,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(
             f"{e['key']}  {e['backbone']}  weights {e['weights']}  {prep.get('image_size')}px  pool {e['pool']}  "
             f"{e['compute']}->{e['dtype']}  {e['entries']} images  {e['shards']} shards  {e['bytes'] / 1e6:.1f} MB"
+            + (f"  [{e['note']}]" if e["note"] else "")
         )
     return 0
 
@@ -334,12 +374,16 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command in ("train", "evaluate", "predict", "demo", "extract", "report"):
         from seqvision.runtime import tune_allocator
 
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator
-    _quiet_lightning()
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except SeqVisionError as exc:
@@ -350,15 +394,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _quiet_lightning() -> None:
-    """Lightning's start-up banner (GPU available..., tips) says nothing a user acts on."""
+def _quiet_libraries() -> None:
+    """Library chatter that says nothing about the run: Lightning's start-up banner (GPU available..., tips,
+    advertisements), its hints for small data, and deprecation notices from dependencies. ``--verbose``
+    shows them all."""
     import logging
     import warnings
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*(smaller than the logging interval|LeafSpec|treespec).*")
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|lightning|lightning_fabric|torchmetrics|timm|tensorboard|google)(\.|$)")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ run can be repeated and a checkpoint rebuilt without the command line that made 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
@@ -103,8 +106,8 @@ class TrainConfig:
     class_weights: str | None = None  # None | balanced
     balanced_sampler: bool = False  # draw training samples with probability 1 / (count of their class)
     loss: str = "mse"  # regression: mse | l1
-    accelerator: str = "auto"
-    devices: str = "auto"
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: str | int = "auto"  # auto, a count (-1: all), or a comma-separated list of device indices
     deterministic: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
 
@@ -188,8 +191,49 @@ SAMPLING_CHOICES = ("uniform", "stride", "random", "segments")
 POOL_CHOICES = ("avg", "max", "grid2")
 
 
+# Ranges of the numeric options: (section, field, test, what it must be). A None value means "not set".
+_RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
+    ("data", "max_images", lambda v: v >= 1, "at least 1"),
+    ("data", "min_images", lambda v: v >= 1, "at least 1"),
+    ("data", "stride", lambda v: v >= 1, "at least 1"),
+    ("data", "fps", lambda v: v > 0, "positive"),
+    ("data", "eval_clips", lambda v: v >= 1, "at least 1"),
+    ("data", "image_size", lambda v: v >= 1, "at least 1 (pixels)"),
+    ("data", "resize_size", lambda v: v >= 1, "at least 1 (pixels)"),
+    ("data", "num_workers", lambda v: v >= 0, "0 or more"),
+    ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data", "test_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "trainable_stages", lambda v: v >= 1, "at least 1"),
+    ("model", "chunk_size", lambda v: v >= 1, "at least 1"),
+    ("model", "hidden_size", lambda v: v >= 1, "at least 1"),
+    ("model", "num_layers", lambda v: v >= 1, "at least 1"),
+    ("model", "d_model", lambda v: v >= 1, "at least 1"),
+    ("model", "nhead", lambda v: v >= 1, "at least 1"),
+    ("model", "lstm_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "max_epochs", lambda v: v >= 1, "at least 1"),
+    ("train", "batch_size", lambda v: v >= 1, "at least 1"),
+    ("train", "lr", lambda v: v >= 0, "0 or more"),
+    ("train", "backbone_lr", lambda v: v >= 0, "0 or more"),
+    ("train", "weight_decay", lambda v: v >= 0, "0 or more"),
+    ("train", "warmup_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "grad_clip", lambda v: v >= 0, "0 (off) or more"),
+    ("train", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "patience", lambda v: v >= 0, "0 (off) or more"),
+]
+_FLAG_NAMES = {"max_images": "num-frames"}  # fields whose flag has another name
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + _FLAG_NAMES.get(key, key.replace("_", "-"))
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject option values that cannot work, naming the option and the choices."""
+    """Reject option values that cannot work, before any work starts: each value's type (a YAML file
+    can hold anything), its range and its choices, naming the option; warn once for options that are
+    valid but have no effect with the others."""
+    _check_types(cfg)
     choices = {
         ("data", "task"): TASK_CHOICES,
         ("data", "short_samples"): ("error", "drop"),
@@ -202,40 +246,118 @@ def validate(cfg: RunConfig) -> None:
         ("train", "loss"): ("mse", "l1"),
         ("train", "class_weights"): (None, "balanced"),
         ("train", "on_nan"): ("stop", "skip"),
+        ("train", "accelerator"): ACCELERATOR_CHOICES,
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
-            raise ConfigError(f"{section}.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
-    d = cfg.data
+            raise ConfigError(f"{flag(key)} {value!r} ({section}.{key}) is not one of {', '.join(map(str, allowed))}")
+    for section, key, ok, requirement in _RANGES:
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{flag(key)} {value!r} ({section}.{key}) must be {requirement}")
+    d, m = cfg.data, cfg.model
     d.sampling_policy(train=True), d.sampling_policy(train=False)  # raises for bad sampling options
-    if d.max_images is not None and d.max_images < 1:
-        raise ConfigError("--max-images must be at least 1")
-    if d.min_images < 1:
-        raise ConfigError("--min-images must be at least 1")
     if d.max_images is not None and d.min_images > d.max_images:
-        raise ConfigError(f"--min-images {d.min_images} is larger than --max-images {d.max_images}")
+        raise ConfigError(f"--min-images {d.min_images} is larger than --num-frames {d.max_images}")
+    if d.image_size is not None and d.resize_size is not None and d.resize_size < d.image_size:
+        raise ConfigError(f"--resize-size {d.resize_size} is smaller than --image-size {d.image_size}: the centre crop would pad with black")
     for name in ("mean", "std"):
         value = getattr(d, name)
         if value is not None and len(value) != 3:
             raise ConfigError(f"--{name} needs 3 values (R G B), got {value}")
     if d.std is not None and any(s <= 0 for s in d.std):
         raise ConfigError("--std values must be positive")
-    if d.group_by is not None:
-        from seqvision.data.discovery import compile_group_pattern, is_manifest
+    from seqvision.data.discovery import compile_group_pattern, is_manifest
 
-        if not is_manifest(d.data):  # a folder: a regex on the sample names
-            compile_group_pattern(d.group_by)
-    if not 0 <= d.val_fraction < 1 or not 0 <= d.test_fraction < 1 or d.val_fraction + d.test_fraction >= 1:
-        raise ConfigError("val/test fractions must be in [0, 1) and sum to less than 1")
-    if cfg.model.checkpointing and not cfg.model.chunk_size:
+    if d.group_by is not None and not is_manifest(d.data):  # a folder: a regex on the sample names
+        compile_group_pattern(d.group_by)
+    if d.targets is not None and d.data is not None and not is_manifest(d.data):
+        raise ConfigError(f"--targets {','.join(d.targets)} names manifest columns, but --data {d.data} is a folder (labels come from its folder names)")
+    if d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError("--val-fraction and --test-fraction must sum to less than 1 (training needs samples)")
+    if m.checkpointing and not m.chunk_size:
         raise ConfigError("--checkpointing needs --chunk-size N (images per checkpointed backbone pass)")
-    if cfg.model.chunk_size is not None and cfg.model.chunk_size < 1:
-        raise ConfigError("--chunk-size must be at least 1")
-    if cfg.model.freeze and cfg.model.trainable_stages:
+    if m.freeze and m.trainable_stages:
         raise ConfigError("--freeze and --trainable-stages contradict each other; choose one")
-    if cfg.train.batch_size < 1 or cfg.train.max_epochs < 1:
-        raise ConfigError("--batch-size and --max-epochs must be at least 1")
+    if m.head == "transformer" and m.d_model % m.nhead:
+        raise ConfigError(f"--d-model {m.d_model} must be a multiple of --nhead {m.nhead} (each head gets d_model / nhead)")
+    _check_devices(cfg.train)
+    _warn_no_effect(cfg)
+
+
+ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """Each value of the type its field declares (an int where a float is asked is fine)."""
+    for section, klass in _SECTIONS.items():
+        hints = typing.get_type_hints(klass)
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(klass):
+            value = getattr(values, f.name)
+            if not _fits(value, hints[f.name]):
+                raise ConfigError(
+                    f"{section}.{f.name} = {value!r} ({type(value).__name__}) must be {_describe(hints[f.name])}"
+                    f" (config file or {flag(f.name)})"
+                )
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe(kind: Any) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is list:
+        return "a list of " + {float: "numbers", int: "whole numbers", str: "names"}.get(args[0], str(args[0]))
+    names = {type(None): "empty (null)", float: "a number", int: "a whole number", bool: "true or false", str: "text"}
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _check_devices(train: "TrainConfig") -> None:
+    """``--devices`` is a count or a list that Lightning can use, and a GPU accelerator has a GPU."""
+    devices = str(train.devices).strip()
+    if devices != "auto":
+        parts = [p.strip() for p in devices.rstrip(",").split(",")]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"--devices {train.devices!r}: give auto, a count (-1: all) or indices like 0,1") from None
+        if len(numbers) == 1 and numbers[0] == 0 or (len(numbers) == 1 and numbers[0] < -1) or (len(numbers) > 1 and min(numbers) < 0):
+            raise ConfigError(f"--devices {train.devices!r}: give auto, a count of at least 1 (-1: all) or indices like 0,1")
+    if train.accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--accelerator {train.accelerator}: no CUDA GPU is available here; use --accelerator cpu (or auto)")
+    if train.accelerator == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError("--accelerator mps: Apple's MPS is not available here; use --accelerator cpu (or auto)")
+
+
+def _warn_no_effect(cfg: RunConfig) -> None:
+    """Valid options that do nothing with the others: said once, so a user does not believe they act."""
+    d, m = cfg.data, cfg.model
+    if m.lstm_dropout > 0 and m.num_layers == 1 and m.head in ("lstm", "gru", "attention"):
+        warnings.warn(f"--lstm-dropout {m.lstm_dropout} has no effect with --num-layers 1 (it acts between stacked layers)", stacklevel=3)
+    if d.eval_clips > 1 and (d.eval_sampling or d.sampling) != "random":
+        warnings.warn(f"--eval-clips {d.eval_clips} has no effect with --sampling {d.eval_sampling or d.sampling} (only random sampling averages clips)", stacklevel=3)
 
 
 def _heads() -> list[str]:

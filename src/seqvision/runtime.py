@@ -56,7 +56,9 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     if precision in ("16", "fp16", "float16"):
         return torch.float16
     if precision != "auto":
-        raise ValueError(f"precision must be auto, 32, bf16 or 16, got {precision!r}")
+        from seqvision.errors import ConfigError
+
+        raise ConfigError(f"--precision {precision!r}: use auto, 32, bf16 or 16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
@@ -68,3 +70,26 @@ def default_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def resolve_device(spec: "str | torch.device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device that exists here; anything else is a
+    :class:`ConfigError` naming what is available (never a RuntimeError from deep inside torch)."""
+    from seqvision.errors import ConfigError
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {spec!r}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {spec}: Apple's MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {spec}: use cpu, cuda or cuda:N")
+    return device
+

@@ -32,6 +32,11 @@ class PreparedData:
     spec: TargetSpec
     dropped: list[str] = field(default_factory=list)
 
+    def save_splits(self, path: Path) -> None:
+        """Write ``splits.json``: every sample's split and group."""
+        samples = [s for split in self.splits.values() for s in split]
+        save_splits({s.id: name for name, split in self.splits.items() for s in split}, path, samples)
+
 
 def filter_short(samples: list[Sample], cfg: DataConfig) -> tuple[list[Sample], list[str]]:
     """Apply ``min_images``: an error naming the sample, or (``short_samples=drop``) a reported drop."""
@@ -59,7 +64,8 @@ def filter_short(samples: list[Sample], cfg: DataConfig) -> tuple[list[Sample], 
 
 
 def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None) -> PreparedData:
-    """Discover, filter, infer the task and split. A saved ``splits_file`` is reused (resume), else written."""
+    """Discover, filter, infer the task and split. A saved ``splits_file`` is reused (resume); a new split
+    is not written here (``PreparedData.save_splits``), so an error found later leaves nothing behind."""
     if not cfg.data:
         raise DataError("no data given; pass --data DIR_OR_MANIFEST")
     samples, dropped = filter_short(discover(cfg.data, targets=cfg.targets, group_by=cfg.group_by), cfg)
@@ -77,8 +83,6 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
             seed=seed,
             stratify=spec.task == "classification",
         )
-        if splits_file is not None:
-            save_splits(assignment, splits_file, samples)
     by_split: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
         by_split[assignment[s.id]].append(s)

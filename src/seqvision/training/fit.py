@@ -31,7 +31,8 @@ class TrainResult:
 
 
 def train(
-    cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = ()
+    cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
+    epoch_log: bool = False,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into ``out_dir``.
 
@@ -39,6 +40,7 @@ def train(
     (when there is a test split) ``test/metrics.json`` with the confusion-matrix plot.
     ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split.
     ``callbacks``: more Lightning callbacks, added to seqvision's checkpointing and early stopping.
+    ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per epoch (for log files).
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -69,11 +71,16 @@ def train(
         read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
     if not resume and (out / "best.ckpt").exists():
         raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
+    # Everything that can be wrong with the data and the options is found before anything is written.
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json")
     model = build_sequence_model(cfg.model, data.spec.num_outputs, per_step=data.spec.per_image)
+    has_val = bool(data.splits["val"])
+    monitor = _checked_monitor(cfg, data.spec, has_val)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "splits.json").exists():
+        data.save_splits(out / "splits.json")
     d = cfg.data
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
     class_weights = _class_weights(cfg, data)
@@ -86,10 +93,6 @@ def train(
     )
     save_config(cfg, out / "config.yaml")
 
-    has_val = bool(data.splits["val"])
-    monitor = cfg.train.monitor or ("val_loss" if has_val else "train_loss")
-    if not has_val and monitor.startswith("val_"):
-        raise ConfigError(f"--monitor {monitor} needs validation samples, and the split has none")
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
     mode = "max" if monitor in MAXIMIZE else "min"
@@ -100,6 +103,10 @@ def train(
         # Listed after "best", so the best score it carries is the updated one.
         ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False),
     ]
+    if epoch_log:
+        from seqvision.training.epoch_log import EpochLog
+
+        own_callbacks.append(EpochLog())
     if cfg.train.patience > 0 and has_val:
         own_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
     trainer = L.Trainer(
@@ -145,6 +152,20 @@ def train(
                 setattr(result, f"{split}_metrics", ev.metrics)
                 result.reported.extend(m for m in ev.skipped if m not in result.reported)
     return result
+
+
+def _checked_monitor(cfg: RunConfig, spec, has_val: bool) -> str:
+    """The metric that picks ``best.ckpt`` and stops early: one that this task logs (checked before the
+    first epoch, not after it)."""
+    from seqvision.training.module import logged_metrics
+
+    monitor = cfg.train.monitor or ("val_loss" if has_val else "train_loss")
+    known = logged_metrics(spec)
+    if monitor not in known:
+        raise ConfigError(f"--monitor {monitor}: a {spec.task} run logs {', '.join(known)}; choose one of them")
+    if not has_val and monitor.startswith("val_"):
+        raise ConfigError(f"--monitor {monitor} needs validation samples, and the split has none")
+    return monitor
 
 
 def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress: bool):

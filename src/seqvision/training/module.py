@@ -158,6 +158,11 @@ def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimi
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
+def logged_metrics(spec: TargetSpec) -> list[str]:
+    """Every metric a run of this task logs, so can be monitored: the losses and the validation metrics."""
+    return ["train_loss", "val_loss", *_validation_metrics(spec).keys()]
+
+
 def _validation_metrics(spec: TargetSpec) -> torchmetrics.MetricCollection:
     """What is logged each validation epoch (and can be monitored): val_acc/val_f1, val_map, val_mae/val_rmse."""
     k = spec.num_outputs
