@@ -22,5 +22,5 @@ def test_index_scale_quick_reports_its_figures():
         assert key in folders, key
     assert manifest["frames"] == manifest["rows"] == 5 * manifest["samples"]
     assert folders["frames"] == folders["files"] and manifest["peak_rss_mib"] > 0
-    if folders["bytes_read"] is not None:  # Linux: indexing read no image bytes
-        assert folders["bytes_read"] < folders["image_bytes"]
+    if folders["bytes_read"] is not None:  # Linux: indexing a folder read no byte of any file (the README's claim)
+        assert folders["bytes_read"] == 0

@@ -113,8 +113,9 @@ def test_malformed_csv_rows_name_the_line(tmp_path, body, message):
 
 
 def test_malformed_jsonl_line(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"sample_id": "a"}\n{not json\n')
-    with pytest.raises(DataError, match="line 1|line 2"):
+    write_image(tmp_path / "a.png", 10)
+    (tmp_path / "m.jsonl").write_text('{"sample_id": "a", "label": "x", "path": "a.png"}\n{not json\n')
+    with pytest.raises(DataError, match=r"m.jsonl line 2: not valid JSON"):  # the first line is fine
         discover(tmp_path / "m.jsonl")
 
 

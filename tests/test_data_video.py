@@ -164,16 +164,28 @@ def test_bad_videos_name_the_file(tmp_path, make, start, end, message):
 
 
 def test_truncated_video_repeats_the_last_frame_and_says_so(tmp_path):
-    video = write_video(tmp_path / "v.mp4", frames=40, gop=4)
+    import re
+
+    # Matroska keeps its headers (and the full duration) at the front: a cut file still probes as 40
+    # frames, and decoding runs out before the last one
+    video = write_video(tmp_path / "v.mkv", frames=40, gop=4)
     data = video.read_bytes()
-    cut = tmp_path / "cut.mp4"
+    cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) * 2 // 3])
-    try:
-        info = probe_video(cut)
-    except BadVideoError:
-        return  # an mp4 cut before its index is simply unreadable: also a clear error
-    frames, notes = read_frames(cut, [0.0, info.frame_time(info.num_frames - 1)], fps=info.fps)
-    assert len(frames) == 2 and (notes or level(frames[1]) == 39 % 32)
+    info = probe_video(cut)
+    assert info.num_frames == 40
+    frames, notes = read_frames(cut, [0.0, info.frame_time(39)], fps=info.fps)
+    assert len(frames) == 2 and len(notes) == 1
+    ends = float(re.search(r"the video ends at ([\d.]+) s\); the last frame is repeated", notes[0]).group(1))
+    assert ends < 3.9 and level(frames[1]) == round(ends * 10) % 32  # the last decodable frame, repeated
+
+
+def test_an_mp4_cut_before_its_index_is_called_truncated(tmp_path):
+    video = write_video(tmp_path / "v.mp4", frames=40, gop=4)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])
+    with pytest.raises(BadVideoError, match="cut.mp4: is truncated or damaged"):
+        probe_video(cut)
 
 
 def test_video_errors_in_the_dataset_name_the_sample(tmp_path):
@@ -277,10 +289,22 @@ def test_report_thumbnails_read_each_video_once_in_the_asked_order(tmp_path, mon
 
     for name in calls:
         monkeypatch.setattr(video, name, counted(name))
-    images = frame_images([f"{clip}@12", str(tmp_path / "f.png"), f"{clip}@3", f"{tmp_path / 'gone.mp4'}@1"])
+    images = frame_images([f"{clip}@1.200s", str(tmp_path / "f.png"), f"{clip}@0.300s", f"{tmp_path / 'gone.mp4'}@0.100s"])
     assert calls == {"probe_video": 2, "read_frames": 1}  # v.mp4 once for both frames; gone.mp4 fails its probe
     assert [level(torch.from_numpy(images[i]).permute(2, 0, 1)) for i in (0, 2)] == [12, 3]
-    assert images[1] == tmp_path / "f.png" and images[3] == tmp_path / "gone.mp4@1"  # an unreadable video stays a path
+    assert images[1] == tmp_path / "f.png" and images[3] == tmp_path / "gone.mp4@0.100s"  # an unreadable video stays a path
+
+
+def test_report_thumbnails_of_a_clip_with_a_start_show_its_own_frames(tmp_path):
+    from seqvision.evaluation.evaluate import frame_images
+
+    clip = write_video(tmp_path / "v.mp4", frames=30, fps=10)
+    sample = Sample("late", [], label="a", video=VideoClip(clip, 1.0, 2.0), source=str(clip))  # frames 10-19
+    ds = SequenceDataset([sample], ClipTransform(Preprocessing(16, 16)), sampling=SamplingPolicy("uniform", num_frames=3))
+    names = ds[0]["frames"]
+    assert names == [f"{clip}@1.000s", f"{clip}@1.400s", f"{clip}@1.900s"]
+    images = frame_images(names)
+    assert [level(torch.from_numpy(image).permute(2, 0, 1)) for image in images] == [10, 14, 19]
 
 
 def test_headers_are_probed_once_per_file_version(tmp_path, monkeypatch):

@@ -64,3 +64,12 @@ def test_evaluate_per_group_through_the_cli(grouped_run, tmp_path, capsys):
     assert main(["evaluate", ckpt, "--data", str(plain), "--out", str(tmp_path / "ev2"), "--per-group"]) == 1
     assert "--per-group: no sample" in capsys.readouterr().err
     assert not (tmp_path / "ev2").exists()
+
+
+def test_the_report_names_the_run(grouped_run):
+    _, result = grouped_run
+    html = (result.out_dir / "test" / "report.html").read_text()
+    assert '<section id="run">' in html
+    for fact in ("tiny_cnn, weights none, pool avg, fine-tuned", "lstm, hidden 8", "classification: 2 output(s)",
+                 "the test split", "augmentation on", "16px crop", "torch "):
+        assert fact in html, fact

@@ -44,3 +44,41 @@ def test_inference_chunks_without_checkpointing():
     with torch.no_grad():
         images = torch.randn(8, 3, 16, 16)
         assert torch.allclose(plain(images, torch.tensor([8])), chunked(images, torch.tensor([8])), atol=1e-5)
+
+
+def _trunk_calls_and_saved_bytes(encoder, images):
+    """(trunk forward calls in forward + backward, bytes held for the backward pass outside checkpoints)."""
+    calls, saved = [0], [0]
+    encode = encoder._encode  # (a trunk forward hook does not see checkpoint's replay: count one level up)
+
+    def counted(x):
+        calls[0] += 1
+        return encode(x)
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    encoder._encode = counted
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = encoder(images)
+        out.sum().backward()
+    finally:
+        del encoder._encode
+    return calls[0], saved[0]
+
+
+def test_checkpointing_recomputes_chunks_and_holds_only_their_inputs():
+    plain, chunked = _pair()
+    images = torch.randn(12, 3, 16, 16)
+    plain.train(), chunked.train()
+    plain_calls, plain_saved = _trunk_calls_and_saved_bytes(plain.encoder, images)
+    chunk_calls, chunk_saved = _trunk_calls_and_saved_bytes(chunked.encoder, images)
+    assert plain_calls == 1
+    assert chunk_calls == 2 * 4  # 4 chunks of 3 images: each run forward, then again in backward
+    # without checkpointing every activation is kept for backward; with it, about the chunks' inputs
+    assert chunk_saved <= 2 * images.numel() * images.element_size() < plain_saved / 2
+    chunked.encoder.checkpointing = False  # chunked alone (no checkpointing) keeps every activation
+    _, unchecked_saved = _trunk_calls_and_saved_bytes(chunked.encoder, images)
+    assert unchecked_saved > 2 * chunk_saved
