@@ -54,10 +54,13 @@ def make_demo_dataset(root: str | Path, *, per_class: int = 200, size: int = 32,
     return root
 
 
-def demo_config(data: Path, *, shuffle_frames: bool = False, max_epochs: int = 30, workers: int | None = None) -> RunConfig:
-    """The demo's recipe: tiny CNN from scratch + LSTM; no flip (a flip would reverse the rotation)."""
+def demo_config(
+    data: Path, *, shuffle_frames: bool = False, max_epochs: int = 30, workers: int | None = None, test_fraction: float = 0.15
+) -> RunConfig:
+    """The demo's recipe: tiny CNN from scratch + LSTM, with the default augmentation (crop and colour
+    jitter drawn once per sample; no flip, which keeps order and direction)."""
     return RunConfig(
-        data=DataConfig(data=str(data), augment=False, shuffle_frames=shuffle_frames, num_workers=workers),
+        data=DataConfig(data=str(data), shuffle_frames=shuffle_frames, num_workers=workers, test_fraction=test_fraction),
         model=ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=64, dropout=0.1),
         train=TrainConfig(max_epochs=max_epochs, batch_size=16, lr=3e-3, backbone_lr=3e-3, patience=8, monitor="val_loss"),
     )
@@ -68,9 +71,13 @@ class DemoResult:
     accuracy: float  # test accuracy of the CNN+LSTM on ordered frames
     control_accuracy: float  # the same recipe with each sample's frames shuffled
     out_dir: Path
+    test_samples: int = 0  # in the test split (the same samples for both runs)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, per_class: int = 200, max_epochs: int = 30, progress: bool = True, workers: int | None = None) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "runs/demo", *, per_class: int = 200, max_epochs: int = 30, progress: bool = True,
+    workers: int | None = None, test_fraction: float = 0.15,
+) -> DemoResult:
     """Write the dataset, train + evaluate on it, then the shuffled-frames control. Offline, CPU-friendly."""
     from seqvision.training.fit import train
 
@@ -84,6 +91,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_class: int = 200, max_epo
         for name in ("data", "ordered", "shuffled"):
             shutil.rmtree(out / name, ignore_errors=True)
     data = make_demo_dataset(out / "data", per_class=per_class)
-    ordered = train(demo_config(data, max_epochs=max_epochs, workers=workers), out / "ordered", progress=progress)
-    control = train(demo_config(data, shuffle_frames=True, max_epochs=max_epochs, workers=workers), out / "shuffled", progress=progress)
-    return DemoResult(ordered.test_metrics["accuracy"], control.test_metrics["accuracy"], out)
+    options = dict(max_epochs=max_epochs, workers=workers, test_fraction=test_fraction)
+    ordered = train(demo_config(data, **options), out / "ordered", progress=progress)
+    control = train(demo_config(data, shuffle_frames=True, **options), out / "shuffled", progress=progress)
+    return DemoResult(ordered.test_metrics["accuracy"], control.test_metrics["accuracy"], out, ordered.test_metrics["num_samples"])
