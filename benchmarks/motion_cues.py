@@ -59,10 +59,12 @@ def make_direction_dataset(root: Path, *, per_class: int, size: int = 32, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration (each also draws its own split)")
     args = parser.parse_args()
     per_class, epochs = (12, 2) if args.quick else (250, 30)
+    seeds = list(range(1 if args.quick else args.seeds))
     weights = str(WEIGHTS) if WEIGHTS.exists() else "none"
-    print(f"backbone: frozen mobilenet_v2, weights {weights}", flush=True)
+    print(f"backbone: frozen mobilenet_v2, weights {weights}; seeds {seeds}; features bf16 where the CPU is fast at it", flush=True)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tasks = {
@@ -70,8 +72,9 @@ def main() -> None:
             "approach": make_demo_dataset(Path(tmp) / "approach", per_class=per_class),
         }
         for task, data in tasks.items():
-            for name, (pool, diff) in CONFIGS.items():
+            for (name, (pool, diff)), seed in ((c, seed) for c in CONFIGS.items() for seed in seeds):
                 cfg = demo_config(data, max_epochs=epochs, workers=0)
+                cfg.train.seed = seed
                 cfg.model.backbone, cfg.model.weights, cfg.model.freeze = "mobilenet_v2", weights, True
                 cfg.data.image_size = cfg.data.resize_size = 96
                 cfg.data.mean = cfg.data.std = [0.5, 0.5, 0.5]  # what these weights expect
@@ -80,11 +83,18 @@ def main() -> None:
                 cfg.data.val_fraction, cfg.data.test_fraction = 0.2, 0.3  # 150 test samples per task
                 cfg.model.pool, cfg.model.temporal_diff = pool, diff
                 start = time.perf_counter()
-                run = train(cfg, Path(tmp) / "runs" / task / name.replace(" ", "_").replace("+", ""), progress=False)
+                run = train(cfg, Path(tmp) / "runs" / task / f"{name.replace(' ', '_').replace('+', '')}-{seed}", progress=False)
                 acc = run.test_metrics["accuracy"]
-                results.setdefault(task, {})[name] = {"test_accuracy": acc, "seconds": time.perf_counter() - start}
-                print(f"{task:10s} {name:22s} test accuracy {acc:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
-    print(json.dumps({"quick": args.quick, "per_class": per_class, "epochs": epochs, "weights": weights, "results": results}))
+                entry = results.setdefault(task, {}).setdefault(name, {"test_accuracy": [], "seconds": 0.0})
+                entry["test_accuracy"].append(acc)
+                entry["seconds"] += time.perf_counter() - start
+                print(f"{task:10s} {name:22s} seed {seed} test accuracy {acc:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    print("\n| test accuracy, mean (min-max) of seeds | " + " | ".join(CONFIGS) + " |")
+    print("|---|" + "---|" * len(CONFIGS))
+    for task, by_config in results.items():
+        cells = [f"{sum(a) / len(a):.3f} ({min(a):.3f}-{max(a):.3f})" for a in (by_config[c]["test_accuracy"] for c in CONFIGS)]
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    print(json.dumps({"quick": args.quick, "per_class": per_class, "epochs": epochs, "weights": weights, "seeds": seeds, "results": results}))
 
 
 if __name__ == "__main__":

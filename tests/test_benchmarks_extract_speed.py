@@ -14,9 +14,11 @@ def test_extract_speed_quick_runs_and_reports_every_figure():
     report = json.loads(res.stdout.strip().splitlines()[-1])
     r18 = report["resnet18"]
     for key in ("naive_images_per_s", "seqvision_images_per_s", "speedup_vs_naive", "ceiling_images_per_s",
-                "fraction_of_ceiling", "bf16_vs_fp32_min_cosine", "cnn_only_images_per_s", "cnn_only_speedup_bound"):
+                "fraction_of_ceiling", "bf16_vs_fp32_min_cosine", "cnn_only_images_per_s", "cnn_only_speedup_bound",
+                "seqvision_fp32_images_per_s", "speedup_vs_naive_fp32"):
         assert r18[key] > 0, key
     assert report["conv_peak_gflops"]["fp32"] > 0 and report["conv_peak_gflops"]["bf16"] > 0
-    assert report["epoch"]["cached_s"] > 0 and report["epoch"]["speedup_vs_naive"] > 1
+    # the naive epoch is measured (PIL + one image per forward, every epoch): slower than cached rows
+    assert report["epoch"]["cached_s"] > 0 and report["epoch"]["naive_recompute_s"] > report["epoch"]["cached_s"]
     assert report["epoch"]["train_command_epoch_s"] > 0
     assert {"tuned_images_per_s", "default_images_per_s", "tuned_faults_per_batch"} <= set(report["malloc"])

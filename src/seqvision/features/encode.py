@@ -42,10 +42,9 @@ class OneDNNEncoder(nn.Module):
     """CPU inference on a converted copy of an ImageEncoder's trunk: BatchNorm folded into the
     convolutions, the weights reordered once into oneDNN's blocked layout, in ``dtype``.
 
-    Eager autocast re-casts every weight to bf16 and runs BatchNorm as a separate pass at every call.
-    Measured here (2 Zen 4 cores, allocator tuned), ResNet-18 on ready batches of 64: 121-122 vs 115
-    images/s eager in bf16 (as fast as ``--compile``, without its 5-16 s compile); 62 vs 60 in fp32,
-    which :func:`prepare_encoder` therefore leaves eager.
+    Eager autocast re-casts every weight to bf16 and runs BatchNorm as a separate pass at every call;
+    the copy does neither (``benchmarks/feature_precision.py`` measures it against eager bf16 and fp32).
+    In fp32 the gain was small, so :func:`prepare_encoder` leaves fp32 eager.
 
     oneDNN tensors support few operations (convolution, BatchNorm, ReLU, pooling, addition: the ResNet
     family), so a probe batch decides at construction: a trunk that fails on it, or whose features

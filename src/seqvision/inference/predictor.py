@@ -53,8 +53,9 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
         """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``). ``precision`` is the
-        CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (features within a
-        cosine of 0.9999 of fp32; the heads always run in fp32), ``32`` computes fp32 features."""
+        CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (with real ImageNet
+        weights, features within a cosine of about 0.999 of fp32: ``benchmarks/feature_precision.py``;
+        the heads always run in fp32), ``32`` computes fp32 features."""
         device = resolve_device(device)  # a bad device or precision fails before any loading
         inference_dtype(device, precision)
         raw = read_checkpoint(path)
