@@ -139,3 +139,29 @@ def test_config_yaml_round_trips_every_default():
 
     raw = yaml.safe_load(yaml.safe_dump(RunConfig().to_dict()))
     assert resolve_config(overrides=raw).to_dict() == RunConfig().to_dict()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": {"head": "mean", "hidden_size": 64}}, "--hidden-size has no effect with --head mean"),
+    ({"model": {"head": "lstm", "d_model": 128}}, "--d-model has no effect with --head lstm"),
+    ({"model": {"head": "transformer", "bidirectional": True}}, "--bidirectional has no effect with --head transformer"),
+    ({"data": {"stride": 3}}, "--stride/--fps have no effect with --sampling uniform"),
+    ({"model": {"freeze": True}, "train": {"backbone_lr": 0.01}}, "--backbone-lr has no effect with --freeze"),
+    ({"data": {"cache": "/tmp/x"}}, "have no effect without --freeze"),
+])
+def test_more_options_without_effect_are_said(overrides, message):
+    from seqvision.config import resolve_config
+
+    with pytest.warns(UserWarning, match=message):
+        resolve_config(overrides=overrides)
+
+
+def test_the_default_options_warn_about_nothing():
+    import warnings
+
+    from seqvision.config import resolve_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for head in ("lstm", "gru", "attention", "transformer", "mean", "max"):
+            resolve_config(overrides={"model": {"head": head}})

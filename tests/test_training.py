@@ -281,3 +281,10 @@ def test_a_direction_task_learns_with_the_default_augmentation(tmp_path):
     assert cfg.data.augment is None and cfg.model.freeze is False  # augmentation on, as users get it
     result = train(cfg, tmp_path / "out", progress=False)
     assert result.test_metrics["accuracy"] >= 0.85
+
+
+def test_loss_options_of_another_task_are_said(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    cfg = fast_config(data, max_epochs=1, loss="l1")
+    with pytest.warns(UserWarning, match="--loss l1 has no effect on a classification task"):
+        train(cfg, tmp_path / "out", progress=False)

@@ -358,6 +358,23 @@ def _warn_no_effect(cfg: RunConfig) -> None:
         warnings.warn(f"--lstm-dropout {m.lstm_dropout} has no effect with --num-layers 1 (it acts between stacked layers)", stacklevel=3)
     if d.eval_clips > 1 and (d.eval_sampling or d.sampling) != "random":
         warnings.warn(f"--eval-clips {d.eval_clips} has no effect with --sampling {d.eval_sampling or d.sampling} (only random sampling averages clips)", stacklevel=3)
+    if (d.stride != 1 or d.fps is not None) and "stride" not in (d.sampling, d.eval_sampling):
+        warnings.warn(f"--stride/--fps have no effect with --sampling {d.sampling} (they are for --sampling stride)", stacklevel=3)
+    from seqvision.models.temporal import head_options
+
+    defaults, taken = ModelConfig(), set(head_options(m.head))
+    for name, option in _HEAD_FIELDS.items():  # a head option the chosen head does not take, set by the user
+        if getattr(m, name) != getattr(defaults, name) and option not in taken:
+            warnings.warn(f"{flag(name)} has no effect with --head {m.head} (it takes: {', '.join(sorted(taken)) or 'no options'})", stacklevel=3)
+    if m.freeze and cfg.train.backbone_lr != TrainConfig().backbone_lr:
+        warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)", stacklevel=3)
+    if not m.freeze and (d.cache != "auto" or d.feature_precision != "auto" or d.cache_dtype != "float32"):
+        warnings.warn("--cache, --cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)", stacklevel=3)
+
+
+# config field -> the temporal-head option it feeds (see models.sequence_model.build_sequence_model)
+_HEAD_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_layers", "bidirectional": "bidirectional",
+                "lstm_dropout": "dropout", "d_model": "d_model", "nhead": "nhead"}
 
 
 def _heads() -> list[str]:

@@ -78,6 +78,7 @@ def train(
     model = build_sequence_model(cfg.model, data.spec.num_outputs, per_step=data.spec.per_image)
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
+    _warn_task_options(cfg, data.spec)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "splits.json").exists():
         data.save_splits(out / "splits.json")
@@ -166,6 +167,15 @@ def _checked_monitor(cfg: RunConfig, spec, has_val: bool) -> str:
     if not has_val and monitor.startswith("val_"):
         raise ConfigError(f"--monitor {monitor} needs validation samples, and the split has none")
     return monitor
+
+
+def _warn_task_options(cfg: RunConfig, spec) -> None:
+    """Loss options of another kind of task than the data's: said once, not silently ignored."""
+    classes = spec.task in ("classification", "frame_classification")
+    if cfg.train.label_smoothing and not classes:
+        warnings.warn(f"--label-smoothing has no effect on a {spec.task} task (it is for single-label classes)", stacklevel=3)
+    if cfg.train.loss != "mse" and spec.is_classes:
+        warnings.warn(f"--loss {cfg.train.loss} has no effect on a {spec.task} task (it is for regression)", stacklevel=3)
 
 
 def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress: bool):
