@@ -180,3 +180,14 @@ def test_logs_to_a_pipe_get_one_line_per_epoch_and_no_library_chatter(tmp_path):
     verbose = subprocess.run([sys.executable, "-m", "seqvision", *args[:4], str(tmp_path / "run2"), *args[5:], "--verbose"],
                              capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 0 and "GPU available" in verbose.stderr
+
+
+def test_warnings_are_one_line_like_errors(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    args = [a for a in _train_args(data, tmp_path / "run") if a != "--no-progress"] + ["--lstm-dropout", "0.3", "--max-epochs", "1"]
+    res = subprocess.run([sys.executable, "-m", "seqvision", *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    # said once (not once per place that validates), on one line, with no Python file:line or source line
+    assert res.stderr.strip().splitlines() == [
+        "seqvision: warning: --lstm-dropout 0.3 has no effect with --num-layers 1 (it acts between stacked layers)"
+    ]

@@ -83,12 +83,12 @@ def test_yaml_values_of_the_wrong_type_are_refused_before_work(yaml_text, fragme
 
 
 def test_options_without_effect_are_said_once(tmp_path):
-    from seqvision.config import resolve_config
+    from seqvision.config import resolve_config, validate
 
     with pytest.warns(UserWarning, match="--lstm-dropout 0.3 has no effect with --num-layers 1"):
-        resolve_config(overrides={"model": {"lstm_dropout": 0.3}})
+        validate(resolve_config(overrides={"model": {"lstm_dropout": 0.3}}))
     with pytest.warns(UserWarning, match="--eval-clips 3 has no effect with --sampling uniform"):
-        resolve_config(overrides={"data": {"eval_clips": 3}})
+        validate(resolve_config(overrides={"data": {"eval_clips": 3}}))
 
 
 @pytest.fixture(scope="module")
@@ -150,18 +150,18 @@ def test_config_yaml_round_trips_every_default():
     ({"data": {"cache": "/tmp/x"}}, "have no effect without --freeze"),
 ])
 def test_more_options_without_effect_are_said(overrides, message):
-    from seqvision.config import resolve_config
+    from seqvision.config import resolve_config, validate
 
     with pytest.warns(UserWarning, match=message):
-        resolve_config(overrides=overrides)
+        validate(resolve_config(overrides=overrides))
 
 
 def test_the_default_options_warn_about_nothing():
     import warnings
 
-    from seqvision.config import resolve_config
+    from seqvision.config import resolve_config, validate
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for head in ("lstm", "gru", "attention", "transformer", "mean", "max"):
-            resolve_config(overrides={"model": {"head": head}})
+            validate(resolve_config(overrides={"model": {"head": head}}))

@@ -384,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator
     if not args.verbose:
         _quiet_libraries()
+    _one_line_warnings()
     try:
         return COMMANDS[args.command](args)
     except SeqVisionError as exc:
@@ -392,6 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqvision: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings() -> None:
+    """Warnings as ``seqvision: warning: ...`` on one line, like our errors, not Python's file:line form
+    with a line of source code (the message names what to change)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"seqvision: warning: {message}\n"
 
 
 def _quiet_libraries() -> None:

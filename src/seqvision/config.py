@@ -180,7 +180,7 @@ def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any
         apply_overrides(cfg, load_yaml_config(yaml_path), source=str(yaml_path))
     if overrides:
         apply_overrides(cfg, overrides, source="command line")
-    validate(cfg)
+    validate(cfg, warn=False)  # errors now; options without effect are said once, when the run starts
     return cfg
 
 
@@ -229,10 +229,10 @@ def flag(key: str) -> str:
     return "--" + _FLAG_NAMES.get(key, key.replace("_", "-"))
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, *, warn: bool = True) -> None:
     """Reject option values that cannot work, before any work starts: each value's type (a YAML file
-    can hold anything), its range and its choices, naming the option; warn once for options that are
-    valid but have no effect with the others."""
+    can hold anything), its range and its choices, naming the option; with ``warn``, say which options
+    are valid but have no effect with the others."""
     _check_types(cfg)
     choices = {
         ("data", "task"): TASK_CHOICES,
@@ -283,7 +283,8 @@ def validate(cfg: RunConfig) -> None:
     if m.head == "transformer" and m.d_model % m.nhead:
         raise ConfigError(f"--d-model {m.d_model} must be a multiple of --nhead {m.nhead} (each head gets d_model / nhead)")
     _check_devices(cfg.train)
-    _warn_no_effect(cfg)
+    if warn:
+        _warn_no_effect(cfg)
 
 
 ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -352,24 +353,24 @@ def _check_devices(train: "TrainConfig") -> None:
 
 
 def _warn_no_effect(cfg: RunConfig) -> None:
-    """Valid options that do nothing with the others: said once, so a user does not believe they act."""
+    """Valid options that do nothing with the others, so a user does not believe they act."""
     d, m = cfg.data, cfg.model
     if m.lstm_dropout > 0 and m.num_layers == 1 and m.head in ("lstm", "gru", "attention"):
-        warnings.warn(f"--lstm-dropout {m.lstm_dropout} has no effect with --num-layers 1 (it acts between stacked layers)", stacklevel=3)
+        warnings.warn(f"--lstm-dropout {m.lstm_dropout} has no effect with --num-layers 1 (it acts between stacked layers)")
     if d.eval_clips > 1 and (d.eval_sampling or d.sampling) != "random":
-        warnings.warn(f"--eval-clips {d.eval_clips} has no effect with --sampling {d.eval_sampling or d.sampling} (only random sampling averages clips)", stacklevel=3)
+        warnings.warn(f"--eval-clips {d.eval_clips} has no effect with --sampling {d.eval_sampling or d.sampling} (only random sampling averages clips)")
     if (d.stride != 1 or d.fps is not None) and "stride" not in (d.sampling, d.eval_sampling):
-        warnings.warn(f"--stride/--fps have no effect with --sampling {d.sampling} (they are for --sampling stride)", stacklevel=3)
+        warnings.warn(f"--stride/--fps have no effect with --sampling {d.sampling} (they are for --sampling stride)")
     from seqvision.models.temporal import head_options
 
     defaults, taken = ModelConfig(), set(head_options(m.head))
     for name, option in _HEAD_FIELDS.items():  # a head option the chosen head does not take, set by the user
         if getattr(m, name) != getattr(defaults, name) and option not in taken:
-            warnings.warn(f"{flag(name)} has no effect with --head {m.head} (it takes: {', '.join(sorted(taken)) or 'no options'})", stacklevel=3)
+            warnings.warn(f"{flag(name)} has no effect with --head {m.head} (it takes: {', '.join(sorted(taken)) or 'no options'})")
     if m.freeze and cfg.train.backbone_lr != TrainConfig().backbone_lr:
-        warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)", stacklevel=3)
+        warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)")
     if not m.freeze and (d.cache != "auto" or d.feature_precision != "auto" or d.cache_dtype != "float32"):
-        warnings.warn("--cache, --cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)", stacklevel=3)
+        warnings.warn("--cache, --cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)")
 
 
 # config field -> the temporal-head option it feeds (see models.sequence_model.build_sequence_model)
