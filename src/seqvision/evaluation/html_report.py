@@ -104,7 +104,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.name,th.name{text-align:left}td.id{max-width:14em;overflow-wrap:anywhere}
+th{background:#f3f3f3}td.name,th.name,td.text{text-align:left}td.id{max-width:14em;overflow-wrap:anywhere}
 table.confusion td{min-width:2.5em;text-align:center}
 .thumbs{display:flex;flex-wrap:wrap;gap:4px}
 figure{margin:0;text-align:center;font-size:11px;color:#555}
