@@ -78,6 +78,10 @@ def test_cli_choices_are_the_implementations_own():
     from seqvision.models.backbones import POOLS
 
     assert POOL_CHOICES == POOLS and SAMPLING_CHOICES == MODES and TASK_CHOICES == ("auto", *TASKS)
+    from seqvision.config import DIAGNOSTICS_CHOICES
+    from seqvision.evaluation import diagnostics
+
+    assert DIAGNOSTICS_CHOICES == diagnostics.MODES
 
 
 def test_extract_caches_every_pooling_train_can_use(tmp_path, capsys):

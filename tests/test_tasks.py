@@ -91,6 +91,13 @@ def test_every_task_end_to_end_train_evaluate_predict(manifest, tmp_path, task):
         assert all(set(filter(None, r["prediction"].split(";"))) <= {"red", "round"} for r in rows)
     ev = evaluate(result.best_checkpoint, manifest, tmp_path / "ev")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())[key] == ev.metrics[key]
+    # diagnostics follow the task: its own headline metric and change measure on every variant
+    d = ev.metrics["diagnostics"]
+    headline = {"mAP": "exact_match"}.get(key, key)
+    assert d["metric"] == headline and d["normal"] == pytest.approx(ev.metrics[headline])
+    for variant in ("shuffled", "reversed", "middle", "mirrored"):
+        assert headline in d[variant] and ("mean_abs_change" if headline == "mae" else "changed") in d[variant]
+    assert d["findings"]
 
 
 def test_multilabel_labels_column_and_thresholds(manifest):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from seqvision.config import POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
+from seqvision.config import DIAGNOSTICS_CHOICES, POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
 from seqvision.errors import SeqVisionError
 
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
@@ -76,6 +76,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--accelerator", "train", "accelerator", {"help": "auto | cpu | gpu | cuda | mps"}),
     ("--devices", "train", "devices", {"help": "auto, a count (-1: all) or indices like 0,1"}),
     ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction, "help": "deterministic algorithms (with --seed: repeatable runs)"}),
+    ("--diagnostics", "train", "diagnostics", {"choices": DIAGNOSTICS_CHOICES, "help": "evaluation on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 3000 samples"}),
     ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
 ]
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-group", action="store_true", help="also the metrics of each group (in metrics.json and the report)")
     p.add_argument("--group-by", help="the groups: a manifest column (default 'group') or, for a folder, a regex on the sample names")
     _inference_flags(p)
+    p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto",
+                   help="the model on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 3000 samples (default: %(default)s)")
 
     p = sub.add_parser("predict", help="predict samples (sample folders, data roots or a manifest)")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
@@ -182,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
     p.add_argument("run", help="a run folder written by `seqvision train`")
     p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
+    p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto", help="as for evaluate (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
 
     sub.add_parser("backbones", help="list the backbone names")
@@ -235,6 +239,11 @@ def _report(lines: list[str], what: str) -> None:
             print(f"  - {line}", file=sys.stderr)
 
 
+def _print_findings(metrics: dict | None) -> None:
+    for finding in (metrics or {}).get("diagnostics", {}).get("findings", []):
+        print(f"  - {finding}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seqvision.config import resolve_config
     from seqvision.evaluation.metrics import headline
@@ -252,6 +261,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = getattr(result, f"{split}_metrics")
         if metrics:
             print(f"{split}: {headline(metrics)}  ({Path(args.out) / split / 'metrics.json'})")
+            _print_findings(metrics)
     _report(result.reported, "data notes: samples or images left out, clips shortened")
     return 0
 
@@ -263,9 +273,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         on_bad_image=args.on_bad_image, split=args.split, device=_inference_device(args), precision=args.precision,
-        per_group=args.per_group or args.group_by is not None, group_by=args.group_by,
+        per_group=args.per_group or args.group_by is not None, group_by=args.group_by, diagnostics=args.diagnostics,
     )
     print(headline(result.metrics))
+    _print_findings(result.metrics)
     for path in result.files:
         print(f"wrote {path}")
     _report(result.skipped, "images left out")
@@ -295,8 +306,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from seqvision.demo import run_demo
 
     result = run_demo(args.out, max_epochs=args.max_epochs, progress=not args.no_progress and sys.stdout.isatty())
-    print(f"demo: CNN+LSTM test accuracy {result.accuracy:.3f} (target >= 0.95)")
-    print(f"demo: control with shuffled frames {result.control_accuracy:.3f} (chance = 0.5)")
+    print(f"demo: CNN+LSTM test accuracy {result.accuracy:.3f} on {result.test_samples} test samples (target >= 0.95)")
+    print(f"demo: the same model with each test sample's frames shuffled {result.control_accuracy:.3f} (chance = 0.5)")
+    for finding in result.findings or []:
+        print(f"  - {finding}")
     print(f"demo: runs, checkpoints and metrics in {result.out_dir}")
     return 0 if result.accuracy >= 0.95 else 1
 
@@ -353,8 +366,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from seqvision.evaluation.evaluate import report
     from seqvision.evaluation.metrics import headline
 
-    result = report(args.run, split=args.split, device=_inference_device(args))
+    result = report(args.run, split=args.split, device=_inference_device(args), diagnostics=args.diagnostics)
     print(headline(result.metrics))
+    _print_findings(result.metrics)
     for path in result.files:
         print(f"wrote {path}")
     return 0

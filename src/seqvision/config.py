@@ -110,6 +110,9 @@ class TrainConfig:
     devices: str | int = "auto"  # auto, a count (-1: all), or a comma-separated list of device indices
     deterministic: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
+    # the evaluation at the end: the model on shuffled, reversed, single-image (and mirrored) samples;
+    # auto = full (mirrored too: one more CNN pass) up to a few thousand samples, else fast (no mirror)
+    diagnostics: str = "auto"
 
 
 @dataclass
@@ -189,6 +192,7 @@ def resolve_config(yaml_path: str | Path | None = None, overrides: dict[str, Any
 TASK_CHOICES = ("auto", "classification", "multilabel", "regression", "frame_classification", "frame_regression")
 SAMPLING_CHOICES = ("uniform", "stride", "random", "segments")
 POOL_CHOICES = ("avg", "max", "grid2")
+DIAGNOSTICS_CHOICES = ("auto", "off", "fast", "full")
 
 
 # Ranges of the numeric options: (section, field, test, what it must be). A None value means "not set".
@@ -247,6 +251,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         ("train", "class_weights"): (None, "balanced"),
         ("train", "on_nan"): ("stop", "skip"),
         ("train", "accelerator"): ACCELERATOR_CHOICES,
+        ("train", "diagnostics"): DIAGNOSTICS_CHOICES,
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(cfg, section), key)

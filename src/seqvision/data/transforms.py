@@ -53,9 +53,10 @@ class ClipTransform:
     the motion), so it is off unless asked for.
     """
 
-    def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = False) -> None:
+    def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = False, mirror: bool = False) -> None:
         self.prep = prep
         self.train = train
+        self.mirror = mirror  # every image flipped left-right, always (the evaluation's mirror diagnostic)
         augment: list[v2.Transform] = [
             v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), interpolation=prep.interpolation_mode, antialias=True),
         ]
@@ -71,6 +72,8 @@ class ClipTransform:
         else:
             clip = F.resize(clip, [self.prep.resize_size], interpolation=self.prep.interpolation_mode, antialias=True)
             clip = F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
+        if self.mirror:
+            clip = clip.flip(-1)
         clip = F.to_dtype(clip, torch.float32, scale=True)
         return F.normalize(clip, mean=list(self.prep.mean), std=list(self.prep.std))
 

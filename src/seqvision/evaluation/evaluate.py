@@ -13,6 +13,7 @@ from seqvision.data.samples import Sample
 from seqvision.data.splits import read_split_file
 from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
+from seqvision.evaluation.diagnostics import diagnose, resolve_mode
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
 from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.report import confusion_matrix_png, write_metrics
@@ -55,11 +56,16 @@ def evaluate_samples(
     predictor: Predictor, samples: list[Sample], out_dir: Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, source: str = "the data",
     history_csv: list[Path] | None = None, store: FeatureStore | None = None, per_group: bool = False,
+    diagnostics: str = "auto",
 ) -> EvaluationResult:
     """Metrics of ``predictor`` on ``samples``. With ``out_dir``: ``metrics.json``, the confusion-matrix
     plot and a self-contained ``report.html`` (with training curves from ``history_csv`` when given).
     ``store``: a frozen backbone's feature cache to read the features from instead of running the CNN.
-    ``per_group``: also the metrics of each group of samples (see ``per_group_metrics``)."""
+    ``per_group``: also the metrics of each group of samples (see ``per_group_metrics``).
+    ``diagnostics``: the same model on shuffled, reversed, single-image (and with ``full``, mirrored)
+    variants of the samples (:mod:`seqvision.evaluation.diagnostics`): ``off``, ``fast`` (no mirror: no
+    extra CNN pass), ``full``, or ``auto`` (full up to a few thousand samples)."""
+    mode = resolve_mode(diagnostics, len(samples))
     check_task_matches(predictor, samples, source)
     if per_group and not any(s.group is not None for s in samples):
         raise DataError(
@@ -68,12 +74,21 @@ def evaluate_samples(
         )
     started = time.perf_counter()
     preds = predictor.run(
-        samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True, store=store
+        samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=True, store=store,
+        keep_features=mode != "off",
     )
     seconds = time.perf_counter() - started
     metrics = _metrics(predictor, preds.outputs, preds.targets, preds.sample_ids)
     if per_group:
         metrics.update(per_group_metrics(predictor, preds, {s.id: s.group for s in samples}))
+    if mode != "off" and len(preds.sample_ids):
+        started = time.perf_counter()
+        mirrored = None
+        if mode == "full":  # the only variant that needs the CNN again: the pixels change
+            mirrored = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, mirror=True)
+        metrics["diagnostics"] = diagnose(predictor, preds, lambda o, t, i: _metrics(predictor, o, t, i), mirrored=mirrored)
+        metrics["diagnostics"].update(mode=mode, seconds=round(time.perf_counter() - started, 3))
+    preds.clips = []  # the kept features are not needed any more
     if preds.skipped:
         metrics["skipped"] = preds.skipped
     result = EvaluationResult(metrics, skipped=preds.skipped)
@@ -92,6 +107,7 @@ def evaluate_samples(
                 out_dir / "report.html", metrics=metrics, title=f"seqvision evaluation: {source}",
                 history_csv=history_csv, errors=confident_errors(predictor, preds), attention=attention_cases(predictor, preds),
                 confusion_png=png, run=run_summary(predictor, source, len(samples), seconds, cached=store is not None),
+                diagnostics=metrics.get("diagnostics"),
             )
         )
     return result
@@ -239,6 +255,7 @@ def evaluate(
     checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, split: str | None = None,
     device: str | torch.device = "cpu", precision: str = "auto", per_group: bool = False, group_by: str | None = None,
+    diagnostics: str = "auto",
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits). ``precision``:
     the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32).
@@ -257,13 +274,13 @@ def evaluate(
             )
     return evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
-        num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group,
+        num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group, diagnostics=diagnostics,
     )
 
 
 def report(
     run_dir: str | Path, *, split: str | None = None, batch_size: int = 8, device: str | torch.device = "cpu",
-    precision: str | None = None,
+    precision: str | None = None, diagnostics: str = "auto",
 ) -> EvaluationResult:
     """Rebuild ``RUN/<split>/report.html`` (and metrics) from a run folder: its best checkpoint on its
     saved test split (or validation split), with the training curves from its logs. The CNN runs in
@@ -285,6 +302,6 @@ def report(
             return evaluate_samples(
                 predictor, chosen, run / name, batch_size=batch_size, source=f"the {name} split of {data}",
                 history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
-                per_group=any(s.group is not None for s in chosen),
+                per_group=any(s.group is not None for s in chosen), diagnostics=diagnostics,
             )
     raise CheckpointError(f"{run}: the saved split has no {split or 'test or val'} samples to report on")

@@ -69,6 +69,7 @@ def write_html_report(
     attention: list[AttentionCase] | None = None,
     confusion_png: bytes | None = None,
     run: dict[str, str] | None = None,
+    diagnostics: dict | None = None,
 ) -> Path:
     """Write a self-contained HTML evaluation report (atomically) and return its path.
 
@@ -81,12 +82,15 @@ def write_html_report(
         errors: wrongly predicted samples; shown most confident first.
         attention: samples with per-image attention weights.
         run: what was evaluated, in words (backbone, head, options, data, sizes, times, versions).
+        diagnostics: the model on shuffled, reversed, single-image and mirrored variants, with findings.
     """
     parts = [f"<h1>{escape(title)}</h1>"]
     if run:
         rows = "".join(f'<tr><td class="name">{escape(k)}</td><td class="text">{escape(v)}</td></tr>' for k, v in run.items())
         parts.append(f'<section id="run"><h2>Run</h2><table class="run">{rows}</table></section>')
     parts.append(_metrics_section(metrics, confusion_png))
+    if diagnostics:
+        parts.append(_diagnostics_section(diagnostics))
     if history_csv:
         parts.append(_curves_section([Path(p) for p in history_csv]))
     if errors:
@@ -166,6 +170,29 @@ def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
     if metrics.get("confusion_matrix"):
         html.append(_confusion_html(metrics["confusion_matrix"]["labels"], metrics["confusion_matrix"]["matrix"], confusion_png))
     return "\n".join(html) + "</section>"
+
+
+def _diagnostics_section(d: dict) -> str:
+    key = d["metric"]
+    move = "mean_abs_change" if key == "mae" else "changed"
+    what = {"normal": "as given", "shuffled": f"shuffled (mean of {d.get('shuffled', {}).get('draws', 1)} orders)",
+            "reversed": "reversed", "middle": "the middle image alone", "mirrored": "mirrored left-right (CNN run again)"}
+    rows = []
+    for variant, label in what.items():
+        if variant == "normal":
+            rows.append(f'<tr><td class="name">{label}</td><td>{_fmt(d["normal"])}</td><td></td></tr>')
+        elif variant in d:
+            v = d[variant]
+            change = f"{100 * v[move]:.1f}%" if move == "changed" else _fmt(v[move])
+            rows.append(f'<tr><td class="name">{escape(label)}</td><td>{_fmt(v[key])}</td><td>{change}</td></tr>')
+    items = "".join(f"<li>{escape(f)}</li>" for f in d.get("findings", []))
+    return (
+        f'<section id="diagnostics"><h2>Does order matter? The same model on variants of each sample</h2>'
+        f'<table class="diagnostics"><tr><th class="name">images</th><th>{escape(key)}</th>'
+        f'<th>{"predictions changed" if move == "changed" else "mean absolute change"}</th></tr>{"".join(rows)}</table>'
+        f'<ul class="findings">{items}</ul><p class="note">{escape(d.get("mode", ""))} diagnostics, '
+        f'{_fmt(d.get("seconds", 0))} s; only the mirrored variant runs the CNN again</p></section>'
+    )
 
 
 def _confusion_html(labels: list[str], matrix: list[list[int]], png: bytes | None) -> str:

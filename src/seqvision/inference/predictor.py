@@ -31,6 +31,9 @@ class Predictions:
     frames: list[str] = field(default_factory=list)  # per-image tasks: the image of each output row
     sample_frames: dict[str, list[str]] = field(default_factory=dict)  # the images each sample was seen through
     attention: dict[str, list[float]] = field(default_factory=dict)  # attention heads: weight per image
+    # with keep_features: each clip's per-image features (T, F) and the output row it feeds (per-sample
+    # tasks; several clips of one sample share a row) or its first image's row (per-image tasks)
+    clips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 class Predictor:
@@ -105,9 +108,10 @@ class Predictor:
 
     def dataloader(
         self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
-        with_targets: bool = False, store: FeatureStore | None = None,
+        with_targets: bool = False, store: FeatureStore | None = None, mirror: bool = False,
     ) -> DataLoader:
-        """Batches of images, or of cached ``(T, F)`` features when ``store`` is given."""
+        """Batches of images, or of cached ``(T, F)`` features when ``store`` is given; ``mirror``: every
+        image flipped left-right (a diagnostic: the CNN sees the mirrored scene)."""
         d = self.cfg.data
         options = dict(
             encode_target=self.spec.encode if with_targets else None,
@@ -120,7 +124,7 @@ class Predictor:
         if store is not None:
             dataset: SequenceDataset = CachedFeatureDataset(samples, store, **options)
         else:
-            dataset = SequenceDataset(samples, ClipTransform(self.preprocessing, train=False), **options)
+            dataset = SequenceDataset(samples, ClipTransform(self.preprocessing, train=False, mirror=mirror), **options)
         return DataLoader(
             dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, persistent_workers=False
         )
@@ -128,14 +132,18 @@ class Predictor:
     @torch.inference_mode()
     def run(
         self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
-        with_targets: bool = False, store: FeatureStore | None = None,
+        with_targets: bool = False, store: FeatureStore | None = None, keep_features: bool = False, mirror: bool = False,
     ) -> Predictions:
         """Outputs for every sample (in order), batched; bad input raises or is skipped and reported.
 
         The CNN takes the same fast path as ``extract`` (all images of a batch in one pass, channels_last,
         bf16 where fast). With ``store`` (a frozen backbone's feature cache, whose key must match this
-        model's encoder), the features are read from the cache and only the heads run.
+        model's encoder), the features are read from the cache and only the heads run. ``keep_features``:
+        also each clip's per-image features (``Predictions.clips``), so variants of the sequences can be
+        evaluated without running the CNN again. ``mirror``: the images flipped left-right (not from a cache).
         """
+        if mirror and store is not None:
+            raise ValueError("mirrored images are not in the feature cache: run the CNN (store=None)")
         if store is not None:
             if self._cache_key(store.key.dtype, store.key.compute) != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
                 raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
@@ -146,8 +154,10 @@ class Predictor:
         sample_frames: dict[str, list[str]] = {}
         attention: dict[str, list[float]] = {}
         loader = self.dataloader(
-            samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets, store=store
+            samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets,
+            store=store, mirror=mirror,
         )
+        clips: list[tuple[int, torch.Tensor]] = []
         for batch in loader:
             batch.raise_errors()
             skipped.extend(batch.skipped)
@@ -158,6 +168,12 @@ class Predictor:
             else:
                 features = encode_batch(self._inference_encoder(), batch.images, dtype)  # (N, 3, S, S) -> (N, F) fp32
             out = self.model.forward_features(features, batch.lengths)  # (C, K) or (N, K) per image
+            if keep_features:
+                first = len(ids)  # the output row of this batch's first sample (or image)
+                starts = torch.cumsum(batch.lengths, 0) - batch.lengths
+                for c, part in enumerate(features.float().cpu().split(batch.lengths.tolist())):
+                    owner = batch.groups[c] if batch.groups is not None else c
+                    clips.append((first + int(starts[c]) if self.spec.per_image else first + int(owner), part))
             weights = getattr(self.model.temporal_head, "last_attention", None)  # (C, T) for attention heads
             at = 0
             for c, n in enumerate(batch.lengths.tolist()):
@@ -185,6 +201,7 @@ class Predictor:
             frames,
             sample_frames,
             attention,
+            clips,
         )
 
     def rows(self, predictions: Predictions) -> list[dict]:

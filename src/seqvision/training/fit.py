@@ -148,7 +148,7 @@ def train(
                     predictor, data.splits[split], out / split, batch_size=cfg.train.batch_size,
                     num_workers=dm.num_workers, on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
                     history_csv=sorted(out.glob("logs/version_*/metrics.csv")), store=store,
-                    per_group=any(s.group is not None for s in data.splits[split]),
+                    per_group=any(s.group is not None for s in data.splits[split]), diagnostics=cfg.train.diagnostics,
                 )
                 setattr(result, f"{split}_metrics", ev.metrics)
                 result.reported.extend(m for m in ev.skipped if m not in result.reported)

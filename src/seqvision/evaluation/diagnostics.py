@@ -1,0 +1,161 @@
+"""Does order matter here? The same model on variants of each sample: shuffled, reversed, one image, mirrored.
+
+Shuffled (a seeded order per sample, averaged over a few draws), reversed and middle-image variants reuse
+the per-image features of the evaluation itself (the cache's, or the CNN's one pass): only the temporal
+and task heads run again. The mirrored variant flips every image left-right, so the CNN runs once more.
+Each variant gets the task's headline metric and how many predictions it changed; findings put the
+comparison in words (which default to keep, which head to try).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+DRAWS = 3  # shuffled orders per sample, averaged
+MODES = ("auto", "off", "fast", "full")
+FULL_UP_TO = 3000  # samples: `auto` mirrors (one more CNN pass) up to this many, else runs `fast`
+
+# the headline metric of each task (and whether lower is better), as evaluation reports it
+_KEY = {"classification": "accuracy", "frame_classification": "accuracy", "multilabel": "exact_match",
+        "regression": "mae", "frame_regression": "mae"}
+
+
+def resolve_mode(mode: str, num_samples: int) -> str:
+    """``auto`` -> ``full`` for splits of at most ``FULL_UP_TO`` samples, else ``fast`` (no mirror)."""
+    if mode not in MODES:
+        from seqvision.errors import ConfigError
+
+        raise ConfigError(f"--diagnostics {mode!r}: use {', '.join(MODES)}")
+    if mode == "auto":
+        return "full" if num_samples <= FULL_UP_TO else "fast"
+    return mode
+
+
+@torch.inference_mode()
+def variant_outputs(predictor, preds, variant: str, *, seed: int = 0, batch_clips: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs when each clip's features are ``shuffled``, ``reversed`` or reduced to the
+    ``middle`` image: ``(rows, outputs)``, the output rows evaluated (all, or the middle images of a
+    per-image task) and their ``(R, K)`` outputs, aligned with ``preds.outputs[rows]``."""
+    per_image = predictor.spec.per_image
+    rng = random.Random(seed)
+    jobs = []  # (row, features of the variant, where each output goes among the clip's rows)
+    for row, features in preds.clips:
+        t = len(features)
+        if variant == "middle":
+            order = [t // 2]
+        elif variant == "reversed":
+            order = list(range(t - 1, -1, -1))
+        else:
+            order = list(range(t))
+            rng.shuffle(order)
+        jobs.append((row, features[order], order))
+    model, device = predictor.model, predictor.device
+    k = predictor.spec.num_outputs
+    if per_image:
+        rows = torch.tensor([row + order[0] for row, _, order in jobs] if variant == "middle"
+                            else list(range(len(preds.sample_ids))))
+        out = torch.zeros(len(preds.sample_ids), k)
+    else:
+        rows = torch.arange(len(preds.sample_ids))
+        out, counts = torch.zeros(len(preds.sample_ids), k), torch.zeros(len(preds.sample_ids))
+    for at in range(0, len(jobs), batch_clips):
+        chunk = jobs[at : at + batch_clips]
+        lengths = torch.tensor([len(f) for _, f, _ in chunk])
+        result = model.forward_features(torch.cat([f for _, f, _ in chunk]).to(device), lengths).float().cpu()
+        if per_image:  # (N, K): put each image's output back on the row of the image it came from
+            for (row, _, order), part in zip(chunk, result.split(lengths.tolist())):
+                out[torch.tensor(order) + row] = part
+        else:  # (C, K): clips of one sample are averaged, as the evaluation does
+            for (row, _, _), part in zip(chunk, result):
+                out[row] += part
+                counts[row] += 1
+    if not per_image:
+        out = out / counts.clamp_min(1)[:, None]
+    return rows, out[rows]
+
+
+def changed(predictor, before: torch.Tensor, after: torch.Tensor) -> tuple[str, float]:
+    """How much a variant moved the predictions: the share of changed decisions (classes), or the mean
+    absolute change of the values (regression)."""
+    task = predictor.spec.task
+    if task in ("classification", "frame_classification"):
+        return "changed", float((before.argmax(-1) != after.argmax(-1)).float().mean())
+    if task == "multilabel":
+        cut = torch.tensor(predictor.thresholds)[None, :]
+        return "changed", float(((before.sigmoid() >= cut) != (after.sigmoid() >= cut)).any(-1).float().mean())
+    return "mean_abs_change", float((before - after).abs().mean())
+
+
+def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> dict:
+    """``{variant: {metric, changed}}`` for shuffled, reversed, middle (and mirrored when given), and
+    ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics."""
+    key = _KEY[predictor.spec.task]
+    ids = preds.sample_ids
+    out: dict = {"metric": key, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
+    for variant in ("shuffled", "reversed", "middle"):
+        draws = DRAWS if variant == "shuffled" else 1
+        values, moves = [], []
+        for draw in range(draws):
+            rows, outputs = variant_outputs(predictor, preds, variant, seed=seed * 1000 + draw)
+            values.append(metrics_of(outputs, preds.targets[rows], [ids[i] for i in rows])[key])
+            name, move = changed(predictor, preds.outputs[rows], outputs)
+            moves.append(move)
+        out[variant] = {key: sum(values) / draws, name: sum(moves) / draws}
+        if draws > 1:
+            out[variant]["draws"] = draws
+    if mirrored is not None:
+        name, move = changed(predictor, preds.outputs, mirrored.outputs)
+        out["mirrored"] = {key: metrics_of(mirrored.outputs, preds.targets, ids)[key], name: move}
+    out["findings"] = findings(out, hflip=predictor.cfg.data.hflip, n=len(ids))
+    return out
+
+
+def findings(d: dict, *, hflip: bool, n: int) -> list[str]:
+    """Plain-language reading of the variants, with the noise of ``n`` evaluated predictions in mind: a
+    variant matters when its metric moves beyond ``margin`` (two standard errors of an accuracy over ``n``,
+    at least 0.05; for an error metric, 10 % of it) or it changes at least 20 % of the predictions; it is
+    ignored when it changes at most 2 % of them and moves the metric by less than half the margin."""
+    key, normal = d["metric"], d["normal"]
+    lower = key == "mae"
+    move_key = "mean_abs_change" if lower else "changed"
+    margin = 0.1 * abs(normal) if lower else max(0.05, 2 * math.sqrt(max(normal * (1 - normal), 0.01) / max(n, 1)))
+    worse = (lambda v: v - normal) if lower else (lambda v: normal - v)  # > 0: the variant does worse
+
+    def matters(v: dict) -> bool:
+        return worse(v[key]) >= margin or (not lower and v[move_key] >= 0.2)
+
+    def ignored(v: dict) -> bool:
+        return abs(worse(v[key])) < margin / 2 and (lower or v[move_key] <= 0.02)
+
+    def moved(v: dict) -> str:
+        return f"changes {100 * v[move_key]:.0f}% of predictions" if not lower else f"moves predictions by {v[move_key]:.3g} on average"
+
+    say = []
+    s = d["shuffled"]
+    if matters(s):
+        say.append(f"order matters: {key} {normal:.2f} -> {s[key]:.2f} when each sample's images are shuffled ({moved(s)})")
+    elif ignored(s):
+        say.append(f"order is ignored: shuffling {moved(s)} — an order-free head (--head mean) may do as well")
+    else:
+        say.append(f"order matters little here: shuffling {moved(s)} ({key} {normal:.2f} -> {s[key]:.2f}, within noise)")
+    r = d["reversed"]
+    if matters(r):
+        say.append(f"the direction of time matters: {key} {normal:.2f} -> {r[key]:.2f} when the images are reversed")
+    m = d["middle"]
+    if worse(m[key]) < margin:
+        say.append(f"one image does about as well: {key} {m[key]:.2f} from the middle image alone, {normal:.2f} from all")
+    else:
+        say.append(f"the sequence adds to one image: {key} {m[key]:.2f} from the middle image alone, {normal:.2f} from all")
+    if "mirrored" in d:
+        v = d["mirrored"]
+        if matters(v):
+            say.append(f"mirroring {moved(v)} ({key} {normal:.2f} -> {v[key]:.2f}): your labels depend on left/right — "
+                       + ("turn --hflip off" if hflip else "keep --hflip off"))
+        elif ignored(v):
+            say.append(f"mirroring {moved(v)}: left/right does not matter here" + ("" if hflip else "; --hflip may help as augmentation"))
+        else:
+            say.append(f"mirroring {moved(v)} ({key} {normal:.2f} -> {v[key]:.2f}, within noise)")
+    return say
