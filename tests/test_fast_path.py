@@ -293,3 +293,23 @@ def test_report_of_a_frozen_run_uses_the_precision_its_cache_was_built_in(tmp_pa
     assert used == [torch.bfloat16]
     assert rebuilt.metrics["accuracy"] == result.val_metrics["accuracy"]
     assert rebuilt.metrics["confusion_matrix"] == result.val_metrics["confusion_matrix"]
+
+
+def test_inference_runs_the_cnn_in_chunks_with_the_same_outputs(tmp_path, monkeypatch):
+    import seqvision.inference.predictor as predictor_module
+    from seqvision.inference.predict import predict
+
+    from conftest import fast_config, make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_label=3, lengths=(9, 5, 12))
+    result = train(fast_config(data, max_epochs=1), tmp_path / "run", progress=False)
+    real, passes = predictor_module.encode_batch, []
+    monkeypatch.setattr(predictor_module, "encode_batch", lambda net, images, dtype: passes.append(len(images)) or real(net, images, dtype))
+    whole, _ = predict(result.best_checkpoint, [data], batch_size=6, precision="32", chunk_size=1000)
+    assert max(passes) == sum((9, 5, 12)) * 2  # one pass over all images of the batch
+    passes.clear()
+    chunked, _ = predict(result.best_checkpoint, [data], batch_size=6, precision="32", chunk_size=4)
+    assert max(passes) <= 4 and sum(passes) == 52
+    for a, b in zip(whole, chunked):
+        assert a["sample"] == b["sample"] and a["prediction"] == b["prediction"]
+        assert abs(float(a["left"]) - float(b["left"])) < 1e-5

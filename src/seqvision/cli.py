@@ -205,6 +205,7 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=_at_least(0), default=0, help="decoding worker processes")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default=None, help="stop at a bad image, or leave it out (default: as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass (default: the run's --chunk-size, else 64)")
     p.add_argument(
         "--precision", choices=["auto", "32", "bf16"], default="auto",
         help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32",
@@ -274,6 +275,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         on_bad_image=args.on_bad_image, split=args.split, device=_inference_device(args), precision=args.precision,
         per_group=args.per_group or args.group_by is not None, group_by=args.group_by, diagnostics=args.diagnostics,
+        chunk_size=args.chunk_size,
     )
     print(headline(result.metrics))
     _print_findings(result.metrics)
@@ -288,7 +290,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     rows, skipped = predict(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image, device=_inference_device(args), precision=args.precision,
+        on_bad_image=args.on_bad_image, device=_inference_device(args), precision=args.precision, chunk_size=args.chunk_size,
     )
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")

@@ -255,13 +255,14 @@ def evaluate(
     checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, split: str | None = None,
     device: str | torch.device = "cpu", precision: str = "auto", per_group: bool = False, group_by: str | None = None,
-    diagnostics: str = "auto",
+    diagnostics: str = "auto", chunk_size: int | None = None,
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits). ``precision``:
     the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32).
     ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
     regular expression on the sample names of a folder; see ``discover``)."""
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor.chunk_size = chunk_size or predictor.chunk_size  # images per CNN pass
     targets = predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None
     samples = discover(data, targets=targets, group_by=group_by)
     if split is not None:

@@ -18,16 +18,19 @@ from seqvision.io import atomic_write_text
 def predict(
     checkpoint: str | Path, inputs: list[str | Path], out: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, device: str | torch.device = "cpu", precision: str = "auto",
+    chunk_size: int | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Predict every sample found in ``inputs``; write CSV (or JSON, by extension) when ``out`` is given.
 
     Returns ``(rows, skipped)``: one dict per sample (``sample``, ``prediction``, one probability column
     per class or one value per regression target) and the bad images left out with ``on_bad_image='skip'``.
     ``precision`` is the CNN's: ``auto`` (bf16 where the hardware is fast at it), ``32`` or ``bf16``.
+    ``chunk_size``: images per CNN pass (default: the run's ``--chunk-size``, else 64).
     """
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: use a .csv or .json file name")
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor.chunk_size = chunk_size or predictor.chunk_size
     samples = discover_inputs(inputs)
     preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     rows = predictor.rows(preds)

@@ -22,6 +22,9 @@ from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.training.checkpoint import read_checkpoint
 
 
+INFERENCE_CHUNK = 64  # images per CNN pass at inference unless the run set --chunk-size
+
+
 @dataclass
 class Predictions:
     sample_ids: list[str]  # one per output row: per sample, or per image for per-image tasks
@@ -45,6 +48,9 @@ class Predictor:
     ) -> None:
         self.model = model.eval()
         self.source = source or {}  # where the model came from: checkpoint path, epoch, versions (for reports)
+        # images per CNN pass: a batch of long samples goes through in pieces, so the CNN's activations
+        # are bounded by this, not by the number of images in the batch (the run's --chunk-size, else 64)
+        self.chunk_size = cfg.model.chunk_size or INFERENCE_CHUNK
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
@@ -166,7 +172,8 @@ class Predictor:
             if store is not None:
                 features = batch.images.to(self.device)  # (N, F) from the cache
             else:
-                features = encode_batch(self._inference_encoder(), batch.images, dtype)  # (N, 3, S, S) -> (N, F) fp32
+                net = self._inference_encoder()  # (N, 3, S, S) -> (N, F) fp32, chunk_size images per pass
+                features = torch.cat([encode_batch(net, part, dtype) for part in batch.images.split(self.chunk_size)])
             out = self.model.forward_features(features, batch.lengths)  # (C, K) or (N, K) per image
             if keep_features:
                 first = len(ids)  # the output row of this batch's first sample (or image)
