@@ -51,13 +51,13 @@ def test_evaluate_per_group_through_the_cli(grouped_run, tmp_path, capsys):
     manifest, result = grouped_run
     ckpt = str(result.best_checkpoint)
     assert main(["evaluate", ckpt, "--data", str(manifest), "--out", str(tmp_path / "ev"), "--per-group"]) == 0
-    assert "6 groups: mean accuracy" in capsys.readouterr().out
+    assert "6 group(s): mean accuracy" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics["per_group"]) == {f"rec{v}" for v in range(6)}
     assert all(g["num_samples"] == 3 for g in metrics["per_group"].values())
     # grouped by another column
     assert main(["evaluate", ckpt, "--data", str(manifest), "--group-by", "label"]) == 0
-    assert "2 groups: mean accuracy" in capsys.readouterr().out
+    assert "2 group(s): mean accuracy" in capsys.readouterr().out
     # no groups in the data: --per-group is a clear error, and nothing is written
     plain = manifest.parent / "plain.csv"
     plain.write_text("\n".join(line.rsplit(",", 1)[0] for line in manifest.read_text().splitlines()) + "\n")

@@ -69,7 +69,7 @@ def headline(metrics: dict) -> str:
     if "num_groups" in metrics:  # per-group evaluation: the mean over groups and the worst group
         key = next(k.removeprefix("group_mean_") for k in metrics if k.startswith("group_mean_"))
         worst = next(iter(metrics["per_group"]))
-        groups = (f"; {metrics['num_groups']} groups: mean {key} {metrics['group_mean_' + key]:.4f}, "
+        groups = (f"; {metrics['num_groups']} group(s): mean {key} {metrics['group_mean_' + key]:.4f}, "
                   f"worst {metrics['group_worst_' + key]:.4f} ({worst})")
     return f"{metrics['num_samples']} samples{images}: " + ", ".join(parts) + groups
 
