@@ -90,3 +90,13 @@ def test_findings_follow_the_numbers_and_their_noise():
     # 2 of 36 predictions: within the noise of so few samples, neither "matters" nor "ignored"
     said = findings(d(0.92, 0.06, 0.90, 0.92, 0.06, normal=0.97), hflip=True, n=36)
     assert "within noise" in said[0] and "within noise" in said[2]
+
+
+def test_auto_mirrors_only_small_splits():
+    from seqvision.errors import ConfigError
+    from seqvision.evaluation.diagnostics import FULL_UP_TO_IMAGES, resolve_mode
+
+    assert resolve_mode("auto", FULL_UP_TO_IMAGES) == "full" and resolve_mode("auto", FULL_UP_TO_IMAGES + 1) == "fast"
+    assert resolve_mode("auto") == "auto" and resolve_mode("off", 10) == "off" and resolve_mode("full", 10**6) == "full"
+    with pytest.raises(ConfigError, match="--diagnostics 'some'"):
+        resolve_mode("some")

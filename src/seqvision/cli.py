@@ -76,7 +76,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--accelerator", "train", "accelerator", {"help": "auto | cpu | gpu | cuda | mps"}),
     ("--devices", "train", "devices", {"help": "auto, a count (-1: all) or indices like 0,1"}),
     ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction, "help": "deterministic algorithms (with --seed: repeatable runs)"}),
-    ("--diagnostics", "train", "diagnostics", {"choices": DIAGNOSTICS_CHOICES, "help": "evaluation on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 3000 samples"}),
+    ("--diagnostics", "train", "diagnostics", {"choices": DIAGNOSTICS_CHOICES, "help": "evaluation on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 2000 images in the split, else fast"}),
     ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
 ]
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", help="the groups: a manifest column (default 'group') or, for a folder, a regex on the sample names")
     _inference_flags(p)
     p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto",
-                   help="the model on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 3000 samples (default: %(default)s)")
+                   help="the model on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 2000 images in the split, else fast (default: %(default)s)")
 
     p = sub.add_parser("predict", help="predict samples (sample folders, data roots or a manifest)")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")

@@ -111,7 +111,7 @@ class TrainConfig:
     deterministic: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
     # the evaluation at the end: the model on shuffled, reversed, single-image (and mirrored) samples;
-    # auto = full (mirrored too: one more CNN pass) up to a few thousand samples, else fast (no mirror)
+    # auto = full (mirrored too: one more CNN pass) up to 2000 images in the split, else fast (no mirror)
     diagnostics: str = "auto"
 
 

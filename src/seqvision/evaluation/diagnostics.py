@@ -16,21 +16,24 @@ import torch
 
 DRAWS = 3  # shuffled orders per sample, averaged
 MODES = ("auto", "off", "fast", "full")
-FULL_UP_TO = 3000  # samples: `auto` mirrors (one more CNN pass) up to this many, else runs `fast`
+# `auto` mirrors (one more CNN pass over the split's images) up to this many images, else runs `fast`:
+# the mirror costs what the evaluation itself cost, and a frozen run's evaluation reads the cache instead
+FULL_UP_TO_IMAGES = 2000
 
 # the headline metric of each task (and whether lower is better), as evaluation reports it
 _KEY = {"classification": "accuracy", "frame_classification": "accuracy", "multilabel": "exact_match",
         "regression": "mae", "frame_regression": "mae"}
 
 
-def resolve_mode(mode: str, num_samples: int) -> str:
-    """``auto`` -> ``full`` for splits of at most ``FULL_UP_TO`` samples, else ``fast`` (no mirror)."""
+def resolve_mode(mode: str, num_images: int | None = None) -> str:
+    """``auto`` -> ``full`` when the split's images are at most ``FULL_UP_TO_IMAGES``, else ``fast``
+    (no mirror); ``num_images`` None: not known yet (``auto`` stays ``auto``)."""
     if mode not in MODES:
         from seqvision.errors import ConfigError
 
         raise ConfigError(f"--diagnostics {mode!r}: use {', '.join(MODES)}")
-    if mode == "auto":
-        return "full" if num_samples <= FULL_UP_TO else "fast"
+    if mode == "auto" and num_images is not None:
+        return "full" if num_images <= FULL_UP_TO_IMAGES else "fast"
     return mode
 
 

@@ -64,8 +64,8 @@ def evaluate_samples(
     ``per_group``: also the metrics of each group of samples (see ``per_group_metrics``).
     ``diagnostics``: the same model on shuffled, reversed, single-image (and with ``full``, mirrored)
     variants of the samples (:mod:`seqvision.evaluation.diagnostics`): ``off``, ``fast`` (no mirror: no
-    extra CNN pass), ``full``, or ``auto`` (full up to a few thousand samples)."""
-    mode = resolve_mode(diagnostics, len(samples))
+    extra CNN pass), ``full``, or ``auto`` (full up to 2000 images in the split, else fast)."""
+    mode = resolve_mode(diagnostics)  # auto is settled once the images of the split are known
     check_task_matches(predictor, samples, source)
     diagnostics_seconds = 0.0
     if per_group and not any(s.group is not None for s in samples):
@@ -84,6 +84,7 @@ def evaluate_samples(
         metrics.update(per_group_metrics(predictor, preds, {s.id: s.group for s in samples}))
     if mode != "off" and len(preds.sample_ids):
         started = time.perf_counter()
+        mode = resolve_mode(mode, sum(len(frames) for frames in preds.sample_frames.values()))
         mirrored = None
         if mode == "full":  # the only variant that needs the CNN again: the pixels change
             mirrored = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, mirror=True)
