@@ -192,3 +192,38 @@ def test_cli_group_by_reaches_the_split(tmp_path, capsys):
     assert main(args) == 1  # '^[a-z]+' makes two groups (cupobj, penobj): too few for three splits
     assert "too few for train, val and test" in capsys.readouterr().err
     assert not (tmp_path / "run" / "best.ckpt").exists()
+
+
+def test_filling_an_empty_split_never_takes_a_class_out_of_training():
+    # three classes, one object each: a held-out split could only be filled with a class's only group
+    samples = [Sample(f"{label}_{v}", [], label=label, group=label) for label in "abc" for v in range(3)]
+    with pytest.raises(DataError, match="only group of a class"):
+        assign_splits(samples, val_fraction=0.15, test_fraction=0.15, seed=0)
+    # without groups a split the fractions leave empty is filled from a class that can spare a sample
+    plain = [Sample(f"{label}{i}", [], label=label) for label in "abcdefghij" for i in range(3)]
+    assignment = assign_splits(plain, val_fraction=0.15, test_fraction=0.15, seed=0)
+    assert set(assignment.values()) == {"train", "val", "test"}
+    assert {s.label for s in plain if assignment[s.id] == "train"} == set("abcdefghij")
+
+
+def test_an_old_flat_split_file_with_a_sample_named_splits_still_reads(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"splits": "train", "other": "val"}))
+    assert read_split_file(tmp_path / "s.json") == {"splits": "train", "other": "val"}
+
+
+def test_a_named_group_column_that_is_empty_everywhere_is_an_error(tmp_path):
+    m = _image_manifest(tmp_path, "sample_id,label,path,subject", ["a,x,i0.png,", "b,y,i1.png,"])
+    with pytest.raises(DataError, match="'subject': the column is empty on every row"):
+        discover(m, group_by="subject")
+
+
+def test_a_new_run_replaces_a_split_left_by_a_run_that_failed(tmp_path):
+    from seqvision.training.fit import train
+
+    from conftest import fast_config
+
+    data = make_folder_dataset(tmp_path / "d", per_label=4)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "splits.json").write_text(json.dumps({"left/s0": "train"}))  # other data, no checkpoint
+    train(fast_config(data, max_epochs=1), tmp_path / "run", progress=False)
+    assert len(read_split_file(tmp_path / "run" / "splits.json")) == 8

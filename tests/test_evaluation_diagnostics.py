@@ -100,3 +100,17 @@ def test_auto_mirrors_only_small_splits():
     assert resolve_mode("auto") == "auto" and resolve_mode("off", 10) == "off" and resolve_mode("full", 10**6) == "full"
     with pytest.raises(ConfigError, match="--diagnostics 'some'"):
         resolve_mode("some")
+
+
+def test_a_mirrored_pass_that_reads_other_images_is_left_out(direction, monkeypatch):
+    from seqvision.inference.predictor import Predictor
+
+    data, result = direction
+    real = Predictor.run
+
+    def drop_one_when_mirrored(self, samples, **kwargs):  # as if a file changed between the passes
+        return real(self, samples[1:] if kwargs.get("mirror") else samples, **kwargs)
+
+    monkeypatch.setattr(Predictor, "run", drop_one_when_mirrored)
+    d = evaluate(result.best_checkpoint, data, diagnostics="full").metrics["diagnostics"]
+    assert "mirrored" not in d and d["findings"][-1].startswith("mirrored variant left out")

@@ -106,7 +106,7 @@ class TrainConfig:
     class_weights: str | None = None  # None | balanced
     balanced_sampler: bool = False  # draw training samples with probability 1 / (count of their class)
     loss: str = "mse"  # regression: mse | l1
-    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps (| tpu | hpu | xla, Lightning's)
     devices: str | int = "auto"  # auto, a count (-1: all), or a comma-separated list of device indices
     deterministic: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
@@ -292,7 +292,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         _warn_no_effect(cfg)
 
 
-ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "cuda", "mps")
+ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla")  # Lightning's
 
 
 def _check_types(cfg: RunConfig) -> None:
@@ -336,15 +336,23 @@ def _describe(kind: Any) -> str:
 
 def _check_devices(train: "TrainConfig") -> None:
     """``--devices`` is a count or a list that Lightning can use, and a GPU accelerator has a GPU."""
-    devices = str(train.devices).strip()
-    if devices != "auto":
-        parts = [p.strip() for p in devices.rstrip(",").split(",")]
+    devices = train.devices
+    if isinstance(devices, list):  # YAML: a list of device indices
+        indices = devices
+    elif str(devices).strip() == "auto":
+        indices = None
+    else:
+        text = str(devices).strip()
         try:
-            numbers = [int(p) for p in parts]
+            numbers = [int(p) for p in text.rstrip(",").split(",")]
         except ValueError:
-            raise ConfigError(f"--devices {train.devices!r}: give auto, a count (-1: all) or indices like 0,1") from None
-        if len(numbers) == 1 and numbers[0] == 0 or (len(numbers) == 1 and numbers[0] < -1) or (len(numbers) > 1 and min(numbers) < 0):
-            raise ConfigError(f"--devices {train.devices!r}: give auto, a count of at least 1 (-1: all) or indices like 0,1")
+            raise ConfigError(f"--devices {devices!r}: give auto, a count (-1: all) or indices like 0,1 (or 0, for GPU 0)") from None
+        is_count = len(numbers) == 1 and not text.endswith(",")  # "2": two devices; "0,": device 0
+        if is_count and (numbers[0] == 0 or numbers[0] < -1):
+            raise ConfigError(f"--devices {devices!r}: give auto, a count of at least 1 (-1: all) or indices like 0,1")
+        indices = None if is_count else numbers
+    if indices is not None and (not indices or min(indices) < 0):
+        raise ConfigError(f"--devices {devices!r}: device indices are 0 or more")
     if train.accelerator in ("gpu", "cuda"):
         import torch
 

@@ -178,6 +178,8 @@ def read_manifest(
         samples, seen = _read_manifest(path, targets, require_labels, group_column or "group")
     if group_column is not None and not seen:
         raise DataError(f"{path}: --group-by {group_column!r}: no row has a {group_column!r} column")
+    if group_column is not None and all(s.group is None for s in samples):
+        raise DataError(f"{path}: --group-by {group_column!r}: the column is empty on every row; fill it with each sample's source")
     for s in samples:
         if s.group is None and s.video is not None:
             s.group = str(s.video.path)

@@ -64,17 +64,39 @@ def assign_splits(
     for key in sorted(strata, key=str):
         for name, picked in _share_out(strata[key], fractions, wanted, rng).items():
             chosen[name].extend(picked)
-    if grouped:  # fractions smaller than any group leave a split empty: give it the smallest training group
-        for name in wanted:
-            if not chosen[name]:
-                smallest = min(chosen["train"], key=lambda u: (len(u), u[0].id))
-                chosen["train"].remove(smallest)
-                chosen[name].append(smallest)
+    for name in wanted:  # fractions smaller than any unit can leave a split empty: fill it if training can spare one
+        if not chosen[name]:
+            _fill(chosen, name, stratify=stratify, grouped=grouped)
     for name, picked in chosen.items():
         for unit in picked:
             for s in unit:
                 result[s.id] = name
     return result
+
+
+def _fill(chosen: dict[str, list[_Unit]], name: str, *, stratify: bool, grouped: bool) -> None:
+    """Give the empty split ``name`` the smallest unit another held-out split can spare (one holding two
+    or more), else the smallest training unit whose label keeps another unit in training. With groups, a
+    split that cannot be filled so is an error (never a silently empty one, nor a class taken out of
+    training); without groups it stays empty, as the fractions asked (train warns)."""
+    for other in ("val", "test"):
+        if other != name and len(chosen[other]) > 1:
+            smallest = min(chosen[other], key=lambda u: (len(u), u[0].id))
+            chosen[other].remove(smallest)
+            chosen[name].append(smallest)
+            return
+    per_label = Counter(_majority_label(u) if stratify else None for u in chosen["train"])
+    spare = [u for u in chosen["train"] if per_label[_majority_label(u) if stratify else None] > 1]
+    if not spare:
+        if grouped:
+            raise DataError(
+                f"the {name} split would get no group without taking the only group of a class out of training; add "
+                f"samples from more sources, give a 'split' column, or set --{name}-fraction 0"
+            )
+        return
+    smallest = min(spare, key=lambda u: (len(u), u[0].id))
+    chosen["train"].remove(smallest)
+    chosen[name].append(smallest)
 
 
 def _given_group_splits(samples: list[Sample]) -> dict[str, str]:
@@ -148,9 +170,10 @@ def read_split_file(path: Path) -> dict[str, str]:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the saved split ({exc}); restore it or use a new --out folder") from None
-    splits = raw.get("splits", raw) if isinstance(raw, dict) else None
-    if not isinstance(splits, dict):
+    if not isinstance(raw, dict):
         raise DataError(f"{path}: not a split file; restore it or use a new --out folder")
+    # the new format holds {"splits": {...}, "groups": {...}}; the flat one maps sample ids to splits
+    splits = raw["splits"] if isinstance(raw.get("splits"), dict) else raw
     return splits
 
 

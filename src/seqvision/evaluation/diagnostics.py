@@ -109,6 +109,8 @@ def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> d
         out[variant] = {key: sum(values) / draws, name: sum(moves) / draws}
         if draws > 1:
             out[variant]["draws"] = draws
+        if len(rows) != len(ids):  # per-image tasks, middle image: compare with the model on those images
+            out[variant]["normal"] = metrics_of(preds.outputs[rows], preds.targets[rows], [ids[i] for i in rows])[key]
     if mirrored is not None:
         name, move = changed(predictor, preds.outputs, mirrored.outputs)
         out["mirrored"] = {key: metrics_of(mirrored.outputs, preds.targets, ids)[key], name: move}
@@ -148,10 +150,11 @@ def findings(d: dict, *, hflip: bool, n: int) -> list[str]:
     if matters(r):
         say.append(f"the direction of time matters: {key} {normal:.2f} -> {r[key]:.2f} when the images are reversed")
     m = d["middle"]
-    if worse(m[key]) < margin:
-        say.append(f"one image does about as well: {key} {m[key]:.2f} from the middle image alone, {normal:.2f} from all")
+    base = m.get("normal", normal)  # per-image tasks: the full sequence's metric on the middle images
+    if (m[key] - base if lower else base - m[key]) < margin:
+        say.append(f"one image does about as well: {key} {m[key]:.2f} from the middle image alone, {base:.2f} from all")
     else:
-        say.append(f"the sequence adds to one image: {key} {m[key]:.2f} from the middle image alone, {normal:.2f} from all")
+        say.append(f"the sequence adds to one image: {key} {m[key]:.2f} from the middle image alone, {base:.2f} from all")
     if "mirrored" in d:
         v = d["mirrored"]
         if matters(v):

@@ -85,10 +85,15 @@ def evaluate_samples(
     if mode != "off" and len(preds.sample_ids):
         started = time.perf_counter()
         mode = resolve_mode(mode, sum(len(frames) for frames in preds.sample_frames.values()))
-        mirrored = None
+        mirrored, note = None, None
         if mode == "full":  # the only variant that needs the CNN again: the pixels change
             mirrored = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, mirror=True)
+            if mirrored.sample_ids != preds.sample_ids or mirrored.frames != preds.frames:
+                # e.g. a frozen run read the cache while the mirrored pass decoded files that changed since
+                mirrored, note = None, "mirrored variant left out: the mirrored pass read other images than the evaluation (bad or changed files)"
         metrics["diagnostics"] = diagnose(predictor, preds, lambda o, t, i: _metrics(predictor, o, t, i), mirrored=mirrored)
+        if note:
+            metrics["diagnostics"]["findings"].append(note)
         metrics["diagnostics"]["mode"] = mode
         diagnostics_seconds = time.perf_counter() - started  # in the report, not metrics.json (it stays deterministic)
     preds.clips = []  # the kept features are not needed any more

@@ -61,7 +61,7 @@ def file_identity(path: Path, *, content_hash: bool = False) -> str:
     """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256."""
     path = Path(path).resolve()
     if content_hash:
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        return "sha256:" + _sha256_file(path)  # streamed: a long video is never read into memory whole
     st = path.stat()
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 

@@ -78,6 +78,11 @@ class Predictor:
         # weights="none": the checkpoint holds every parameter, nothing is downloaded
         model = build_sequence_model(cfg.model, spec.num_outputs, weights="none", per_step=spec.per_image)
         state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items() if k.startswith("model.")}
+        if cfg.model.backbone.startswith("timm/") and "encoder.trunk.forward_head" in model.state_dict() and "encoder.trunk.forward_head" not in state:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with an older seqvision that pooled timm models its own way (a ViT "
+                "gave one feature per image); its features cannot be reproduced faithfully: train it again"
+            )
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

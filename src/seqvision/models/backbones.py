@@ -374,6 +374,11 @@ class _TimmTrunk(nn.Module):
         super().__init__()
         self.model = model
         self.head = head
+        if head:
+            # A mark in the weights: features through timm's head differ from the plain feature map that
+            # seqvision pooled before, so the cache key (a digest of the weights) and checkpoints differ
+            # too, and a checkpoint of the old pooling is refused instead of predicting wrongly.
+            self.register_buffer("forward_head", torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(x)  # (N, C, h, w) for CNNs, (N, tokens, C) for ViTs

@@ -75,7 +75,8 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
     if splits_file is not None and splits_file.exists():
         assignment = load_splits(splits_file, samples)
     else:
-        _warn_if_sources_look_shared(samples)
+        if cfg.val_fraction or cfg.test_fraction:  # something is held out, so something could leak
+            _warn_if_sources_look_shared(samples)
         assignment = assign_splits(
             samples,
             val_fraction=cfg.val_fraction,

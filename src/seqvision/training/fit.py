@@ -59,6 +59,7 @@ def train(
         raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
     out = Path(out_dir)
     last = out / "last.ckpt"
+    continuing = resume  # --resume: this run's saved split is reused, even when it restarts from the beginning
     if resume and not last.is_file():
         if (out / "best.ckpt").exists():
             raise ConfigError(f"--resume: {last} is missing but {out} holds a trained run; restore last.ckpt or use another --out")
@@ -74,17 +75,19 @@ def train(
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # Everything that can be wrong with the data and the options is found before anything is written.
-    data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json")
+    # A saved split is reused only with --resume; a new run (say, after one that failed before training)
+    # makes its own and replaces the file.
+    data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json" if continuing else None)
     model = build_sequence_model(cfg.model, data.spec.num_outputs, per_step=data.spec.per_image)
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
     _warn_task_options(cfg, data.spec)
+    class_weights = _class_weights(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "splits.json").exists():
+    if not continuing or not (out / "splits.json").exists():
         data.save_splits(out / "splits.json")
     d = cfg.data
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
-    class_weights = _class_weights(cfg, data)
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, augment=augment, progress=progress)
