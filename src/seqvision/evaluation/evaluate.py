@@ -84,17 +84,8 @@ def evaluate_samples(
         metrics.update(per_group_metrics(predictor, preds, {s.id: s.group for s in samples}))
     if mode != "off" and len(preds.sample_ids):
         started = time.perf_counter()
-        mode = resolve_mode(mode, sum(len(frames) for frames in preds.sample_frames.values()))
-        mirrored, note = None, None
-        if mode == "full":  # the only variant that needs the CNN again: the pixels change
-            mirrored = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, mirror=True)
-            if mirrored.sample_ids != preds.sample_ids or mirrored.frames != preds.frames:
-                # e.g. a frozen run read the cache while the mirrored pass decoded files that changed since
-                mirrored, note = None, "mirrored variant left out: the mirrored pass read other images than the evaluation (bad or changed files)"
-        metrics["diagnostics"] = diagnose(predictor, preds, lambda o, t, i: _metrics(predictor, o, t, i), mirrored=mirrored)
-        if note:
-            metrics["diagnostics"]["findings"].append(note)
-        metrics["diagnostics"]["mode"] = mode
+        metrics["diagnostics"] = _diagnostics(predictor, samples, preds, mode, batch_size=batch_size, num_workers=num_workers,
+                                              on_bad_image=on_bad_image)
         diagnostics_seconds = time.perf_counter() - started  # in the report, not metrics.json (it stays deterministic)
     preds.clips = []  # the kept features are not needed any more
     if preds.skipped:
@@ -147,6 +138,23 @@ def run_summary(predictor: Predictor, source: str, num_samples: int, seconds: fl
                      + (" (features from the cache)" if cached else "") + f", {time.strftime('%Y-%m-%d %H:%M')}",
         "versions": ", ".join(f"{k} {v}" for k, v in sorted((source_info.get("versions") or {}).items())) or "unknown",
     }
+
+
+def _diagnostics(predictor: Predictor, samples: list[Sample], preds, mode: str, **loader) -> dict:
+    """The variants of :func:`diagnose` for ``preds`` (which kept its features); ``full`` (``auto`` for a
+    split of at most 2000 images) also runs the CNN on the mirrored images."""
+    mode = resolve_mode(mode, sum(len(frames) for frames in preds.sample_frames.values()))
+    mirrored, note = None, None
+    if mode == "full":  # the only variant that needs the CNN again: the pixels change
+        mirrored = predictor.run(samples, mirror=True, **loader)
+        if mirrored.sample_ids != preds.sample_ids or mirrored.frames != preds.frames:
+            # e.g. a frozen run read the cache while the mirrored pass decoded files that changed since
+            mirrored, note = None, "mirrored variant left out: the mirrored pass read other images than the evaluation (bad or changed files)"
+    found = diagnose(predictor, preds, lambda o, t, i: _metrics(predictor, o, t, i), mirrored=mirrored)
+    if note:
+        found["findings"].append(note)
+    found["mode"] = mode
+    return found
 
 
 def _metrics(predictor: Predictor, outputs: torch.Tensor, targets: torch.Tensor, sample_ids: list[str]) -> dict:
