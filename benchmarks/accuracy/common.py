@@ -40,6 +40,12 @@ QUICK_SEEDS = (0,)
 
 # ---------------------------------------------------------------- Fashion-MNIST (idx format)
 
+def require_fashion() -> None:
+    """Stop with one clear line when Debian's Fashion-MNIST is not installed."""
+    if not fashion_available():
+        sys.exit(f"Fashion-MNIST not found in {FASHION_DIR} (Debian package dataset-fashion-mnist)")
+
+
 def fashion_available(folder: Path = FASHION_DIR) -> bool:
     return all((folder / name).is_file() for pair in FASHION_FILES.values() for name in pair)
 

@@ -115,8 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
-    if not common.fashion_available():
-        sys.exit(f"Fashion-MNIST not found in {common.FASHION_DIR} (Debian package dataset-fashion-mnist)")
+    common.require_fashion()
     if args.quick:
         per_class, seeds, epochs, rows = {"train": 2, "val": 1, "test": 1}, common.QUICK_SEEDS, 2, common.QUICK_ROWS
     else:

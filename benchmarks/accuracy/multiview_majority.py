@@ -90,8 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
-    if not common.fashion_available():
-        sys.exit(f"Fashion-MNIST not found in {common.FASHION_DIR} (Debian package dataset-fashion-mnist)")
+    common.require_fashion()
     if args.quick:
         sets, pools, seeds, epochs, rows = {"train": 4, "val": 1, "test": 2}, {"train": 20, "test": 10}, common.QUICK_SEEDS, 2, ("mean pooling", "lstm (default)")
     else:
