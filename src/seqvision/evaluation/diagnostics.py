@@ -14,15 +14,13 @@ import random
 
 import torch
 
+from seqvision.evaluation.metrics import HEADLINE_METRICS
+
 DRAWS = 3  # shuffled orders per sample, averaged
 MODES = ("auto", "off", "fast", "full")
 # `auto` mirrors (one more CNN pass over the split's images) up to this many images, else runs `fast`:
 # the mirror costs what the evaluation itself cost, and a frozen run's evaluation reads the cache instead
 FULL_UP_TO_IMAGES = 2000
-
-# the headline metric of each task (and whether lower is better), as evaluation reports it
-_KEY = {"classification": "accuracy", "frame_classification": "accuracy", "multilabel": "exact_match",
-        "regression": "mae", "frame_regression": "mae"}
 
 
 def resolve_mode(mode: str, num_images: int | None = None) -> str:
@@ -95,7 +93,7 @@ def changed(predictor, before: torch.Tensor, after: torch.Tensor) -> tuple[str, 
 def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> dict:
     """``{variant: {metric, changed}}`` for shuffled, reversed, middle (and mirrored when given), and
     ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics."""
-    key = _KEY[predictor.spec.task]
+    key = HEADLINE_METRICS[predictor.spec.task][0]
     ids = preds.sample_ids
     out: dict = {"metric": key, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
     for variant in ("shuffled", "reversed", "middle"):

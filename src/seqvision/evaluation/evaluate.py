@@ -15,7 +15,7 @@ from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.diagnostics import diagnose, resolve_mode
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
-from seqvision.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from seqvision.evaluation.metrics import HEADLINE_METRICS, classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.report import confusion_matrix_png, write_metrics
 from seqvision.io import atomic_write
 from seqvision.features.cache import FeatureStore
@@ -171,10 +171,6 @@ def _metrics(predictor: Predictor, outputs: torch.Tensor, targets: torch.Tensor,
     return metrics
 
 
-# per group, the task's headline figures: the first is summarized across groups
-_GROUP_KEYS = {"classification": ("accuracy", "macro_f1"), "frame_classification": ("accuracy", "macro_f1"),
-               "multilabel": ("exact_match", "micro_f1"), "regression": ("mae", "rmse"), "frame_regression": ("mae", "rmse")}
-
 
 def per_group_metrics(predictor: Predictor, preds, groups: dict[str, str | None]) -> dict:
     """``per_group``: the headline metrics of each group's samples (worst first), and across groups
@@ -187,7 +183,7 @@ def per_group_metrics(predictor: Predictor, preds, groups: dict[str, str | None]
             rows.setdefault(group, []).append(i)
     if not rows:
         return {}
-    keys = _GROUP_KEYS[predictor.spec.task]
+    keys = HEADLINE_METRICS[predictor.spec.task]
     per_group = {}
     for group, idx in rows.items():
         index = torch.tensor(idx)

@@ -6,6 +6,13 @@ import torch
 from torchmetrics.functional import classification as C
 
 
+# each task's headline figures, the first one first (per-group summaries and diagnostics use it)
+HEADLINE_METRICS = {
+    "classification": ("accuracy", "macro_f1"), "frame_classification": ("accuracy", "macro_f1"),
+    "multilabel": ("exact_match", "micro_f1"), "regression": ("mae", "rmse"), "frame_regression": ("mae", "rmse"),
+}
+
+
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> dict:
     """Accuracy, top-k, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
