@@ -21,7 +21,7 @@ BAD_TRAIN_VALUES = {
     "--batch-size": "0", "--lr": "-0.1", "--backbone-lr": "-1", "--weight-decay": "-1", "--warmup-fraction": "1",
     "--grad-clip": "-1", "--precision": "8", "--seed": "x", "--patience": "-1", "--monitor": "val_banana",
     "--label-smoothing": "1", "--class-weights": "inverse", "--loss": "huber", "--accelerator": "gpu",
-    "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None,
+    "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
 }
 BOOLEAN = {"--augment", "--hflip", "--shuffle-frames", "--freeze", "--checkpointing", "--temporal-diff", "--bidirectional",
            "--balanced-sampler", "--deterministic"}

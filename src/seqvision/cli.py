@@ -77,6 +77,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--devices", "train", "devices", {"help": "auto, a count (-1: all) or indices like 0,1"}),
     ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction, "help": "deterministic algorithms (with --seed: repeatable runs)"}),
     ("--diagnostics", "train", "diagnostics", {"choices": DIAGNOSTICS_CHOICES, "help": "evaluation on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 2000 images in the split, else fast"}),
+    ("--memory-budget", "train", "memory_budget", {"type": float, "help": "GB the largest batch may take when the CNN runs live; over it, chunking with checkpointing turns on or training stops before it starts (default: half the free RAM, or 90%% of the GPU's free memory)"}),
     ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
 ]
 
@@ -205,7 +206,7 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=_at_least(0), default=0, help="decoding worker processes")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default=None, help="stop at a bad image, or leave it out (default: as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
-    p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass (default: the run's --chunk-size, else 64)")
+    p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass and per loaded piece of a sample: bounds memory (default: the run's --chunk-size, else chosen from the backbone, image size and free memory)")
     p.add_argument(
         "--precision", choices=["auto", "32", "bf16"], default="auto",
         help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32",

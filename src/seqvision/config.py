@@ -110,6 +110,9 @@ class TrainConfig:
     devices: str | int = "auto"  # auto, a count (-1: all), or a comma-separated list of device indices
     deterministic: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
+    # GB the activations and inputs of the largest batch may take when the CNN runs live (None: half the
+    # available RAM, or 90 % of the GPU's free memory); over it, chunking with checkpointing or a clear stop
+    memory_budget: float | None = None
     # the evaluation at the end: the model on shuffled, reversed, single-image (and mirrored) samples;
     # auto = full (mirrored too: one more CNN pass) up to 2000 images in the split, else fast (no mirror)
     diagnostics: str = "auto"
@@ -224,6 +227,7 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("train", "grad_clip", lambda v: v >= 0, "0 (off) or more"),
     ("train", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("train", "patience", lambda v: v >= 0, "0 (off) or more"),
+    ("train", "memory_budget", lambda v: v > 0, "positive (GB)"),
 ]
 _FLAG_NAMES = {"max_images": "num-frames"}  # fields whose flag has another name
 

@@ -93,3 +93,22 @@ def resolve_device(spec: "str | torch.device") -> torch.device:
         raise ConfigError(f"--device {spec}: use cpu, cuda or cuda:N")
     return device
 
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated: a GPU's free memory, or the CPU's available RAM (Linux's
+    ``MemAvailable``: free memory plus what the page cache would give back), else the free pages."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 4 << 30  # unknown: assume a small machine

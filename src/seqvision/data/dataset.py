@@ -93,15 +93,25 @@ class SequenceDataset(Dataset):
             clips = [shuffled(c, seed=self.seed * 1_000_003 + index) for c in clips]
         return clips
 
-    def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
-        item: dict = {
-            "id": sample.id, "skipped": [], "error": None, "clip": None, "clip_lengths": None, "target": None,
-            "frame_target": None, "frames": [],
+    def new_item(self, index: int) -> dict:
+        """The empty item of sample ``index``: what :func:`collate` reads, filled by :meth:`finish`."""
+        return {
+            "id": self.samples[index].id, "skipped": [], "error": None, "clip": None, "clip_lengths": None,
+            "target": None, "frame_target": None, "frames": [],
         }
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.new_item(index)
         clips, used = self.load_clips(index, item)  # used: the frame index of every image in the clips
         item["skipped"].extend(sorted(self.notes))  # reported once: the summary de-duplicates
         self.notes.clear()
+        return self.finish(index, item, clips, used)
+
+    def finish(self, index: int, item: dict, clips: list[torch.Tensor], used: list[int]) -> dict:
+        """Complete ``item`` for sample ``index`` from its loaded clips (images ``(T_c, 3, S, S)``, or
+        their features ``(T_c, F)`` when assembled from pieces) and the frame index of every image kept:
+        the concatenated clip, its lengths, frame names and target, or the error / skip that applies."""
+        sample = self.samples[index]
         if item["error"]:
             return item
         if not clips:

@@ -50,7 +50,8 @@ class ClipTransform:
     set of parameters per sample and apply it to every image: torchvision's v2 transforms treat the
     leading ``T`` dimension of a stacked clip as a batch that shares the draw, so motion between frames
     is never faked. Both default augmentations keep order and direction; a flip does not (it mirrors
-    the motion), so it is off unless asked for.
+    the motion), so it is off unless asked for. In evaluation each image is resized (shorter side to
+    ``resize_size``) and centre-cropped on its own, whatever the size of the others.
     """
 
     def __init__(self, prep: Preprocessing, *, train: bool = False, hflip: bool = False, mirror: bool = False) -> None:
@@ -66,16 +67,25 @@ class ClipTransform:
         self.augment = v2.Compose(augment)
 
     def __call__(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        clip = _stack_same_size(frames)  # (T, 3, H, W) uint8
         if self.train:
-            clip = self.augment(clip)
+            clip = self.augment(_stack_same_size(frames))  # (T, 3, S, S): one crop for the whole clip
         else:
-            clip = F.resize(clip, [self.prep.resize_size], interpolation=self.prep.interpolation_mode, antialias=True)
-            clip = F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
+            # each image on its own (frames of one size in one call): an image's features never depend
+            # on its neighbours, so a clip loaded in pieces, or one image at a time into the feature
+            # cache, gives exactly the images of the whole clip
+            sizes = {f.shape[-2:] for f in frames}
+            groups = [torch.stack(frames)] if len(sizes) == 1 else [f[None] for f in frames]
+            clip = torch.cat([self._evaluation_view(g) for g in groups])  # (T, 3, S, S) uint8
         if self.mirror:
             clip = clip.flip(-1)
         clip = F.to_dtype(clip, torch.float32, scale=True)
         return F.normalize(clip, mean=list(self.prep.mean), std=list(self.prep.std))
+
+
+    def _evaluation_view(self, clip: torch.Tensor) -> torch.Tensor:
+        """``(T, 3, H, W)`` uint8 -> the shorter side resized to ``resize_size``, centre crop ``image_size``."""
+        clip = F.resize(clip, [self.prep.resize_size], interpolation=self.prep.interpolation_mode, antialias=True)
+        return F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
 
 
 def _stack_same_size(frames: list[torch.Tensor]) -> torch.Tensor:

@@ -274,7 +274,8 @@ def evaluate(
     ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
     regular expression on the sample names of a folder; see ``discover``)."""
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
-    predictor.chunk_size = chunk_size or predictor.chunk_size  # images per CNN pass
+    if chunk_size:
+        predictor.chunk_size = chunk_size  # images per CNN pass
     targets = predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None
     samples = discover(data, targets=targets, group_by=group_by)
     if split is not None:

@@ -25,12 +25,13 @@ def predict(
     Returns ``(rows, skipped)``: one dict per sample (``sample``, ``prediction``, one probability column
     per class or one value per regression target) and the bad images left out with ``on_bad_image='skip'``.
     ``precision`` is the CNN's: ``auto`` (bf16 where the hardware is fast at it), ``32`` or ``bf16``.
-    ``chunk_size``: images per CNN pass (default: the run's ``--chunk-size``, else 64).
+    ``chunk_size``: images per CNN pass and per loaded piece of a sample (default: the run's ``--chunk-size``, else chosen from the backbone, image size and free memory).
     """
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: use a .csv or .json file name")
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
-    predictor.chunk_size = chunk_size or predictor.chunk_size
+    if chunk_size:
+        predictor.chunk_size = chunk_size
     samples = discover_inputs(inputs)
     preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     rows = predictor.rows(preds)

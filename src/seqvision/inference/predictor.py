@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,20 +10,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqvision.config import RunConfig
-from seqvision.data.dataset import SequenceDataset, collate
+from seqvision.data.dataset import Batch, SequenceDataset, collate
+from seqvision.data.pieces import PieceDataset, collate_pieces, concat_images, piece_batches
 from seqvision.data.samples import Sample
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
-from seqvision.errors import CheckpointError
+from seqvision.errors import CheckpointError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.dataset import CachedFeatureDataset
 from seqvision.features.encode import encode_batch, prepare_encoder
+from seqvision.models.memory import inference_chunk_size
 from seqvision.models.sequence_model import SequenceModel, build_sequence_model
 from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.training.checkpoint import read_checkpoint
-
-
-INFERENCE_CHUNK = 64  # images per CNN pass at inference unless the run set --chunk-size
 
 
 @dataclass
@@ -48,9 +48,10 @@ class Predictor:
     ) -> None:
         self.model = model.eval()
         self.source = source or {}  # where the model came from: checkpoint path, epoch, versions (for reports)
-        # images per CNN pass: a batch of long samples goes through in pieces, so the CNN's activations
-        # are bounded by this, not by the number of images in the batch (the run's --chunk-size, else 64)
-        self.chunk_size = cfg.model.chunk_size or INFERENCE_CHUNK
+        # images per CNN pass: samples are loaded and encoded in pieces of at most this many images, so
+        # memory is bounded by it, not by the images in a sample (the run's --chunk-size, else chosen
+        # from the backbone, the image size and the free memory on first use)
+        self._chunk_size: int | None = cfg.model.chunk_size
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
@@ -92,6 +93,20 @@ class Predictor:
                    precision=precision, source=source)
 
     @property
+    def chunk_size(self) -> int:
+        """Images per CNN pass (and per loaded piece of a sample): set, the run's ``--chunk-size``, or
+        :func:`inference_chunk_size` for this encoder on this device."""
+        if self._chunk_size is None:
+            self._chunk_size = inference_chunk_size(self.model.encoder, self.device, image_size=self.preprocessing.image_size)
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {value}")
+        self._chunk_size = value
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -117,12 +132,13 @@ class Predictor:
         """The dtype the CNN computes in on this device."""
         return inference_dtype(self.device, self.precision)
 
-    def dataloader(
-        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
-        with_targets: bool = False, store: FeatureStore | None = None, mirror: bool = False,
-    ) -> DataLoader:
-        """Batches of images, or of cached ``(T, F)`` features when ``store`` is given; ``mirror``: every
-        image flipped left-right (a diagnostic: the CNN sees the mirrored scene)."""
+    def dataset(
+        self, samples: list[Sample], *, on_bad_image: str | None = None, with_targets: bool = False,
+        store: FeatureStore | None = None, mirror: bool = False,
+    ) -> SequenceDataset:
+        """The samples as the model was evaluated in training: images through the evaluation transform,
+        or cached ``(T, F)`` features when ``store`` is given; ``mirror``: every image flipped left-right
+        (a diagnostic: the CNN sees the mirrored scene)."""
         d = self.cfg.data
         options = dict(
             encode_target=self.spec.encode if with_targets else None,
@@ -133,12 +149,60 @@ class Predictor:
             seed=self.cfg.train.seed,
         )
         if store is not None:
-            dataset: SequenceDataset = CachedFeatureDataset(samples, store, **options)
-        else:
-            dataset = SequenceDataset(samples, ClipTransform(self.preprocessing, train=False, mirror=mirror), **options)
-        return DataLoader(
-            dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, persistent_workers=False
+            return CachedFeatureDataset(samples, store, **options)
+        return SequenceDataset(samples, ClipTransform(self.preprocessing, train=False, mirror=mirror), **options)
+
+    def feature_batches(self, dataset: SequenceDataset, *, batch_size: int = 8, num_workers: int = 0) -> Iterator[Batch]:
+        """Batches of ``batch_size`` samples whose ``images`` are per-image features ``(N, F)`` float32.
+
+        From a feature cache the rows are read. Otherwise each sample's images are loaded in pieces of
+        at most ``chunk_size`` (:mod:`seqvision.data.pieces`) and every CNN pass takes at most that many
+        images, packed across samples (the same fast path as ``extract``: channels_last, bf16 where
+        fast); only the features of a sample are kept, so memory is bounded by the chunk and the
+        features, not by the number of images in a sample or a batch.
+        """
+        if isinstance(dataset, CachedFeatureDataset):
+            loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+            for batch in loader:
+                batch.images = batch.images.to(self.device)
+                yield batch
+            return
+        pieces = PieceDataset(dataset, self.chunk_size)
+        loader = DataLoader(
+            pieces, batch_sampler=piece_batches(pieces.pieces, self.chunk_size), collate_fn=collate_pieces,
+            num_workers=num_workers,
         )
+        net, dtype = self._inference_encoder(), self.compute_dtype
+        pending: list[dict] = []
+        notes = list(pieces.notes)  # planning facts, reported with the first batch
+        sample = None  # the sample being assembled: its item, per-clip features and frames kept
+        for items in loader:
+            images = concat_images(items)  # (n, 3, S, S), n <= chunk_size
+            features = encode_batch(net, images, dtype) if images is not None else None  # (n, F) fp32
+            at = 0
+            for it in items:
+                if it["error"]:
+                    raise DataError(it["error"])
+                piece = pieces.pieces[it["piece"]]
+                if sample is None:
+                    sample = {"item": dataset.new_item(piece.sample), "features": {}, "used": {}}
+                sample["item"]["skipped"].extend(it["skipped"])
+                if it["images"] is not None:
+                    n = len(it["images"])
+                    sample["features"].setdefault(piece.clip, []).append(features[at : at + n])
+                    sample["used"].setdefault(piece.clip, []).extend(it["kept"])
+                    at += n
+                if piece.last:
+                    order = sorted(sample["features"])
+                    clips = [torch.cat(sample["features"][c]) for c in order]  # (T_c, F) each
+                    used = [f for c in order for f in sample["used"][c]]
+                    pending.append(dataset.finish(piece.sample, sample["item"], clips, used))
+                    sample = None
+                    if len(pending) == batch_size:
+                        yield _with_notes(collate(pending), notes)
+                        pending, notes = [], []
+        if pending or notes:
+            yield _with_notes(collate(pending), notes)
 
     @torch.inference_mode()
     def run(
@@ -147,38 +211,31 @@ class Predictor:
     ) -> Predictions:
         """Outputs for every sample (in order), batched; bad input raises or is skipped and reported.
 
-        The CNN takes the same fast path as ``extract`` (all images of a batch in one pass, channels_last,
-        bf16 where fast). With ``store`` (a frozen backbone's feature cache, whose key must match this
-        model's encoder), the features are read from the cache and only the heads run. ``keep_features``:
-        also each clip's per-image features (``Predictions.clips``), so variants of the sequences can be
-        evaluated without running the CNN again. ``mirror``: the images flipped left-right (not from a cache).
+        The CNN runs in passes of at most ``chunk_size`` images (see :meth:`feature_batches`), so any
+        number of images per sample fits in bounded memory. With ``store`` (a frozen backbone's feature
+        cache, whose key must match this model's encoder), the features are read from the cache and only
+        the heads run. ``keep_features``: also each clip's per-image features (``Predictions.clips``), so
+        variants of the sequences can be evaluated without running the CNN again. ``mirror``: the images
+        flipped left-right (not from a cache).
         """
         if mirror and store is not None:
             raise ValueError("mirrored images are not in the feature cache: run the CNN (store=None)")
         if store is not None:
             if self._cache_key(store.key.dtype, store.key.compute) != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
                 raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
-        dtype = self.compute_dtype
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute
         ids, outputs, targets, skipped, frames = [], [], [], [], []
         sample_frames: dict[str, list[str]] = {}
         attention: dict[str, list[float]] = {}
-        loader = self.dataloader(
-            samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets,
-            store=store, mirror=mirror,
-        )
+        dataset = self.dataset(samples, on_bad_image=on_bad_image, with_targets=with_targets, store=store, mirror=mirror)
         clips: list[tuple[int, torch.Tensor]] = []
-        for batch in loader:
+        for batch in self.feature_batches(dataset, batch_size=batch_size, num_workers=num_workers):
             batch.raise_errors()
             skipped.extend(batch.skipped)
             if not batch.sample_ids:
                 continue
-            if store is not None:
-                features = batch.images.to(self.device)  # (N, F) from the cache
-            else:
-                net = self._inference_encoder()  # (N, 3, S, S) -> (N, F) fp32, chunk_size images per pass
-                features = torch.cat([encode_batch(net, part, dtype) for part in batch.images.split(self.chunk_size)])
+            features = batch.images  # (N, F)
             out = self.model.forward_features(features, batch.lengths)  # (C, K) or (N, K) per image
             if keep_features:
                 first = len(ids)  # the output row of this batch's first sample (or image)
@@ -242,6 +299,11 @@ class Predictor:
                 row.update(dict(zip(names, values)))
             rows.append(row)
         return rows
+
+
+def _with_notes(batch: Batch, notes: list[str]) -> Batch:
+    batch.skipped[:0] = notes
+    return batch
 
 
 RESERVED_COLUMNS = ("sample", "image", "prediction")

@@ -124,7 +124,7 @@ class ImageEncoder(nn.Module):
             calls["n"] += 1
             if calls["n"] == 1:
                 return self._encode(x)
-            with _running_stats_frozen(self):
+            with running_stats_frozen(self):
                 return self._encode(x)
 
         return checkpoint(run, chunk, use_reentrant=False, preserve_rng_state=True)
@@ -186,7 +186,7 @@ class ImageEncoder(nn.Module):
         return self
 
 
-class _running_stats_frozen:
+class running_stats_frozen:
     """Context: BatchNorm layers of ``module`` keep their running statistics (momentum 0) meanwhile."""
 
     def __init__(self, module: nn.Module) -> None:

@@ -83,13 +83,21 @@ def train(
     monitor = _checked_monitor(cfg, data.spec, has_val)
     _warn_task_options(cfg, data.spec)
     class_weights = _class_weights(cfg, data)
+    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
+    if not (cfg.model.freeze and cfg.data.cache != "off" and not augment):  # the CNN runs live in training
+        from seqvision.training.datamodule import default_workers
+        from seqvision.training.memory import plan_training_memory
+
+        workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+        change = plan_training_memory(cfg, model.encoder, data.splits["train"], device=_device(cfg), num_workers=workers)
+        if change:
+            log.warning(change)
     out.mkdir(parents=True, exist_ok=True)
     if not continuing or not (out / "splits.json").exists():
         data.save_splits(out / "splits.json")
     d = cfg.data
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
-    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, augment=augment, progress=progress)
     dm = SequenceDataModule(
         data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,

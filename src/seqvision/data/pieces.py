@@ -1,0 +1,135 @@
+"""Long samples in bounded memory: every clip cut into pieces of at most ``size`` images at load time.
+
+Inference never needs a whole sample's pixels at once: the CNN turns each image into a feature vector
+and only the vectors go on to the temporal head. :class:`PieceDataset` plans each sample's clips in the
+main process (frame indices only: no pixel is read), cuts them into pieces of at most ``size`` images,
+and loads one piece per item, so a DataLoader worker holds a few pieces of decoded frames, never a
+whole 90,000-frame video. :func:`piece_batches` packs consecutive pieces into CNN passes of at most
+``size`` images; the caller encodes each pass and assembles the features of a sample as its pieces
+arrive (in order: a DataLoader keeps the order of its batches).
+
+Only evaluation-time loading is cut: its transform is per image (resize and centre crop), so a piece
+gives exactly the images the whole clip would. Training augmentation draws one crop per clip and needs
+all of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from seqvision.data.dataset import SequenceDataset
+from seqvision.errors import DataError
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames ``frames`` (indices into the sample) of clip ``clip`` of sample ``sample``."""
+
+    sample: int  # index into the dataset's samples
+    clip: int  # which clip of the sample (-1: the sample could not be planned; ``error`` says why)
+    frames: tuple[int, ...]
+    last: bool  # the sample's last piece: once it is loaded, the sample is complete
+    error: str | None = None  # from planning (a video whose headers cannot be read)
+
+
+def plan_pieces(base: SequenceDataset, size: int) -> tuple[list[Piece], list[list[list[int]]]]:
+    """Every sample's clips (frame indices, as ``base`` samples them for evaluation) cut into pieces of
+    at most ``size`` frames, in sample order; and the clips themselves. A sample that cannot be planned
+    gets one piece carrying its error, so it is reported in its place."""
+    if size < 1:
+        raise ValueError(f"piece size must be at least 1, got {size}")
+    pieces: list[Piece] = []
+    plans: list[list[list[int]]] = []
+    for index, sample in enumerate(base.samples):
+        try:
+            if sample.video is not None:
+                info = base.video_info(index)
+                clips = base.clips(index, info.num_frames, source_fps=info.fps)
+            else:
+                clips = base.clips(index, len(sample.frames))
+        except DataError as exc:
+            plans.append([])
+            pieces.append(Piece(index, -1, (), True, error=f"sample {sample.id!r}: {exc}"))
+            continue
+        plans.append(clips)
+        mine = [
+            Piece(index, c, tuple(clip[at : at + size]), False)
+            for c, clip in enumerate(clips) for at in range(0, len(clip), size)
+        ] or [Piece(index, 0, (), False)]  # no frame at all: one empty piece, reported as such
+        mine[-1] = Piece(mine[-1].sample, mine[-1].clip, mine[-1].frames, True)
+        pieces.extend(mine)
+    return pieces, plans
+
+
+def piece_batches(pieces: list[Piece], size: int) -> list[list[int]]:
+    """Consecutive pieces packed into lists whose frames add up to at most ``size`` (a piece is never
+    split; each list has at least one piece): one CNN pass each."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    count = 0
+    for i, piece in enumerate(pieces):
+        n = len(piece.frames)
+        if current and count + n > size:
+            batches.append(current)
+            current, count = [], 0
+        current.append(i)
+        count += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+class PieceDataset(Dataset):
+    """Item ``i``: piece ``i`` of :func:`plan_pieces` loaded through ``base``'s transform:
+    ``{"piece", "images" (n, 3, S, S) or None, "kept" (frame indices that loaded), "skipped", "error"}``.
+    Errors travel in the item, as in :class:`SequenceDataset`, and are raised in the main process."""
+
+    def __init__(self, base: SequenceDataset, size: int) -> None:
+        if base.train:
+            raise ValueError("pieces are for evaluation: training augmentation draws one crop per whole clip")
+        self.base = base
+        self.pieces, self.plans = plan_pieces(base, size)
+        self.notes = sorted(base.notes)  # planning facts (e.g. a sample shorter than --num-frames)
+        base.notes.clear()
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, i: int) -> dict:
+        piece = self.pieces[i]
+        item: dict = {"piece": i, "images": None, "kept": [], "skipped": [], "error": None}
+        if piece.error is not None:
+            self.base.bad_frame(item, piece.error)
+            return item
+        if not piece.frames:
+            return item
+        sample = self.base.samples[piece.sample]
+        if sample.video is None:
+            images, kept = self.base.load_clip(piece.sample, list(piece.frames), item)
+            item["images"], item["kept"] = images, [piece.frames[k] for k in kept]
+            return item
+        from seqvision.data.video import read_frames
+
+        try:
+            info = self.base.video_info(piece.sample)
+            frames, notes = read_frames(sample.video.path, [info.frame_time(f) for f in piece.frames], info.fps)
+        except DataError as exc:
+            self.base.bad_frame(item, f"sample {sample.id!r}: {exc}")
+            return item
+        item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
+        item["images"], item["kept"] = self.base.transform(frames), list(piece.frames)
+        return item
+
+
+def collate_pieces(items: list[dict]) -> list[dict]:
+    """A DataLoader batch of pieces stays a list: the caller concatenates the images for one CNN pass."""
+    return items
+
+
+def concat_images(items: list[dict]) -> torch.Tensor | None:
+    """The images of a batch of pieces, piece after piece ``(n, 3, S, S)``; None when there is none."""
+    images = [it["images"] for it in items if it["images"] is not None]
+    return torch.cat(images) if images else None

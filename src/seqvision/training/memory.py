@@ -1,0 +1,133 @@
+"""Before the first step: does the largest batch fit? If not, chunk with checkpointing, or stop clearly.
+
+A live CNN holds, for a training batch of ``N`` images, the ``N`` loaded images and what autograd saves
+of each image's forward pass (:func:`seqvision.models.memory.activation_profile`). ``N`` is largest for
+the ``batch_size`` longest samples (shuffling can put them together). When that estimate exceeds the
+budget, the CNN can run in chunks whose activations are recomputed in the backward pass
+(``--chunk-size C --checkpointing``: the same gradients, about a third more compute): then only one
+chunk's activations are held. When even one image per chunk does not fit, the run stops before it
+starts, with one line that says which sample, how many images and which flags fix it.
+
+A frozen backbone on the feature cache trains on features only: nothing of this applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+
+from seqvision.config import RunConfig
+from seqvision.data.samples import Sample
+from seqvision.errors import ConfigError
+from seqvision.models.backbones import ImageEncoder
+from seqvision.models.memory import activation_profile
+from seqvision.runtime import available_memory
+
+log = logging.getLogger("seqvision")
+
+GB = 1 << 30
+CPU_SHARE = 0.5  # of the available RAM: the loader workers, the optimizer and the OS need the rest
+GPU_SHARE = 0.9  # of a GPU's free memory
+CHUNK_CHOICES = (64, 32, 16, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class LargestBatch:
+    images: int  # in the batch of the ``batch_size`` longest samples
+    sample: str  # the longest sample
+    sample_images: int  # its images (after sampling)
+    samples: int  # how many samples the batch holds
+
+
+def largest_batch(samples: list[Sample], cfg: RunConfig, *, train: bool = True) -> LargestBatch:
+    """The batch with the most images that training (or validation) can draw, after frame sampling."""
+    from seqvision.data.video import probe_video
+
+    policy = cfg.data.sampling_policy(train=train)
+    lengths = []
+    for s in samples:
+        n, fps = len(s.frames), None
+        if s.video is not None:  # headers only; already read (and cached) when the data was filtered
+            info = probe_video(s.video.path, s.video.start, s.video.end)
+            n, fps = info.num_frames, info.fps
+        # the clip length does not depend on the draw: any generator gives the length of every draw
+        clips = policy.clips_for(n, train=train, rng=random.Random(0), source_fps=fps)
+        lengths.append((sum(len(c) for c in clips), s.id))
+    lengths.sort(reverse=True)
+    top = lengths[: cfg.train.batch_size]
+    return LargestBatch(sum(n for n, _ in top), top[0][1] if top else "", top[0][0] if top else 0, len(top))
+
+
+def memory_budget(cfg: RunConfig, device: torch.device) -> int:
+    """Bytes: ``--memory-budget`` GB, else a share of what is free on the training device."""
+    if cfg.train.memory_budget is not None:
+        return int(cfg.train.memory_budget * GB)
+    share = GPU_SHARE if device.type == "cuda" else CPU_SHARE
+    return int(available_memory(device) * share)
+
+
+def _estimate(batch_images: int, *, input_bytes: int, per_image: int, held: int, loader_batches: int) -> int:
+    """The batch's loaded images (plus those waiting in the loader) and ``held`` images' activations."""
+    return batch_images * input_bytes * (1 + loader_batches) + held * per_image
+
+
+def plan_training_memory(
+    cfg: RunConfig, encoder: ImageEncoder, train_samples: list[Sample], *, device: torch.device, num_workers: int,
+) -> str | None:
+    """Check the largest training batch against the budget, before anything is written.
+
+    Fits: returns None. Does not fit, but would with the CNN in checkpointed chunks (or, for a frozen
+    CNN run live, in chunks): sets ``cfg.model`` and ``encoder`` to chunk, and returns the sentence that
+    says so (the caller logs it once). Cannot fit: raises :class:`ConfigError` naming the longest sample,
+    the batch's images, the estimate and the flags that fix it.
+    """
+    batch = largest_batch(train_samples, cfg)
+    if batch.images == 0:
+        return None
+    profile = activation_profile(encoder, image_size=cfg.data.image_size or encoder.preprocessing.image_size)
+    trainable = not encoder.fully_frozen
+    mixed = cfg.train.precision in ("bf16-mixed", "16-mixed")  # autocast keeps activations in 16 bits
+    per_image = (profile.training_bytes if trainable else profile.inference_bytes) // (2 if mixed else 1)
+    loader_batches = 2 * num_workers  # each worker prefetches two batches
+    m = cfg.model
+    # images whose activations are held at once: all of them, unless chunks are recomputed in the
+    # backward pass (trainable) or simply run one after another (frozen: nothing is kept for backward)
+    held = batch.images
+    if m.chunk_size and (m.checkpointing or not trainable):
+        held = min(held, m.chunk_size)
+    common = dict(input_bytes=profile.input_bytes, per_image=per_image, loader_batches=loader_batches)
+    need = _estimate(batch.images, held=held, **common)
+    budget = memory_budget(cfg, device)
+    if need <= budget:
+        return None
+    what = (
+        f"the largest training batch ({batch.images} images: the {batch.samples} longest samples, the longest "
+        f"{batch.sample!r} with {batch.sample_images}) needs about {size_text(need)} for its images and CNN "
+        f"activations (an estimate), over the {size_text(budget)} budget (--memory-budget)"
+    )
+    if held == batch.images:  # not chunked yet: find the largest chunk that fits
+        for chunk in CHUNK_CHOICES:
+            if chunk < batch.images and _estimate(batch.images, held=chunk, **common) <= budget:
+                m.chunk_size, encoder.chunk_size = chunk, chunk
+                if trainable:
+                    m.checkpointing, encoder.checkpointing = True, True
+                    how = f"--chunk-size {chunk} --checkpointing (each chunk's activations are recomputed in the backward pass: same gradients, slower)"
+                else:
+                    how = f"--chunk-size {chunk} (the frozen CNN keeps nothing for the backward pass)"
+                return f"{what}: training with {how}"
+    chunked = f"a smaller --chunk-size (now {m.chunk_size}), " if held < batch.images and m.chunk_size > 1 else ""
+    raise ConfigError(
+        f"{what}, even with the CNN in checkpointed chunks. Fix it with fewer images per sample (--num-frames N), "
+        f"a smaller --batch-size, {chunked}a smaller --image-size, or a larger --memory-budget on a machine that has it"
+    )
+
+
+def size_text(n: int) -> str:
+    """Bytes as ``512 KB``, ``7.6 MB`` or ``1.2 GB``."""
+    for unit, scale in (("GB", GB), ("MB", 1 << 20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{max(1, round(n / 1024))} KB"
