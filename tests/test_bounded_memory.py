@@ -221,7 +221,7 @@ def test_a_training_batch_over_the_budget_turns_on_checkpointed_chunks_and_train
     with caplog.at_level("WARNING", logger="seqvision"):
         result = train(cfg, tmp_path / "run", progress=False)
     said = [r.getMessage() for r in caplog.records if "largest training batch" in r.getMessage()]
-    assert len(said) == 1 and "'right/s2' with 12" in said[0] and "--chunk-size 8 --checkpointing" in said[0]
+    assert len(said) == 1 and "training batch (40 images" in said[0] and "'right/s2' with 12" in said[0] and "--chunk-size 8 --checkpointing" in said[0]
     assert cfg.model.chunk_size == 8 and cfg.model.checkpointing
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "chunk_size: 8" in saved and "checkpointing: true" in saved
@@ -256,3 +256,23 @@ def test_a_frozen_backbone_on_the_cache_is_not_estimated(tmp_path, monkeypatch):
     cfg = fast_config(data, max_epochs=1, memory_budget=1e-6)
     cfg.model.freeze, cfg.data.augment = True, False
     train(cfg, tmp_path / "run", progress=False)  # would stop (a 1 KB budget) if the CNN were estimated
+
+
+def test_a_long_validation_batch_is_estimated_too():
+    from seqvision.data.samples import FrameRef, Sample
+    from seqvision.training.memory import plan_training_memory
+
+    def samples(n: int, length: int, prefix: str) -> list[Sample]:  # frames are only counted, never read
+        return [Sample(f"{prefix}{i}", [FrameRef(Path(f"/nowhere/{prefix}{i}/{t}.png")) for t in range(length)], label="a") for i in range(n)]
+
+    cfg = fast_config("unused", batch_size=2)
+    encoder = build_backbone("tiny_cnn", weights="none")
+    profile = activation_profile(encoder, image_size=16)
+    splits = {"train": samples(4, 3, "t"), "val": samples(2, 200, "v")}  # training batch: 6 images; validation: 400
+    train_need = 6 * profile.input_bytes + 6 * profile.training_bytes
+    val_need = 400 * profile.input_bytes + 400 * profile.inference_bytes
+    assert val_need > 2 * train_need
+    cfg.train.memory_budget = (400 * profile.input_bytes + 64 * profile.inference_bytes) / 2**30 * 1.001
+    said = plan_training_memory(cfg, encoder, splits, device=torch.device("cpu"), num_workers=0)
+    assert said and "validation batch (400 images" in said and "with 200)" in said
+    assert cfg.model.chunk_size == encoder.chunk_size == 64

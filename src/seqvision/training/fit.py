@@ -89,7 +89,7 @@ def train(
         from seqvision.training.memory import plan_training_memory
 
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-        change = plan_training_memory(cfg, model.encoder, data.splits["train"], device=_device(cfg), num_workers=workers)
+        change = plan_training_memory(cfg, model.encoder, data.splits, device=_device(cfg), num_workers=workers)
         if change:
             log.warning(change)
     out.mkdir(parents=True, exist_ok=True)

@@ -69,48 +69,52 @@ def memory_budget(cfg: RunConfig, device: torch.device) -> int:
     return int(available_memory(device) * share)
 
 
-def _estimate(batch_images: int, *, input_bytes: int, per_image: int, held: int, loader_batches: int) -> int:
-    """The batch's loaded images (plus those waiting in the loader) and ``held`` images' activations."""
-    return batch_images * input_bytes * (1 + loader_batches) + held * per_image
-
-
 def plan_training_memory(
-    cfg: RunConfig, encoder: ImageEncoder, train_samples: list[Sample], *, device: torch.device, num_workers: int,
+    cfg: RunConfig, encoder: ImageEncoder, splits: dict[str, list[Sample]], *, device: torch.device, num_workers: int,
 ) -> str | None:
-    """Check the largest training batch against the budget, before anything is written.
+    """Check the largest training batch (and validation batch) against the budget, before anything is written.
 
     Fits: returns None. Does not fit, but would with the CNN in checkpointed chunks (or, for a frozen
     CNN run live, in chunks): sets ``cfg.model`` and ``encoder`` to chunk, and returns the sentence that
     says so (the caller logs it once). Cannot fit: raises :class:`ConfigError` naming the longest sample,
     the batch's images, the estimate and the flags that fix it.
     """
-    batch = largest_batch(train_samples, cfg)
-    if batch.images == 0:
+    batches = {"training": largest_batch(splits["train"], cfg, train=True)}
+    if splits.get("val"):  # validation runs without gradients, but its batch may be longer (multi-clip)
+        batches["validation"] = largest_batch(splits["val"], cfg, train=False)
+    if batches["training"].images == 0:
         return None
     profile = activation_profile(encoder, image_size=cfg.data.image_size or encoder.preprocessing.image_size)
     trainable = not encoder.fully_frozen
-    mixed = cfg.train.precision in ("bf16-mixed", "16-mixed")  # autocast keeps activations in 16 bits
-    per_image = (profile.training_bytes if trainable else profile.inference_bytes) // (2 if mixed else 1)
-    loader_batches = 2 * num_workers  # each worker prefetches two batches
+    half = 2 if cfg.train.precision in ("bf16-mixed", "16-mixed") else 1  # autocast keeps activations in 16 bits
+    loaded = 1 + 2 * num_workers  # the batch in use, and two waiting per loader worker
     m = cfg.model
-    # images whose activations are held at once: all of them, unless chunks are recomputed in the
-    # backward pass (trainable) or simply run one after another (frozen: nothing is kept for backward)
-    held = batch.images
-    if m.chunk_size and (m.checkpointing or not trainable):
-        held = min(held, m.chunk_size)
-    common = dict(input_bytes=profile.input_bytes, per_image=per_image, loader_batches=loader_batches)
-    need = _estimate(batch.images, held=held, **common)
+
+    def need(kind: str, chunk: int | None, checkpointing: bool) -> int:
+        """Bytes of the largest ``kind`` batch: its loaded images and the activations held at once: every
+        image's, unless chunks run one after another without keeping theirs for a backward pass."""
+        batch = batches[kind]
+        grads = kind == "training" and trainable
+        per_image = (profile.training_bytes if grads else profile.inference_bytes) // half
+        held = min(batch.images, chunk) if chunk and (checkpointing or not grads) else batch.images
+        return batch.images * profile.input_bytes * loaded + held * per_image
+
+    def worst(chunk: int | None, checkpointing: bool) -> tuple[int, str]:
+        return max((need(kind, chunk, checkpointing), kind) for kind in batches)
+
     budget = memory_budget(cfg, device)
-    if need <= budget:
+    estimate, kind = worst(m.chunk_size, m.checkpointing)
+    if estimate <= budget:
         return None
+    batch = batches[kind]
     what = (
-        f"the largest training batch ({batch.images} images: the {batch.samples} longest samples, the longest "
-        f"{batch.sample!r} with {batch.sample_images}) needs about {size_text(need)} for its images and CNN "
+        f"the largest {kind} batch ({batch.images} images: the {batch.samples} longest samples, the longest "
+        f"{batch.sample!r} with {batch.sample_images}) needs about {size_text(estimate)} for its images and CNN "
         f"activations (an estimate), over the {size_text(budget)} budget (--memory-budget)"
     )
-    if held == batch.images:  # not chunked yet: find the largest chunk that fits
+    if not (m.chunk_size and (m.checkpointing or not trainable)):  # not chunked yet: the largest chunk that fits
         for chunk in CHUNK_CHOICES:
-            if chunk < batch.images and _estimate(batch.images, held=chunk, **common) <= budget:
+            if worst(chunk, trainable)[0] <= budget:
                 m.chunk_size, encoder.chunk_size = chunk, chunk
                 if trainable:
                     m.checkpointing, encoder.checkpointing = True, True
@@ -118,7 +122,7 @@ def plan_training_memory(
                 else:
                     how = f"--chunk-size {chunk} (the frozen CNN keeps nothing for the backward pass)"
                 return f"{what}: training with {how}"
-    chunked = f"a smaller --chunk-size (now {m.chunk_size}), " if held < batch.images and m.chunk_size > 1 else ""
+    chunked = f"a smaller --chunk-size (now {m.chunk_size}), " if m.chunk_size and m.chunk_size > 1 else ""
     raise ConfigError(
         f"{what}, even with the CNN in checkpointed chunks. Fix it with fewer images per sample (--num-frames N), "
         f"a smaller --batch-size, {chunked}a smaller --image-size, or a larger --memory-budget on a machine that has it"
