@@ -131,7 +131,7 @@ def seqvision_extract(
     """seqvision's extraction of every image, wall time including loader start-up. Returns figures.
     ``precision``: auto (bf16 where the CPU is fast at it: what users get) or 32 (to compare fp32 with fp32)."""
     samples = discover(data)
-    model = build_sequence_model(ModelConfig(backbone=backbone, weights="none", freeze=True), 2)
+    model = build_sequence_model(2, backbone=backbone, weights="none", freeze=True)
     from seqvision.data.transforms import resolve_preprocessing
 
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
@@ -189,7 +189,7 @@ def epoch_times(backbone: str, data: Path, cache: Path, size: int) -> dict:
     samples = discover(data)
     spec = TargetSpec.infer(samples)
     torch.manual_seed(0)
-    model = build_sequence_model(ModelConfig(backbone=backbone, weights="none", freeze=True), 2)
+    model = build_sequence_model(2, backbone=backbone, weights="none", freeze=True)
     from seqvision.data.transforms import resolve_preprocessing
     from seqvision.models.tasks import TaskLoss
 

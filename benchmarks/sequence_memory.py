@@ -27,14 +27,13 @@ def one_config(frames: int, chunked: bool, size: int, steps: int, device: str, b
     import torch
 
     from seqvision.config import ModelConfig
-    from seqvision.models.sequence_model import build_sequence_model
     from seqvision.runtime import tune_allocator
     from seqvision.training.module import make_adamw
 
     tune_allocator()
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=backbone, weights="none", chunk_size=8 if chunked else None, checkpointing=chunked)
-    model = build_sequence_model(cfg, 2).to(device).train()
+    model = cfg.build_model(2).to(device).train()
     optim = make_adamw([{"params": list(model.parameters()), "lr": 1e-4}], weight_decay=0.0)
     images = torch.randn(frames, 3, size, size, device=device)
     lengths = torch.tensor([frames])

@@ -15,13 +15,11 @@ from seqvision.config import ModelConfig
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover
 from seqvision.data.pieces import PieceDataset, piece_batches, plan_pieces
-from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
 from seqvision.models.memory import activation_profile, inference_chunk_size
-from seqvision.models.sequence_model import build_sequence_model
 from seqvision.training.fit import train
 
 from conftest import fast_config, make_folder_dataset, write_image
@@ -36,7 +34,7 @@ def _predictor(data: Path, head: str, **model):
     cfg = fast_config(data)
     cfg.model = ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, head=head, d_model=8, nhead=2, **model)
     torch.manual_seed(0)
-    net = build_sequence_model(cfg.model, spec.num_outputs)
+    net = cfg.model.build_model(spec.num_outputs)
     prep = Preprocessing(image_size=16, resize_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     return Predictor(net, cfg=cfg, spec=spec, preprocessing=prep, precision="32"), samples
 

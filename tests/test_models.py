@@ -6,7 +6,6 @@ import torch
 from seqvision.config import ModelConfig
 from seqvision.errors import ConfigError
 from seqvision.models.backbones import build_backbone, register_backbone
-from seqvision.models.sequence_model import build_sequence_model
 
 from conftest import SHARED_WEIGHTS
 
@@ -14,7 +13,7 @@ from conftest import SHARED_WEIGHTS
 def _model(**kw):
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, **kw)
-    return build_sequence_model(cfg, 3).eval()
+    return cfg.build_model(3).eval()
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

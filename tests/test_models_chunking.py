@@ -2,14 +2,13 @@
 
 import torch
 
-from seqvision.config import ModelConfig
 from seqvision.models.sequence_model import build_sequence_model
 
 
 def _pair():
     torch.manual_seed(0)
-    plain = build_sequence_model(ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8), 3)
-    chunked = build_sequence_model(ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, chunk_size=3, checkpointing=True), 3)
+    plain = build_sequence_model(3, backbone="tiny_cnn", weights="none", hidden_size=8)
+    chunked = build_sequence_model(3, backbone="tiny_cnn", weights="none", hidden_size=8, chunk_size=3, checkpointing=True)
     chunked.load_state_dict(plain.state_dict())
     return plain, chunked
 

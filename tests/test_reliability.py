@@ -12,7 +12,7 @@ import torch
 
 from seqvision.errors import CheckpointError, SeqVisionError, StorageError
 from seqvision.inference.predictor import Predictor
-from seqvision.training.checkpoint import read_checkpoint
+from seqvision.models.checkpoint import read_checkpoint
 from seqvision.training.fit import train
 
 from conftest import fast_config, make_folder_dataset
@@ -174,7 +174,6 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
 
 def test_incremental_digest_equals_the_full_one_and_rehashes_only_what_can_change(monkeypatch):
     import seqvision.io as sio
-    from seqvision.config import ModelConfig
     from seqvision.models.sequence_model import build_sequence_model
     from seqvision.training.module import make_adamw
 
@@ -182,7 +181,7 @@ def test_incremental_digest_equals_the_full_one_and_rehashes_only_what_can_chang
     real = sio._hash_tensor
     monkeypatch.setattr(sio, "_hash_tensor", lambda digest, name, t: (hashed.append(name), real(digest, name, t)))
     torch.manual_seed(0)
-    model = build_sequence_model(ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=8, trainable_stages=1), 2)
+    model = build_sequence_model(2, backbone="tiny_cnn", weights="none", hidden_size=8, trainable_stages=1)
     stable = {f"encoder.{name}" for name, t in model.encoder.frozen_tensors().items() if not t.requires_grad}
     assert stable and all(name in model.state_dict() for name in stable)
     optim = make_adamw([{"params": [p for p in model.parameters() if p.requires_grad]}], weight_decay=0.01)

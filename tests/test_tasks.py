@@ -11,7 +11,6 @@ from seqvision.data.targets import TASKS, TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.evaluation.evaluate import evaluate
 from seqvision.inference.predict import predict
-from seqvision.models.sequence_model import build_sequence_model
 from seqvision.models.tasks import TaskLoss
 from seqvision.models.temporal import available_heads
 from seqvision.training.fit import train
@@ -49,7 +48,7 @@ def test_every_head_and_task_trains_a_few_steps(manifest, task, head):
     cfg = fast_config(manifest).model
     cfg.head = head
     cfg.d_model, cfg.nhead = 16, 2
-    model = build_sequence_model(cfg, spec.num_outputs, per_step=spec.per_image)
+    model = cfg.build_model(spec.num_outputs, per_step=spec.per_image)
     ds = SequenceDataset(samples, ClipTransform(Preprocessing(16, 16)), encode_target=spec.encode, per_image=spec.per_image)
     batch = collate([ds[i] for i in range(6)])
     loss_fn = TaskLoss(task)

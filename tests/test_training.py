@@ -128,12 +128,11 @@ def test_frozen_backbone_parameters_and_batchnorm_buffers_do_not_move(tmp_path, 
     cfg.model.freeze = True
     cfg.data.cache = cache
     result = train(cfg, tmp_path / "out", progress=False)
-    from seqvision.models.sequence_model import build_sequence_model
 
     import lightning as L
 
     L.seed_everything(0, verbose=False)  # the same initial weights as train()'s seed_everything(0)
-    reference = build_sequence_model(cfg.model, 2)
+    reference = cfg.model.build_model(2)
     trained_state = Predictor.load(result.last_checkpoint).model.encoder.state_dict()
     for key, value in reference.encoder.state_dict().items():
         assert torch.equal(value, trained_state[key]), key  # weights AND running_mean/var/num_batches
@@ -147,10 +146,9 @@ def test_fine_tuned_backbone_does_change(tmp_path):
     cfg = fast_config(data)
     import lightning as L
 
-    from seqvision.models.sequence_model import build_sequence_model
 
     L.seed_everything(0, verbose=False)
-    reference = build_sequence_model(cfg.model, 2)
+    reference = cfg.model.build_model(2)
     result = train(cfg, tmp_path / "out", progress=False)
     after = Predictor.load(result.last_checkpoint).model.encoder.state_dict()
     assert not torch.equal(reference.encoder.state_dict()["trunk.0.0.weight"], after["trunk.0.0.weight"])

@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
+from seqvision.data.discovery import compile_group_pattern, is_manifest
+from seqvision.data.sampling import SamplingPolicy
 from seqvision.errors import ConfigError
 
 if TYPE_CHECKING:
-    from seqvision.data.sampling import SamplingPolicy
+    from seqvision.models.sequence_model import SequenceModel
+
+# The models (torch, torchvision) are imported where they are used, not here: the command line reads
+# this module for its choices, and `seqvision --help` must not wait seconds for torch.
 
 
 @dataclass
@@ -58,10 +63,8 @@ class DataConfig:
     # `seqvision extract` does, so its cache is found), else fp32; 32 = exactly the live fp32 features
     feature_precision: str = "auto"
 
-    def sampling_policy(self, *, train: bool) -> "SamplingPolicy":
+    def sampling_policy(self, *, train: bool) -> SamplingPolicy:
         """The frame-sampling policy for training or for evaluation/prediction."""
-        from seqvision.data.sampling import SamplingPolicy
-
         mode = self.sampling if train or not self.eval_sampling else self.eval_sampling
         return SamplingPolicy(mode=mode, num_frames=self.max_images, stride=self.stride, fps=self.fps, clips=self.eval_clips)
 
@@ -87,6 +90,16 @@ class ModelConfig:
     bidirectional: bool = False
     lstm_dropout: float = 0.0  # between stacked recurrent layers (inside the transformer too)
     dropout: float = 0.2  # before the task head's Linear
+
+    def build_model(self, num_outputs: int, *, weights: str | None = None, per_step: bool = False) -> "SequenceModel":
+        """The :class:`SequenceModel` this config describes; ``weights`` overrides ``self.weights`` (``none``
+        when a checkpoint will supply every parameter anyway, so nothing is downloaded)."""
+        from seqvision.models.sequence_model import build_sequence_model
+
+        options = dataclasses.asdict(self)
+        if weights is not None:
+            options["weights"] = weights
+        return build_sequence_model(num_outputs, per_step=per_step, **options)
 
 
 @dataclass
@@ -277,8 +290,6 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
             raise ConfigError(f"--{name} needs 3 values (R G B), got {value}")
     if d.std is not None and any(s <= 0 for s in d.std):
         raise ConfigError("--std values must be positive")
-    from seqvision.data.discovery import compile_group_pattern, is_manifest
-
     if d.group_by is not None and not is_manifest(d.data):  # a folder: a regex on the sample names
         compile_group_pattern(d.group_by)
     if d.targets is not None and d.data is not None and not is_manifest(d.data):

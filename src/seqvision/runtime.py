@@ -64,6 +64,11 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def default_workers() -> int:
+    """One DataLoader worker per spare core (at most 4): decoding overlaps the CNN on the main process."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
 def default_device() -> torch.device:
     """This process's GPU (``cuda:LOCAL_RANK`` when a launcher such as torchrun started one process per
     GPU), else the CPU."""

@@ -191,7 +191,7 @@ def extraction_workers(device: torch.device) -> int:
     cores = os.cpu_count() or 1
     if device.type == "cpu" and cores <= 4:
         return 0
-    from seqvision.training.datamodule import default_workers
+    from seqvision.runtime import default_workers
 
     return default_workers() if device.type == "cpu" else min(8, max(1, cores - 1))
 

@@ -20,9 +20,9 @@ from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.features.dataset import CachedFeatureDataset
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.memory import inference_chunk_size
-from seqvision.models.sequence_model import SequenceModel, build_sequence_model
+from seqvision.models.sequence_model import SequenceModel
 from seqvision.runtime import inference_dtype, resolve_device
-from seqvision.training.checkpoint import read_checkpoint
+from seqvision.models.checkpoint import read_checkpoint
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: incomplete seqvision metadata ({exc})") from None
         # weights="none": the checkpoint holds every parameter, nothing is downloaded
-        model = build_sequence_model(cfg.model, spec.num_outputs, weights="none", per_step=spec.per_image)
+        model = cfg.model.build_model(spec.num_outputs, weights="none", per_step=spec.per_image)
         state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items() if k.startswith("model.")}
         if cfg.model.backbone.startswith("timm/") and "encoder.trunk.forward_head" in model.state_dict() and "encoder.trunk.forward_head" not in state:
             raise CheckpointError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqvision.config import ModelConfig
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
 from seqvision.models.temporal import available_heads, build_temporal_head, head_options, real_steps
@@ -47,20 +46,38 @@ class SequenceModel(nn.Module):
 
 
 def build_sequence_model(
-    cfg: ModelConfig, num_outputs: int, *, weights: str | None = None, per_step: bool = False
+    num_outputs: int,
+    *,
+    backbone: str = "resnet18",
+    weights: str = "imagenet",
+    pool: str = "avg",
+    freeze: bool = False,
+    trainable_stages: int | None = None,
+    chunk_size: int | None = None,
+    checkpointing: bool = False,
+    head: str = "lstm",
+    temporal_diff: bool = False,
+    hidden_size: int = 256,
+    num_layers: int = 1,
+    d_model: int = 256,
+    nhead: int = 4,
+    bidirectional: bool = False,
+    lstm_dropout: float = 0.0,
+    dropout: float = 0.2,
+    per_step: bool = False,
 ) -> SequenceModel:
-    """Build the model from its config; ``weights`` overrides ``cfg.weights`` (``none`` when a checkpoint
-    will supply every parameter anyway, so nothing is downloaded)."""
-    encoder = build_backbone(cfg.backbone, weights=weights or cfg.weights, pool=cfg.pool)
-    encoder.chunk_size = cfg.chunk_size
-    encoder.checkpointing = cfg.checkpointing
-    if cfg.freeze:
+    """Image encoder -> temporal head -> task head with ``num_outputs`` outputs (one per image with
+    ``per_step``). The keywords are :class:`seqvision.config.ModelConfig`'s fields, whose
+    ``build_model`` passes them; head-specific ones (``d_model``, ``nhead``) go to the heads that take them."""
+    encoder = build_backbone(backbone, weights=weights, pool=pool)
+    encoder.chunk_size = chunk_size
+    encoder.checkpointing = checkpointing
+    if freeze:
         encoder.set_trainable("none")
-    elif cfg.trainable_stages:
-        encoder.set_trainable(cfg.trainable_stages)
-    options = dict(hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.lstm_dropout)
-    # head-specific config options go to the heads that take them (a head refuses an option it lacks)
-    accepted = head_options(cfg.head) if cfg.head in available_heads() else []
-    options.update({k: v for k, v in (("d_model", cfg.d_model), ("nhead", cfg.nhead)) if k in accepted})
-    head = build_temporal_head(cfg.head, encoder.num_features, temporal_diff=cfg.temporal_diff, **options)
-    return SequenceModel(encoder, head, TaskHead(head.output_size, num_outputs, dropout=cfg.dropout), per_step=per_step)
+    elif trainable_stages:
+        encoder.set_trainable(trainable_stages)
+    options = dict(hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=lstm_dropout)
+    accepted = head_options(head) if head in available_heads() else []  # a head refuses an option it lacks
+    options.update({k: v for k, v in (("d_model", d_model), ("nhead", nhead)) if k in accepted})
+    temporal = build_temporal_head(head, encoder.num_features, temporal_diff=temporal_diff, **options)
+    return SequenceModel(encoder, temporal, TaskHead(temporal.output_size, num_outputs, dropout=dropout), per_step=per_step)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from seqvision.data.splits import assign_splits, load_splits, save_splits, share
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
+from seqvision.runtime import default_workers
 
 if TYPE_CHECKING:
     from seqvision.features.cache import FeatureStore
@@ -105,11 +105,6 @@ def _warn_if_sources_look_shared(samples: list[Sample]) -> None:
             "sample names) to split by source",
             stacklevel=3,
         )
-
-
-def default_workers() -> int:
-    """One DataLoader worker per spare core (at most 4): decoding overlaps the CNN on the main process."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 class SequenceDataModule(L.LightningDataModule):

@@ -48,7 +48,6 @@ def train(
 
     from seqvision.evaluation.evaluate import evaluate_samples
     from seqvision.inference.predictor import Predictor
-    from seqvision.models.sequence_model import build_sequence_model
     from seqvision.training.checkpoint import AtomicCheckpointIO
     from seqvision.training.datamodule import SequenceDataModule, prepare_data
     from seqvision.data.transforms import resolve_preprocessing
@@ -67,7 +66,7 @@ def train(
         warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=2)
         resume = False
     if resume:
-        from seqvision.training.checkpoint import read_checkpoint
+        from seqvision.models.checkpoint import read_checkpoint
 
         read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
     if not resume and (out / "best.ckpt").exists():
@@ -78,14 +77,14 @@ def train(
     # A saved split is reused only with --resume; a new run (say, after one that failed before training)
     # makes its own and replaces the file.
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json" if continuing else None)
-    model = build_sequence_model(cfg.model, data.spec.num_outputs, per_step=data.spec.per_image)
+    model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
     _warn_task_options(cfg, data.spec)
     class_weights = _class_weights(cfg, data)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     if not (cfg.model.freeze and cfg.data.cache != "off" and not augment):  # the CNN runs live in training
-        from seqvision.training.datamodule import default_workers
+        from seqvision.runtime import default_workers
         from seqvision.training.memory import plan_training_memory
 
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers

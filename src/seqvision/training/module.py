@@ -16,7 +16,8 @@ from seqvision.data.transforms import Preprocessing
 from seqvision.io import IncrementalTensorDigest
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.tasks import TaskLoss
-from seqvision.training.checkpoint import checkpoint_metadata, rng_state, set_rng_state
+from seqvision.models.checkpoint import checkpoint_metadata
+from seqvision.training.checkpoint import rng_state, set_rng_state
 
 
 class SequenceTask(L.LightningModule):
@@ -132,7 +133,7 @@ class SequenceTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint_metadata(self.cfg, self.spec, self.preprocessing)
+        meta = checkpoint_metadata(self.cfg.to_dict(), self.spec, self.preprocessing)
         frozen = {f"model.encoder.{name}" for name, t in self.model.encoder.frozen_tensors().items()
                   if not (isinstance(t, torch.nn.Parameter) and t.requires_grad)}
         meta["state_sha256"] = self._digest(checkpoint["state_dict"], stable=frozen)  # verified on every load
