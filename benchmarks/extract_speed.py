@@ -191,12 +191,12 @@ def epoch_times(backbone: str, data: Path, cache: Path, size: int) -> dict:
     torch.manual_seed(0)
     model = build_sequence_model(2, backbone=backbone, weights="none", freeze=True)
     from seqvision.data.transforms import resolve_preprocessing
-    from seqvision.models.tasks import TaskLoss
+    from seqvision.tasks import TaskLoss, task_of
 
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
     store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=torch.float32))
     extract_features(samples, model.encoder, prep, store, precision="32", progress=False)
-    loss_fn = TaskLoss("classification")
+    loss_fn = TaskLoss(task_of(spec))
     from seqvision.training.module import make_adamw
 
     optim = make_adamw([{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-3}], weight_decay=0.01)
@@ -251,7 +251,7 @@ def train_epoch_s(data: Path, cache: Path, quick: bool) -> float:
     import lightning as L
 
     from seqvision.config import DataConfig, RunConfig, TrainConfig
-    from seqvision.training.fit import train
+    from seqvision.workflows import train_and_evaluate as train
 
     class EpochClock(L.Callback):
         def __init__(self) -> None:

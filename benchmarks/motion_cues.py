@@ -28,7 +28,7 @@ WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
 sys.path.insert(0, str(ROOT / "src"))
 
 from seqvision.demo import demo_config, make_demo_dataset  # noqa: E402
-from seqvision.training.fit import train  # noqa: E402
+from seqvision.workflows import train_and_evaluate as train  # noqa: E402
 
 CONFIGS = {"avg": ("avg", False), "avg + temporal diff": ("avg", True), "grid2": ("grid2", False), "grid2 + temporal diff": ("grid2", True)}
 

@@ -20,7 +20,7 @@ from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
 from seqvision.models.memory import activation_profile, inference_chunk_size
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset, write_image
 

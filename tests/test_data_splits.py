@@ -218,7 +218,7 @@ def test_a_named_group_column_that_is_empty_everywhere_is_an_error(tmp_path):
 
 
 def test_a_new_run_replaces_a_split_left_by_a_run_that_failed(tmp_path):
-    from seqvision.training.fit import train
+    from seqvision.workflows import train_and_evaluate as train
 
     from conftest import fast_config
 

@@ -231,7 +231,7 @@ def test_manifest_clips_of_one_long_video_are_several_samples(tmp_path):
 
 def test_train_and_predict_on_videos(tmp_path):
     from seqvision.inference.predict import predict
-    from seqvision.training.fit import train
+    from seqvision.workflows import train_and_evaluate as train
 
     for label, gop in (("a", 4), ("b", 8)):
         (tmp_path / "data" / label).mkdir(parents=True)
@@ -247,7 +247,7 @@ def test_train_and_predict_on_videos(tmp_path):
 
 def test_unreadable_video_at_training_names_the_sample(tmp_path):
     from seqvision.errors import DataError
-    from seqvision.training.fit import train
+    from seqvision.workflows import train_and_evaluate as train
 
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)

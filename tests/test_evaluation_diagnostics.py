@@ -6,7 +6,7 @@ import pytest
 
 import seqvision.inference.predictor as predictor_module
 from seqvision.evaluation.evaluate import evaluate
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config
 from test_training import _write_motion_dataset

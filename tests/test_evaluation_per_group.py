@@ -5,7 +5,7 @@ import json
 import pytest
 
 from seqvision.cli import main
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, write_image
 

@@ -4,7 +4,7 @@ import json
 import re
 
 from seqvision.cli import main
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset
 from test_evaluation_html_report import _chromium

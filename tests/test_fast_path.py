@@ -16,7 +16,7 @@ from seqvision.features.encode import CompiledEncoder, OneDNNEncoder, encode_bat
 from seqvision.features.extract import extract_features
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset
 

@@ -10,7 +10,7 @@ from seqvision.features.cache import CacheKey, FeatureStore, cache_clear, cache_
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.features.extract import extract_features
 from seqvision.models.backbones import build_backbone
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset, write_image
 

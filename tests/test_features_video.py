@@ -10,7 +10,7 @@ import pytest
 
 from seqvision.cli import main
 from seqvision.data.sampling import MODES, SamplingPolicy
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config
 from test_data_video import write_video

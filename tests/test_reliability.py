@@ -13,7 +13,7 @@ import torch
 from seqvision.errors import CheckpointError, SeqVisionError, StorageError
 from seqvision.inference.predictor import Predictor
 from seqvision.models.checkpoint import read_checkpoint
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset
 
@@ -126,7 +126,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
 
 def test_nan_loss_stops_keeping_the_last_good_checkpoint_or_is_skipped(tmp_path, monkeypatch):
-    from seqvision.models.tasks import TaskLoss
+    from seqvision.tasks import TaskLoss
 
     data = make_folder_dataset(tmp_path / "data", per_label=4)
     original = TaskLoss.forward

@@ -11,9 +11,9 @@ from seqvision.data.targets import TASKS, TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.evaluation.evaluate import evaluate
 from seqvision.inference.predict import predict
-from seqvision.models.tasks import TaskLoss
+from seqvision.tasks import TaskLoss, task_of
 from seqvision.models.temporal import available_heads
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, write_image
 
@@ -51,7 +51,7 @@ def test_every_head_and_task_trains_a_few_steps(manifest, task, head):
     model = cfg.build_model(spec.num_outputs, per_step=spec.per_image)
     ds = SequenceDataset(samples, ClipTransform(Preprocessing(16, 16)), encode_target=spec.encode, per_image=spec.per_image)
     batch = collate([ds[i] for i in range(6)])
-    loss_fn = TaskLoss(task)
+    loss_fn = TaskLoss(task_of(spec))
     optim = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
@@ -106,7 +106,7 @@ def test_multilabel_labels_column_and_thresholds(manifest):
     assert multi.class_names == ["red", "round"]
     sample = discover(manifest)[0]  # s0: red and round
     assert multi.encode(sample).tolist() == [1.0, 1.0]
-    from seqvision.evaluation.metrics import best_thresholds
+    from seqvision.tasks.metrics import best_thresholds
 
     probs = torch.tensor([[0.9, 0.2], [0.6, 0.1], [0.3, 0.8]])
     truth = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])

@@ -13,7 +13,7 @@ from seqvision.errors import CheckpointError, ConfigError, DataError
 from seqvision.evaluation.evaluate import evaluate
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
-from seqvision.training.fit import train
+from seqvision.workflows import train_and_evaluate as train
 
 from conftest import fast_config, make_folder_dataset, write_image
 

@@ -27,12 +27,14 @@ _EXPORTS = {
     "register_backbone": "seqvision.models.backbones",
     "SequenceModel": "seqvision.models.sequence_model",
     "build_sequence_model": "seqvision.models.sequence_model",
-    "train": "seqvision.training.fit",
-    "evaluate": "seqvision.evaluation.evaluate",
+    "train": "seqvision.workflows:train_and_evaluate",
+    "train_and_evaluate": "seqvision.workflows",
+    "evaluate": "seqvision.workflows",
+    "report": "seqvision.workflows",
     "Predictor": "seqvision.inference.predictor",
-    "predict": "seqvision.inference.predict",
+    "predict": "seqvision.workflows",
     "run_demo": "seqvision.demo",
-    "extract": "seqvision.features.extract",
+    "extract": "seqvision.workflows",
     "extract_features": "seqvision.features.extract",
     "FeatureStore": "seqvision.features.cache",
     "CacheKey": "seqvision.features.cache",
@@ -44,6 +46,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:  # "module" (the same name there) or "module:attribute"
+        module, _, attribute = _EXPORTS[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'seqvision' has no attribute {name!r}")

@@ -249,11 +249,11 @@ def _print_findings(metrics: dict | None) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from seqvision.config import resolve_config
     from seqvision.evaluation.metrics import headline
-    from seqvision.training.fit import train
+    from seqvision.workflows import train_and_evaluate
 
     cfg = resolve_config(args.config, _overrides(args))
     bar = not args.no_progress and sys.stdout.isatty()  # a file or a pipe gets one line per epoch instead
-    result = train(cfg, args.out, resume=args.resume, progress=bar, epoch_log=not bar)
+    result = train_and_evaluate(cfg, args.out, resume=args.resume, progress=bar, epoch_log=not bar)
     if result.feature_cache:
         fc = result.feature_cache
         peers = f", {fc['by_peers']} by the other processes" if fc.get("by_peers") else ""
@@ -269,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seqvision.evaluation.evaluate import evaluate
+    from seqvision.workflows import evaluate
     from seqvision.evaluation.metrics import headline
 
     result = evaluate(
@@ -287,7 +287,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from seqvision.inference.predict import predict
+    from seqvision.workflows import predict
 
     rows, skipped = predict(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -319,7 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from seqvision.data.sampling import SamplingPolicy
-    from seqvision.features.extract import extract
+    from seqvision.workflows import extract
 
     # videos: cache the frames this policy can pick in training and in evaluation (images are cached whole)
     policy = SamplingPolicy(args.sampling, num_frames=args.num_frames, stride=args.stride, fps=args.fps, clips=args.eval_clips)
@@ -366,7 +366,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from seqvision.evaluation.evaluate import report
+    from seqvision.workflows import report
     from seqvision.evaluation.metrics import headline
 
     result = report(args.run, split=args.split, device=_inference_device(args), diagnostics=args.diagnostics)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqvision.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seqvision.errors import ConfigError
+from seqvision.workflows import train_and_evaluate
 
 CLASSES = ("approaching", "receding")
 MARKER = ".seqvision-demo"
@@ -80,13 +82,9 @@ def run_demo(
     workers: int | None = None, test_fraction: float = 0.15,
 ) -> DemoResult:
     """Write the dataset, train + evaluate on it, with the shuffled-frames diagnostic as the control. Offline, CPU-friendly."""
-    from seqvision.training.fit import train
-
     out = Path(out_dir)
     if out.exists():
         if not (out / "data" / MARKER).exists():
-            from seqvision.errors import ConfigError
-
             if any(out.iterdir()):
                 raise ConfigError(f"{out} exists and was not written by the demo; choose another --out")
         for name in ("data", "ordered", "shuffled"):
@@ -94,6 +92,6 @@ def run_demo(
     data = make_demo_dataset(out / "data", per_class=per_class)
     cfg = demo_config(data, max_epochs=max_epochs, workers=workers, test_fraction=test_fraction)
     cfg.train.diagnostics = "fast"  # shuffled, reversed, middle image: the heads only, on the features of the test pass
-    test = train(cfg, out / "ordered", progress=progress).test_metrics
+    test = train_and_evaluate(cfg, out / "ordered", progress=progress).test_metrics
     diagnostics = test["diagnostics"]
     return DemoResult(test["accuracy"], diagnostics["shuffled"]["accuracy"], out, test["num_samples"], diagnostics["findings"])

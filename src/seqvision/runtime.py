@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import torch
 
+from seqvision.errors import ConfigError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
@@ -56,8 +58,6 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     if precision in ("16", "fp16", "float16"):
         return torch.float16
     if precision != "auto":
-        from seqvision.errors import ConfigError
-
         raise ConfigError(f"--precision {precision!r}: use auto, 32, bf16 or 16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -80,8 +80,6 @@ def default_device() -> torch.device:
 def resolve_device(spec: "str | torch.device") -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device that exists here; anything else is a
     :class:`ConfigError` naming what is available (never a RuntimeError from deep inside torch)."""
-    from seqvision.errors import ConfigError
-
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):

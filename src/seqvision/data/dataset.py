@@ -13,6 +13,7 @@ from seqvision.data.images import BadImageError, load_image
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy, shuffled
 from seqvision.data.transforms import ClipTransform
+from seqvision.data.video import probe_video, read_frames
 from seqvision.errors import DataError
 
 
@@ -183,14 +184,10 @@ class SequenceDataset(Dataset):
     def video_info(self, index: int):
         """The headers of sample ``index``'s video (:class:`VideoInfo`; ``probe_video`` reads them once
         per file version); raises :class:`DataError` naming the file."""
-        from seqvision.data.video import probe_video
-
         video = self.samples[index].video
         return probe_video(video.path, video.start, video.end)
 
     def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
-        from seqvision.data.video import read_frames
-
         sample = self.samples[index]
         video = sample.video
         try:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seqvision.data.dataset import SequenceDataset
+from seqvision.data.video import read_frames
 from seqvision.errors import DataError
 
 
@@ -111,8 +112,6 @@ class PieceDataset(Dataset):
             images, kept = self.base.load_clip(piece.sample, list(piece.frames), item)
             item["images"], item["kept"] = images, [piece.frames[k] for k in kept]
             return item
-        from seqvision.data.video import read_frames
-
         try:
             info = self.base.video_info(piece.sample)
             frames, notes = read_frames(sample.video.path, [info.frame_time(f) for f in piece.frames], info.fps)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from seqvision.errors import ConfigError
+
 MODES = ("uniform", "stride", "random", "segments")
 
 
@@ -36,8 +38,6 @@ class SamplingPolicy:
     clips: int = 1  # random, evaluation: clips per sample, predictions averaged
 
     def __post_init__(self) -> None:
-        from seqvision.errors import ConfigError
-
         if self.mode not in MODES:
             raise ConfigError(f"--sampling {self.mode!r}: use one of {', '.join(MODES)}")
         if self.mode in ("random", "segments") and not self.num_frames:

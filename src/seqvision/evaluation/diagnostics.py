@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from seqvision.evaluation.metrics import HEADLINE_METRICS
+from seqvision.errors import ConfigError
 
 DRAWS = 3  # shuffled orders per sample, averaged
 MODES = ("auto", "off", "fast", "full")
@@ -27,8 +27,6 @@ def resolve_mode(mode: str, num_images: int | None = None) -> str:
     """``auto`` -> ``full`` when the split's images are at most ``FULL_UP_TO_IMAGES``, else ``fast``
     (no mirror); ``num_images`` None: not known yet (``auto`` stays ``auto``)."""
     if mode not in MODES:
-        from seqvision.errors import ConfigError
-
         raise ConfigError(f"--diagnostics {mode!r}: use {', '.join(MODES)}")
     if mode == "auto" and num_images is not None:
         return "full" if num_images <= FULL_UP_TO_IMAGES else "fast"
@@ -81,19 +79,13 @@ def variant_outputs(predictor, preds, variant: str, *, seed: int = 0, batch_clip
 def changed(predictor, before: torch.Tensor, after: torch.Tensor) -> tuple[str, float]:
     """How much a variant moved the predictions: the share of changed decisions (classes), or the mean
     absolute change of the values (regression)."""
-    task = predictor.spec.task
-    if task in ("classification", "frame_classification"):
-        return "changed", float((before.argmax(-1) != after.argmax(-1)).float().mean())
-    if task == "multilabel":
-        cut = torch.tensor(predictor.thresholds)[None, :]
-        return "changed", float(((before.sigmoid() >= cut) != (after.sigmoid() >= cut)).any(-1).float().mean())
-    return "mean_abs_change", float((before - after).abs().mean())
+    return predictor.task.changed(before, after)
 
 
 def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> dict:
     """``{variant: {metric, changed}}`` for shuffled, reversed, middle (and mirrored when given), and
     ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics."""
-    key = HEADLINE_METRICS[predictor.spec.task][0]
+    key = predictor.task.headline[0]
     ids = preds.sample_ids
     out: dict = {"metric": key, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
     for variant in ("shuffled", "reversed", "middle"):

@@ -15,11 +15,10 @@ from seqvision.data.targets import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.diagnostics import diagnose, resolve_mode
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
-from seqvision.evaluation.metrics import HEADLINE_METRICS, classification_metrics, multilabel_metrics, regression_metrics
 from seqvision.evaluation.report import confusion_matrix_png, write_metrics
-from seqvision.io import atomic_write
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
+from seqvision.io import atomic_write
 
 
 @dataclass
@@ -159,14 +158,8 @@ def _diagnostics(predictor: Predictor, samples: list[Sample], preds, mode: str, 
 
 def _metrics(predictor: Predictor, outputs: torch.Tensor, targets: torch.Tensor, sample_ids: list[str]) -> dict:
     """The task's metrics of output rows against their targets."""
-    spec = predictor.spec
-    if spec.task in ("classification", "frame_classification"):
-        metrics = classification_metrics(outputs, targets, spec.class_names)
-    elif spec.task == "multilabel":
-        metrics = multilabel_metrics(outputs, targets, spec.class_names, predictor.thresholds)
-    else:
-        metrics = regression_metrics(outputs, targets, spec.target_names)
-    if spec.per_image:  # metrics over images; samples counted apart
+    metrics = predictor.task.metrics(outputs, targets)
+    if predictor.task.per_image:  # metrics over images; samples counted apart
         metrics["num_images"], metrics["num_samples"] = metrics["num_samples"], len(set(sample_ids))
     return metrics
 
@@ -183,13 +176,13 @@ def per_group_metrics(predictor: Predictor, preds, groups: dict[str, str | None]
             rows.setdefault(group, []).append(i)
     if not rows:
         return {}
-    keys = HEADLINE_METRICS[predictor.spec.task]
+    keys = predictor.task.headline
     per_group = {}
     for group, idx in rows.items():
         index = torch.tensor(idx)
         found = _metrics(predictor, preds.outputs[index], preds.targets[index], [preds.sample_ids[i] for i in idx])
         per_group[group] = {k: found[k] for k in ("num_samples", "num_images", *keys) if k in found}
-    key, sign = keys[0], (-1 if keys[0] == "mae" else 1)  # worst first: the lowest accuracy, the highest error
+    key, sign = keys[0], (-1 if predictor.task.lower_is_better else 1)  # worst first: the lowest accuracy, the highest error
     ordered = sorted(per_group.items(), key=lambda item: (sign * item[1][key], item[0]))
     values = [stats[key] for _, stats in ordered]
     return {
@@ -202,29 +195,11 @@ def per_group_metrics(predictor: Predictor, preds, groups: dict[str, str | None]
 
 def confident_errors(predictor: Predictor, preds, limit: int = 8) -> list[ErrorCase]:
     """The samples the model got wrong with the most confidence (largest errors for regression)."""
-    spec = predictor.spec
-    if spec.per_image or preds.targets is None or not len(preds.sample_ids):
+    if predictor.task.per_image or preds.targets is None or not len(preds.sample_ids):
         return []
-    cases = []
-    if spec.task == "classification":
-        probs = preds.outputs.softmax(-1)
-        conf, pred = probs.max(-1)
-        for i in torch.nonzero(pred != preds.targets).flatten().tolist():
-            cases.append((float(conf[i]), i, spec.class_names[int(preds.targets[i])], spec.class_names[int(pred[i])]))
-    elif spec.task == "multilabel":
-        probs = preds.outputs.sigmoid()
-        on = probs >= torch.tensor(predictor.thresholds)[None, :]
-        for i in torch.nonzero((on != (preds.targets > 0.5)).any(-1)).flatten().tolist():
-            names = lambda row: ";".join(n for n, v in zip(spec.class_names, row) if v) or "(none)"  # noqa: E731
-            cases.append((float((probs[i] - 0.5).abs().mean() * 2), i, names(preds.targets[i] > 0.5), names(on[i])))
-    else:
-        err = (preds.outputs - preds.targets).abs().mean(-1)
-        for i in err.argsort(descending=True)[:limit].tolist():
-            cases.append((float(err[i]), i, f"{preds.targets[i].tolist()}", f"{[round(v, 3) for v in preds.outputs[i].tolist()]}"))
-    cases.sort(key=lambda c: -c[0])
     return [
         ErrorCase(preds.sample_ids[i], true, predicted, conf, images=frame_images(preds.sample_frames.get(preds.sample_ids[i], [])))
-        for conf, i, true, predicted in cases[:limit]
+        for conf, i, true, predicted in predictor.task.ranked_errors(preds.outputs, preds.targets, limit)
     ]
 
 

@@ -21,7 +21,10 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from seqvision.data.images import BadImageError, load_image
+from seqvision.data.sampling import uniform_indices
 from seqvision.errors import DataError
+from seqvision.evaluation.report import confusion_matrix_png
 from seqvision.io import atomic_write_text
 
 # A thumbnail source: a path to an image file, or a decoded uint8 image (H, W, 3), (3, H, W) or (H, W).
@@ -198,8 +201,6 @@ def _diagnostics_section(d: dict, seconds: float | None) -> str:
 
 def _confusion_html(labels: list[str], matrix: list[list[int]], png: bytes | None) -> str:
     """The matrix as a shaded table (rows: true, columns: predicted) plus the plot (``png``, else drawn here)."""
-    from seqvision.evaluation.report import confusion_matrix_png
-
     head = "".join(f"<th>{escape(str(lab))}</th>" for lab in labels)
     rows = []
     for i, (label, row) in enumerate(zip(labels, matrix)):
@@ -291,16 +292,12 @@ def _curves_section(paths: list[Path]) -> str:
 
 def _chosen(n: int) -> list[int]:
     """At most MAX_THUMBS indices, evenly spread over ``range(n)``, first and last included."""
-    from seqvision.data.sampling import uniform_indices
-
     return uniform_indices(n, MAX_THUMBS)
 
 
 def _as_rgb(image: Thumbnail, sample_id: str) -> np.ndarray:
     """A path or array -> ``(H, W, 3)`` uint8; raises DataError naming the sample and the fix."""
     if isinstance(image, (str, Path)):
-        from seqvision.data.images import load_image  # same decoding (and EXIF rotation) as training
-
         return load_image(image).permute(1, 2, 0).numpy()
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
@@ -318,8 +315,6 @@ def _as_rgb(image: Thumbnail, sample_id: str) -> np.ndarray:
 def _thumb(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> str:
     """One ``<figure>``: the image shrunk to THUMB_HEIGHT (never enlarged) as a JPEG data URI."""
     from PIL import Image
-
-    from seqvision.data.images import BadImageError
 
     try:
         rgb = Image.fromarray(np.ascontiguousarray(_as_rgb(image, sample_id)))

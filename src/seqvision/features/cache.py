@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from seqvision.data.transforms import Preprocessing
+from seqvision.errors import ConfigError
 from seqvision.io import atomic_write_synced, atomic_write_text, tensor_digest
 
 SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
@@ -309,8 +310,6 @@ def cache_clear(root: Path | None = None, key: str | None = None) -> int:
     """Remove every key folder (or one); returns the number of bytes freed. An unknown ``key`` is a
     :class:`ConfigError` naming the keys there are."""
     import shutil
-
-    from seqvision.errors import ConfigError
 
     root = Path(root or default_cache_root())
     entries = cache_info(root)

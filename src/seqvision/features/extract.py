@@ -24,15 +24,32 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seqvision.data.discovery import discover
 from seqvision.data.images import BadImageError, load_image
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
-from seqvision.data.transforms import ClipTransform, Preprocessing
+from seqvision.data.transforms import (
+    ClipTransform,
+    Preprocessing,
+    resolve_preprocessing,
+)
+from seqvision.data.video import probe_video, read_frames
 from seqvision.errors import DataError
-from seqvision.features.cache import SHARD_ROWS, FeatureStore, video_frame_identity
+from seqvision.features.cache import (
+    SHARD_ROWS,
+    CacheKey,
+    FeatureStore,
+    default_cache_root,
+    video_frame_identity,
+)
 from seqvision.features.encode import encode_batch, prepare_encoder
-from seqvision.models.backbones import ImageEncoder
-from seqvision.runtime import default_device, inference_dtype, tune_allocator
+from seqvision.models.backbones import ImageEncoder, build_backbone
+from seqvision.runtime import (
+    default_device,
+    default_workers,
+    inference_dtype,
+    tune_allocator,
+)
 
 log = logging.getLogger("seqvision")
 
@@ -132,8 +149,6 @@ class _VideoChunks(Dataset):
         return len(self.chunks)
 
     def __getitem__(self, i: int) -> Work:
-        from seqvision.data.video import read_frames
-
         chunk = self.chunks[i]
         try:
             frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps)
@@ -151,8 +166,6 @@ def _video_plan(
     stats: "ExtractStats", on_bad_image: str,
 ) -> list[_VideoChunk]:
     """The video frames the cache lacks, in chunks of at most ``batch_size`` frames of one video."""
-    from seqvision.data.video import probe_video
-
     chunks: list[_VideoChunk] = []
     planned: set[str] = set()
     for sample in samples:
@@ -191,8 +204,6 @@ def extraction_workers(device: torch.device) -> int:
     cores = os.cpu_count() or 1
     if device.type == "cpu" and cores <= 4:
         return 0
-    from seqvision.runtime import default_workers
-
     return default_workers() if device.type == "cpu" else min(8, max(1, cores - 1))
 
 
@@ -540,11 +551,6 @@ def extract(
     ``sampling``: for videos, the policy whose training and evaluation frames to cache (default: all).
     Returns the statistics and the store (``store.dir`` is the key's folder).
     """
-    from seqvision.data.discovery import discover
-    from seqvision.data.transforms import resolve_preprocessing
-    from seqvision.features.cache import CacheKey, default_cache_root
-    from seqvision.models.backbones import build_backbone
-
     encoder = build_backbone(backbone, weights=weights, pool=pool)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=image_size, resize_size=resize_size, mean=mean, std=std)
     device = torch.device(device) if device else default_device()

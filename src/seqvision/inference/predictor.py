@@ -22,6 +22,7 @@ from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.memory import inference_chunk_size
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.runtime import inference_dtype, resolve_device
+from seqvision.tasks import task_of
 from seqvision.models.checkpoint import read_checkpoint
 
 
@@ -55,7 +56,7 @@ class Predictor:
         self.cfg = cfg
         self.spec = spec
         self.preprocessing = preprocessing
-        self.thresholds = thresholds or [0.5] * spec.num_outputs  # multi-label decision thresholds
+        self.task = task_of(spec, thresholds)  # what the outputs mean (multi-label: with its thresholds)
         self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
         self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype)
         self._keys: dict[tuple[str, str], CacheKey] = {}
@@ -273,30 +274,24 @@ class Predictor:
             clips,
         )
 
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label decision thresholds (one per label; 0.5 each for other tasks)."""
+        return self.task.thresholds
+
     def rows(self, predictions: Predictions) -> list[dict]:
         """One dict per sample (per image for per-image tasks, with ``image``): ``sample``, ``prediction``
         (a class; ``;``-joined classes for multi-label; the value(s) for regression), then a probability
         (or value) per output."""
-        rows = []
-        spec = self.spec
+        task, rows = self.task, []
         frames = predictions.frames or [None] * len(predictions.sample_ids)
-        names = output_columns(spec.class_names if spec.is_classes else spec.target_names)
-        for sample_id, frame, out in zip(predictions.sample_ids, frames, predictions.outputs):
+        names = output_columns(task.names)
+        for sample_id, frame, out in zip(predictions.sample_ids, frames, task.values(predictions.outputs)):
             row: dict = {"sample": sample_id}
-            if spec.per_image:
+            if task.per_image:
                 row["image"] = frame
-            if spec.task in ("classification", "frame_classification"):
-                p = out.softmax(dim=-1)
-                row["prediction"] = spec.class_names[int(p.argmax())]
-                row.update({name: round(float(v), 6) for name, v in zip(names, p)})
-            elif spec.task == "multilabel":  # every label whose probability reaches its threshold
-                p = out.sigmoid()
-                row["prediction"] = ";".join(n for n, v, t in zip(spec.class_names, p, self.thresholds) if float(v) >= t)
-                row.update({name: round(float(v), 6) for name, v in zip(names, p)})
-            else:
-                values = [round(float(x), 6) for x in out]
-                row["prediction"] = values[0] if len(values) == 1 else values
-                row.update(dict(zip(names, values)))
+            row["prediction"] = task.prediction(out)
+            row.update({name: round(float(v), 6) for name, v in zip(names, out)})
             rows.append(row)
         return rows
 

@@ -14,10 +14,17 @@ from seqvision.config import DataConfig
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
-from seqvision.data.splits import assign_splits, load_splits, save_splits, shared_source_hint
+from seqvision.data.splits import (
+    assign_splits,
+    load_splits,
+    save_splits,
+    shared_source_hint,
+)
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
+from seqvision.data.video import probe_video
 from seqvision.errors import DataError
+from seqvision.features.dataset import CachedFeatureDataset
 from seqvision.runtime import default_workers
 
 if TYPE_CHECKING:
@@ -44,8 +51,6 @@ def filter_short(samples: list[Sample], cfg: DataConfig) -> tuple[list[Sample], 
     for s in samples:
         count = len(s.frames)
         if s.video is not None:  # read the headers now: a bad video is reported before training starts
-            from seqvision.data.video import probe_video
-
             try:
                 count = probe_video(s.video.path, s.video.start, s.video.end).num_frames
             except DataError as exc:
@@ -136,8 +141,6 @@ class SequenceDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         if self.store is not None:
-            from seqvision.features.dataset import CachedFeatureDataset
-
             return CachedFeatureDataset(self.data.splits[split], self.store, **common)
         transform = ClipTransform(self.preprocessing, train=train and self.augment, hflip=self.cfg.hflip)
         return SequenceDataset(self.data.splits[split], transform, **common)

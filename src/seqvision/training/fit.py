@@ -1,4 +1,5 @@
-"""``train``: data -> model -> Lightning fit -> best checkpoint evaluated on the test split."""
+"""``fit``: data -> model -> Lightning fit -> best and last checkpoints. The evaluation of the best
+checkpoint on the held-out splits is the workflow's (:func:`seqvision.workflows.train_and_evaluate`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from seqvision.config import RunConfig, save_config, validate
+from seqvision.data.targets import TargetSpec
+from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
+from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
+from seqvision.features.extract import extract_features
+from seqvision.models.checkpoint import read_checkpoint
+from seqvision.runtime import default_device, default_workers, inference_dtype
+from seqvision.tasks import task_of
+from seqvision.training.checkpoint import AtomicCheckpointIO
+from seqvision.training.datamodule import SequenceDataModule, prepare_data
+from seqvision.training.epoch_log import EpochLog
+from seqvision.training.memory import plan_training_memory
+from seqvision.training.module import SequenceTask
 
 log = logging.getLogger("seqvision")
 
@@ -28,31 +44,25 @@ class TrainResult:
     val_metrics: dict | None = None
     reported: list[str] = field(default_factory=list)  # dropped samples and skipped images
     feature_cache: dict | None = None  # folder, images found cached, images computed (frozen backbone)
+    # what the evaluation after training needs (seqvision.workflows.train_and_evaluate)
+    splits: dict[str, list] = field(default_factory=dict, repr=False)  # the samples of each split
+    store: Any = field(default=None, repr=False)  # the frozen backbone's FeatureStore, when it trained on it
+    num_workers: int = 0  # the DataLoader workers training used
+    is_global_zero: bool = True  # this process reports (the first of a distributed run)
 
 
-def train(
+def fit(
     cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
     epoch_log: bool = False,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into ``out_dir``.
 
-    Writes ``config.yaml``, ``splits.json``, ``best.ckpt``, ``last.ckpt``, CSV and TensorBoard logs, and
-    (when there is a test split) ``test/metrics.json`` with the confusion-matrix plot.
+    Writes ``config.yaml``, ``splits.json``, ``best.ckpt``, ``last.ckpt``, CSV and TensorBoard logs.
+    :func:`seqvision.workflows.train_and_evaluate` then evaluates the best checkpoint.
     ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split.
     ``callbacks``: more Lightning callbacks, added to seqvision's checkpointing and early stopping.
     ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per epoch (for log files).
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from seqvision.evaluation.evaluate import evaluate_samples
-    from seqvision.inference.predictor import Predictor
-    from seqvision.training.checkpoint import AtomicCheckpointIO
-    from seqvision.training.datamodule import SequenceDataModule, prepare_data
-    from seqvision.data.transforms import resolve_preprocessing
-    from seqvision.training.module import SequenceTask
-
     validate(cfg)
     if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
         raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
@@ -66,8 +76,6 @@ def train(
         warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=2)
         resume = False
     if resume:
-        from seqvision.models.checkpoint import read_checkpoint
-
         read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
     if not resume and (out / "best.ckpt").exists():
         raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
@@ -80,15 +88,14 @@ def train(
     model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
-    _warn_task_options(cfg, data.spec)
-    class_weights = _class_weights(cfg, data)
+    kind = task_of(data.spec)
+    for said in kind.options_without_effect(label_smoothing=cfg.train.label_smoothing, loss=cfg.train.loss):
+        warnings.warn(said, stacklevel=2)  # loss options of another kind of task: said once, not ignored
+    class_weights = kind.class_weights(data.spec, data.splits["train"]) if cfg.train.class_weights == "balanced" else None
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     if not (cfg.model.freeze and cfg.data.cache != "off" and not augment):  # the CNN runs live in training
-        from seqvision.runtime import default_workers
-        from seqvision.training.memory import plan_training_memory
-
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-        change = plan_training_memory(cfg, model.encoder, data.splits, device=_device(cfg), num_workers=workers)
+        change = plan_training_memory(cfg, model.encoder, data.splits, device=device_of(cfg), num_workers=workers)
         if change:
             log.warning(change)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +122,6 @@ def train(
         ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False),
     ]
     if epoch_log:
-        from seqvision.training.epoch_log import EpochLog
-
         own_callbacks.append(EpochLog())
     if cfg.train.patience > 0 and has_val:
         own_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
@@ -148,44 +153,22 @@ def train(
     reported = data.dropped + sorted(set(task.skipped))
     if task.nan_steps_skipped:
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
-    result = TrainResult(out, best, last, reported=reported, feature_cache=cache_report)
-    if trainer.is_global_zero:
-        # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
-        predictor = Predictor.load(best, device=_device(cfg), precision=cfg.cnn_precision())
-        for split in ("val", "test"):
-            if data.splits[split]:
-                ev = evaluate_samples(
-                    predictor, data.splits[split], out / split, batch_size=cfg.train.batch_size,
-                    num_workers=dm.num_workers, on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
-                    history_csv=sorted(out.glob("logs/version_*/metrics.csv")), store=store,
-                    per_group=any(s.group is not None for s in data.splits[split]), diagnostics=cfg.train.diagnostics,
-                )
-                setattr(result, f"{split}_metrics", ev.metrics)
-                result.reported.extend(m for m in ev.skipped if m not in result.reported)
-    return result
+    return TrainResult(
+        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store,
+        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
+    )
 
 
-def _checked_monitor(cfg: RunConfig, spec, has_val: bool) -> str:
+def _checked_monitor(cfg: RunConfig, spec: TargetSpec, has_val: bool) -> str:
     """The metric that picks ``best.ckpt`` and stops early: one that this task logs (checked before the
     first epoch, not after it)."""
-    from seqvision.training.module import logged_metrics
-
     monitor = cfg.train.monitor or ("val_loss" if has_val else "train_loss")
-    known = logged_metrics(spec)
+    known = task_of(spec).logged_metrics()
     if monitor not in known:
         raise ConfigError(f"--monitor {monitor}: a {spec.task} run logs {', '.join(known)}; choose one of them")
     if not has_val and monitor.startswith("val_"):
         raise ConfigError(f"--monitor {monitor} needs validation samples, and the split has none")
     return monitor
-
-
-def _warn_task_options(cfg: RunConfig, spec) -> None:
-    """Loss options of another kind of task than the data's: said once, not silently ignored."""
-    classes = spec.task in ("classification", "frame_classification")
-    if cfg.train.label_smoothing and not classes:
-        warnings.warn(f"--label-smoothing has no effect on a {spec.task} task (it is for single-label classes)", stacklevel=3)
-    if cfg.train.loss != "mse" and spec.is_classes:
-        warnings.warn(f"--loss {cfg.train.loss} has no effect on a {spec.task} task (it is for regression)", stacklevel=3)
 
 
 def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress: bool):
@@ -199,11 +182,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
             "and the feature cache is not used (pass --no-augment to train on cached features)"
         )
         return None, None
-    from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
-    from seqvision.features.extract import extract_features
-    from seqvision.runtime import inference_dtype
-
-    device = _device(cfg)
+    device = device_of(cfg)
     # bf16 training computes bf16 features; otherwise --feature-precision (auto: bf16 where the hardware
     # is fast at it, as `seqvision extract` does, so a cache it filled is found; 32: the live features).
     compute = inference_dtype(device, cfg.cnn_precision())
@@ -225,23 +204,6 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress
     return store, report
 
 
-def _class_weights(cfg: RunConfig, data) -> torch.Tensor | None:
-    """``--class-weights balanced`` from the training split: N / (C * n_c) per class; for multi-label the
-    positive weight neg/pos per label (what BCE's pos_weight means)."""
-    spec = data.spec
-    if cfg.train.class_weights != "balanced":
-        return None
-    if not spec.is_classes:
-        raise ConfigError("--class-weights balanced needs a classification task")
-    counts = spec.class_counts(data.splits["train"])
-    if spec.task == "multilabel":
-        total = len(data.splits["train"])
-        return (total - counts).clamp_min(0) / counts.clamp_min(1)
-    return counts.sum() / (len(counts) * counts.clamp_min(1))
-
-
-def _device(cfg: RunConfig) -> torch.device:
+def device_of(cfg: RunConfig) -> torch.device:
     """Where this process extracts features and evaluates: its GPU unless training was told to use the CPU."""
-    from seqvision.runtime import default_device
-
     return torch.device("cpu") if cfg.train.accelerator == "cpu" else default_device()

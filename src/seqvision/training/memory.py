@@ -21,6 +21,7 @@ import torch
 
 from seqvision.config import RunConfig
 from seqvision.data.samples import Sample
+from seqvision.data.video import probe_video
 from seqvision.errors import ConfigError
 from seqvision.models.backbones import ImageEncoder
 from seqvision.models.memory import activation_profile
@@ -44,8 +45,6 @@ class LargestBatch:
 
 def largest_batch(samples: list[Sample], cfg: RunConfig, *, train: bool = True) -> LargestBatch:
     """The batch with the most images that training (or validation) can draw, after frame sampling."""
-    from seqvision.data.video import probe_video
-
     policy = cfg.data.sampling_policy(train=train)
     lengths = []
     for s in samples:

@@ -7,16 +7,16 @@ from typing import Any
 
 import lightning as L
 import torch
-import torchmetrics
 
 from seqvision.config import RunConfig
 from seqvision.data.dataset import Batch
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import Preprocessing
+from seqvision.errors import SeqVisionError
 from seqvision.io import IncrementalTensorDigest
-from seqvision.models.sequence_model import SequenceModel
-from seqvision.models.tasks import TaskLoss
 from seqvision.models.checkpoint import checkpoint_metadata
+from seqvision.models.sequence_model import SequenceModel
+from seqvision.tasks import TaskLoss, task_of
 from seqvision.training.checkpoint import rng_state, set_rng_state
 
 
@@ -38,13 +38,11 @@ class SequenceTask(L.LightningModule):
         self.spec = spec
         self.preprocessing = preprocessing
         t = cfg.train
-        self.loss_fn = TaskLoss(spec.task, label_smoothing=t.label_smoothing, class_weights=class_weights, loss=t.loss)
-        self.val_metrics = _validation_metrics(spec)
-        # multi-label: per-label decision thresholds, chosen on the validation set each epoch (max F1)
-        # and saved in the checkpoint, so predict uses the thresholds of the epoch it was saved at
-        self.thresholds = [0.5] * spec.num_outputs
-        self._val_probs: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
+        # multi-label: per-label decision thresholds are the task's, chosen on the validation set each
+        # epoch (max F1) and saved in the checkpoint, so predict uses the thresholds of the epoch it was saved at
+        self.task = task_of(spec)
+        self.loss_fn = TaskLoss(self.task, label_smoothing=t.label_smoothing, class_weights=class_weights, loss=t.loss)
+        self.val_metrics = self.task.validation_metrics()
         self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
         self._digest = IncrementalTensorDigest()  # a frozen backbone is hashed once, not at every save
@@ -74,8 +72,6 @@ class SequenceTask(L.LightningModule):
             if self.cfg.train.on_nan == "skip":
                 self.nan_steps_skipped += 1  # no backward, no optimizer step: the weights stay good
                 return None
-            from seqvision.errors import SeqVisionError
-
             raise SeqVisionError(
                 f"training loss became {loss.item()} at step {self.global_step} (batch {batch.sample_ids[:3]}...); "
                 "lower --lr, keep --grad-clip on, check the targets, or pass --on-nan skip. "
@@ -91,25 +87,11 @@ class SequenceTask(L.LightningModule):
         outputs, loss = result
         n = len(batch.sample_ids)
         self.log("val_loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
-        task = self.spec.task
-        if task in ("classification", "frame_classification"):
-            preds = outputs.argmax(dim=-1)
-        elif task == "multilabel":
-            preds = outputs.float().sigmoid()
-            self._val_probs.append(preds.detach().cpu())
-            self._val_targets.append(batch.targets.detach().cpu())
-        else:
-            preds = outputs.float()
-        self.val_metrics.update(preds, batch.targets.long() if task == "multilabel" else batch.targets)
+        self.task.validation_update(self.val_metrics, outputs, batch.targets)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=n)
 
     def on_validation_epoch_end(self) -> None:
-        if self.spec.task == "multilabel" and self._val_probs:
-            from seqvision.evaluation.metrics import best_thresholds
-
-            self.thresholds = best_thresholds(torch.cat(self._val_probs), torch.cat(self._val_targets))
-        self._val_probs.clear()
-        self._val_targets.clear()
+        self.task.validation_epoch_end()
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
@@ -139,7 +121,7 @@ class SequenceTask(L.LightningModule):
         meta["state_sha256"] = self._digest(checkpoint["state_dict"], stable=frozen)  # verified on every load
         meta["rng"] = rng_state()  # a resumed run continues with the very same random draws
         meta["nan_steps_skipped"] = self.nan_steps_skipped
-        meta["thresholds"] = [float(t) for t in self.thresholds]
+        meta["thresholds"] = [float(t) for t in self.task.thresholds]
         checkpoint["seqvision"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -147,7 +129,7 @@ class SequenceTask(L.LightningModule):
         if "rng" in meta:
             set_rng_state(meta["rng"])
         self.nan_steps_skipped = int(meta.get("nan_steps_skipped", 0))
-        self.thresholds = list(meta.get("thresholds", self.thresholds))
+        self.task.thresholds = list(meta.get("thresholds", self.task.thresholds))
 
 
 def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimizer:
@@ -157,26 +139,3 @@ def make_adamw(groups: list[dict], *, weight_decay: float) -> torch.optim.Optimi
         return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
-
-
-def logged_metrics(spec: TargetSpec) -> list[str]:
-    """Every metric a run of this task logs, so can be monitored: the losses and the validation metrics."""
-    return ["train_loss", "val_loss", *_validation_metrics(spec).keys()]
-
-
-def _validation_metrics(spec: TargetSpec) -> torchmetrics.MetricCollection:
-    """What is logged each validation epoch (and can be monitored): val_acc/val_f1, val_map, val_mae/val_rmse."""
-    k = spec.num_outputs
-    if spec.task in ("classification", "frame_classification"):
-        metrics = {
-            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
-            "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
-        }
-    elif spec.task == "multilabel":
-        metrics = {
-            "map": torchmetrics.AveragePrecision(task="multilabel", num_labels=k, average="macro"),
-            "f1": torchmetrics.F1Score(task="multilabel", num_labels=k, average="macro"),
-        }
-    else:
-        metrics = {"mae": torchmetrics.MeanAbsoluteError(), "rmse": torchmetrics.MeanSquaredError(squared=False)}
-    return torchmetrics.MetricCollection(metrics, prefix="val_")
