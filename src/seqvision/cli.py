@@ -114,21 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a CNN+LSTM on a data root or manifest")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.yaml, metrics)")
-    p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to a file or pipe get one line per epoch anyway)")
-    defaults = _config_defaults()
-    for *flags, section, name, options in _TRAIN_FLAGS:
-        if "action" not in options and "choices" not in options:
-            options = {"metavar": name.upper(), **options}
-        # defaults stay None here (only given flags override the config file); the help shows the real one
-        shown = defaults[section][name]
-        if shown is not None and "(default" not in options.get("help", ""):
-            shown = ",".join(map(str, shown)) if isinstance(shown, list) else shown
-            options = {**options, "help": f"{options.get('help', '')} (default: {shown})".lstrip().replace("%", "%%")}
-        p.add_argument(*flags, dest=_dest(section, name), default=None, **options)
+    _train_parser(sub.add_parser("train", help="train a CNN+LSTM on a data root or manifest"))
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
@@ -152,7 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=_at_least(1), default=30, help="most epochs per run (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("extract", help="compute and cache one feature vector per image (frozen backbone)")
+    _extract_parser(sub.add_parser("extract", help="compute and cache one feature vector per image (frozen backbone)"))
+
+    p = sub.add_parser("cache", help="show or clear the feature cache")
+    p.add_argument("action", choices=["info", "clear"], help="info: list the keys; clear: remove them (or --key)")
+    p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --dir)")
+    p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
+    p.add_argument("--key", help="clear only this key")
+
+    p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
+    p.add_argument("run", help="a run folder written by `seqvision train`")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
+    p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto", help="as for evaluate (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+
+    sub.add_parser("backbones", help="list the backbone names")
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
+    return parser
+
+
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    """``train``: the run's own flags, then one flag per config field (``_TRAIN_FLAGS``)."""
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config.yaml, metrics)")
+    p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to a file or pipe get one line per epoch anyway)")
+    defaults = _config_defaults()
+    for *flags, section, name, options in _TRAIN_FLAGS:
+        if "action" not in options and "choices" not in options:
+            options = {"metavar": name.upper(), **options}
+        # defaults stay None here (only given flags override the config file); the help shows the real one
+        shown = defaults[section][name]
+        if shown is not None and "(default" not in options.get("help", ""):
+            shown = ",".join(map(str, shown)) if isinstance(shown, list) else shown
+            options = {**options, "help": f"{options.get('help', '')} (default: {shown})".lstrip().replace("%", "%%")}
+        p.add_argument(*flags, dest=_dest(section, name), default=None, **options)
+
+
+def _extract_parser(p: argparse.ArgumentParser) -> None:
+    """``extract``: the backbone, its preprocessing, the video sampling to cache for, and the cache."""
     p.add_argument("--data", required=True, help="a data root or a .csv/.jsonl manifest")
     p.add_argument("--out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--backbone", default="resnet18", help="as for train (default: %(default)s)")
@@ -176,23 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=_at_least(1), default=4096, help="images per committed cache shard (what a crash can lose)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error", help="stop, or leave bad images out and report them (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    p = sub.add_parser("cache", help="show or clear the feature cache")
-    p.add_argument("action", choices=["info", "clear"], help="info: list the keys; clear: remove them (or --key)")
-    p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --dir)")
-    p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
-    p.add_argument("--key", help="clear only this key")
-
-    p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
-    p.add_argument("run", help="a run folder written by `seqvision train`")
-    p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
-    p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto", help="as for evaluate (default: %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
-
-    sub.add_parser("backbones", help="list the backbone names")
-    for command in sub.choices.values():
-        command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
-    return parser
 
 
 def _config_defaults() -> dict[str, dict[str, Any]]:

@@ -146,9 +146,14 @@ class RunConfig:
         the feature cache, ``feature_precision``; otherwise fp32."""
         if self.train.precision.startswith("bf16"):
             return "bf16"
-        if self.model.freeze and self.data.cache != "off" and not self.data.augment_enabled(frozen=True):
+        if self.trains_on_cache():
             return self.data.feature_precision
         return "32"
+
+    def trains_on_cache(self) -> bool:
+        """Whether this run trains on cached features (a frozen backbone, the cache on, no augmentation
+        changing the pixels every epoch) rather than running the CNN live: the one place this is decided."""
+        return self.model.freeze and self.data.cache != "off" and not self.data.augment_enabled(frozen=True)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":

@@ -191,7 +191,7 @@ def _read_manifest(
 ) -> tuple[list[Sample], bool]:
     base = path.parent
     frames: dict[str, list[tuple]] = {}  # (index, line, image, per-image target) per image
-    meta: dict[str, tuple] = {}  # label, targets, split, labels (multi-label)
+    meta: dict[str, tuple] = {}  # label, targets, split, labels (multi-label), group
     lines: dict[str, int] = {}
     packed: set[str] = set()  # samples given by one row with a 'paths' list
     refs: dict[str, FrameRef] = {}  # each path as written, checked once: rows often share files
@@ -200,32 +200,10 @@ def _read_manifest(
     group_seen = False  # whether any row has the group column
     for lineno, row in _read_rows(path):
         where = f"{path} line {lineno}"
-        sample_id = _first(row, _ID_COLUMNS)
-        if sample_id is None:
-            raise DataError(f"{where}: no sample id; add a 'sample_id' column")
-        if not isinstance(sample_id, str):
-            sample_id = _text(sample_id, where, "the sample id")
         if target_cols is None:
             target_cols = [] if "label" in row else sorted(k for k in row if k.startswith("target"))
-        label = row.get("label")
-        if label == "" or label is None:
-            label = None
-        elif not isinstance(label, str):
-            label = _text(label, where, "'label'")
-        values = None
-        if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
-            values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
-        labels = _multi_labels(row.get("labels"), where)
-        per_image = any(k == _FRAME_LABEL or k == _FRAME_LABELS or k.startswith(_FRAME_TARGET) for k in row)
-        if require_labels and label is None and values is None and labels is None and not per_image:
-            raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
-        group = row.get(group_column)
+        sample_id, entry = _row_entry(row, where, target_cols, require_labels, group_column)
         group_seen = group_seen or group_column in row
-        group = None if group in (None, "") else _text(group, where, f"the group ({group_column!r})")
-        entry = (label, values, split, labels, group)
         known = meta.get(sample_id)
         if known is None:
             meta[sample_id], lines[sample_id], frames[sample_id] = entry, lineno, []
@@ -234,7 +212,6 @@ def _read_manifest(
                 f"{where}: sample {sample_id!r} has label/targets/split/group {dict(zip(_META, entry))} here but "
                 f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target and one group"
             )
-
         video = _video_clip(row, base, where)
         if video is not None:  # one row, one clip: a video (or [start, end) seconds of it) is a sample
             if frames[sample_id] or sample_id in videos:
@@ -243,37 +220,74 @@ def _read_manifest(
             continue
         if sample_id in videos:
             raise DataError(f"{where}: sample {sample_id!r} is a video on line {lines[sample_id]}; it cannot also list images")
-        single = _first(row, _PATH_COLUMNS)
-        many = _first(row, _PATHS_COLUMNS)
-        if single is None and many is None:
-            raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
-        if sample_id in packed or (many is not None and frames[sample_id]):
+        images, is_list = _row_images(row, where, sample_id, require_labels)
+        if sample_id in packed or (is_list and frames[sample_id]):
             raise DataError(
                 f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a sample given by a 'paths' "
                 "list has that one row only"
             )
-        if many is not None:
-            rel_paths = _parse_paths(many, where)
-            if not rel_paths:
-                raise DataError(f"{where}: sample {sample_id!r} has no image path in its 'paths' value")
+        if is_list:
             packed.add(sample_id)
-            indices = map(float, range(len(rel_paths)))
-            payloads = _packed_frame_labels(row, len(rel_paths), where)
-        else:
-            index = row.get("index")
-            indices = (None if index in (None, "") else _parse_float(index, where, "index"),)
-            rel_paths = (single if isinstance(single, str) else _text(single, where, "'path'"),)
-            payloads = (_frame_payload(row, where, require_labels),)
-        sample_frames = frames[sample_id]
-        for index, rel, payload in zip(indices, rel_paths, payloads):
+        for index, rel, payload in images:
             ref = refs.get(rel)
             if ref is None:
                 file = base / rel
                 if not _is_file(file):
                     raise DataError(f"{where}: sample {sample_id!r}: image file {file} does not exist")
                 ref = refs[rel] = FrameRef(file)  # FrameRef is immutable: rows naming one file share it
-            sample_frames.append((index, lineno, ref, payload))
+            frames[sample_id].append((index, lineno, ref, payload))
+    return _assemble(path, frames, meta, lines, videos), group_seen
 
+
+def _row_entry(row: dict, where: str, target_cols: list[str], require_labels: bool, group_column: str) -> tuple[str, tuple]:
+    """A row's sample id and what it says of the whole sample: ``(label, targets, split, labels, group)``."""
+    sample_id = _first(row, _ID_COLUMNS)
+    if sample_id is None:
+        raise DataError(f"{where}: no sample id; add a 'sample_id' column")
+    if not isinstance(sample_id, str):
+        sample_id = _text(sample_id, where, "the sample id")
+    label = row.get("label")
+    if label == "" or label is None:
+        label = None
+    elif not isinstance(label, str):
+        label = _text(label, where, "'label'")
+    values = None
+    if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
+        values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
+    labels = _multi_labels(row.get("labels"), where)
+    per_image = any(k == _FRAME_LABEL or k == _FRAME_LABELS or k.startswith(_FRAME_TARGET) for k in row)
+    if require_labels and label is None and values is None and labels is None and not per_image:
+        raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
+    split = row.get("split") or None
+    if split is not None and split not in SPLITS:
+        raise DataError(f"{where}: split {_short.repr(split)} is not one of {', '.join(SPLITS)}")
+    group = row.get(group_column)
+    group = None if group in (None, "") else _text(group, where, f"the group ({group_column!r})")
+    return sample_id, (label, values, split, labels, group)
+
+
+def _row_images(row: dict, where: str, sample_id: str, require_labels: bool) -> tuple[list[tuple], bool]:
+    """The images a row names, each ``(index, path as written, per-image target)``, and whether they came
+    as a 'paths' list (a sample given by such a row has that one row only)."""
+    single = _first(row, _PATH_COLUMNS)
+    many = _first(row, _PATHS_COLUMNS)
+    if single is None and many is None:
+        raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
+    if many is not None:
+        rel_paths = _parse_paths(many, where)
+        if not rel_paths:
+            raise DataError(f"{where}: sample {sample_id!r} has no image path in its 'paths' value")
+        payloads = _packed_frame_labels(row, len(rel_paths), where)
+        return list(zip(map(float, range(len(rel_paths))), rel_paths, payloads)), True
+    index = row.get("index")
+    index = None if index in (None, "") else _parse_float(index, where, "index")
+    rel = single if isinstance(single, str) else _text(single, where, "'path'")
+    return [(index, rel, _frame_payload(row, where, require_labels))], False
+
+
+def _assemble(path: Path, frames: dict[str, list[tuple]], meta: dict[str, tuple], lines: dict[str, int],
+              videos: dict[str, VideoClip]) -> list[Sample]:
+    """The samples, each with its images in order and its per-image targets aligned with them."""
     name_key = functools.lru_cache(maxsize=None)(natural_key)
     samples = []
     for sample_id, entries in frames.items():
@@ -291,7 +305,7 @@ def _read_manifest(
         if any(p is not None and p[1] is not None for p in payloads):
             sample.frame_targets = [p[1] if p else None for p in payloads]
         samples.append(sample)
-    return samples, group_seen
+    return samples
 
 
 def _multi_labels(value: Any, where: str) -> list[str] | None:

@@ -67,18 +67,8 @@ def fit(
     if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
         raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
     out = Path(out_dir)
-    last = out / "last.ckpt"
     continuing = resume  # --resume: this run's saved split is reused, even when it restarts from the beginning
-    if resume and not last.is_file():
-        if (out / "best.ckpt").exists():
-            raise ConfigError(f"--resume: {last} is missing but {out} holds a trained run; restore last.ckpt or use another --out")
-        # killed before the first checkpoint: nothing to continue, so start over (the saved split is reused)
-        warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=2)
-        resume = False
-    if resume:
-        read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
-    if not resume and (out / "best.ckpt").exists():
-        raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
+    resume = _resumable(out, resume)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # Everything that can be wrong with the data and the options is found before anything is written.
@@ -92,8 +82,7 @@ def fit(
     for said in kind.options_without_effect(label_smoothing=cfg.train.label_smoothing, loss=cfg.train.loss):
         warnings.warn(said, stacklevel=2)  # loss options of another kind of task: said once, not ignored
     class_weights = kind.class_weights(data.spec, data.splits["train"]) if cfg.train.class_weights == "balanced" else None
-    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
-    if not (cfg.model.freeze and cfg.data.cache != "off" and not augment):  # the CNN runs live in training
+    if not cfg.trains_on_cache():  # the CNN runs live: will its largest batch fit?
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         change = plan_training_memory(cfg, model.encoder, data.splits, device=device_of(cfg), num_workers=workers)
         if change:
@@ -104,15 +93,55 @@ def fit(
     d = cfg.data
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
-    store, cache_report = _feature_store(cfg, model, prep, data, augment=augment, progress=progress)
+    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
+    store, cache_report = _feature_store(cfg, model, prep, data, progress=progress)
     dm = SequenceDataModule(
         data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,
         store=store, balanced_sampler=cfg.train.balanced_sampler,
     )
     save_config(cfg, out / "config.yaml")
-
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
+    trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log)
+    last = out / "last.ckpt"
+    with warnings.catch_warnings():
+        # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
+        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+
+    best = out / "best.ckpt" if (out / "best.ckpt").exists() else last  # ModelCheckpoint's file names
+    reported = data.dropped + sorted(set(task.skipped))
+    if task.nan_steps_skipped:
+        reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
+    return TrainResult(
+        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store,
+        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
+    )
+
+
+def _resumable(out: Path, resume: bool) -> bool:
+    """Whether the run continues from ``out/last.ckpt``: with ``--resume``, when that file is there and
+    sound; a run folder that already holds a trained run needs ``--resume``."""
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        if (out / "best.ckpt").exists():
+            raise ConfigError(f"--resume: {last} is missing but {out} holds a trained run; restore last.ckpt or use another --out")
+        # killed before the first checkpoint: nothing to continue, so start over (the saved split is reused)
+        warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=3)
+        resume = False
+    if resume:
+        read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
+    if not resume and (out / "best.ckpt").exists():
+        raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
+    return resume
+
+
+def _trainer(
+    cfg: RunConfig, out: Path, *, monitor: str, has_val: bool, callbacks: Sequence[Any], progress: bool, epoch_log: bool,
+) -> L.Trainer:
+    """Lightning's Trainer with seqvision's checkpoints (best, and last after every epoch), early stopping,
+    logs and atomic checkpoint writes."""
     mode = "max" if monitor in MAXIMIZE else "min"
     own_callbacks = [
         ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, enable_version_counter=False),
@@ -125,7 +154,7 @@ def fit(
         own_callbacks.append(EpochLog())
     if cfg.train.patience > 0 and has_val:
         own_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience))
-    trainer = L.Trainer(
+    return L.Trainer(
         default_root_dir=out,
         max_epochs=cfg.train.max_epochs,
         accelerator=cfg.train.accelerator,
@@ -143,20 +172,6 @@ def fit(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    with warnings.catch_warnings():
-        # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
-        trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
-
-    best = out / "best.ckpt" if (out / "best.ckpt").exists() else last  # ModelCheckpoint's file names
-    reported = data.dropped + sorted(set(task.skipped))
-    if task.nan_steps_skipped:
-        reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
-    return TrainResult(
-        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store,
-        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
-    )
 
 
 def _checked_monitor(cfg: RunConfig, spec: TargetSpec, has_val: bool) -> str:
@@ -171,12 +186,12 @@ def _checked_monitor(cfg: RunConfig, spec: TargetSpec, has_val: bool) -> str:
     return monitor
 
 
-def _feature_store(cfg: RunConfig, model, prep, data, *, augment: bool, progress: bool):
+def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     """A frozen backbone trains on cached features (building what is missing first), unless the cache is
     off or augmentation changes pixels every epoch (then the CNN must run live, and we say so)."""
     if not cfg.model.freeze or cfg.data.cache == "off":
         return None, None
-    if augment:
+    if not cfg.trains_on_cache():  # frozen, but the pixels change every epoch
         log.warning(
             "frozen backbone with --augment: augmentation changes the pixels every epoch, so the CNN runs live "
             "and the feature cache is not used (pass --no-augment to train on cached features)"
