@@ -314,3 +314,24 @@ def test_inference_runs_the_cnn_in_chunks_with_the_same_outputs(tmp_path, monkey
     for a, b in zip(whole, chunked):
         assert a["sample"] == b["sample"] and a["prediction"] == b["prediction"]
         assert abs(float(a["left"]) - float(b["left"])) < 1e-5
+
+
+def test_the_encoder_carries_the_runs_resolved_preprocessing(tmp_path, monkeypatch):
+    """One resolved preprocessing: the oneDNN probe (and the memory probe) run at the run's image size,
+    not at the pretrained one."""
+    from seqvision.features import encode
+
+    sizes = []
+    real = encode.OneDNNEncoder._agrees_on_a_probe
+    monkeypatch.setattr(encode.OneDNNEncoder, "_agrees_on_a_probe", lambda self: sizes.append(self.eager.preprocessing.image_size) or real(self))
+    from conftest import fast_config, make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_label=2)
+    cfg = fast_config(data, max_epochs=1)
+    cfg.model.backbone = "resnet18"
+    cfg.data.image_size = cfg.data.resize_size = 32
+    result = train(cfg, tmp_path / "run", progress=False)
+    predictor = Predictor.load(result.best_checkpoint, precision="bf16")
+    assert predictor.model.encoder.preprocessing.image_size == 32
+    predictor.run(discover(str(data)))
+    assert sizes and set(sizes) == {32}

@@ -553,6 +553,7 @@ def extract(
     """
     encoder = build_backbone(backbone, weights=weights, pool=pool)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=image_size, resize_size=resize_size, mean=mean, std=std)
+    encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
     device = torch.device(device) if device else default_device()
     compute = inference_dtype(device, precision)
     key = CacheKey.for_encoder(encoder, prep, dtype=cache_dtype, compute=compute)

@@ -48,6 +48,7 @@ class Predictor:
         thresholds: list[float] | None = None, precision: str = "auto", source: dict | None = None,
     ) -> None:
         self.model = model.eval()
+        model.encoder.preprocessing = preprocessing  # the run's (its image size), for the encoder's probes too
         self.source = source or {}  # where the model came from: checkpoint path, epoch, versions (for reports)
         # images per CNN pass: samples are loaded and encoded in pieces of at most this many images, so
         # memory is bounded by it, not by the images in a sample (the run's --chunk-size, else chosen

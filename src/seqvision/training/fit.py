@@ -76,6 +76,9 @@ def fit(
     # makes its own and replaces the file.
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json" if continuing else None)
     model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
+    d = cfg.data  # one resolved preprocessing: the run's, also the encoder's (its probes run at the run's size)
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
+    model.encoder.preprocessing = prep
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
     kind = task_of(data.spec)
@@ -90,8 +93,6 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     if not continuing or not (out / "splits.json").exists():
         data.save_splits(out / "splits.json")
-    d = cfg.data
-    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, progress=progress)

@@ -83,7 +83,7 @@ def plan_training_memory(
         batches["validation"] = largest_batch(splits["val"], cfg, train=False)
     if batches["training"].images == 0:
         return None
-    profile = activation_profile(encoder, image_size=cfg.data.image_size or encoder.preprocessing.image_size)
+    profile = activation_profile(encoder)  # at the run's image size: the encoder carries the run's preprocessing
     trainable = not encoder.fully_frozen
     half = 2 if cfg.train.precision in ("bf16-mixed", "16-mixed") else 1  # autocast keeps activations in 16 bits
     loaded = 1 + 2 * num_workers  # the batch in use, and two waiting per loader worker
