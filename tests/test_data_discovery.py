@@ -13,7 +13,7 @@ def test_folder_layout_labels_ids_and_lengths(folder_data):
     samples = discover(folder_data)
     assert [s.id for s in samples] == [f"{lab}/s{n}" for lab in ("left", "right") for n in range(3)]
     assert {s.label for s in samples} == {"left", "right"}
-    assert [len(s) for s in samples[:3]] == [2, 3, 4]
+    assert [len(s.frames) for s in samples[:3]] == [2, 3, 4]
     assert all(s.split is None for s in samples)
 
 
@@ -80,7 +80,7 @@ def test_per_sample_rows_csv_and_jsonl(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     samples = {s.id: s for s in discover(tmp_path / "m.jsonl")}
     assert [f.path.name for f in samples["a"].frames] == ["i1.png", "i0.png"]
-    assert len(samples["b"]) == 1
+    assert len(samples["b"].frames) == 1
 
 
 def test_manifest_regression_targets(tmp_path):
@@ -127,7 +127,7 @@ def test_non_utf8_manifest(tmp_path):
 
 def test_prediction_inputs_sample_folder_root_and_manifest(folder_data, tmp_path):
     one = discover_inputs([folder_data / "left" / "s1"])
-    assert len(one) == 1 and len(one[0]) == 3
+    assert len(one) == 1 and len(one[0].frames) == 3
     many = discover_inputs([folder_data])
     assert len(many) == 6 and many[0].label == "left"
     with pytest.raises(DataError, match="does not exist"):

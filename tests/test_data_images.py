@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from seqvision.data.images import BadImageError, load_image
+from seqvision.data.images import load_image
+from seqvision.errors import BadFileError
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png", "bmp", "webp", "tiff"])
@@ -65,13 +66,13 @@ def test_bad_files_name_the_file(tmp_path, name, content, reason):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
         content = buffer.getvalue()[:300]
     path.write_bytes(content)
-    with pytest.raises(BadImageError, match=reason) as info:
+    with pytest.raises(BadFileError, match=reason) as info:
         load_image(path)
     assert str(path) in str(info.value)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(BadImageError, match="does not exist"):
+    with pytest.raises(BadFileError, match="does not exist"):
         load_image(tmp_path / "gone.png")
 
 
@@ -92,7 +93,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 
     (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(BadImageError, match="pixel limit"):
+    with pytest.raises(BadFileError, match="pixel limit"):
         load_image(tmp_path / "bomb.png")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 1.2 GB
 
@@ -102,7 +103,7 @@ def test_large_jpeg_header_is_checked_before_decoding(tmp_path, monkeypatch):
 
     Image.new("RGB", (300, 200), (1, 2, 3)).save(tmp_path / "big.jpg")
     monkeypatch.setattr(images, "MAX_PIXELS", 300 * 200 - 1)
-    with pytest.raises(BadImageError, match="300x200 pixels"):
+    with pytest.raises(BadFileError, match="300x200 pixels"):
         load_image(tmp_path / "big.jpg")
 
 

@@ -12,7 +12,8 @@ from seqvision.data.dataset import SequenceDataset, collate  # noqa: E402
 from seqvision.data.samples import Sample, VideoClip  # noqa: E402
 from seqvision.data.sampling import SamplingPolicy  # noqa: E402
 from seqvision.data.transforms import ClipTransform, Preprocessing  # noqa: E402
-from seqvision.data.video import BadVideoError, probe_video, read_frames  # noqa: E402
+from seqvision.data.video import probe_video, read_frames  # noqa: E402
+from seqvision.errors import BadFileError  # noqa: E402
 
 from conftest import fast_config  # noqa: E402
 
@@ -158,7 +159,7 @@ def _audio_only(path):
 )
 def test_bad_videos_name_the_file(tmp_path, make, start, end, message):
     path = make(tmp_path / "bad.mp4")
-    with pytest.raises(BadVideoError, match=message) as info:
+    with pytest.raises(BadFileError, match=message) as info:
         probe_video(path, start, end)
     assert "bad." in str(info.value)
 
@@ -184,7 +185,7 @@ def test_an_mp4_cut_before_its_index_is_called_truncated(tmp_path):
     video = write_video(tmp_path / "v.mp4", frames=40, gop=4)
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])
-    with pytest.raises(BadVideoError, match="cut.mp4: is truncated or damaged"):
+    with pytest.raises(BadFileError, match="cut.mp4: is truncated or damaged"):
         probe_video(cut)
 
 

@@ -100,7 +100,7 @@ def test_local_weights_file_loads_and_mismatch_is_clear(tmp_path):
     torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="does not fit backbone 'resnet18'"):
         build_backbone("resnet18", weights=str(tmp_path / "other.pth"))
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="missing.pth does not exist; use imagenet, none or a path"):
         build_backbone("resnet18", weights=str(tmp_path / "missing.pth"))
 
 

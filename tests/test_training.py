@@ -286,3 +286,15 @@ def test_loss_options_of_another_task_are_said(tmp_path):
     cfg = fast_config(data, max_epochs=1, loss="l1")
     with pytest.warns(UserWarning, match="--loss l1 has no effect on a classification task"):
         train(cfg, tmp_path / "out", progress=False)
+
+
+def test_weight_decay_spares_biases_and_normalization_weights():
+    from seqvision.training.module import decay_groups
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.LSTM(4, 5), torch.nn.Linear(5, 2))
+    groups = decay_groups(list(model.parameters()), lr=0.1, weight_decay=0.01)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    decayed = {id(model[0].weight), id(model[2].weight_ih_l0), id(model[2].weight_hh_l0), id(model[3].weight)}
+    assert by_decay[0.01] == decayed
+    assert by_decay[0.0] == {id(p) for p in model.parameters()} - decayed  # biases, BatchNorm's weight and bias
+    assert all(g["lr"] == 0.1 for g in groups)

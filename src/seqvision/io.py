@@ -7,11 +7,11 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
-from seqvision.errors import StorageError
+from seqvision.errors import StorageError, first_line
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -65,7 +65,7 @@ class IncrementalTensorDigest:
     """:func:`tensor_digest` (the same value) that skips re-hashing tensors the caller vouches for.
 
     A checkpoint hashes its weights on every save, and a frozen backbone's are most of them (45 MB
-    for ResNet-18: ~27 ms of sha256 per save here) although they never change. Only names in
+    for ResNet-18) although they never change. Only names in
     ``stable`` are trusted, and only while they are the very same tensor as at the previous call: same
     storage (kept alive here, so its address cannot be reused), layout and version counter. The
     version counter alone is not enough: a fused optimizer step or a BatchNorm running-statistics
@@ -109,3 +109,17 @@ def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
     digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
     # the array's buffer, not a bytes copy of it: half the time for a 45 MB ResNet-18; the same digest
     digest.update(t.view(-1).view(torch.uint8).numpy() if t.numel() else b"")
+
+
+def safe_load(path: Path, error: type[Exception], what: str, fix: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` (a pickle that would run code is refused), on the CPU.
+    A missing or unloadable file raises ``error`` as one line: ``{what} {path} ...; {fix}``."""
+    if not Path(path).is_file():
+        raise error(f"{what} {path} does not exist; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle: corrupt, truncated or unsafe
+        raise error(
+            f"{what} {path} cannot be loaded safely ({first_line(exc)}): it is corrupt, truncated, or holds objects "
+            f"other than tensors and plain data; {fix}"
+        ) from None

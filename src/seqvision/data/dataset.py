@@ -9,12 +9,12 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from seqvision.data.images import BadImageError, load_image
+from seqvision.data.images import load_image
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy, shuffled
 from seqvision.data.transforms import ClipTransform
 from seqvision.data.video import probe_video, read_frames
-from seqvision.errors import DataError
+from seqvision.errors import BadFileError, DataError
 
 
 @dataclass
@@ -166,7 +166,7 @@ class SequenceDataset(Dataset):
             try:
                 frames.append(load_image(path))
                 kept.append(k)
-            except BadImageError as exc:
+            except BadFileError as exc:
                 self.bad_frame(item, f"sample {self.samples[index].id!r}: image {path}: {exc.reason}")
                 if item["error"]:
                     return None, []

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from seqvision.errors import DataError
+from seqvision.errors import BadFileError
 
 # Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
 # before decoding them, so memory stays bounded whatever a file's header claims.
@@ -23,26 +23,19 @@ MAX_PIXELS = 100_000_000
 _WARNINGS_LOCK = threading.Lock()
 
 
-class BadImageError(DataError):
-    """An image file that cannot be decoded; carries the path so a caller may skip it."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadImageError` naming the file."""
+    """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise BadImageError(path, "file does not exist") from None
+        raise BadFileError(path, "file does not exist") from None
     except OSError as exc:
-        raise BadImageError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
     if not data:
-        raise BadImageError(path, "empty file (0 bytes)")
+        raise BadFileError(path, "empty file (0 bytes)")
     if data[:3] == b"\xff\xd8\xff":
         return _decode_jpeg(path, data)
     return _decode_pillow(path, data)
@@ -54,7 +47,7 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
     # libjpeg treats a missing end marker as a warning and pads with grey: a truncated file would
     # silently train on half an image, so check for the end-of-image marker ourselves.
     if b"\xff\xd9" not in data[-4096:]:
-        raise BadImageError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
+        raise BadFileError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
     try:
         with Image.open(io.BytesIO(data)) as header:  # parses the header only: the size, before decoding
             _check_size(path, header.height, header.width)
@@ -80,7 +73,7 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
 
 def _check_size(path: Path, height: int, width: int) -> None:
     if height * width > MAX_PIXELS:
-        raise BadImageError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)")
+        raise BadFileError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)")
 
 
 def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
@@ -93,14 +86,14 @@ def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
             _check_size(path, img.height, img.width)
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
-    except BadImageError:
+    except BadFileError:
         raise
     except Image.DecompressionBombError:
-        raise BadImageError(path, f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)") from None
+        raise BadFileError(path, f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)") from None
     except UnidentifiedImageError as exc:
-        raise BadImageError(path, f"not a readable image ({type(exc).__name__})") from None
+        raise BadFileError(path, f"not a readable image ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
+        raise BadFileError(path, f"corrupt or truncated image ({exc})") from None
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 

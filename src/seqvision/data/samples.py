@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class FrameRef:
-    """One image of a sample: a file on disk (a video frame reference will add a time)."""
+    """One image file of a sample (a video sample has none: its frames are decoded from ``Sample.video``)."""
 
     path: Path
 
@@ -46,9 +46,6 @@ class Sample:
     labels: list[str] | None = None  # multi-label classification: every class that is on
     frame_labels: list[str | None] | None = None  # per-image classes, aligned with ``frames``
     frame_targets: list[dict[str, float] | None] | None = None  # per-image regression targets
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
 
 _DIGITS = re.compile(r"(\d+)")

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import torch
 
-from seqvision.errors import DataError
+from seqvision.errors import BadFileError, DataError
 
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
 
 
-class BadVideoError(DataError):
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -52,18 +47,18 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except FileNotFoundError:
-        raise BadVideoError(path, "file does not exist") from None
+        raise BadFileError(path, "file does not exist") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise BadVideoError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
+        raise BadFileError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
     if not container.streams.video:
         kinds = ", ".join(sorted({s.type for s in container.streams}))
         container.close()
         if not kinds:
-            raise BadVideoError(path, "holds no streams at all (an empty, zero-frame video)")
+            raise BadFileError(path, "holds no streams at all (an empty, zero-frame video)")
         if "audio" in kinds:
-            raise BadVideoError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
+            raise BadFileError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
         # no audio either: what FFmpeg sees of an mp4/mov cut before its index (the moov atom at the end)
-        raise BadVideoError(path, f"is truncated or damaged: no video stream can be found (only {kinds}); copy or export it again")
+        raise BadFileError(path, f"is truncated or damaged: no video stream can be found (only {kinds}); copy or export it again")
     return container
 
 
@@ -76,9 +71,9 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise BadVideoError(path, "file does not exist") from None
+        raise BadFileError(path, "file does not exist") from None
     except OSError as exc:
-        raise BadVideoError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
     return _probe(path, stat.st_size, stat.st_mtime_ns, start, end)
 
 
@@ -101,23 +96,23 @@ def _probe(path: Path, size: int, mtime_ns: int, start: float | None, end: float
             duration = frames / fps
         if fps <= 0 or not duration or duration <= 0:
             if frames == 0:
-                raise BadVideoError(path, "has no frames (zero-length or empty video stream)")
-            raise BadVideoError(path, "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
+                raise BadFileError(path, "has no frames (zero-length or empty video stream)")
+            raise BadFileError(path, "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
     finally:
         container.close()
     clip_start = 0.0 if start is None else float(start)
     clip_end = duration if end is None else float(end)
     if not (math.isfinite(clip_start) and math.isfinite(clip_end)):
-        raise BadVideoError(path, "start/end must be finite numbers of seconds")
+        raise BadFileError(path, "start/end must be finite numbers of seconds")
     if clip_start < 0 or clip_start >= duration:
-        raise BadVideoError(path, f"start {clip_start:g} s is outside the video (0 to {duration:.3f} s)")
+        raise BadFileError(path, f"start {clip_start:g} s is outside the video (0 to {duration:.3f} s)")
     if clip_end <= clip_start:
-        raise BadVideoError(path, f"end {clip_end:g} s is not after start {clip_start:g} s")
+        raise BadFileError(path, f"end {clip_end:g} s is not after start {clip_start:g} s")
     if clip_end > duration + 1.0 / fps:
-        raise BadVideoError(path, f"end {clip_end:g} s is past the end of the video ({duration:.3f} s)")
+        raise BadFileError(path, f"end {clip_end:g} s is past the end of the video ({duration:.3f} s)")
     num = max(0, int(round((min(clip_end, duration) - clip_start) * fps)))
     if num == 0:
-        raise BadVideoError(path, f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
+        raise BadFileError(path, f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
     return VideoInfo(fps=fps, start=clip_start, num_frames=num)
 
 
@@ -170,16 +165,16 @@ def read_frames(
                         break
             except av.error.FFmpegError as exc:
                 if last is None:
-                    raise BadVideoError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+                    raise BadFileError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
                 notes.append(f"{path}: decoding failed after {last_time:.3f} s ({type(exc).__name__}); later frames repeat the last good one")
                 decoder = iter(())
             if last is None:
-                raise BadVideoError(path, "has no decodable frames (zero-frame or corrupt video)")
+                raise BadFileError(path, "has no decodable frames (zero-frame or corrupt video)")
             if last_time + half < t:
                 notes.append(f"{path}: no frame at {t:.3f} s (the video ends at {last_time:.3f} s); the last frame is repeated")
             found[t] = keep()
     except av.error.FFmpegError as exc:
-        raise BadVideoError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+        raise BadFileError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
     finally:
         container.close()
     if stats is not None:

@@ -21,9 +21,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from seqvision.data.images import BadImageError, load_image
+from seqvision.data.images import load_image
 from seqvision.data.sampling import uniform_indices
-from seqvision.errors import DataError
+from seqvision.errors import BadFileError, DataError
 from seqvision.evaluation.report import confusion_matrix_png
 from seqvision.io import atomic_write_text
 
@@ -318,7 +318,7 @@ def _thumb(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> s
 
     try:
         rgb = Image.fromarray(np.ascontiguousarray(_as_rgb(image, sample_id)))
-    except BadImageError as exc:  # one unreadable file must not cost the whole report
+    except BadFileError as exc:  # one unreadable file must not cost the whole report
         return f'<figure><div class="missing" title="{escape(str(exc))}">unreadable</div>#{index}{caption}</figure>'
     rgb.thumbnail((4 * THUMB_HEIGHT, THUMB_HEIGHT))
     buf = io.BytesIO()

@@ -16,6 +16,8 @@ import logging
 import torch
 from torch import nn
 
+from seqvision.errors import first_line
+
 log = logging.getLogger("seqvision")
 
 
@@ -68,7 +70,7 @@ class OneDNNEncoder(nn.Module):
                 self.trunk = self._convert(encoder.trunk, dtype)
                 self.usable = self._agrees_on_a_probe()
         except Exception as exc:  # noqa: BLE001 - an unsupported layer or op: the eager encoder runs
-            reason = _first_line(exc)
+            reason = first_line(exc)
         if not self.usable:
             self.trunk = None
             log.debug("oneDNN layout not used for backbone %s (%s)", getattr(encoder, "name", "?"), reason)
@@ -111,21 +113,15 @@ class OneDNNEncoder(nn.Module):
                 return torch.cat([self._run(chunk) for chunk in images.split(size)])
             except Exception as exc:  # noqa: BLE001 - e.g. an image size the probe did not see
                 self.failed = True
-                log.warning("the oneDNN CPU path failed (%s); running the encoder eagerly", _first_line(exc))
+                log.warning("the oneDNN CPU path failed (%s); running the encoder eagerly", first_line(exc))
         return self.eager(images)
-
-
-def _first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), also for an empty message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 class CompiledEncoder(nn.Module):
     """``torch.compile`` of an inference-only encoder, with a safety net.
 
-    Inductor's ``freezing`` treats the weights as constants, so BatchNorm folds into the convolutions
-    (measured here, ResNet-18 bf16 on 2 CPU cores: ~122 vs ~115 images/s eager, after a 5-16 s compile).
+    Inductor's ``freezing`` treats the weights as constants, so BatchNorm folds into the convolutions,
+    after a compile of several seconds (``benchmarks/extract_speed.py`` times it against eager).
     A compiler failure (no C++ compiler, an unsupported op) is reported once and the eager encoder
     runs instead: compiling is an optimisation, never a reason for a run to fail.
     """
@@ -144,7 +140,7 @@ class CompiledEncoder(nn.Module):
                 return self.compiled(images)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why once
                 self.failed = True
-                log.warning("torch.compile failed (%s); running the encoder eagerly", _first_line(exc))
+                log.warning("torch.compile failed (%s); running the encoder eagerly", first_line(exc))
         return self.eager(images)
 
 

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seqvision.data.discovery import discover
-from seqvision.data.images import BadImageError, load_image
+from seqvision.data.images import load_image
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.transforms import (
@@ -34,7 +34,7 @@ from seqvision.data.transforms import (
     resolve_preprocessing,
 )
 from seqvision.data.video import probe_video, read_frames
-from seqvision.errors import DataError
+from seqvision.errors import BadFileError, DataError
 from seqvision.features.cache import (
     SHARD_ROWS,
     CacheKey,
@@ -74,15 +74,15 @@ class _ImageFiles(Dataset):
         path = self.paths[i]
         try:
             return self.identities[path], self.transform([load_image(path)])[0], None
-        except BadImageError as exc:
+        except BadFileError as exc:
             return self.identities[path], None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
 
 
 class _ThreadedBatches:
     """Image batches decoded and preprocessed by a few threads *between* CNN batches (small CPUs).
 
-    Each thread takes its share of the batch, image by image (one image at a time stays in cache, where
-    a stacked batch transform was measured 2x slower), and writes the rows straight into a channels_last
+    Each thread takes its share of the batch, image by image (one image at a time stays in the CPU's
+    cache, which a stacked batch transform does not), and writes the rows straight into a channels_last
     batch, the CNN's layout. The resize and normalize of the threads run in parallel (they release the
     GIL); libjpeg decodes one image at a time, under the warnings lock of :mod:`seqvision.data.images`. See
     :func:`extraction_workers` for why small CPUs decode in-process. The rows equal
@@ -198,9 +198,9 @@ def _video_plan(
 
 def extraction_workers(device: torch.device) -> int:
     """Decoding processes for extraction. On a CPU with few cores the CNN's threads already hold every
-    core, and a worker process only preempts them (measured here, 2 cores, ResNet-18: ~83 images/s with
-    one worker, ~96-98 with a prefetch thread decoding beside the CNN, ~101-104 with every core decoding
-    between CNN batches, :class:`_ThreadedBatches`). GPUs and big CPUs get workers."""
+    core, and a worker process only preempts them; every core decoding between CNN batches
+    (:class:`_ThreadedBatches`) serves them better (``benchmarks/extract_speed.py`` measures extraction
+    against the CNN alone). GPUs and big CPUs get workers."""
     cores = os.cpu_count() or 1
     if device.type == "cpu" and cores <= 4:
         return 0

@@ -14,7 +14,7 @@ import torch
 from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import Preprocessing
 from seqvision.errors import CheckpointError
-from seqvision.io import tensor_digest
+from seqvision.io import safe_load, tensor_digest
 
 FORMAT_VERSION = 1
 
@@ -61,16 +61,7 @@ def verify_checkpoint(raw: dict[str, Any], path: Path) -> None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a seqvision checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: {first_line[:200]}); it is "
-            "corrupt, truncated, or holds objects other than tensors and plain data"
-        ) from None
+    raw = safe_load(path, CheckpointError, "checkpoint", "use a best.ckpt/last.ckpt written by `seqvision train`")
     if not isinstance(raw, dict) or "seqvision" not in raw or "state_dict" not in raw:
         raise CheckpointError(
             f"{path} is not a seqvision checkpoint (no 'seqvision' metadata); use a best.ckpt/last.ckpt "

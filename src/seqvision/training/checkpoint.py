@@ -22,7 +22,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         # torch.save straight into the file: Lightning's own save serialises into a BytesIO and copies it
-        # out, two more copies of the weights (69 vs 35 ms for a frozen ResNet-18's 54 MB here, every epoch)
+        # out: two more copies of the weights at every save
         atomic_write_synced(Path(path), lambda fh: torch.save(checkpoint, fh))
 
 
