@@ -47,7 +47,7 @@ from seqvision.data.discovery import discover  # noqa: E402
 from seqvision.data.targets import TargetSpec  # noqa: E402
 from seqvision.data.transforms import ClipTransform  # noqa: E402
 from seqvision.features.cache import CacheKey, FeatureStore  # noqa: E402
-from seqvision.features.dataset import CachedFeatureDataset  # noqa: E402
+from seqvision.features.dataset import cached_dataset  # noqa: E402
 from seqvision.features.extract import extract_features  # noqa: E402
 from seqvision.models.sequence_model import build_sequence_model  # noqa: E402
 from seqvision.runtime import inference_dtype, tune_allocator  # noqa: E402
@@ -236,7 +236,7 @@ def epoch_times(backbone: str, data: Path, cache: Path, size: int) -> dict:
         return time.perf_counter() - start
 
     live = SequenceDataset(samples, ClipTransform(prep), encode_target=spec.encode)
-    cached = CachedFeatureDataset(samples, store, encode_target=spec.encode)
+    cached = cached_dataset(samples, store, encode_target=spec.encode)
     epoch(cached, True)  # warm-up
     cached_s = min(epoch(cached, True) for _ in range(5))
     live_s = epoch(live, False)

@@ -57,7 +57,7 @@ def test_pieces_give_the_unchunked_outputs_for_every_head_with_padding(tmp_path,
 def test_per_image_outputs_and_multi_clip_evaluation_in_pieces(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_label=2, lengths=(11, 6))
     predictor, samples = _predictor(data, "lstm")
-    predictor.cfg.data.sampling, predictor.cfg.data.max_images, predictor.cfg.data.eval_clips = "random", 4, 3
+    predictor.cfg.data.sampling, predictor.cfg.data.num_frames, predictor.cfg.data.eval_clips = "random", 4, 3
     predictor.chunk_size = 10_000
     whole = predictor.run(samples, batch_size=3, keep_features=True)
     predictor.chunk_size = 3  # a clip of 4 images is two pieces; the sample's 3 clips are merged again
@@ -265,7 +265,8 @@ def test_a_long_validation_batch_is_estimated_too():
 
     cfg = fast_config("unused", batch_size=2)
     encoder = build_backbone("tiny_cnn", weights="none")
-    profile = activation_profile(encoder, image_size=16)
+    encoder.preprocessing = Preprocessing(image_size=16, resize_size=16)  # the run's, as fit sets it
+    profile = activation_profile(encoder)
     splits = {"train": samples(4, 3, "t"), "val": samples(2, 200, "v")}  # training batch: 6 images; validation: 400
     train_need = 6 * profile.input_bytes + 6 * profile.training_bytes
     val_need = 400 * profile.input_bytes + 400 * profile.inference_bytes

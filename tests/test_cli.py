@@ -28,7 +28,7 @@ def test_train_evaluate_predict_through_the_cli(tmp_path, capsys):
     import yaml
 
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["train"]["seed"] == 3 and saved["data"]["max_images"] == 3
+    assert saved["train"]["seed"] == 3 and saved["data"]["num_frames"] == 3
 
     ckpt = str(tmp_path / "run" / "best.ckpt")
     assert main(["evaluate", ckpt, "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
@@ -85,7 +85,7 @@ def test_cli_choices_are_the_implementations_own():
 
 def test_extract_caches_every_pooling_train_can_use(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data")
-    args = ["extract", "--data", str(data), "--out", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", "none",
+    args = ["extract", "--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", "none",
             "--image-size", "16", "--num-workers", "0", "--no-progress", "--pool", "grid2"]
     assert main(args) == 0  # grid2 used to be refused by extract although train takes it
     assert "extracted 18 images" in capsys.readouterr().out
@@ -101,14 +101,16 @@ def test_extract_and_cache_commands(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data")
     torch.save(build_backbone("tiny_cnn", weights="none").trunk.state_dict(), tmp_path / "tiny.pth")
     # random init would be other weights (another cache key) on every call: use a fixed weights file
-    args = ["extract", "--data", str(data), "--out", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", str(tmp_path / "tiny.pth"),
+    args = ["extract", "--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--backbone", "tiny_cnn", "--weights", str(tmp_path / "tiny.pth"),
             "--image-size", "16", "--num-workers", "0", "--precision", "32", "--no-progress"]
     assert main(args) == 0
     assert "extracted 18 images" in capsys.readouterr().out
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "extracted 0 images" in out and "18 already cached" in out
-    assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0
+    assert main(["cache", "info", "--cache-dir", str(tmp_path / "cache")]) == 0  # one flag family: --cache-dir
+    assert "tiny_cnn" in capsys.readouterr().out
+    assert main(["cache", "info", "--dir", str(tmp_path / "cache")]) == 0  # and the older names
     assert "tiny_cnn" in capsys.readouterr().out
     assert main(["cache", "info", str(tmp_path / "cache")]) == 0  # the folder may also come positionally
     assert "18 images" in capsys.readouterr().out
@@ -121,7 +123,7 @@ def test_extract_and_cache_commands(tmp_path, capsys):
 
 def test_train_frozen_uses_the_cache(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", per_label=4)
-    assert main(_train_args(data, tmp_path / "run", "--freeze", "--cache", str(tmp_path / "cache"))) == 0
+    assert main(_train_args(data, tmp_path / "run", "--freeze", "--cache-dir", str(tmp_path / "cache"))) == 0
     assert "feature cache: 0 images reused, 22 computed" in capsys.readouterr().out
     assert main(_train_args(data, tmp_path / "run2", "--freeze", "--cache", str(tmp_path / "cache"))) == 0
     assert "feature cache: 22 images reused, 0 computed" in capsys.readouterr().out
@@ -194,3 +196,10 @@ def test_warnings_are_one_line_like_errors(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "seqvision: warning: --lstm-dropout 0.3 has no effect with --num-layers 1 (it acts between stacked layers)"
     ]
+
+
+def test_the_old_name_of_num_frames_still_loads_from_yaml_and_checkpoints():
+    from seqvision.config import RunConfig
+
+    assert RunConfig.from_dict({"data": {"max_images": 5}}).data.num_frames == 5  # a checkpoint of an earlier version
+    assert RunConfig.from_dict({"data": {"num_frames": 7}}).data.num_frames == 7

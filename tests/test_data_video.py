@@ -239,7 +239,7 @@ def test_train_and_predict_on_videos(tmp_path):
         for n in range(3):
             write_video(tmp_path / "data" / label / f"v{n}.mp4", frames=12 + 2 * n, gop=gop)
     cfg = fast_config(tmp_path / "data", max_epochs=1)
-    cfg.data.sampling, cfg.data.max_images, cfg.data.eval_clips = "random", 4, 2
+    cfg.data.sampling, cfg.data.num_frames, cfg.data.eval_clips = "random", 4, 2
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.val_metrics["num_samples"] == 2
     rows, _ = predict(result.best_checkpoint, [tmp_path / "data" / "a" / "v0.mp4", tmp_path / "data" / "b"])

@@ -152,7 +152,7 @@ def test_frozen_with_explicit_augmentation_runs_live(tmp_path, caplog):
 
 
 def test_prefetch_keeps_order_and_reraises_errors():
-    from seqvision.features.extract import prefetch
+    from seqvision.features.loading import prefetch
 
     assert list(prefetch(iter(range(50)))) == list(range(50))
 
@@ -195,12 +195,12 @@ def test_read_gathers_rows_across_shards_in_the_asked_order(tmp_path):
 def test_threaded_batches_equal_the_per_image_transform_and_close_holes(tmp_path, folder_data):
     from seqvision.data.images import load_image
     from seqvision.data.transforms import ClipTransform
-    from seqvision.features.extract import _ThreadedBatches
+    from seqvision.features.loading import ThreadedBatches
 
     paths = sorted(folder_data.rglob("*.png"))[:7]
     paths[3].write_bytes(b"not an image")
     todo = {p: f"id-{p.parent.name}-{p.name}" for p in paths}
-    batches = list(_ThreadedBatches(todo, {p: "s" for p in paths}, PREP, batch_size=5, threads=2))
+    batches = list(ThreadedBatches(todo, {p: "s" for p in paths}, PREP, batch_size=5, threads=2))
     assert [len(ids) for ids, *_ in batches] == [4, 2]  # the bad file leaves no hole
     identities = [i for ids, *_ in batches for i in ids]
     assert identities == [todo[p] for p in paths if p != paths[3]]
@@ -234,13 +234,13 @@ def test_extract_from_python_fills_the_cache_that_train_freeze_reads(tmp_path, m
 
 
 def test_rebatch_packs_small_chunks_into_full_batches_and_passes_errors_through():
-    from seqvision.features.extract import _rebatch
+    from seqvision.features.loading import rebatch
 
     def chunk(first, n):
         return [f"id{i}" for i in range(first, first + n)], torch.arange(first, first + n).float()[:, None], [], []
 
     source = [chunk(0, 3), ([], torch.empty(0), ["bad video"], ["a note"]), chunk(3, 5), chunk(8, 2)]
-    out = list(_rebatch(iter(source), 4))
+    out = list(rebatch(iter(source), 4))
     assert [len(ids) for ids, *_ in out] == [0, 4, 4, 2]
     assert out[0][2:] == (["bad video"], ["a note"])
     assert [i for ids, *_ in out for i in ids] == [f"id{i}" for i in range(10)]
@@ -325,7 +325,7 @@ def test_a_peer_that_never_finishes_is_not_waited_for_forever(tmp_path, folder_d
 
 
 def test_lightning_started_processes_do_not_share(monkeypatch):
-    from seqvision.features.extract import launch_rank
+    from seqvision.features.sharing import launch_rank
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "4")  # Lightning's launcher sets these, not LOCAL_WORLD_SIZE

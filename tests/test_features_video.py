@@ -52,7 +52,7 @@ def test_frozen_training_on_cached_video_frames_matches_the_live_cnn(tmp_path):
     for mode in ("live", "cached"):
         cfg = fast_config(data, max_epochs=3)
         cfg.model.freeze = True
-        cfg.data.sampling, cfg.data.max_images, cfg.data.eval_clips = "random", 4, 2
+        cfg.data.sampling, cfg.data.num_frames, cfg.data.eval_clips = "random", 4, 2
         cfg.data.cache = "off" if mode == "live" else str(tmp_path / "cache")
         cfg.data.feature_precision = "32"  # the live CNN's fp32 features, to compare closely
         results[mode] = train(cfg, tmp_path / mode, progress=False)

@@ -106,7 +106,7 @@ def base_config(manifest: Path, cache: Path, *, seed: int, image_size: int, max_
 
 
 def _single(cfg) -> None:
-    cfg.data.max_images, cfg.model.head = 1, "mean"  # uniform sampling of 1 picks the middle image
+    cfg.data.num_frames, cfg.model.head = 1, "mean"  # uniform sampling of 1 picks the middle image
 
 
 def _set(**model) -> Callable:

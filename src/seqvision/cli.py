@@ -19,7 +19,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
     ("--task", "data", "task", {"choices": TASK_CHOICES, "help": "auto reads it from the labels"}),
     ("--targets", "data", "targets", {"type": lambda s: s.split(","), "help": "regression target columns, comma-separated"}),
-    ("--num-frames", "--max-images", "data", "max_images", {"type": int, "help": "frames per clip (uniform: at most N)"}),
+    ("--num-frames", "--max-images", "data", "num_frames", {"type": int, "help": "frames per clip (uniform: at most N)"}),
     ("--sampling", "data", "sampling", {"choices": SAMPLING_CHOICES, "help": "which frames a clip takes (see README: Videos and frame sampling)"}),
     ("--eval-sampling", "data", "eval_sampling", {"choices": SAMPLING_CHOICES, "help": "sampling for evaluation and prediction (default: --sampling)"}),
     ("--stride", "data", "stride", {"type": int, "help": "stride sampling: every k-th frame"}),
@@ -39,7 +39,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction, "help": "random horizontal flip in augmentation (default off: a mirror reverses motion; turn on only when a mirrored sample keeps its label)"}),
     ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
     ("--num-workers", "data", "num_workers", {"type": int, "help": "DataLoader worker processes (default: one per spare core, at most 4)"}),
-    ("--cache", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder"}),
+    ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
     ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"], help="info: list the keys; clear: remove them (or --key)")
-    p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --dir)")
-    p.add_argument("--dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
+    p.add_argument("folder", nargs="?", help="the feature-cache folder (the same as --cache-dir)")
+    p.add_argument("--cache-dir", "--dir", dest="dir", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--key", help="clear only this key")
 
     p = sub.add_parser("report", help="write RUN/<split>/report.html: metrics, curves, confident errors, attention")
@@ -179,7 +179,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
 def _extract_parser(p: argparse.ArgumentParser) -> None:
     """``extract``: the backbone, its preprocessing, the video sampling to cache for, and the cache."""
     p.add_argument("--data", required=True, help="a data root or a .csv/.jsonl manifest")
-    p.add_argument("--out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
+    p.add_argument("--cache-dir", "--out", dest="out", help="feature-cache folder (default: $SEQVISION_CACHE or ~/.cache/seqvision/features)")
     p.add_argument("--backbone", default="resnet18", help="as for train (default: %(default)s)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (default: %(default)s)")
     p.add_argument("--pool", choices=POOL_CHOICES, default="avg", help="grid2: 2x2 cells, keeps coarse layout")
@@ -353,7 +353,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from seqvision.features.cache import cache_clear, cache_info, default_cache_root
 
     if args.folder and args.dir and Path(args.folder) != Path(args.dir):
-        raise ConfigError(f"cache {args.action}: two folders given ({args.folder} and --dir {args.dir}); give one")
+        raise ConfigError(f"cache {args.action}: two folders given ({args.folder} and --cache-dir {args.dir}); give one")
     chosen = args.folder or args.dir
     root = Path(chosen) if chosen else default_cache_root()
     if args.action == "clear":

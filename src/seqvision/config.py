@@ -32,7 +32,7 @@ class DataConfig:
     data: str | None = None  # a data root (folders) or a manifest (.csv / .jsonl)
     task: str = "auto"  # auto | classification | regression: auto reads it from the labels
     targets: list[str] | None = None  # regression: manifest columns holding the numeric targets
-    max_images: int | None = None  # frames per clip (--num-frames / --max-images); uniform: at most this many
+    num_frames: int | None = None  # frames per clip (--num-frames; --max-images is an alias); uniform: at most this many
     sampling: str = "uniform"  # uniform | stride | random | segments (see seqvision.data.sampling)
     eval_sampling: str | None = None  # evaluation/prediction policy; None = the training one
     stride: int = 1  # stride sampling: every k-th frame
@@ -66,7 +66,7 @@ class DataConfig:
     def sampling_policy(self, *, train: bool) -> SamplingPolicy:
         """The frame-sampling policy for training or for evaluation/prediction."""
         mode = self.sampling if train or not self.eval_sampling else self.eval_sampling
-        return SamplingPolicy(mode=mode, num_frames=self.max_images, stride=self.stride, fps=self.fps, clips=self.eval_clips)
+        return SamplingPolicy(mode=mode, num_frames=self.num_frames, stride=self.stride, fps=self.fps, clips=self.eval_clips)
 
     def augment_enabled(self, frozen: bool) -> bool:
         return (not frozen) if self.augment is None else self.augment
@@ -180,6 +180,7 @@ def apply_overrides(cfg: RunConfig, raw: dict[str, Any], *, source: str) -> RunC
         target = getattr(cfg, section)
         names = {f.name for f in dataclasses.fields(target)}
         for key, value in values.items():
+            key = _RENAMED.get((section, key), key)
             if key not in names:
                 raise ConfigError(f"{source}: unknown option {section}.{key}; known: {', '.join(sorted(names))}")
             setattr(target, key, value)
@@ -218,7 +219,7 @@ DIAGNOSTICS_CHOICES = ("auto", "off", "fast", "full")
 
 # Ranges of the numeric options: (section, field, test, what it must be). A None value means "not set".
 _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
-    ("data", "max_images", lambda v: v >= 1, "at least 1"),
+    ("data", "num_frames", lambda v: v >= 1, "at least 1"),
     ("data", "min_images", lambda v: v >= 1, "at least 1"),
     ("data", "stride", lambda v: v >= 1, "at least 1"),
     ("data", "fps", lambda v: v > 0, "positive"),
@@ -247,7 +248,9 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("train", "patience", lambda v: v >= 0, "0 (off) or more"),
     ("train", "memory_budget", lambda v: v > 0, "positive (GB)"),
 ]
-_FLAG_NAMES = {"max_images": "num-frames"}  # fields whose flag has another name
+_FLAG_NAMES: dict[str, str] = {}  # fields whose flag has another name
+# option names of earlier versions, still read from YAML files and checkpoints: (section, old) -> new
+_RENAMED = {("data", "max_images"): "num_frames"}
 
 
 def flag(key: str) -> str:
@@ -285,8 +288,8 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
             raise ConfigError(f"{flag(key)} {value!r} ({section}.{key}) must be {requirement}")
     d, m = cfg.data, cfg.model
     d.sampling_policy(train=True), d.sampling_policy(train=False)  # raises for bad sampling options
-    if d.max_images is not None and d.min_images > d.max_images:
-        raise ConfigError(f"--min-images {d.min_images} is larger than --num-frames {d.max_images}")
+    if d.num_frames is not None and d.min_images > d.num_frames:
+        raise ConfigError(f"--min-images {d.min_images} is larger than --num-frames {d.num_frames}")
     if d.image_size is not None and d.resize_size is not None and d.resize_size < d.image_size:
         raise ConfigError(f"--resize-size {d.resize_size} is smaller than --image-size {d.image_size}: the centre crop would pad with black")
     for name in ("mean", "std"):

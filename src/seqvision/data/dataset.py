@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch.utils.data import Dataset
@@ -13,7 +13,7 @@ from seqvision.data.images import load_image
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy, shuffled
 from seqvision.data.transforms import ClipTransform
-from seqvision.data.video import probe_video, read_frames
+from seqvision.data.video import VideoInfo, probe_video, read_frames
 from seqvision.errors import BadFileError, DataError
 
 
@@ -25,13 +25,13 @@ class Batch:
     maps each clip to its sample and :meth:`merge_clips` averages the clips' outputs per sample.
     """
 
-    images: torch.Tensor  # (N, 3, S, S) float, or (N, F) cached features when ``precomputed``
+    images: torch.Tensor  # (N, 3, S, S) float pixels, or (N, F) CNN features: ``carries`` says which
     lengths: torch.Tensor  # (C,) long, images per clip
     sample_ids: list[str]  # (B,)
     targets: torch.Tensor | None = None  # (B,) long class indices, or (B, K) float regression targets
     skipped: list[str] = field(default_factory=list)  # what --on-bad-image skip left out, for the summary
     errors: list[str] = field(default_factory=list)  # bad input found in a worker; raised in the main process
-    precomputed: bool = False  # images holds CNN features from the cache: run the heads only
+    carries: str = "pixels"  # "pixels" for the CNN, or "features" (the cache's, or encoded): run the heads only
     groups: torch.Tensor | None = None  # (C,) sample index of each clip; None when C == B
     frames: list[str] = field(default_factory=list)  # (N,) which image each row of ``images`` is
 
@@ -49,8 +49,66 @@ class Batch:
         return summed / counts[:, None]
 
 
+class FrameSource:
+    """Where a sample's images come from, injected into :class:`SequenceDataset`: pixels decoded and
+    transformed (:class:`PixelSource`), or a frozen CNN's rows from the feature cache
+    (:class:`seqvision.features.dataset.FeatureSource`). Both give, per clip, one row per image kept:
+    ``(T, 3, S, S)`` or ``(T, F)``; bad frames are reported through the dataset's policy."""
+
+    carries: ClassVar[str]  # "pixels" | "features": what the rows are (Batch.carries)
+
+    def image_clip(self, dataset: "SequenceDataset", index: int, clip: list[int], item: dict) -> tuple[torch.Tensor | None, list[int]]:
+        """Sample ``index``'s images ``clip`` (frame indices) -> rows (``None`` if none is readable), and
+        the positions in ``clip`` that made it (bad images may be skipped)."""
+        raise NotImplementedError
+
+    def video_clips(self, dataset: "SequenceDataset", index: int, clips: list[list[int]], info: VideoInfo, item: dict) -> list[torch.Tensor] | None:
+        """Sample ``index``'s video frames of each clip -> rows per clip; ``None`` when they cannot be had
+        (reported through ``dataset.bad_frame``)."""
+        raise NotImplementedError
+
+
+class PixelSource(FrameSource):
+    """Images decoded (EXIF-rotated; videos with PyAV, seeking) and passed through ``transform``."""
+
+    carries = "pixels"
+
+    def __init__(self, transform: ClipTransform) -> None:
+        self.transform = transform
+
+    def image_clip(self, dataset, index, clip, item):
+        sample = dataset.samples[index]
+        frames, kept = [], []
+        for k, i in enumerate(clip):
+            path = sample.frames[i].path
+            try:
+                frames.append(load_image(path))
+                kept.append(k)
+            except BadFileError as exc:
+                dataset.bad_frame(item, f"sample {sample.id!r}: image {path}: {exc.reason}")
+                if item["error"]:
+                    return None, []
+        return (self.transform(frames) if frames else None), kept
+
+    def video_clips(self, dataset, index, clips, info, item):
+        sample = dataset.samples[index]
+        wanted = [i for clip in clips for i in clip]
+        try:
+            frames, notes = read_frames(sample.video.path, [info.frame_time(i) for i in wanted], info.fps)
+        except DataError as exc:
+            dataset.bad_frame(item, f"sample {sample.id!r}: {exc}")
+            return None
+        item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
+        out, at = [], 0
+        for clip in clips:
+            out.append(self.transform(frames[at : at + len(clip)]))
+            at += len(clip)
+        return out
+
+
 class SequenceDataset(Dataset):
-    """Loads the sampled frames of one sample (image files or a video), in order, through one transform.
+    """Loads the sampled frames of one sample (image files or a video), in order, from one source: pixels
+    through a transform (pass a :class:`ClipTransform` or a :class:`PixelSource`) or cached features.
 
     Errors are not raised inside the dataset: a DataLoader worker would wrap them in a traceback.
     They travel in the batch (``Batch.errors``) and :meth:`Batch.raise_errors` raises them cleanly.
@@ -59,7 +117,7 @@ class SequenceDataset(Dataset):
     def __init__(
         self,
         samples: list[Sample],
-        transform: ClipTransform | None,
+        source: FrameSource | ClipTransform,
         *,
         encode_target: Callable[[Sample, list[int]], torch.Tensor] | None = None,
         per_image: bool = False,
@@ -70,7 +128,7 @@ class SequenceDataset(Dataset):
         seed: int = 0,
     ) -> None:
         self.samples = samples
-        self.transform = transform
+        self.source = source if isinstance(source, FrameSource) else PixelSource(source)
         self.encode_target = encode_target  # (sample, frame indices used) -> target tensor
         self.per_image = per_image  # targets are per image: (T,) or (T, K), concatenated like the images
         self.sampling = sampling or SamplingPolicy()
@@ -98,7 +156,7 @@ class SequenceDataset(Dataset):
         """The empty item of sample ``index``: what :func:`collate` reads, filled by :meth:`finish`."""
         return {
             "id": self.samples[index].id, "skipped": [], "error": None, "clip": None, "clip_lengths": None,
-            "target": None, "frame_target": None, "frames": [],
+            "target": None, "frame_target": None, "frames": [], "carries": self.source.carries,
         }
 
     def __getitem__(self, index: int) -> dict:
@@ -158,19 +216,9 @@ class SequenceDataset(Dataset):
         return out, used
 
     def load_clip(self, index: int, clip: list[int], item: dict) -> tuple[torch.Tensor | None, list[int]]:
-        """Decode and transform sample ``index``'s images ``clip`` (frame indices) -> ``(T, 3, S, S)``
-        (``None`` if none is readable), and the positions in ``clip`` that made it (bad images may be skipped)."""
-        frames, kept = [], []
-        for k, i in enumerate(clip):
-            path = self.samples[index].frames[i].path
-            try:
-                frames.append(load_image(path))
-                kept.append(k)
-            except BadFileError as exc:
-                self.bad_frame(item, f"sample {self.samples[index].id!r}: image {path}: {exc.reason}")
-                if item["error"]:
-                    return None, []
-        return (self.transform(frames) if frames else None), kept
+        """Sample ``index``'s images ``clip`` (frame indices) from the source -> rows (``None`` if none is
+        readable), and the positions in ``clip`` that made it (bad images may be skipped)."""
+        return self.source.image_clip(self, index, clip, item)
 
     def frame_names(self, index: int, used: list[int]) -> list[str]:
         """What each used image is, for reports and per-image predictions: an image's path, or a video
@@ -189,21 +237,16 @@ class SequenceDataset(Dataset):
 
     def _video_clips(self, index: int, item: dict) -> tuple[list[torch.Tensor], list[int]]:
         sample = self.samples[index]
-        video = sample.video
         try:
             info = self.video_info(index)
-            clips = self.clips(index, info.num_frames, source_fps=info.fps)
-            wanted = [i for clip in clips for i in clip]
-            frames, notes = read_frames(video.path, [info.frame_time(i) for i in wanted], info.fps)
         except DataError as exc:
             self.bad_frame(item, f"sample {sample.id!r}: {exc}")
             return [], []
-        item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
-        out, at = [], 0
-        for clip in clips:
-            out.append(self.transform(frames[at : at + len(clip)]))
-            at += len(clip)
-        return out, wanted
+        clips = self.clips(index, info.num_frames, source_fps=info.fps)
+        out = self.source.video_clips(self, index, clips, info, item)
+        if out is None:
+            return [], []
+        return out, [i for clip in clips for i in clip]
 
 
 def collate(items: list[dict]) -> Batch:
@@ -229,7 +272,7 @@ def collate(items: list[dict]) -> Batch:
         targets=targets,
         skipped=skipped,
         errors=errors,
-        precomputed=kept[0]["clip"].dim() == 2,
+        carries=kept[0]["carries"],
         groups=groups,
         frames=[f for it in kept for f in it["frames"]],
     )

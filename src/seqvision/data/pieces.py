@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import Dataset
 
 from seqvision.data.dataset import SequenceDataset
-from seqvision.data.video import read_frames
 from seqvision.errors import DataError
 
 
@@ -84,13 +83,15 @@ def piece_batches(pieces: list[Piece], size: int) -> list[list[int]]:
 
 
 class PieceDataset(Dataset):
-    """Item ``i``: piece ``i`` of :func:`plan_pieces` loaded through ``base``'s transform:
+    """Item ``i``: piece ``i`` of :func:`plan_pieces` loaded from ``base``'s source (pixels, for the CNN):
     ``{"piece", "images" (n, 3, S, S) or None, "kept" (frame indices that loaded), "skipped", "error"}``.
     Errors travel in the item, as in :class:`SequenceDataset`, and are raised in the main process."""
 
     def __init__(self, base: SequenceDataset, size: int) -> None:
         if base.train:
             raise ValueError("pieces are for evaluation: training augmentation draws one crop per whole clip")
+        if base.source.carries != "pixels":
+            raise ValueError("pieces are for pixels: cached features are read whole (they are small)")
         self.base = base
         self.pieces, self.plans = plan_pieces(base, size)
         self.notes = sorted(base.notes)  # planning facts (e.g. a sample shorter than --num-frames)
@@ -114,12 +115,12 @@ class PieceDataset(Dataset):
             return item
         try:
             info = self.base.video_info(piece.sample)
-            frames, notes = read_frames(sample.video.path, [info.frame_time(f) for f in piece.frames], info.fps)
         except DataError as exc:
             self.base.bad_frame(item, f"sample {sample.id!r}: {exc}")
             return item
-        item["skipped"].extend(f"sample {sample.id!r}: {n}" for n in notes)
-        item["images"], item["kept"] = self.base.transform(frames), list(piece.frames)
+        loaded = self.base.source.video_clips(self.base, piece.sample, [list(piece.frames)], info, item)
+        if loaded is not None:
+            item["images"], item["kept"] = loaded[0], list(piece.frames)
         return item
 
 

@@ -98,13 +98,13 @@ class SamplingPolicy:
         return list(range(n))  # random start, or a random frame per segment: any frame can be drawn
 
 
-def uniform_indices(length: int, max_images: int | None) -> list[int]:
-    """Indices of at most ``max_images`` images spread evenly over ``length`` (first and last included)."""
-    if max_images is None or length <= max_images:
+def uniform_indices(length: int, num_frames: int | None) -> list[int]:
+    """Indices of at most ``num_frames`` images spread evenly over ``length`` (first and last included)."""
+    if num_frames is None or length <= num_frames:
         return list(range(length))
-    if max_images == 1:
+    if num_frames == 1:
         return [length // 2]
-    return np.linspace(0, length - 1, max_images).round().astype(int).tolist()
+    return np.linspace(0, length - 1, num_frames).round().astype(int).tolist()
 
 
 def shuffled(indices: list[int], seed: int) -> list[int]:

@@ -119,7 +119,7 @@ def run_summary(predictor: Predictor, source: str, num_samples: int, seconds: fl
     head = f"{model.head}, hidden {model.hidden_size}, {model.num_layers} layer(s)" + (", bidirectional" if model.bidirectional else "")
     if model.temporal_diff:
         head += ", temporal differences"
-    sampling = cfg.data.sampling + (f", {cfg.data.max_images} frames" if cfg.data.max_images else ", all frames")
+    sampling = cfg.data.sampling + (f", {cfg.data.num_frames} frames" if cfg.data.num_frames else ", all frames")
     augment = cfg.data.augment_enabled(frozen=model.freeze)
     source_info = predictor.source
     epoch = source_info.get("epoch")

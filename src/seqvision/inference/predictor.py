@@ -17,7 +17,7 @@ from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import CheckpointError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore
-from seqvision.features.dataset import CachedFeatureDataset
+from seqvision.features.dataset import cached_dataset
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.memory import inference_chunk_size
 from seqvision.models.sequence_model import SequenceModel
@@ -151,7 +151,7 @@ class Predictor:
             seed=self.cfg.train.seed,
         )
         if store is not None:
-            return CachedFeatureDataset(samples, store, **options)
+            return cached_dataset(samples, store, **options)
         return SequenceDataset(samples, ClipTransform(self.preprocessing, train=False, mirror=mirror), **options)
 
     def feature_batches(self, dataset: SequenceDataset, *, batch_size: int = 8, num_workers: int = 0) -> Iterator[Batch]:
@@ -163,7 +163,7 @@ class Predictor:
         fast); only the features of a sample are kept, so memory is bounded by the chunk and the
         features, not by the number of images in a sample or a batch.
         """
-        if isinstance(dataset, CachedFeatureDataset):
+        if dataset.source.carries == "features":
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
             for batch in loader:
                 batch.images = batch.images.to(self.device)
@@ -198,6 +198,7 @@ class Predictor:
                     order = sorted(sample["features"])
                     clips = [torch.cat(sample["features"][c]) for c in order]  # (T_c, F) each
                     used = [f for c in order for f in sample["used"][c]]
+                    sample["item"]["carries"] = "features"  # encoded here: the heads run on them
                     pending.append(dataset.finish(piece.sample, sample["item"], clips, used))
                     sample = None
                     if len(pending) == batch_size:

@@ -24,7 +24,7 @@ from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.data.video import probe_video
 from seqvision.errors import DataError
-from seqvision.features.dataset import CachedFeatureDataset
+from seqvision.features.dataset import cached_dataset
 from seqvision.runtime import default_workers
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class SequenceDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         if self.store is not None:
-            return CachedFeatureDataset(self.data.splits[split], self.store, **common)
+            return cached_dataset(self.data.splits[split], self.store, **common)
         transform = ClipTransform(self.preprocessing, train=train and self.augment, hflip=self.cfg.hflip)
         return SequenceDataset(self.data.splits[split], transform, **common)
 

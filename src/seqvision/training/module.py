@@ -55,7 +55,7 @@ class SequenceTask(L.LightningModule):
         self.skipped.extend(batch.skipped)
         if not batch.sample_ids:
             return None
-        if batch.precomputed:  # (N, F) vectors from the feature cache: the frozen CNN is skipped
+        if batch.carries == "features":  # (N, F) vectors from the feature cache: the frozen CNN is skipped
             outputs = self.model.forward_features(batch.images, batch.lengths)  # (C, K), C clips
         else:
             outputs = self.model(batch.images, batch.lengths)  # (C, K)
