@@ -51,8 +51,9 @@ def test_no_function_is_over_80_lines():
     assert not long, long
 
 
-def test_predicting_and_reading_a_checkpoint_do_not_load_lightning():
-    code = ("import sys; import seqvision.inference.predict, seqvision.models.checkpoint, seqvision.evaluation.evaluate; "
+def test_predicting_evaluating_and_reading_a_checkpoint_do_not_load_lightning():
+    code = ("import sys; import seqvision.inference.predict, seqvision.models.checkpoint, seqvision.evaluation.evaluate, "
+            "seqvision.workflows; "
             "print([m for m in sys.modules if m == 'lightning' or m.startswith('lightning.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

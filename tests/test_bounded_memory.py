@@ -220,10 +220,10 @@ def test_a_training_batch_over_the_budget_turns_on_checkpointed_chunks_and_train
         result = train(cfg, tmp_path / "run", progress=False)
     said = [r.getMessage() for r in caplog.records if "largest training batch" in r.getMessage()]
     assert len(said) == 1 and "training batch (40 images" in said[0] and "'right/s2' with 12" in said[0] and "--chunk-size 8 --checkpointing" in said[0]
-    assert cfg.model.chunk_size == 8 and cfg.model.checkpointing
-    saved = (tmp_path / "run" / "config.yaml").read_text()
-    assert "chunk_size: 8" in saved and "checkpointing: true" in saved
     assert result.best_checkpoint.exists() and result.val_metrics is not None
+    # the training chunk is the encoder's, chosen for training's memory; prediction chooses its own
+    assert cfg.model.chunk_size is None and "chunk_size: null" in (tmp_path / "run" / "config.yaml").read_text()
+    assert Predictor.load(result.best_checkpoint).chunk_size > 8
 
 
 def test_a_training_batch_that_cannot_fit_stops_before_anything_is_written(tmp_path, capsys):
@@ -274,4 +274,44 @@ def test_a_long_validation_batch_is_estimated_too():
     cfg.train.memory_budget = (400 * profile.input_bytes + 64 * profile.inference_bytes) / 2**30 * 1.001
     said = plan_training_memory(cfg, encoder, splits, device=torch.device("cpu"), num_workers=0)
     assert said and "validation batch (400 images" in said and "with 200)" in said
-    assert cfg.model.chunk_size == encoder.chunk_size == 64
+    assert encoder.chunk_size == 64 and cfg.model.chunk_size is None  # the encoder trains chunked; the config is the user's
+
+
+def test_the_balanced_sampler_can_fill_a_batch_with_the_longest_sample():
+    from seqvision.data.samples import FrameRef, Sample
+    from seqvision.training.memory import largest_batch
+
+    samples = [Sample(f"s{n}", [FrameRef(Path(f"/nowhere/{n}/{t}.png")) for t in range(n)], label="a") for n in (2, 3, 9)]
+    cfg = fast_config("unused", batch_size=3)
+    assert largest_batch(samples, cfg).images == 14
+    cfg.train.balanced_sampler = True  # draws with replacement
+    assert largest_batch(samples, cfg).images == 27
+
+
+def test_the_memory_probe_leaves_the_random_state_alone():
+    encoder = build_backbone("tiny_cnn", weights="none")
+    encoder.post_pool = torch.nn.Dropout(0.5)  # a layer that draws random numbers in training mode
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    activation_profile(encoder)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_truncated_video_in_pieces_repeats_its_last_frame_like_the_whole_clip(tmp_path):
+    pytest.importorskip("av")
+    from test_data_video import write_video
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "b").mkdir(parents=True)
+    video = write_video(tmp_path / "v.mkv", frames=40, gop=4)
+    data = video.read_bytes()
+    (tmp_path / "data" / "a" / "cut.mkv").write_bytes(data[: len(data) * 2 // 3])  # headers say 40 frames
+    write_video(tmp_path / "data" / "b" / "whole.mkv", frames=12, gop=4)
+    predictor, samples = _predictor(tmp_path / "data", "lstm")
+    predictor.chunk_size = 10_000
+    whole = predictor.run(samples, batch_size=2)
+    predictor.chunk_size = 6  # the last pieces of the cut file lie wholly past its last decodable frame
+    pieces = predictor.run(samples, batch_size=2)
+    assert torch.allclose(pieces.outputs, whole.outputs, atol=1e-5)
+    repeated = [m for m in pieces.skipped if "the last frame is repeated" in m]
+    assert repeated and len(repeated) == len(set(repeated))  # said, and each message once

@@ -298,3 +298,22 @@ def test_weight_decay_spares_biases_and_normalization_weights():
     assert by_decay[0.01] == decayed
     assert by_decay[0.0] == {id(p) for p in model.parameters()} - decayed  # biases, BatchNorm's weight and bias
     assert all(g["lr"] == 0.1 for g in groups)
+
+
+def test_a_run_started_before_the_weight_decay_rule_resumes(tmp_path, monkeypatch):
+    """Its last.ckpt holds an optimizer with one group per part (every parameter decayed), not four: resuming keeps
+    that layout instead of failing on a different number of parameter groups."""
+    import seqvision.training.module as module
+    from seqvision.models.checkpoint import read_checkpoint
+
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    with monkeypatch.context() as m:
+        m.setattr(module, "DECAY_RULE", "all")  # train as the earlier version did
+        train(fast_config(data, max_epochs=1), tmp_path / "run", progress=False)
+    raw = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert [g["weight_decay"] for g in raw["optimizer_states"][0]["param_groups"]] == [0.01, 0.01]  # heads, CNN: all decayed
+    del raw["seqvision"]["decay_rule"]  # what an earlier version wrote
+    torch.save(raw, tmp_path / "run" / "last.ckpt")
+    result = train(fast_config(data, max_epochs=2), tmp_path / "run", resume=True, progress=False)
+    resumed = read_checkpoint(result.last_checkpoint)
+    assert resumed["epoch"] == 1 and resumed["seqvision"]["decay_rule"] == "all"

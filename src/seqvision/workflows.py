@@ -6,22 +6,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seqvision.config import RunConfig
 from seqvision.evaluation.evaluate import evaluate, evaluate_samples, report
 from seqvision.features.extract import extract
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
-from seqvision.training.fit import TrainResult, device_of, fit
 
-__all__ = ["train_and_evaluate", "evaluate", "report", "predict", "extract", "TrainResult"]
+if TYPE_CHECKING:
+    from seqvision.training.fit import TrainResult
+
+__all__ = ["train_and_evaluate", "evaluate", "report", "predict", "extract"]
 
 
 def train_and_evaluate(
     cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
     epoch_log: bool = False,
-) -> TrainResult:
+) -> "TrainResult":
     """Train as ``cfg`` says (:func:`seqvision.training.fit.fit`), then evaluate the best checkpoint on the
     validation and test splits: ``val/`` and ``test/`` in ``out_dir`` (metrics.json, plots, report.html;
     per group when the data has groups; diagnostics as ``cfg.train.diagnostics`` says).
@@ -30,6 +32,8 @@ def train_and_evaluate(
     Lightning callbacks. ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per
     epoch (for log files).
     """
+    from seqvision.training.fit import device_of, fit  # Lightning: only training loads it
+
     result = fit(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks, epoch_log=epoch_log)
     if not result.is_global_zero:  # one process of a distributed run reports
         return result

@@ -15,7 +15,7 @@ all of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
@@ -59,7 +59,7 @@ def plan_pieces(base: SequenceDataset, size: int) -> tuple[list[Piece], list[lis
             Piece(index, c, tuple(clip[at : at + size]), False)
             for c, clip in enumerate(clips) for at in range(0, len(clip), size)
         ] or [Piece(index, 0, (), False)]  # no frame at all: one empty piece, reported as such
-        mine[-1] = Piece(mine[-1].sample, mine[-1].clip, mine[-1].frames, True)
+        mine[-1] = replace(mine[-1], last=True)
         pieces.extend(mine)
     return pieces, plans
 
@@ -118,6 +118,8 @@ class PieceDataset(Dataset):
         except DataError as exc:
             self.base.bad_frame(item, f"sample {sample.id!r}: {exc}")
             return item
+        # a piece past the end of a truncated file seeks back to the last key frame there and repeats the
+        # last decodable frame, as one read of the whole clip does (tested with a cut Matroska file)
         loaded = self.base.source.video_clips(self.base, piece.sample, [list(piece.frames)], info, item)
         if loaded is not None:
             item["images"], item["kept"] = loaded[0], list(piece.frames)

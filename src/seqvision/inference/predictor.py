@@ -199,6 +199,7 @@ class Predictor:
                     clips = [torch.cat(sample["features"][c]) for c in order]  # (T_c, F) each
                     used = [f for c in order for f in sample["used"][c]]
                     sample["item"]["carries"] = "features"  # encoded here: the heads run on them
+                    sample["item"]["skipped"] = list(dict.fromkeys(sample["item"]["skipped"]))  # once per sample
                     pending.append(dataset.finish(piece.sample, sample["item"], clips, used))
                     sample = None
                     if len(pending) == batch_size:

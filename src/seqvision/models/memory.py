@@ -86,7 +86,9 @@ def activation_profile(encoder: ImageEncoder, *, image_size: int | None = None, 
     if training and not encoder.fully_frozen:
         encoder.train()
         try:
-            with running_stats_frozen(encoder), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            # fork_rng: dropout or stochastic depth in the probe must not move a seeded run's random draws
+            with torch.random.fork_rng(devices=[]), running_stats_frozen(encoder), torch.enable_grad(), \
+                    torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 encoder._encode(probe)
         finally:
             encoder.train(was_training)

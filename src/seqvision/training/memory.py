@@ -56,6 +56,8 @@ def largest_batch(samples: list[Sample], cfg: RunConfig, *, train: bool = True) 
         clips = policy.clips_for(n, train=train, rng=random.Random(0), source_fps=fps)
         lengths.append((sum(len(c) for c in clips), s.id))
     lengths.sort(reverse=True)
+    if train and cfg.train.balanced_sampler and lengths:  # drawn with replacement: the longest may fill a batch
+        lengths = [lengths[0]] * cfg.train.batch_size
     top = lengths[: cfg.train.batch_size]
     return LargestBatch(sum(n for n, _ in top), top[0][1] if top else "", top[0][0] if top else 0, len(top))
 
@@ -74,8 +76,8 @@ def plan_training_memory(
     """Check the largest training batch (and validation batch) against the budget, before anything is written.
 
     Fits: returns None. Does not fit, but would with the CNN in checkpointed chunks (or, for a frozen
-    CNN run live, in chunks): sets ``cfg.model`` and ``encoder`` to chunk, and returns the sentence that
-    says so (the caller logs it once). Cannot fit: raises :class:`ConfigError` naming the longest sample,
+    CNN run live, in chunks): sets ``encoder`` to chunk (not ``cfg``: prediction later chooses its own
+    chunk for its own memory), and returns the sentence that says so (the caller logs it once). Cannot fit: raises :class:`ConfigError` naming the longest sample,
     the batch's images, the estimate and the flags that fix it.
     """
     batches = {"training": largest_batch(splits["train"], cfg, train=True)}
@@ -114,9 +116,9 @@ def plan_training_memory(
     if not (m.chunk_size and (m.checkpointing or not trainable)):  # not chunked yet: the largest chunk that fits
         for chunk in CHUNK_CHOICES:
             if worst(chunk, trainable)[0] <= budget:
-                m.chunk_size, encoder.chunk_size = chunk, chunk
+                encoder.chunk_size = chunk
                 if trainable:
-                    m.checkpointing, encoder.checkpointing = True, True
+                    encoder.checkpointing = True
                     how = f"--chunk-size {chunk} --checkpointing (each chunk's activations are recomputed in the backward pass: same gradients, slower)"
                 else:
                     how = f"--chunk-size {chunk} (the frozen CNN keeps nothing for the backward pass)"

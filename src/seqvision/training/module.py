@@ -46,6 +46,7 @@ class SequenceTask(L.LightningModule):
         self.skipped: list[str] = []  # bad images left out with --on-bad-image skip, for the end summary
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
         self._digest = IncrementalTensorDigest()  # a frozen backbone is hashed once, not at every save
+        self.decay_rule = DECAY_RULE  # which parameters weight decay applies to (see decay_groups)
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(images, lengths)
@@ -98,8 +99,11 @@ class SequenceTask(L.LightningModule):
         encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
         encoder_ids = {id(p) for p in self.model.encoder.parameters()}
         head_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        groups = decay_groups(head_params, lr=t.lr, weight_decay=t.weight_decay)
-        groups += decay_groups(encoder_params, lr=t.backbone_lr, weight_decay=t.weight_decay)
+        if self.decay_rule == "matrices":
+            groups = decay_groups(head_params, lr=t.lr, weight_decay=t.weight_decay)
+            groups += decay_groups(encoder_params, lr=t.backbone_lr, weight_decay=t.weight_decay)
+        else:  # a run started before the rule, resumed: its optimizer state has one group per part
+            groups = [{"params": ps, "lr": lr} for ps, lr in ((head_params, t.lr), (encoder_params, t.backbone_lr)) if ps]
         optimizer = make_adamw(groups, weight_decay=t.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(t.warmup_fraction * total)) if t.warmup_fraction > 0 else 0
@@ -121,6 +125,7 @@ class SequenceTask(L.LightningModule):
         meta["rng"] = rng_state()  # a resumed run continues with the very same random draws
         meta["nan_steps_skipped"] = self.nan_steps_skipped
         meta["thresholds"] = [float(t) for t in self.task.thresholds]
+        meta["decay_rule"] = self.decay_rule
         checkpoint["seqvision"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -129,6 +134,11 @@ class SequenceTask(L.LightningModule):
             set_rng_state(meta["rng"])
         self.nan_steps_skipped = int(meta.get("nan_steps_skipped", 0))
         self.task.thresholds = list(meta.get("thresholds", self.task.thresholds))
+        # runs on before configure_optimizers when resuming: keep the optimizer groups the run started with
+        self.decay_rule = meta.get("decay_rule", "all")
+
+
+DECAY_RULE = "matrices"  # weight decay on matrices and kernels only; "all": every parameter (before)
 
 
 def decay_groups(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> list[dict]:
