@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from seqvision.config import ModelConfig  # noqa: E402
 from seqvision.data.dataset import SequenceDataset, collate  # noqa: E402
 from seqvision.data.discovery import discover  # noqa: E402
-from seqvision.data.targets import TargetSpec  # noqa: E402
+from seqvision.tasks import TargetSpec  # noqa: E402
 from seqvision.data.transforms import ClipTransform  # noqa: E402
 from seqvision.features.cache import CacheKey, FeatureStore  # noqa: E402
 from seqvision.features.dataset import cached_dataset  # noqa: E402

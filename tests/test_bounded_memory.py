@@ -15,7 +15,7 @@ from seqvision.config import ModelConfig
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover
 from seqvision.data.pieces import PieceDataset, piece_batches, plan_pieces
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone

@@ -73,7 +73,7 @@ def test_help_is_instant_and_imports_no_torch():
 def test_cli_choices_are_the_implementations_own():
     from seqvision.config import POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
     from seqvision.data.sampling import MODES
-    from seqvision.data.targets import TASKS
+    from seqvision.tasks import TASKS
     from seqvision.models.backbones import POOLS
 
     assert POOL_CHOICES == POOLS and SAMPLING_CHOICES == MODES and TASK_CHOICES == ("auto", *TASKS)

@@ -3,7 +3,7 @@ import pytest
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
 from seqvision.data.splits import assign_splits, load_splits, save_splits
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import DataError
 

@@ -221,14 +221,13 @@ def test_extract_from_python_fills_the_cache_that_train_freeze_reads(tmp_path, m
 
     monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)  # auto = bf16 on any CPU: the case that differed
     data = make_folder_dataset(tmp_path / "data", per_label=4)
-    torch.manual_seed(0)  # tiny_cnn with weights=none is random: seed it as train() seeds its model
-    stats, store = seqvision.extract(data, out=tmp_path / "cache", backbone="tiny_cnn", weights="none", image_size=16,
-                                     resize_size=16, progress=False)
-    assert stats.images == 22 and stats.cached == 0 and store.dir.parent == tmp_path / "cache"
-    assert store.key.compute == "bfloat16"
-    cfg = fast_config(data, max_epochs=1)
+    cfg = fast_config(data, max_epochs=1)  # one config for both: the extraction fills what training reads
     cfg.model.freeze = True
     cfg.data.cache = str(tmp_path / "cache")
+    torch.manual_seed(0)  # tiny_cnn with weights=none is random: seed it as train() seeds its model
+    stats, store = seqvision.extract(cfg, progress=False)
+    assert stats.images == 22 and stats.cached == 0 and store.dir.parent == tmp_path / "cache"
+    assert store.key.compute == "bfloat16"
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.feature_cache == {**result.feature_cache, "dir": str(store.dir), "computed": 0, "cached": 22}
 

@@ -7,7 +7,7 @@ import torch
 
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
-from seqvision.data.targets import TASKS, TargetSpec
+from seqvision.tasks import TASKS, TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.evaluation.evaluate import evaluate
 from seqvision.inference.predict import predict

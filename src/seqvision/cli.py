@@ -326,17 +326,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from seqvision.data.sampling import SamplingPolicy
+    from seqvision.config import DataConfig, ModelConfig, RunConfig
     from seqvision.workflows import extract
 
-    # videos: cache the frames this policy can pick in training and in evaluation (images are cached whole)
-    policy = SamplingPolicy(args.sampling, num_frames=args.num_frames, stride=args.stride, fps=args.fps, clips=args.eval_clips)
+    # the run whose cache this fills: videos get the frames its sampling can pick in training and in
+    # evaluation (images are cached whole)
+    cfg = RunConfig(
+        data=DataConfig(
+            data=args.data, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std,
+            num_workers=args.num_workers, on_bad_image=args.on_bad_image, cache_dtype=args.cache_dtype,
+            feature_precision=args.precision, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
+            fps=args.fps, eval_clips=args.eval_clips,
+        ),
+        model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, freeze=True),
+    )
     stats, store = extract(
-        args.data, out=args.out, backbone=args.backbone, weights=args.weights, pool=args.pool, image_size=args.image_size,
-        resize_size=args.resize_size, mean=args.mean, std=args.std, batch_size=args.batch_size, num_workers=args.num_workers,
-        precision=args.precision, cache_dtype=args.cache_dtype, compile=args.compile, content_hash=args.content_hash,
-        shard_rows=args.shard_rows, sampling=policy, on_bad_image=args.on_bad_image,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        cfg, out=args.out, batch_size=args.batch_size, compile=args.compile, content_hash=args.content_hash,
+        shard_rows=args.shard_rows, progress=not args.no_progress and sys.stderr.isatty(),
     )
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(

@@ -56,13 +56,11 @@ def make_demo_dataset(root: str | Path, *, per_class: int = 200, size: int = 32,
     return root
 
 
-def demo_config(
-    data: Path, *, shuffle_frames: bool = False, max_epochs: int = 30, workers: int | None = None, test_fraction: float = 0.15
-) -> RunConfig:
+def demo_config(data: Path, *, max_epochs: int = 30, workers: int | None = None, test_fraction: float = 0.15) -> RunConfig:
     """The demo's recipe: tiny CNN from scratch + LSTM, with the default augmentation (crop and colour
     jitter drawn once per sample; no flip, which keeps order and direction)."""
     return RunConfig(
-        data=DataConfig(data=str(data), shuffle_frames=shuffle_frames, num_workers=workers, test_fraction=test_fraction),
+        data=DataConfig(data=str(data), num_workers=workers, test_fraction=test_fraction),
         model=ModelConfig(backbone="tiny_cnn", weights="none", hidden_size=64, dropout=0.1),
         train=TrainConfig(max_epochs=max_epochs, batch_size=16, lr=3e-3, backbone_lr=3e-3, patience=8, monitor="val_loss"),
     )

@@ -8,11 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seqvision.config import RunConfig
+import torch
+
+from seqvision.config import RunConfig, validate
+from seqvision.data.discovery import discover
+from seqvision.data.transforms import resolve_preprocessing
 from seqvision.evaluation.evaluate import evaluate, evaluate_samples, report
-from seqvision.features.extract import extract
+from seqvision.features.cache import SHARD_ROWS, CacheKey, FeatureStore, default_cache_root
+from seqvision.features.extract import ExtractStats, extract_features
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
+from seqvision.models.backbones import build_backbone
+from seqvision.runtime import default_device, inference_dtype
 
 if TYPE_CHECKING:
     from seqvision.training.fit import TrainResult
@@ -52,3 +59,34 @@ def train_and_evaluate(
         setattr(result, f"{split}_metrics", ev.metrics)
         result.reported.extend(m for m in ev.skipped if m not in result.reported)
     return result
+
+
+def extract(
+    cfg: RunConfig, *, out: str | Path | None = None, batch_size: int = 64, device: str | torch.device | None = None,
+    compile: bool = False, content_hash: bool = False, shard_rows: int = SHARD_ROWS, progress: bool = True,
+) -> tuple[ExtractStats, FeatureStore]:
+    """Fill the feature cache with what ``train --freeze`` with the same ``cfg`` will read: every image of
+    ``cfg.data.data`` (every video frame its training and evaluation sampling can pick) through the frozen
+    backbone of ``cfg.model``, with the run's preprocessing, in ``cfg.data.feature_precision``, stored as
+    ``cfg.data.cache_dtype``.
+
+    ``out``: the cache folder (default: ``cfg.data.cache`` when it names one, else ``$SEQVISION_CACHE`` or
+    ``~/.cache/seqvision/features``). Returns the statistics and the store (``store.dir`` is the key's folder).
+    """
+    validate(cfg, warn=False)
+    d, m = cfg.data, cfg.model
+    encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool)
+    prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
+    encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
+    device = torch.device(device) if device else default_device()
+    compute = inference_dtype(device, d.feature_precision)
+    folder = out or (d.cache if d.cache not in ("auto", "off") else None) or default_cache_root()
+    store = FeatureStore(Path(folder), CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute),
+                         content_hash=content_hash, shard_rows=shard_rows)
+    stats = extract_features(
+        discover(d.data, require_labels=False, group_by=d.group_by), encoder, prep, store, batch_size=batch_size,
+        num_workers=d.num_workers, device=device, precision=str(compute).removeprefix("torch."), compile=compile,
+        on_bad_image=d.on_bad_image, progress=progress,
+        sampling=[(d.sampling_policy(train=True), True), (d.sampling_policy(train=False), False)],
+    )
+    return stats, store

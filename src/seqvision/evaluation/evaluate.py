@@ -11,7 +11,7 @@ import torch
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
 from seqvision.data.splits import read_split_file
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.diagnostics import diagnose, resolve_mode
 from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
@@ -38,16 +38,14 @@ def check_task_matches(predictor: Predictor, samples: list[Sample], source: str)
     except DataError as exc:
         problem = exc
     try:
-        found = TargetSpec.infer(samples).task
+        found = TargetSpec.infer(samples).kind
     except DataError:
         raise problem from None
-    if found == spec.task:
+    if found is spec.kind:
         raise problem
-    family = {"classification": "class labels", "multilabel": "multi-label 'labels'", "regression": "numeric targets",
-              "frame_classification": "per-image labels", "frame_regression": "per-image targets"}
     raise CheckpointError(
         f"the checkpoint is a {spec.task} model ({', '.join(spec.class_names or spec.target_names)}) but {source} "
-        f"holds {family[found]} ({problem}); evaluate it on data of its own task"
+        f"holds {found.targets_are} ({problem}); evaluate it on data of its own task"
     )
 
 
@@ -251,7 +249,7 @@ def evaluate(
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
     if chunk_size:
         predictor.chunk_size = chunk_size  # images per CNN pass
-    targets = predictor.spec.target_names if predictor.spec.task == "regression" and predictor.spec.target_names != ["label"] else None
+    targets = predictor.spec.kind.target_columns(predictor.spec)
     samples = discover(data, targets=targets, group_by=group_by)
     if split is not None:
         found = sorted({s.split for s in samples if s.split})

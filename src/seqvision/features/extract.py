@@ -22,17 +22,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
-from seqvision.data.transforms import Preprocessing, resolve_preprocessing
+from seqvision.data.transforms import Preprocessing
 from seqvision.data.video import probe_video
 from seqvision.errors import DataError
 from seqvision.features.cache import (
-    SHARD_ROWS,
-    CacheKey,
     FeatureStore,
-    default_cache_root,
     video_frame_identity,
 )
 from seqvision.features.encode import encode_batch, prepare_encoder
@@ -54,7 +50,7 @@ from seqvision.features.sharing import (
     remove_stale_marks,
     wait_for_peers,
 )
-from seqvision.models.backbones import ImageEncoder, build_backbone
+from seqvision.models.backbones import ImageEncoder
 from seqvision.runtime import (
     default_device,
     inference_dtype,
@@ -269,50 +265,3 @@ def _extract(
             bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
-
-
-def extract(
-    data: str | Path,
-    *,
-    out: str | Path | None = None,
-    backbone: str = "resnet18",
-    weights: str = "imagenet",
-    pool: str = "avg",
-    image_size: int | None = None,
-    resize_size: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    cache_dtype: str = "float32",
-    compile: bool = False,
-    content_hash: bool = False,
-    shard_rows: int = SHARD_ROWS,
-    sampling: SamplingPolicy | None = None,
-    on_bad_image: str = "error",
-    progress: bool = True,
-) -> tuple[ExtractStats, FeatureStore]:
-    """``seqvision extract`` from Python: fill the feature cache in ``out`` (default: ``$SEQVISION_CACHE``
-    or ``~/.cache/seqvision/features``) for every image of a data root or manifest.
-
-    The key is the backbone, its weights, the preprocessing (the weights' own, with the overrides given),
-    the pooling and the precisions, so ``train --freeze`` with the same settings finds these rows.
-    ``sampling``: for videos, the policy whose training and evaluation frames to cache (default: all).
-    Returns the statistics and the store (``store.dir`` is the key's folder).
-    """
-    encoder = build_backbone(backbone, weights=weights, pool=pool)
-    prep = resolve_preprocessing(encoder.preprocessing, image_size=image_size, resize_size=resize_size, mean=mean, std=std)
-    encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
-    device = torch.device(device) if device else default_device()
-    compute = inference_dtype(device, precision)
-    key = CacheKey.for_encoder(encoder, prep, dtype=cache_dtype, compute=compute)
-    store = FeatureStore(Path(out) if out else default_cache_root(), key, content_hash=content_hash, shard_rows=shard_rows)
-    policy = sampling or SamplingPolicy()
-    stats = extract_features(
-        discover(data, require_labels=False), encoder, prep, store, batch_size=batch_size, num_workers=num_workers,
-        device=device, precision=str(compute).removeprefix("torch."), compile=compile, on_bad_image=on_bad_image,
-        progress=progress, sampling=[(policy, True), (policy, False)],
-    )
-    return stats, store

@@ -13,7 +13,7 @@ from seqvision.config import RunConfig
 from seqvision.data.dataset import Batch, SequenceDataset, collate
 from seqvision.data.pieces import PieceDataset, collate_pieces, concat_images, piece_batches
 from seqvision.data.samples import Sample
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import CheckpointError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore

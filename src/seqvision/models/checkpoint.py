@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from seqvision.data.targets import TargetSpec
 from seqvision.data.transforms import Preprocessing
 from seqvision.errors import CheckpointError
 from seqvision.io import safe_load, tensor_digest
@@ -26,9 +25,10 @@ def _installed_version(package: str) -> str:
         return "not installed"
 
 
-def checkpoint_metadata(config: dict[str, Any], spec: TargetSpec, prep: Preprocessing) -> dict[str, Any]:
+def checkpoint_metadata(config: dict[str, Any], targets: dict[str, Any], prep: Preprocessing) -> dict[str, Any]:
     """Everything needed to rebuild the model and its input pipeline, as plain Python types (``config``:
-    the run's :class:`seqvision.config.RunConfig` as a dict)."""
+    the run's :class:`seqvision.config.RunConfig` as a dict; ``targets``: its :class:`seqvision.tasks.TargetSpec`
+    as a dict)."""
     import torchvision
 
     import seqvision
@@ -36,7 +36,7 @@ def checkpoint_metadata(config: dict[str, Any], spec: TargetSpec, prep: Preproce
     return {
         "format_version": FORMAT_VERSION,
         "config": config,
-        "targets": spec.to_dict(),
+        "targets": targets,
         "preprocessing": prep.to_dict(),
         "versions": {
             "seqvision": seqvision.__version__,

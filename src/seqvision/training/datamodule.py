@@ -20,7 +20,7 @@ from seqvision.data.splits import (
     save_splits,
     shared_source_hint,
 )
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.data.video import probe_video
 from seqvision.errors import DataError
@@ -87,7 +87,7 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
             seed=seed,
-            stratify=spec.task == "classification",
+            stratify=spec.kind.stratified,
         )
     by_split: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from seqvision.config import RunConfig, save_config, validate
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root

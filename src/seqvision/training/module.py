@@ -10,7 +10,7 @@ import torch
 
 from seqvision.config import RunConfig
 from seqvision.data.dataset import Batch
-from seqvision.data.targets import TargetSpec
+from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import Preprocessing
 from seqvision.errors import SeqVisionError
 from seqvision.io import IncrementalTensorDigest
@@ -118,7 +118,7 @@ class SequenceTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint_metadata(self.cfg.to_dict(), self.spec, self.preprocessing)
+        meta = checkpoint_metadata(self.cfg.to_dict(), self.spec.to_dict(), self.preprocessing)
         frozen = {f"model.encoder.{name}" for name, t in self.model.encoder.frozen_tensors().items()
                   if not (isinstance(t, torch.nn.Parameter) and t.requires_grad)}
         meta["state_sha256"] = self._digest(checkpoint["state_dict"], stable=frozen)  # verified on every load
