@@ -332,3 +332,10 @@ def test_lightning_started_processes_do_not_share(monkeypatch):
     assert launch_rank() == (0, 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: ranks share per node (the cache is the node's)
     assert launch_rank() == (1, 2)
+
+
+def test_extract_from_python_takes_the_run_config_and_says_so(tmp_path):
+    import seqvision
+
+    with pytest.raises(TypeError, match="takes the run's RunConfig"):
+        seqvision.extract(str(tmp_path))

@@ -73,7 +73,12 @@ def extract(
     ``out``: the cache folder (default: ``cfg.data.cache`` when it names one, else ``$SEQVISION_CACHE`` or
     ``~/.cache/seqvision/features``). Returns the statistics and the store (``store.dir`` is the key's folder).
     """
-    validate(cfg, warn=False)
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(
+            "seqvision.extract takes the run's RunConfig: seqvision.extract(RunConfig(data=DataConfig(data=ROOT), "
+            f"model=ModelConfig(backbone=..., freeze=True))), not {type(cfg).__name__}"
+        )
+    validate(RunConfig(data=cfg.data, model=cfg.model), warn=False)  # extraction has no training options to check
     d, m = cfg.data, cfg.model
     encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)

@@ -238,7 +238,7 @@ class FrameClassification(Classification):
 
     @classmethod
     def sample_weights(cls, spec, samples):
-        raise DataError("--balanced-sampler needs a classification or multi-label task (classes per sample)")
+        raise DataError("--balanced-sampler needs a classification or multi-label task")
 
 
 class Multilabel(Task):
