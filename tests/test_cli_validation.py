@@ -23,7 +23,7 @@ BAD_TRAIN_VALUES = {
     "--label-smoothing": "1", "--class-weights": "inverse", "--loss": "huber", "--accelerator": "gpu",
     "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
 }
-BOOLEAN = {"--augment", "--hflip", "--shuffle-frames", "--freeze", "--checkpointing", "--temporal-diff", "--bidirectional",
+BOOLEAN = {"--augment", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional",
            "--balanced-sampler", "--deterministic"}
 
 

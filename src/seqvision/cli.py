@@ -46,6 +46,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
     ("--pool", "model", "pool", {"choices": POOL_CHOICES, "help": "grid2: 2x2 cells, keeps coarse layout"}),
     ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
+    ("--freeze-bn", "model", "freeze_bn", {"action": argparse.BooleanOptionalAction, "help": "fine-tuning: BatchNorm keeps its running statistics (evaluation mode) while the backbone learns (default: on for weights whose BatchNorm is folded, as converted TFLite weights)"}),
     ("--trainable-stages", "model", "trainable_stages", {"type": int, "help": "fine-tune only the last K backbone stages"}),
     ("--chunk-size", "model", "chunk_size", {"type": int, "help": "images per backbone pass (bounds memory)"}),
     ("--checkpointing", "model", "checkpointing", {"action": argparse.BooleanOptionalAction, "help": "activation checkpointing per chunk"}),

@@ -79,6 +79,8 @@ class ModelConfig:
     pool: str = "avg"  # avg | max | grid2 (2x2 cells concatenated: keeps coarse layout, 4x the features)
     freeze: bool = False  # frozen backbone: no gradients and BatchNorm statistics never move
     trainable_stages: int | None = None  # fine-tune only the last K stages of the backbone (others frozen)
+    # BatchNorm in evaluation mode while the backbone learns; None: on for weights whose BatchNorm is folded
+    freeze_bn: bool | None = None
     chunk_size: int | None = None  # images per backbone pass: bounds memory for long sequences
     checkpointing: bool = False  # activation checkpointing of each chunk while training (needs chunk_size)
     head: str = "lstm"  # lstm | gru | attention | transformer | mean | max (seqvision.models.temporal)
@@ -403,6 +405,8 @@ def _warn_no_effect(cfg: RunConfig) -> None:
     for name, option in _HEAD_FIELDS.items():  # a head option the chosen head does not take, set by the user
         if getattr(m, name) != getattr(defaults, name) and option not in taken:
             warnings.warn(f"{flag(name)} has no effect with --head {m.head} (it takes: {', '.join(sorted(taken)) or 'no options'})")
+    if m.freeze and m.freeze_bn is not None:
+        warnings.warn("--freeze-bn has no effect with --freeze (a frozen backbone's BatchNorm never trains)")
     if m.freeze and cfg.train.backbone_lr != TrainConfig().backbone_lr:
         warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)")
     if not m.freeze and (d.cache != "auto" or d.feature_precision != "auto" or d.cache_dtype != "float32"):

@@ -91,6 +91,8 @@ class ImageEncoder(nn.Module):
         self.preprocessing = preprocessing
         self.chunk_size: int | None = None  # images per backbone pass (None: the whole batch at once)
         self.checkpointing = False  # recompute chunk activations in backward instead of storing them
+        # BatchNorm normalizes with its running statistics even while the rest learns (see set_frozen_norm)
+        self.frozen_norm = False
         self._frozen: list[nn.Module] = []
         with torch.no_grad():
             was_training = trunk.training
@@ -183,7 +185,24 @@ class ImageEncoder(nn.Module):
         super().train(mode)
         for module in self._frozen:
             module.eval()  # frozen BatchNorm keeps its running statistics
+        if self.frozen_norm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
+
+    def set_frozen_norm(self, frozen: bool) -> None:
+        """Keep every BatchNorm layer in evaluation mode (its running statistics, never updated) while the
+        rest of a fine-tuned backbone trains; its scale and shift still learn where trainable. Needed for
+        weights whose BatchNorm is folded into the convolutions, and safer for small batches."""
+        self.frozen_norm = frozen
+        self.train(self.training)
+
+    def has_folded_norm(self) -> bool:
+        """Whether every BatchNorm layer holds the statistics of folded weights (running mean 0, variance 1,
+        as in weights converted from TFLite): normalizing with batch statistics would destroy the features."""
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        return bool(norms) and all(bool((m.running_mean == 0).all() and (m.running_var == 1).all()) for m in norms)
 
 
 class running_stats_frozen:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
 from seqvision.models.temporal import available_heads, build_temporal_head, head_options, real_steps
+
+log = logging.getLogger("seqvision")
 
 
 def pad_features(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -53,6 +57,7 @@ def build_sequence_model(
     pool: str = "avg",
     freeze: bool = False,
     trainable_stages: int | None = None,
+    freeze_bn: bool | None = None,
     chunk_size: int | None = None,
     checkpointing: bool = False,
     head: str = "lstm",
@@ -68,7 +73,9 @@ def build_sequence_model(
 ) -> SequenceModel:
     """Image encoder -> temporal head -> task head with ``num_outputs`` outputs (one per image with
     ``per_step``). The keywords are :class:`seqvision.config.ModelConfig`'s fields, whose
-    ``build_model`` passes them; head-specific ones (``d_model``, ``nhead``) go to the heads that take them."""
+    ``build_model`` passes them; head-specific ones (``d_model``, ``nhead``) go to the heads that take them.
+    ``freeze_bn``: BatchNorm in evaluation mode while the backbone learns; None (auto) turns it on for loaded
+    weights whose BatchNorm is folded."""
     encoder = build_backbone(backbone, weights=weights, pool=pool)
     encoder.chunk_size = chunk_size
     encoder.checkpointing = checkpointing
@@ -76,6 +83,15 @@ def build_sequence_model(
         encoder.set_trainable("none")
     elif trainable_stages:
         encoder.set_trainable(trainable_stages)
+    if freeze_bn is None:  # auto: loaded weights whose BatchNorm is folded must not normalize by batch
+        freeze_bn = not freeze and weights != "none" and encoder.has_folded_norm()
+        if freeze_bn:
+            log.warning(
+                "the backbone's BatchNorm is folded into its convolutions (running mean 0, variance 1 in every layer, "
+                "as in weights converted from TFLite): it stays in evaluation mode while fine-tuning (--no-freeze-bn to "
+                "train it)"
+            )
+    encoder.set_frozen_norm(bool(freeze_bn))
     options = dict(hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=lstm_dropout)
     accepted = head_options(head) if head in available_heads() else []  # a head refuses an option it lacks
     options.update({k: v for k, v in (("d_model", d_model), ("nhead", nhead)) if k in accepted})
