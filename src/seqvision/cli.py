@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto", help="as for evaluate (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
 
+    p = sub.add_parser("export", help="ONNX or TorchScript graphs of a checkpoint (whole model, encoder, sequence part) and model.json")
+    p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
+    p.add_argument("--out", required=True, help="folder for the graphs and model.json")
+    p.add_argument("--opset", type=_at_least(1), default=17, help="ONNX opset (default: %(default)s)")
+
     sub.add_parser("backbones", help="list the backbone names")
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
@@ -392,6 +398,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from seqvision.export.exporter import check_format, export_checkpoint
+
+    check_format(args.format, args.opset)  # before the checkpoint is loaded
+    result = export_checkpoint(args.checkpoint, args.out, format=args.format, opset=args.opset)
+    for name, path in result.files.items():
+        print(f"wrote {path} (max |{args.format} - PyTorch| {result.max_diff[name]:.1e} on padded samples of several lengths)")
+    print(f"wrote {result.out_dir / 'model.json'}")
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from seqvision.models.backbones import available_backbones
 
@@ -402,6 +419,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
+    "export": cmd_export,
 }
 
 
