@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "seqvision"
 # bottom to top (README "Layout of the code"); a module may import only from its own layer or below
 LAYERS = ["errors", "io", "runtime", "data", "models", "tasks", "features", "config", "inference", "export", "streaming", "serving",
           "evaluation",
-          "training", "workflows", "demo", "cli", "__main__", "__init__"]
+          "training", "workflows", "tuning", "demo", "cli", "__main__", "__init__"]
 
 
 def _layer(module: str) -> int:

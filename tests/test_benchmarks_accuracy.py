@@ -83,3 +83,15 @@ def test_arrow_of_time_quick():
         assert all(0 <= s["mean"] <= 1 for s in row["per_source"].values())
     # forward and backward copies of every clip: an even number of test samples per source
     assert all(s["test_samples"] % 2 == 0 for s in report["sources"].values())
+
+
+@needs_weights
+@needs_fashion
+def test_tune_multiview_quick():
+    res = subprocess.run([sys.executable, str(BENCH / "tune_multiview.py"), "--quick"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["quick"] is True and report["finished"] == 3 and "| default recipe (seqvision train) |" in res.stdout
+    assert report["reproduced_value"] == report["best_value"]  # best_config.yaml reproduces the best trial
+    assert 0 <= report["tuned_accuracy"] <= 1 and 0 <= report["default_accuracy"] <= 1
+    assert res.stdout.count("\ntrial ") == 3

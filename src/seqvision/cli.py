@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _train_parser(sub.add_parser("train", help="train a CNN+LSTM on a data root or manifest"))
+    _tune_parser(sub.add_parser("tune", help="search heads and training options on cached features (Optuna), then train and test the best"))
 
     p = sub.add_parser("evaluate", help="metrics and confusion matrix of a checkpoint on labelled data")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
@@ -171,6 +172,22 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to a file or pipe get one line per epoch anyway)")
+    _config_flags(p)
+
+
+def _tune_parser(p: argparse.ArgumentParser) -> None:
+    """``tune``: the search's own flags, then every flag of ``train`` (the options trials start from)."""
+    p.add_argument("--out", required=True, help="folder for study.db (rerun the same command to continue), best_config.yaml, the best run, report.html")
+    p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
+    p.add_argument("--trials", type=_at_least(1), default=50, help="finished trials in the study, counting earlier runs (default: %(default)s)")
+    p.add_argument("--timeout", type=float, help="seconds for this run's trials (default: none)")
+    p.add_argument("--metric", choices=["val_acc", "val_f1", "val_map", "val_loss", "val_mae", "val_rmse"], help="validation metric to optimise (default: val_acc, or val_mae for numbers)")
+    p.add_argument("--space", help="YAML file narrowing, widening or fixing the search space (see README)")
+    _config_flags(p)
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field (``_TRAIN_FLAGS``), default None so only given flags override the config file."""
     defaults = _config_defaults()
     for *flags, section, name, options in _TRAIN_FLAGS:
         if "action" not in options and "choices" not in options:
@@ -280,6 +297,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{split}: {headline(metrics)}  ({Path(args.out) / split / 'metrics.json'})")
             _print_findings(metrics)
     _report(result.reported, "data notes: samples or images left out, clips shortened")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from seqvision.config import resolve_config
+    from seqvision.evaluation.metrics import headline
+    from seqvision.tuning.study import tune
+
+    cfg = resolve_config(args.config, _overrides(args))
+    result = tune(cfg, args.out, trials=args.trials, timeout=args.timeout, metric=args.metric, space_file=args.space,
+                  say=lambda line: print(line, flush=True))
+    print(f"{result.finished} trials ({result.pruned} pruned); best: trial {result.best_trial}, {result.best_value:.4f}")
+    print(f"wrote {result.best_config} (seqvision train --config {result.best_config} --out RUN reproduces it)")
+    if result.test_metrics:
+        print(f"best model on the test split: {headline(result.test_metrics)}  ({result.best_run / 'test' / 'metrics.json'})")
+    print(f"wrote {result.report}")
     return 0
 
 
@@ -419,7 +452,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
-    "export": cmd_export,
+    "export": cmd_export, "tune": cmd_tune,
 }
 
 
@@ -428,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
-    if args.command in ("train", "evaluate", "predict", "demo", "extract", "report"):
+    if args.command in ("train", "tune", "evaluate", "predict", "demo", "extract", "report"):
         from seqvision.runtime import tune_allocator
 
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator

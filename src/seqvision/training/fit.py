@@ -53,7 +53,7 @@ class TrainResult:
 
 def fit(
     cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
-    epoch_log: bool = False,
+    epoch_log: bool = False, checkpoints: bool = True,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into ``out_dir``.
 
@@ -62,6 +62,7 @@ def fit(
     ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split.
     ``callbacks``: more Lightning callbacks, added to seqvision's checkpointing and early stopping.
     ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per epoch (for log files).
+    ``checkpoints=False``: no best/last checkpoints (a tuning trial, which only needs its metrics).
     """
     validate(cfg)
     if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
@@ -103,7 +104,8 @@ def fit(
     save_config(cfg, out / "config.yaml")
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
-    trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log)
+    trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log,
+                       checkpoints=checkpoints)
     last = out / "last.ckpt"
     with warnings.catch_warnings():
         # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
@@ -140,6 +142,7 @@ def _resumable(out: Path, resume: bool) -> bool:
 
 def _trainer(
     cfg: RunConfig, out: Path, *, monitor: str, has_val: bool, callbacks: Sequence[Any], progress: bool, epoch_log: bool,
+    checkpoints: bool = True,
 ) -> L.Trainer:
     """Lightning's Trainer with seqvision's checkpoints (best, and last after every epoch), early stopping,
     logs and atomic checkpoint writes."""
@@ -150,7 +153,7 @@ def _trainer(
         # where best.ckpt changed, so a run whose validation stopped improving resumed from a stale epoch.
         # Listed after "best", so the best score it carries is the updated one.
         ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False),
-    ]
+    ] if checkpoints else []
     if epoch_log:
         own_callbacks.append(EpochLog())
     if cfg.train.patience > 0 and has_val:
@@ -168,6 +171,7 @@ def _trainer(
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
+        enable_checkpointing=checkpoints,
         enable_model_summary=False,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,

@@ -1,0 +1,1 @@
+"""Search heads and training options on cached features with Optuna (``seqvision tune``)."""

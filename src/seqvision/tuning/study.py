@@ -1,0 +1,277 @@
+"""``seqvision tune``: an Optuna search over heads and training options, on a frozen backbone's cached
+features, validated on the run's own split; the best trial reproduced as a run and tested once.
+
+* Before the first trial the CNN runs once per image and pooling the space can draw (each pooling is its
+  own feature-cache key); every trial then trains on cached features only, in this process.
+* TPE sampler (seeded with the run's seed), median pruner fed each epoch's validation metric.
+* The study lives in ``OUT/study.db`` (Optuna's SQLite storage): the same command run again continues it,
+  and ``--trials`` counts finished trials (completed or pruned) in all runs together.
+* The first trial is the run's own recipe (the flags given, the defaults otherwise), so the search has
+  the default to beat.
+* The test split is never read during the search: trials fit on train and validate on val.
+* At the end: ``best_config.yaml`` (``seqvision train --config`` reproduces the best trial), that run
+  trained and evaluated on val and test in ``OUT/best-<trial>``, and ``OUT/report.html``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from seqvision.config import RunConfig, apply_overrides, save_config, validate
+from seqvision.errors import ConfigError
+from seqvision.io import atomic_write_text
+from seqvision.models.temporal import available_heads
+from seqvision.tasks import task_of
+from seqvision.training.datamodule import prepare_data
+from seqvision.training.fit import MAXIMIZE, fit
+from seqvision.tuning.space import SECTION_OF, Domain, as_overrides, load_space, poolings, suggest
+from seqvision.workflows import extract, train_and_evaluate
+
+log = logging.getLogger("seqvision")
+
+STUDY_NAME = "seqvision-tune"
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    best_trial: int  # numbered from 1, as printed
+    best_value: float
+    best_params: dict[str, Any]
+    best_config: Path
+    best_run: Path  # the best trial trained again with best_config.yaml, evaluated on val and test
+    reproduced_value: float  # the metric of that run: equals best_value when the run is deterministic
+    test_metrics: dict | None
+    report: Path
+    finished: int  # completed and pruned trials in the study
+    pruned: int
+
+
+def tune(
+    cfg: RunConfig, out_dir: str | Path, *, trials: int = 50, timeout: float | None = None, metric: str | None = None,
+    space_file: str | Path | None = None, say: Callable[[str], None] = print,
+) -> TuneResult:
+    """Search the space (:mod:`seqvision.tuning.space`) for the options that score best on validation.
+
+    ``cfg``: the run's options (data, backbone, weights, anything not searched); its backbone is frozen
+    and trials train on its cached features. ``trials``: finished trials in the study in all (a study
+    already in ``out_dir`` continues). ``timeout``: seconds for this call's trials. ``metric``: a
+    validation metric the task logs (default: ``val_acc`` for classes, ``val_mae`` for numbers).
+    """
+    try:
+        import optuna
+    except ModuleNotFoundError:
+        raise ConfigError('seqvision tune needs Optuna: pip install "seqvision[tune]"') from None
+
+    cfg, out = _tunable(cfg), Path(out_dir)
+    space = load_space(space_file, available_heads())  # a bad space file fails before any work
+    if trials < 1 or (timeout is not None and timeout <= 0):
+        raise ConfigError("--trials must be at least 1 and --timeout positive")
+    data = prepare_data(cfg.data, seed=cfg.train.seed)
+    metric = _checked_metric(metric, data)
+    direction = "maximize" if metric in MAXIMIZE else "minimize"
+    out.mkdir(parents=True, exist_ok=True)
+    study = _open_study(out, cfg, metric, direction, space, optuna)
+    if cfg.model.weights != "none":  # the CNN runs here, once per image and pooling (random weights: per trial)
+        for pool in poolings(space, cfg.model.pool):
+            stats, store = extract(_with(cfg, {"model": {"pool": pool}}), progress=False)
+            say(f"feature cache, pool {pool}: {stats.cached} images cached, {stats.images} computed ({store.dir})")
+    _run_trials(study, cfg, space, metric, trials=trials, timeout=timeout, say=say, tmp_root=out)
+    return _finish(study, cfg, out, metric, say)
+
+
+def _tunable(cfg: RunConfig) -> RunConfig:
+    """The run's config as every trial starts from it: frozen backbone, trained on the feature cache."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.augment:
+        raise ConfigError("tune trains on cached features: --augment changes the pixels every epoch; drop it")
+    if cfg.data.cache == "off":
+        raise ConfigError("tune trains on cached features: --cache off cannot be used")
+    if cfg.model.trainable_stages:
+        raise ConfigError("tune searches heads on a frozen backbone: drop --trainable-stages")
+    cfg.model.freeze = True
+    validate(cfg, warn=False)
+    return cfg
+
+
+def _checked_metric(metric: str | None, data) -> str:
+    kind = task_of(data.spec)
+    if not data.splits["val"]:
+        raise ConfigError("tune validates every trial: the split has no validation samples (raise --val-fraction)")
+    metric = metric or ("val_acc" if data.spec.is_classes else "val_mae")
+    known = [m for m in kind.logged_metrics() if m.startswith("val_")]
+    if metric not in known:
+        raise ConfigError(f"--metric {metric}: a {data.spec.task} run logs {', '.join(known)}")
+    return metric
+
+
+def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: dict[str, Domain], optuna):
+    """The study in ``out/study.db``: created, or continued when it was made by the same command. Trials
+    left running by a killed run are marked failed (they do not count)."""
+    identity = {"config": cfg.to_dict(), "metric": metric, "space": {k: v.describe() for k, v in space.items()}}
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=cfg.train.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+    )
+    saved = study.user_attrs.get("identity")
+    if saved is None:
+        study.set_user_attr("identity", json.loads(json.dumps(identity)))
+        study.enqueue_trial(_default_params(cfg, space), skip_if_exists=True)
+    elif saved != json.loads(json.dumps(identity)):
+        raise ConfigError(
+            f"{out / 'study.db'} holds a study made with other options (data, backbone, metric or space); run the "
+            "same command to continue it, or choose another --out"
+        )
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # left by a killed run: does not count
+    return study
+
+
+def _default_params(cfg: RunConfig, space: dict[str, Domain]) -> dict[str, Any]:
+    """The run's own recipe as a trial: its value of each searched option that the domain holds."""
+    params = {}
+    for name, domain in space.items():
+        value = getattr(getattr(cfg, SECTION_OF[name]), name)
+        if domain.choices is not None and value in domain.choices:
+            params[name] = value
+        elif domain.low is not None and isinstance(value, (int, float)) and domain.low <= value <= domain.high:
+            params[name] = value
+    return params
+
+
+def _with(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    new = copy.deepcopy(cfg)
+    apply_overrides(new, overrides, source="tune")
+    return new
+
+
+def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, timeout: float | None,
+                say: Callable[[str], None], tmp_root: Path) -> None:
+    import optuna
+
+    start = time.monotonic()
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    while len(study.get_trials(deepcopy=False, states=finished)) < trials:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            say(f"--timeout {timeout:g} s reached")
+            break
+        trial = study.ask()
+        params = suggest(trial, space, cfg.model.head)
+        trial_cfg = _with(cfg, as_overrides(params))
+        trial_cfg.train.monitor = metric
+        began = time.monotonic()
+        try:
+            value, pruned_at = _run_trial(trial, trial_cfg, metric, tmp_root)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        if pruned_at is not None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+        say(_trial_line(study, trial.number, params, metric, value, pruned_at, time.monotonic() - began, trials))
+
+
+def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path) -> tuple[float, int | None]:
+    """Fit one trial in a temporary folder; ``(best validation value, epoch it was pruned at or None)``."""
+    import optuna
+
+    report = TrialReport(trial, metric, maximize=metric in MAXIMIZE)
+    with tempfile.TemporaryDirectory(prefix=".trial-", dir=tmp_root) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same notices every trial (Lightning's, the cache's): said once, above
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        try:
+            fit(cfg, Path(tmp) / "run", progress=False, callbacks=[report], checkpoints=False)  # its best is trained again
+        except optuna.TrialPruned:
+            return report.best, report.epoch
+    return report.best, None
+
+
+class TrialReport(L.Callback):
+    """Reports each epoch's validation metric to the trial and prunes when Optuna's pruner says so; keeps
+    the best value (the epoch ``best.ckpt`` holds, as it follows the same metric)."""
+
+    def __init__(self, trial, metric: str, *, maximize: bool) -> None:  # trial None: only record
+        self.trial, self.metric, self.maximize = trial, metric, maximize
+        self.best = float("-inf") if maximize else float("inf")
+        self.epoch = 0
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        import optuna
+
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.metric])
+        self.epoch = trainer.current_epoch + 1
+        self.best = max(self.best, value) if self.maximize else min(self.best, value)
+        if self.trial is None:
+            return
+        self.trial.report(value, self.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {self.epoch}")
+
+
+def _trial_line(study, number: int, params: dict, metric: str, value: float, pruned_at: int | None, seconds: float,
+                trials: int) -> str:
+    shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    state = f"pruned at epoch {pruned_at}, {metric} {value:.4f}" if pruned_at else f"{metric} {value:.4f}"
+    try:
+        best = f"best {study.best_value:.4f} (trial {study.best_trial.number + 1})"
+    except ValueError:  # no completed trial yet
+        best = "no completed trial yet"
+    return f"trial {number + 1}/{trials}: {state} | {best} | {seconds:.1f} s | {shown}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _finish(study, cfg: RunConfig, out: Path, metric: str, say: Callable[[str], None]) -> TuneResult:
+    """best_config.yaml, the best trial reproduced and tested, report.html."""
+    import optuna
+
+    from seqvision.tuning.report import write_tune_report
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"no trial of {out / 'study.db'} completed (all pruned or failed); run more --trials") from None
+    best_cfg = _with(cfg, as_overrides(best.params))
+    best_cfg.train.monitor = metric
+    save_config(best_cfg, out / "best_config.yaml")
+    run_dir = out / f"best-{best.number + 1}"
+    reproduced = _read_metrics(run_dir / "reproduced.json")
+    if reproduced is None:  # not trained yet, or killed before the end: again from the start
+        shutil.rmtree(run_dir, ignore_errors=True)
+        say(f"best: trial {best.number + 1}, {metric} {best.value:.4f}; training it again with best_config.yaml in {run_dir}")
+        recorder = TrialReport(None, metric, maximize=metric in MAXIMIZE)
+        train_and_evaluate(best_cfg, run_dir, progress=False, callbacks=[recorder])
+        reproduced = {metric: recorder.best, "trial": best.number + 1, "trial_value": best.value}
+        atomic_write_text(run_dir / "reproduced.json", json.dumps(reproduced))
+    say(f"trained again: {metric} {reproduced[metric]:.4f} (the trial: {best.value:.4f})")
+    test = _read_metrics(run_dir / "test" / "metrics.json")
+    states = [t.state for t in study.trials]
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    finished = pruned + states.count(optuna.trial.TrialState.COMPLETE)
+    report = write_tune_report(study, out / "report.html", metric=metric, best_run=run_dir, test_metrics=test)
+    return TuneResult(out, best.number + 1, best.value, dict(best.params), out / "best_config.yaml", run_dir,
+                      reproduced[metric], test, report, finished, pruned)
+
+
+def _read_metrics(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,126 @@
+"""seqvision tune: trials on cached features, a study that continues after a kill, pruning, a best_config.yaml
+that reproduces the best trial, and a space file checked before any work."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from conftest import fast_config, make_folder_dataset
+from seqvision.cli import main
+from seqvision.errors import ConfigError
+from seqvision.tuning.space import load_space
+from seqvision.tuning.study import STUDY_NAME, TrialReport, _run_trial, tune
+
+HEADS = ["attention", "gru", "lstm", "max", "mean", "transformer"]
+SPACE = """
+head: [lstm, mean, gru]
+hidden_size: [8]
+num_layers: [1]
+pool: [avg]
+batch_size: [4]
+max_epochs: 2
+lr: {low: 0.001, high: 0.05, log: true}
+"""
+
+
+@pytest.fixture
+def tune_setup(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_label=5)
+    cfg = fast_config(data)
+    cfg.data.test_fraction = 0.2
+    cfg.data.cache = str(tmp_path / "cache")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return cfg, space
+
+
+def test_tune_continues_a_killed_study_and_its_best_config_reproduces_the_best_trial(tune_setup, tmp_path):
+    cfg, space = tune_setup
+    lines: list[str] = []
+    result = tune(cfg, tmp_path / "t", trials=3, space_file=space, say=lines.append)
+    assert result.finished == 3 and [ln.split(":")[0] for ln in lines if ln.startswith("trial")] == ["trial 1/3", "trial 2/3", "trial 3/3"]
+    assert "head=lstm hidden_size=8" in lines[0]  # the first trial is the run's own recipe (lstm, lr 0.01)
+    assert "lr=0.01 " in lines[0] + " "
+    # the best trial trained again from best_config.yaml gives the same validation value (same seed, CPU)
+    assert result.reproduced_value == pytest.approx(result.best_value, abs=1e-6)
+    assert (tmp_path / "t" / "best_config.yaml").exists() and result.test_metrics is not None
+    html = (tmp_path / "t" / "report.html").read_text()
+    assert "Optimisation history" in html and "data:image/png;base64," in html and html.count("<tr>") >= 4
+    # a run killed mid-trial leaves it RUNNING; the same command continues, the killed trial does not count
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    study.ask()
+    lines.clear()
+    again = tune(cfg, tmp_path / "t", trials=4, space_file=space, say=lines.append)
+    assert again.finished == 4 and [ln.split(":")[0] for ln in lines if ln.startswith("trial")] == ["trial 5/4"]
+    states = [t.state for t in optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}").trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and len(states) == 5
+    # `seqvision train --config best_config.yaml` is that run
+    assert main(["train", "--config", str(result.best_config), "--out", str(tmp_path / "again")]) == 0
+    val = json.loads((tmp_path / "again" / "val" / "metrics.json").read_text())
+    assert val["accuracy"] == pytest.approx(json.loads((result.best_run / "val" / "metrics.json").read_text())["accuracy"])
+
+
+def test_a_study_made_with_other_options_is_not_continued(tune_setup, tmp_path):
+    cfg, space = tune_setup
+    tune(cfg, tmp_path / "t", trials=1, space_file=space, say=lambda _: None)
+    cfg.train.seed = 7
+    with pytest.raises(ConfigError, match="holds a study made with other options"):
+        tune(cfg, tmp_path / "t", trials=2, space_file=space, say=lambda _: None)
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_trial_the_pruner_stops_ends_after_its_first_epoch(tune_setup, tmp_path):
+    cfg, _ = tune_setup
+    cfg.model.freeze = True
+    cfg.train.max_epochs = 5
+    cfg.train.monitor = "val_acc"
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    trial = study.ask()
+    value, pruned_at = _run_trial(trial, cfg, "val_acc", tmp_path)
+    assert pruned_at == 1 and 0 <= value <= 1 and list(study.trials[0].intermediate_values) == [1]
+    report = TrialReport(None, "val_loss", maximize=False)  # recording only: never prunes
+    assert report.trial is None and report.best == float("inf")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not yaml", "not valid YAML"),
+    ("- a list", "expected a mapping"),
+    ("hiden_size: [8]", "unknown option 'hiden_size'"),
+    ("seed: [1, 2]", "'seed' cannot be searched"),
+    ("lr: {low: 0.1, high: 0.01}", "lr: low and high must be numbers with low <= high"),
+    ("lr: {low: 0, high: 0.1, log: true}", "a log range needs low > 0"),
+    ("lr: {min: 0, max: 1}", "a range is {low: L, high: H}"),
+    ("dropout: [0.1, 1.5]", "dropout: 1.5 is not a value it takes"),
+    ("head: [lstm, tcn]", "head: 'tcn' is not a value it takes .*not one of attention, gru"),
+    ("batch_size: []", "an empty list of choices"),
+])
+def test_a_bad_space_file_is_refused_naming_the_file_and_the_option(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_space(path, HEADS)
+    assert str(path) in str(info.value)
+
+
+def test_a_space_file_narrows_widens_and_fixes(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("head: [gru]\nlabel_smoothing: {low: 0.0, high: 0.2}\nmax_epochs: 3\n")
+    space = load_space(path, HEADS)
+    assert space["head"].choices == ("gru",) and space["label_smoothing"].low == 0.0 and space["max_epochs"].fixed == 3
+    assert space["lr"].log  # the rest of the default space stays
+
+
+def test_cli_refuses_a_bad_space_before_any_work(tune_setup, tmp_path, capsys):
+    cfg, _ = tune_setup
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1]")
+    code = main(["tune", "--data", cfg.data.data, "--out", str(tmp_path / "t"), "--space", str(bad), "--backbone", "tiny_cnn"])
+    assert code == 1 and "cannot be searched" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
