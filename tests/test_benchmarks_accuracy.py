@@ -85,13 +85,27 @@ def test_arrow_of_time_quick():
     assert all(s["test_samples"] % 2 == 0 for s in report["sources"].values())
 
 
+def _quick(script: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run a benchmark with --quick; its output and the JSON line it ends with."""
+    res = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res, json.loads(res.stdout.strip().splitlines()[-1])
+
+
 @needs_weights
 @needs_fashion
 def test_tune_multiview_quick():
-    res = subprocess.run([sys.executable, str(BENCH / "tune_multiview.py"), "--quick"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
+    res, report = _quick("tune_multiview.py")
     assert report["quick"] is True and report["finished"] == 3 and "| default recipe (seqvision train) |" in res.stdout
     assert report["reproduced_value"] == report["best_value"]  # best_config.yaml reproduces the best trial
     assert 0 <= report["tuned_accuracy"] <= 1 and 0 <= report["default_accuracy"] <= 1
     assert res.stdout.count("\ntrial ") == 3
+
+
+@needs_weights
+@needs_fashion
+def test_finetune_maps_quick():
+    res, report = _quick("finetune_maps.py")
+    assert report["quick"] is True and set(report["rows"]) == {"CNN live every epoch", "cached maps"}
+    assert report["rows"]["cached maps"]["cache"]["maps"] == [320, 3, 3] and report["rows"]["CNN live every epoch"]["cache"] is None
+    assert "| MobileNetV2, last stage fine-tuned |" in res.stdout and report["speedup"] > 0

@@ -22,6 +22,7 @@ BAD_TRAIN_VALUES = {
     "--grad-clip": "-1", "--precision": "8", "--seed": "x", "--patience": "-1", "--monitor": "val_banana",
     "--label-smoothing": "1", "--class-weights": "inverse", "--loss": "huber", "--accelerator": "gpu",
     "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
+    "--cache-budget": "0",
 }
 BOOLEAN = {"--augment", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional",
            "--balanced-sampler", "--deterministic"}
@@ -147,7 +148,8 @@ def test_config_yaml_round_trips_every_default():
     ({"model": {"head": "transformer", "bidirectional": True}}, "--bidirectional has no effect with --head transformer"),
     ({"data": {"stride": 3}}, "--stride/--fps have no effect with --sampling uniform"),
     ({"model": {"freeze": True}, "train": {"backbone_lr": 0.01}}, "--backbone-lr has no effect with --freeze"),
-    ({"data": {"cache": "/tmp/x"}}, "have no effect without --freeze"),
+    ({"data": {"cache": "/tmp/x"}}, "--cache has no effect without --freeze or --trainable-stages"),
+    ({"data": {"cache_dtype": "float16"}}, "have no effect without --freeze"),
 ])
 def test_more_options_without_effect_are_said(overrides, message):
     from seqvision.config import resolve_config, validate

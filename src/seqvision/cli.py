@@ -42,6 +42,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
+    ("--cache-budget", "data", "cache_budget", {"type": float, "help": "--trainable-stages with --no-augment: GB of disk for the frozen stages' cached maps (default: 90%% of the free space; over it, the CNN runs live)"}),
     ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
     ("--pool", "model", "pool", {"choices": POOL_CHOICES, "help": "grid2: 2x2 cells, keeps coarse layout"}),

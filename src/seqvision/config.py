@@ -62,6 +62,9 @@ class DataConfig:
     # the frozen CNN that fills the feature cache: auto = bf16 where the hardware is fast at it (as
     # `seqvision extract` does, so its cache is found), else fp32; 32 = exactly the live fp32 features
     feature_precision: str = "auto"
+    # fine-tuning the last stages without augmentation: GB of disk the frozen stages' cached maps (float16)
+    # may take; None = 90% of the free space. Over it, the CNN runs live every epoch (and says so)
+    cache_budget: float | None = None
 
     def sampling_policy(self, *, train: bool) -> SamplingPolicy:
         """The frame-sampling policy for training or for evaluation/prediction."""
@@ -151,6 +154,13 @@ class RunConfig:
         if self.trains_on_cache():
             return self.data.feature_precision
         return "32"
+
+    def trains_on_maps(self) -> bool:
+        """Whether this run may train on the frozen stages' cached maps: only the last stages learn
+        (``trainable_stages``), the cache is on, and no augmentation changes the pixels every epoch."""
+        m = self.model
+        return (not m.freeze and bool(m.trainable_stages) and self.data.cache != "off"
+                and not self.data.augment_enabled(frozen=False))
 
     def trains_on_cache(self) -> bool:
         """Whether this run trains on cached features (a frozen backbone, the cache on, no augmentation
@@ -249,6 +259,7 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("train", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("train", "patience", lambda v: v >= 0, "0 (off) or more"),
     ("train", "memory_budget", lambda v: v > 0, "positive (GB)"),
+    ("data", "cache_budget", lambda v: v > 0, "positive (GB)"),
 ]
 _FLAG_NAMES: dict[str, str] = {}  # fields whose flag has another name
 # option names of earlier versions, still read from YAML files and checkpoints: (section, old) -> new
@@ -409,8 +420,10 @@ def _warn_no_effect(cfg: RunConfig) -> None:
         warnings.warn("--freeze-bn has no effect with --freeze (a frozen backbone's BatchNorm never trains)")
     if m.freeze and cfg.train.backbone_lr != TrainConfig().backbone_lr:
         warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)")
-    if not m.freeze and (d.cache != "auto" or d.feature_precision != "auto" or d.cache_dtype != "float32"):
-        warnings.warn("--cache, --cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)")
+    if not m.freeze and (d.feature_precision != "auto" or d.cache_dtype != "float32"):
+        warnings.warn("--cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)")
+    if not m.freeze and not m.trainable_stages and d.cache != "auto":
+        warnings.warn("--cache has no effect without --freeze or --trainable-stages (nothing of a learning backbone is cached)")
 
 
 # config field -> the temporal-head option it feeds (see models.sequence_model.build_sequence_model)

@@ -31,7 +31,9 @@ class Batch:
     targets: torch.Tensor | None = None  # (B,) long class indices, or (B, K) float regression targets
     skipped: list[str] = field(default_factory=list)  # what --on-bad-image skip left out, for the summary
     errors: list[str] = field(default_factory=list)  # bad input found in a worker; raised in the main process
-    carries: str = "pixels"  # "pixels" for the CNN, or "features" (the cache's, or encoded): run the heads only
+    # "pixels" for the CNN, "features" (the cache's, or encoded): run the heads only, or "maps": the frozen
+    # stages' cached maps (N, C*h*w), which the last stages of the CNN turn into features
+    carries: str = "pixels"
     groups: torch.Tensor | None = None  # (C,) sample index of each clip; None when C == B
     frames: list[str] = field(default_factory=list)  # (N,) which image each row of ``images`` is
 
@@ -55,7 +57,7 @@ class FrameSource:
     (:class:`seqvision.features.dataset.FeatureSource`). Both give, per clip, one row per image kept:
     ``(T, 3, S, S)`` or ``(T, F)``; bad frames are reported through the dataset's policy."""
 
-    carries: ClassVar[str]  # "pixels" | "features": what the rows are (Batch.carries)
+    carries: ClassVar[str]  # "pixels" | "features" | "maps": what the rows are (Batch.carries)
 
     def image_clip(self, dataset: "SequenceDataset", index: int, clip: list[int], item: dict) -> tuple[torch.Tensor | None, list[int]]:
         """Sample ``index``'s images ``clip`` (frame indices) -> rows (``None`` if none is readable), and

@@ -9,6 +9,7 @@ from seqvision.data.samples import Sample
 from seqvision.data.video import VideoInfo
 from seqvision.errors import DataError
 from seqvision.features.cache import FeatureStore, video_frame_identity
+from seqvision.models.stage_maps import MAPS_PREFIX
 
 DAMAGED = "the feature cache was damaged while training; run again to recompute it"
 
@@ -22,6 +23,8 @@ class FeatureSource(FrameSource):
 
     def __init__(self, store: FeatureStore, samples: list[Sample]) -> None:
         self.store = store
+        if store.key.pool.startswith(MAPS_PREFIX):  # the frozen stages' maps: the last stages still run
+            self.carries = "maps"
         self._locations = [store.locate([f.path for f in s.frames]) for s in samples]  # per sample, per frame
         self._video_ids: dict[int, str] = {}  # sample index -> the video file's identity
 

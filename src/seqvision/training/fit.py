@@ -4,6 +4,7 @@ checkpoint on the held-out splits is the workflow's (:func:`seqvision.workflows.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from seqvision.errors import ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.extract import extract_features
 from seqvision.models.checkpoint import read_checkpoint
+from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.runtime import default_device, default_workers, inference_dtype
 from seqvision.tasks import task_of
 from seqvision.training.checkpoint import AtomicCheckpointIO
@@ -33,6 +35,7 @@ from seqvision.training.module import SequenceTask
 log = logging.getLogger("seqvision")
 
 MAXIMIZE = ("val_acc", "val_f1", "val_map")
+MAPS_DTYPE = "float16"  # storage of the frozen stages' cached maps: half the disk of float32, ~1e-3 relative
 
 
 @dataclass
@@ -46,7 +49,7 @@ class TrainResult:
     feature_cache: dict | None = None  # folder, images found cached, images computed (frozen backbone)
     # what the evaluation after training needs (seqvision.workflows.train_and_evaluate)
     splits: dict[str, list] = field(default_factory=dict, repr=False)  # the samples of each split
-    store: Any = field(default=None, repr=False)  # the frozen backbone's FeatureStore, when it trained on it
+    store: Any = field(default=None, repr=False)  # the frozen backbone's FeatureStore, when it trained on it (not stage maps: evaluation runs the CNN)
     num_workers: int = 0  # the DataLoader workers training used
     is_global_zero: bool = True  # this process reports (the first of a distributed run)
 
@@ -86,7 +89,8 @@ def fit(
     for said in kind.options_without_effect(label_smoothing=cfg.train.label_smoothing, loss=cfg.train.loss):
         warnings.warn(said, stacklevel=2)  # loss options of another kind of task: said once, not ignored
     class_weights = kind.class_weights(data.spec, data.splits["train"]) if cfg.train.class_weights == "balanced" else None
-    if not cfg.trains_on_cache():  # the CNN runs live: will its largest batch fit?
+    cut = _maps_plan(cfg, model, data)  # fine-tuning the last stages: their input cached, if it can be
+    if not cfg.trains_on_cache() and cut is None:  # the CNN runs live: will its largest batch fit?
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         change = plan_training_memory(cfg, model.encoder, data.splits, device=device_of(cfg), num_workers=workers)
         if change:
@@ -97,6 +101,9 @@ def fit(
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, progress=progress)
+    if cut is not None:
+        store, cache_report = _map_store(cfg, model, prep, data, cut, progress=progress)
+        task.maps = cut
     dm = SequenceDataModule(
         data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,
         store=store, balanced_sampler=cfg.train.balanced_sampler,
@@ -118,7 +125,7 @@ def fit(
     if task.nan_steps_skipped:
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     return TrainResult(
-        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store,
+        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store if cut is None else None,
         num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
     )
 
@@ -221,6 +228,70 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     data.dropped.extend(stats.skipped + stats.notes)  # notes: e.g. a truncated video's last frame repeated
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
               "images_per_second": round(stats.images_per_second, 1)}
+    return store, report
+
+
+def _maps_plan(cfg: RunConfig, model, data) -> StageCut | None:
+    """Whether this fine-tuning run reads the frozen stages' cached maps (:mod:`seqvision.models.stage_maps`):
+    the cut, or None with the reason said once (augmentation, a trunk that cannot be cut, the disk budget)."""
+    m = cfg.model
+    if m.freeze or not m.trainable_stages or cfg.data.cache == "off":
+        return None
+    if not cfg.trains_on_maps():
+        log.warning(
+            "fine-tuning the last %d stage(s) with augmentation: it changes the pixels every epoch, so the whole CNN "
+            "runs live (pass --no-augment to cache the frozen stages' maps once and run only the last stages)", m.trainable_stages)
+        return None
+    try:
+        cut = StageCut.of(model.encoder, m.trainable_stages)
+    except ConfigError as exc:
+        log.warning("%s; the whole CNN runs live every epoch", exc)
+        return None
+    samples = [s for split in data.splits.values() for s in split]
+    # rows: every image file, and for a video about the frames its sampling reads (an estimate: not probed here)
+    rows = sum(len(s.frames) if s.video is None else (cfg.data.num_frames or 64) * cfg.data.eval_clips for s in samples)
+    need = rows * cut.row_size * 2  # float16
+    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
+    budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root)
+    if need > budget:
+        log.warning(
+            "the frozen stages' maps would take about %.1f GB (%d images x %s, float16), over the cache budget of %.1f GB "
+            "(--cache-budget): the whole CNN runs live every epoch", need / 1e9, rows, "x".join(map(str, cut.shape)), budget / 1e9)
+        return None
+    return cut
+
+
+def _free_bytes(folder: Path) -> float:
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:  # the cache folder may not exist yet
+        folder = folder.parent
+    return float(shutil.disk_usage(folder).free)
+
+
+def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, *, progress: bool):
+    """Cache the frozen stages' maps of every image (float16, one row per image), computed once in the
+    precision the CNN trains in; training then runs only the last stages on them."""
+    device = device_of(cfg)
+    compute = inference_dtype(device, cfg.cnn_precision())
+    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
+    frozen = FrozenStages(model.encoder, cut)
+    store = FeatureStore(root, CacheKey.for_encoder(frozen, prep, dtype=MAPS_DTYPE, compute=compute))
+    samples = [s for split in data.splits.values() for s in split]
+    with torch.random.fork_rng(devices=[]):
+        stats = extract_features(
+            samples, frozen, prep, store, device=device, precision=str(compute).removeprefix("torch."),
+            num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
+            sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
+        )
+    model.encoder.to("cpu")  # Lightning places it for training
+    model.encoder.train(model.encoder.training)  # the extraction put the shared frozen stages in eval: they stay so
+    data.dropped.extend(stats.skipped + stats.notes)
+    log.warning(
+        "fine-tuning the last %d stage(s) on cached maps (%s per image, float16, in %s): the frozen stages ran once per "
+        "image (%d computed, %d cached); each epoch runs only the last stages", cfg.model.trainable_stages,
+        "x".join(map(str, cut.shape)), store.dir, stats.images, stats.cached)
+    report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
+              "images_per_second": round(stats.images_per_second, 1), "maps": list(cut.shape)}
     return store, report
 
 

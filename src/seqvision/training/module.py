@@ -16,6 +16,7 @@ from seqvision.errors import SeqVisionError
 from seqvision.io import IncrementalTensorDigest
 from seqvision.models.checkpoint import checkpoint_metadata
 from seqvision.models.sequence_model import SequenceModel
+from seqvision.models.stage_maps import StageCut
 from seqvision.tasks import TaskLoss, task_of
 from seqvision.training.checkpoint import rng_state, set_rng_state
 
@@ -47,6 +48,7 @@ class SequenceTask(L.LightningModule):
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
         self._digest = IncrementalTensorDigest()  # a frozen backbone is hashed once, not at every save
         self.decay_rule = DECAY_RULE  # which parameters weight decay applies to (see decay_groups)
+        self.maps: StageCut | None = None  # set when training reads the frozen stages' cached maps
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(images, lengths)
@@ -58,6 +60,9 @@ class SequenceTask(L.LightningModule):
             return None
         if batch.carries == "features":  # (N, F) vectors from the feature cache: the frozen CNN is skipped
             outputs = self.model.forward_features(batch.images, batch.lengths)  # (C, K), C clips
+        elif batch.carries == "maps":  # (N, C*h*w) cached maps of the frozen stages: only the last stages run
+            features = self.maps.features(self.model.encoder, batch.images)  # (N, F)
+            outputs = self.model.forward_features(features, batch.lengths)
         else:
             outputs = self.model(batch.images, batch.lengths)  # (C, K)
         if not self.spec.per_image:  # per-image outputs (N, K) align with per-image targets already

@@ -1,0 +1,118 @@
+"""Fine-tuning the last stages on the frozen stages' cached maps: the maps give the live encoder's features,
+training reads them instead of running the frozen stages, and the runs that cannot use them say why."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from conftest import SHARED_WEIGHTS, fast_config, make_folder_dataset
+from seqvision.errors import ConfigError
+from seqvision.models.backbones import build_backbone
+from seqvision.models.stage_maps import FrozenStages, StageCut
+from seqvision.training.fit import fit
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("mobilenet_v2", 64), ("tiny_cnn", 16)])
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_last_stages_on_the_frozen_stages_maps_give_the_encoders_features(name, size, k):
+    torch.manual_seed(0)
+    encoder = build_backbone(name, weights="none")
+    encoder.preprocessing = type(encoder.preprocessing)(size, size)
+    encoder.set_trainable(k)
+    encoder.eval()
+    cut = StageCut.of(encoder, k)
+    assert encoder.trunk[cut.index] is encoder.stages[-k]
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        maps = FrozenStages(encoder, cut)(images)  # (3, C*h*w)
+        want = encoder(images)
+        assert maps.shape == (3, cut.row_size)
+        assert torch.allclose(cut.features(encoder, maps), want, atol=1e-5)
+        # stored as float16 in the cache: within fp16 rounding of the live features (randomly initialised
+        # torchvision nets give maps of ~1e-9, below float16's range; real weights: the next test)
+        got = cut.features(encoder, maps.half().float())
+    if name == "tiny_cnn":
+        assert torch.nn.functional.cosine_similarity(got, want).min() > 0.999
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="the offline ImageNet MobileNetV2 weights are not here")
+def test_float16_maps_of_the_real_mobilenet_give_its_features():
+    encoder = build_backbone("mobilenet_v2", weights=str(SHARED_WEIGHTS))
+    encoder.preprocessing = type(encoder.preprocessing)(96, 96)
+    encoder.set_trainable(1)
+    encoder.eval()
+    cut = StageCut.of(encoder, 1)
+    assert cut.shape == (320, 3, 3)
+    images = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = cut.features(encoder, FrozenStages(encoder, cut)(images).half().float())
+        want = encoder(images)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.9999
+
+
+def test_a_trunk_whose_stages_are_not_its_children_cannot_be_cut():
+    encoder = build_backbone("regnet_y_400mf", weights="none")
+    with pytest.raises(ConfigError, match="cannot be cached as feature maps"):
+        StageCut.of(encoder, 1)
+
+
+def _maps_config(data, tmp_path, **data_overrides):
+    cfg = fast_config(data, max_epochs=2)
+    cfg.model.trainable_stages = 1
+    cfg.data.augment = False
+    cfg.data.cache = str(tmp_path / "cache")
+    for key, value in data_overrides.items():
+        setattr(cfg.data, key, value)
+    return cfg
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    state = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    return {k: v.float() for k, v in state.items() if v.is_floating_point()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fine_tuning_reads_the_cached_maps_and_learns_like_the_live_run(tmp_path, caplog, monkeypatch, dtype):
+    import seqvision.models.stage_maps as stage_maps
+    import seqvision.training.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "MAPS_DTYPE", dtype)
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    calls = {"frozen": 0}
+    real = stage_maps.FrozenStages.forward
+
+    def counted(self, images):
+        calls["frozen"] += 1
+        return real(self, images)
+
+    monkeypatch.setattr(stage_maps.FrozenStages, "forward", counted)
+    with caplog.at_level(logging.WARNING, logger="seqvision"):
+        maps = fit(_maps_config(data, tmp_path), tmp_path / "maps", progress=False)
+    said = [r.getMessage() for r in caplog.records if "cached maps" in r.getMessage()]
+    assert len(said) == 1 and "64x4x4 per image" in said[0] and "22 computed" in said[0]
+    assert calls["frozen"] > 0 and maps.feature_cache["maps"] == [64, 4, 4]
+    first = calls["frozen"]  # the extraction's passes; the epochs never run the frozen stages
+    live = fit(_maps_config(data, tmp_path, cache="off"), tmp_path / "live", progress=False)
+    assert calls["frozen"] == first and live.feature_cache is None
+    a, b = _weights(maps), _weights(live)
+    if dtype == "float32":  # the same seed and batches: exactly the live run's weights
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    else:  # float16 maps: Adam's steps differ where a gradient is near 0, by at most a few learning-rate steps
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
+    # a second run finds every map in the cache: the frozen stages do not run at all
+    fit(_maps_config(data, tmp_path), tmp_path / "maps2", progress=False)
+    assert calls["frozen"] == first
+
+
+def test_runs_that_cannot_use_maps_say_why_and_run_live(tmp_path, caplog):
+    data = make_folder_dataset(tmp_path / "data", per_label=2)
+    with caplog.at_level(logging.WARNING, logger="seqvision"):
+        fit(_maps_config(data, tmp_path, augment=True), tmp_path / "a", progress=False)
+        fit(_maps_config(data, tmp_path, cache_budget=1e-6), tmp_path / "b", progress=False)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "with augmentation: it changes the pixels every epoch" in messages
+    assert "over the cache budget of 0.0 GB (--cache-budget)" in messages
+    assert "cached maps" not in messages
