@@ -24,7 +24,7 @@ BAD_TRAIN_VALUES = {
     "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
     "--cache-budget": "0",
 }
-BOOLEAN = {"--augment", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional",
+BOOLEAN = {"--augment", "--exact-decode", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional",
            "--balanced-sampler", "--deterministic"}
 
 

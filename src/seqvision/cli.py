@@ -42,6 +42,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
+    ("--exact-decode", "data", "exact_decode", {"action": argparse.BooleanOptionalAction, "help": "decode every pixel of large JPEGs and video frames (default: only the scale the resize needs)"}),
     ("--cache-budget", "data", "cache_budget", {"type": float, "help": "--trainable-stages with --no-augment: GB of disk for the frozen stages' cached maps (default: 90%% of the free space; over it, the CNN runs live)"}),
     ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
@@ -216,6 +217,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=_at_least(0), help="decoding workers (default: one per spare core)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="auto: bf16 where the hardware is fast at it")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32", help="storage of the features (default: %(default)s)")
+    p.add_argument("--exact-decode", action="store_true", help="decode every pixel of large JPEGs and video frames (as for train)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
     p.add_argument("--sampling", choices=SAMPLING_CHOICES, default="uniform", help="videos: the frames training will sample (see train)")
@@ -377,7 +379,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             data=args.data, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std,
             num_workers=args.num_workers, on_bad_image=args.on_bad_image, cache_dtype=args.cache_dtype,
             feature_precision=args.precision, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
-            fps=args.fps, eval_clips=args.eval_clips,
+            fps=args.fps, eval_clips=args.eval_clips, exact_decode=args.exact_decode,
         ),
         model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, freeze=True),
     )

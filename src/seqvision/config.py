@@ -62,6 +62,9 @@ class DataConfig:
     # the frozen CNN that fills the feature cache: auto = bf16 where the hardware is fast at it (as
     # `seqvision extract` does, so its cache is found), else fp32; 32 = exactly the live fp32 features
     feature_precision: str = "auto"
+    # decode every pixel of large JPEGs and video frames; by default they are decoded at the smallest scale
+    # the resize needs (libjpeg's DCT scaling, FFmpeg's scaler): features within a cosine of ~0.99+
+    exact_decode: bool = False
     # fine-tuning the last stages without augmentation: GB of disk the frozen stages' cached maps (float16)
     # may take; None = 90% of the free space. Over it, the CNN runs live every epoch (and says so)
     cache_budget: float | None = None

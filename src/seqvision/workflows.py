@@ -81,7 +81,8 @@ def extract(
     validate(RunConfig(data=cfg.data, model=cfg.model), warn=False)  # extraction has no training options to check
     d, m = cfg.data, cfg.model
     encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool)
-    prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
+    prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
+                                exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
     device = torch.device(device) if device else default_device()
     compute = inference_dtype(device, d.feature_precision)

@@ -84,7 +84,7 @@ class PixelSource(FrameSource):
         for k, i in enumerate(clip):
             path = sample.frames[i].path
             try:
-                frames.append(load_image(path))
+                frames.append(load_image(path, decode_size=self.transform.decode_size))
                 kept.append(k)
             except BadFileError as exc:
                 dataset.bad_frame(item, f"sample {sample.id!r}: image {path}: {exc.reason}")
@@ -96,7 +96,8 @@ class PixelSource(FrameSource):
         sample = dataset.samples[index]
         wanted = [i for clip in clips for i in clip]
         try:
-            frames, notes = read_frames(sample.video.path, [info.frame_time(i) for i in wanted], info.fps)
+            frames, notes = read_frames(sample.video.path, [info.frame_time(i) for i in wanted], info.fps,
+                                        decode_size=self.transform.decode_size)
         except DataError as exc:
             dataset.bad_frame(item, f"sample {sample.id!r}: {exc}")
             return None

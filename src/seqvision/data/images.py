@@ -2,11 +2,16 @@
 
 JPEG takes torchvision's libjpeg path (fast, EXIF orientation applied); everything else goes through
 Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all become 8-bit RGB.
+
+With ``decode_size`` (the shorter side the resize that follows needs), a JPEG at least twice that size
+is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT scaling, through Pillow's ``draft``), never
+below ``decode_size``: most of the decoding of a phone photo is pixels the resize would throw away.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -25,8 +30,9 @@ _WARNINGS_LOCK = threading.Lock()
 
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file."""
+def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Tensor:
+    """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file.
+    ``decode_size``: a large JPEG may be decoded reduced, its shorter side no smaller than this."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -37,11 +43,11 @@ def load_image(path: str | Path) -> torch.Tensor:
     if not data:
         raise BadFileError(path, "empty file (0 bytes)")
     if data[:3] == b"\xff\xd8\xff":
-        return _decode_jpeg(path, data)
+        return _decode_jpeg(path, data, decode_size)
     return _decode_pillow(path, data)
 
 
-def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
+def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     # libjpeg treats a missing end marker as a warning and pads with grey: a truncated file would
@@ -51,8 +57,11 @@ def _decode_jpeg(path: Path, data: bytes) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as header:  # parses the header only: the size, before decoding
             _check_size(path, header.height, header.width)
+            reduce = decode_size is not None and min(header.size) >= 2 * decode_size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError):
-        pass  # let the decoders below report what is wrong with it
+        reduce = False  # let the decoders below report what is wrong with it
+    if reduce:
+        return _decode_pillow(path, data, decode_size=decode_size)
     try:
         # catch_warnings swaps process-wide state: two threads inside it at once would leave a recorder
         # installed for good and could pin one image's libjpeg warning on another. One decode at a
@@ -76,14 +85,18 @@ def _check_size(path: Path, height: int, width: int) -> None:
         raise BadFileError(path, f"{width}x{height} pixels is larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)")
 
 
-def _decode_pillow(path: Path, data: bytes) -> torch.Tensor:
-    """``data`` (the bytes of ``path``, already read) decoded by Pillow; errors name ``path``."""
+def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -> torch.Tensor:
+    """``data`` (the bytes of ``path``, already read) decoded by Pillow; errors name ``path``.
+    ``decode_size``: a JPEG is decoded at the smallest DCT scale whose shorter side is at least this."""
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():  # the lock: see _decode_jpeg
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
             opened = Image.open(io.BytesIO(data))  # reads the header only (where Pillow's bomb check warns)
         with opened as img:
             _check_size(path, img.height, img.width)
+            if decode_size is not None and img.format == "JPEG":
+                scale = decode_size / min(img.size)  # draft keeps both sides >= the size asked for
+                img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
     except BadFileError:

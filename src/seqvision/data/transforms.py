@@ -21,11 +21,16 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"  # of the resize: what the weights were trained with (timm: often bicubic)
+    # reduced: large JPEGs decode at 1/2, 1/4 or 1/8 scale in libjpeg and video frames are scaled in FFmpeg,
+    # never below the size the resize needs (``decode_size``); exact: every pixel decoded, then resized
+    decode: str = "reduced"
 
     def to_dict(self) -> dict:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         if self.interpolation == "bilinear":  # the only one before it was recorded: cache keys stay as they were
             del out["interpolation"]
+        if self.decode == "exact":  # how everything was decoded before the mode existed: keys and checkpoints
+            del out["decode"]  # made then keep meaning exact decoding
         return out
 
     @classmethod
@@ -36,6 +41,7 @@ class Preprocessing:
             mean=tuple(float(m) for m in raw["mean"]),
             std=tuple(float(s) for s in raw["std"]),
             interpolation=str(raw.get("interpolation", "bilinear")),
+            decode=str(raw.get("decode", "exact")),  # absent: made before reduced decoding existed
         )
 
     @property
@@ -58,6 +64,9 @@ class ClipTransform:
         self.prep = prep
         self.train = train
         self.mirror = mirror  # every image flipped left-right, always (the evaluation's mirror diagnostic)
+        # the smallest shorter side a decoder may reduce an image to: what the resize reads (training's
+        # random crop keeps half the area at least, at 3:4, so it reads up to ~1.7x: decode 2x)
+        self.decode_size = None if prep.decode == "exact" else (2 * prep.resize_size if train else prep.resize_size)
         augment: list[v2.Transform] = [
             v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), interpolation=prep.interpolation_mode, antialias=True),
         ]
@@ -102,10 +111,12 @@ def resolve_preprocessing(
     resize_size: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    exact_decode: bool = False,
 ) -> Preprocessing:
     """The backbone's pretrained preprocessing with the user's overrides applied.
 
     A new ``image_size`` keeps the pretrained resize/crop ratio (224 -> 256 becomes 112 -> 128).
+    ``exact_decode``: decode every pixel (``--exact-decode``) instead of only what the resize needs.
     """
     size = image_size or base.image_size
     if resize_size is None:
@@ -116,4 +127,5 @@ def resolve_preprocessing(
         mean=tuple(mean) if mean is not None else base.mean,
         std=tuple(std) if std is not None else base.std,
         interpolation=base.interpolation,
+        decode="exact" if exact_decode else "reduced",
     )

@@ -262,6 +262,7 @@ def evaluate(
     return evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group, diagnostics=diagnostics,
+        store=predictor.cached_store(samples),  # a frozen run's cached features, when they cover the data
     )
 
 
@@ -290,5 +291,6 @@ def report(
                 predictor, chosen, run / name, batch_size=batch_size, source=f"the {name} split of {data}",
                 history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
                 per_group=any(s.group is not None for s in chosen), diagnostics=diagnostics,
+                store=predictor.cached_store(chosen),  # as training evaluated it: from the cache, when frozen
             )
     raise CheckpointError(f"{run}: the saved split has no {split or 'test or val'} samples to report on")

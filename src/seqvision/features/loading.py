@@ -48,7 +48,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
         path = self.paths[i]
         try:
-            return self.identities[path], self.transform([load_image(path)])[0], None
+            return self.identities[path], self.transform([load_image(path, decode_size=self.transform.decode_size)])[0], None
         except BadFileError as exc:
             return self.identities[path], None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
 
@@ -126,7 +126,7 @@ class VideoChunks(Dataset):
     def __getitem__(self, i: int) -> Work:
         chunk = self.chunks[i]
         try:
-            frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps)
+            frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps, decode_size=self.transform.decode_size)
         except DataError as exc:
             return [], torch.empty(0), [f"sample {chunk.sample_id!r}: {exc}"], []
         return [identity for identity, _ in chunk.frames], self.transform(frames), [], notes

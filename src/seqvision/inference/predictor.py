@@ -16,7 +16,7 @@ from seqvision.data.samples import Sample
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.errors import CheckpointError, DataError
-from seqvision.features.cache import CacheKey, FeatureStore
+from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.dataset import cached_dataset
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.memory import inference_chunk_size
@@ -120,6 +120,25 @@ class Predictor:
                 self.model.encoder, self.preprocessing, dtype=dtype, compute=getattr(torch, compute)
             )
         return self._keys[dtype, compute]
+
+    def cached_store(self, samples: list[Sample]) -> FeatureStore | None:
+        """The feature cache a frozen run trained on, when it holds every image of ``samples`` for this
+        model at this precision (what ``evaluate`` and ``report`` then read, as training did); None
+        otherwise (another backbone or precision, a video sample, an image not extracted): the CNN runs."""
+        d = self.cfg.data
+        if not self.cfg.trains_on_cache() or any(s.video is not None for s in samples):
+            return None
+        root = default_cache_root() if d.cache == "auto" else Path(d.cache)
+        key = self._cache_key(d.cache_dtype, str(self.compute_dtype).removeprefix("torch."))
+        if not (root / key.digest / "meta.json").is_file():
+            return None
+        store = FeatureStore(root, key)
+        try:
+            if store.missing(f.path for s in samples for f in s.frames):
+                return None
+        except OSError:  # a file gone since: the live path reports it, naming the sample
+            return None
+        return store
 
     def _inference_encoder(self) -> torch.nn.Module:
         """The encoder prepared for inference (see :func:`prepare_encoder`), built on first use. It may be

@@ -81,7 +81,8 @@ def fit(
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json" if continuing else None)
     model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     d = cfg.data  # one resolved preprocessing: the run's, also the encoder's (its probes run at the run's size)
-    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std)
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
+                                exact_decode=d.exact_decode)
     model.encoder.preprocessing = prep
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
