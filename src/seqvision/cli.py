@@ -79,6 +79,8 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--accelerator", "train", "accelerator", {"help": "auto | cpu | gpu | cuda | mps"}),
     ("--devices", "train", "devices", {"help": "auto, a count (-1: all) or indices like 0,1"}),
     ("--deterministic", "train", "deterministic", {"action": argparse.BooleanOptionalAction, "help": "deterministic algorithms (with --seed: repeatable runs)"}),
+    ("--sync-batchnorm", "train", "sync_batchnorm", {"action": argparse.BooleanOptionalAction, "help": "several processes: BatchNorm statistics over all their batches (fine-tuning with small per-device batches)"}),
+    ("--num-nodes", "train", "num_nodes", {"type": int, "help": "machines of a multi-node launch (torchrun --nnodes M, SLURM --nodes M)"}),
     ("--diagnostics", "train", "diagnostics", {"choices": DIAGNOSTICS_CHOICES, "help": "evaluation on shuffled, reversed, one-image (full: and mirrored) samples; auto: full up to 2000 images in the split, else fast"}),
     ("--memory-budget", "train", "memory_budget", {"type": float, "help": "GB the largest batch may take when the CNN runs live; over it, chunking with checkpointing turns on or training stops before it starts (default: half the free RAM, or 90%% of the GPU's free memory)"}),
     ("--on-nan", "train", "on_nan", {"choices": ["stop", "skip"], "help": "a NaN/inf loss stops training (default) or skips the step"}),
@@ -470,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator
     if not args.verbose:
         _quiet_libraries()
+    _one_rank_prints()
     _one_line_warnings()
     try:
         return COMMANDS[args.command](args)
@@ -479,6 +482,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqvision: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_rank_prints() -> None:
+    """Under torchrun, the first process prints the results; the others' stdout goes nowhere (their
+    warnings and errors still reach stderr)."""
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        sys.stdout = open(os.devnull, "w")
 
 
 def _one_line_warnings() -> None:

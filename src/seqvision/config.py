@@ -129,7 +129,10 @@ class TrainConfig:
     loss: str = "mse"  # regression: mse | l1
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps (| tpu | hpu | xla, Lightning's)
     devices: str | int = "auto"  # auto, a count (-1: all), or a comma-separated list of device indices
+    num_nodes: int = 1  # machines of a multi-node launch (torchrun --nnodes, SLURM --nodes): the same number
     deterministic: bool = False
+    # BatchNorm statistics over every process's batch (distributed fine-tuning with small per-device batches)
+    sync_batchnorm: bool = False
     on_nan: str = "stop"  # stop | skip: what a NaN/inf training loss does (skip: no update for that step)
     # GB the activations and inputs of the largest batch may take when the CNN runs live (None: half the
     # available RAM, or 90 % of the GPU's free memory); over it, chunking with checkpointing or a clear stop
@@ -262,6 +265,7 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("train", "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("train", "patience", lambda v: v >= 0, "0 (off) or more"),
     ("train", "memory_budget", lambda v: v > 0, "positive (GB)"),
+    ("train", "num_nodes", lambda v: v >= 1, "at least 1"),
     ("data", "cache_budget", lambda v: v > 0, "positive (GB)"),
 ]
 _FLAG_NAMES: dict[str, str] = {}  # fields whose flag has another name

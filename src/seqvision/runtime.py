@@ -78,6 +78,26 @@ def default_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
+def launch_world() -> tuple[int, int]:
+    """``(global rank, world size)`` of a torchrun-style launch (``RANK`` and ``WORLD_SIZE`` set), else ``(0, 1)``."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def inference_group() -> tuple[int, int]:
+    """For ``predict``, ``evaluate`` and ``report`` under torchrun: ``(rank, world size)``, with the
+    process group (gloo: it only gathers results, on any device) initialized once; ``(0, 1)`` otherwise."""
+    rank, world = launch_world()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    return rank, world
+
+
 def resolve_device(spec: "str | torch.device") -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device that exists here; anything else is a
     :class:`ConfigError` naming what is available (never a RuntimeError from deep inside torch)."""

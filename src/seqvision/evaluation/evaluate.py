@@ -19,6 +19,7 @@ from seqvision.evaluation.report import confusion_matrix_png, write_metrics
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write
+from seqvision.runtime import inference_group
 
 
 @dataclass
@@ -247,6 +248,9 @@ def evaluate(
     ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
     regular expression on the sample names of a folder; see ``discover``)."""
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
+    if predictor.shard[0] > 0:
+        out_dir = None
     if chunk_size:
         predictor.chunk_size = chunk_size  # images per CNN pass
     targets = predictor.spec.kind.target_columns(predictor.spec)
@@ -276,6 +280,7 @@ def report(
     run = Path(run_dir)
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
     predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto")
+    predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
     if precision is None:
         predictor.precision = predictor.cfg.cnn_precision()
     data = predictor.cfg.data.data
@@ -288,7 +293,8 @@ def report(
         chosen = [s for s in samples if assignment.get(s.id) == name]
         if chosen:
             return evaluate_samples(
-                predictor, chosen, run / name, batch_size=batch_size, source=f"the {name} split of {data}",
+                predictor, chosen, run / name if predictor.shard[0] == 0 else None, batch_size=batch_size,
+                source=f"the {name} split of {data}",
                 history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
                 per_group=any(s.group is not None for s in chosen), diagnostics=diagnostics,
                 store=predictor.cached_store(chosen),  # as training evaluated it: from the cache, when frozen

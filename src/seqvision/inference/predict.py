@@ -13,6 +13,7 @@ from seqvision.data.discovery import discover_inputs
 from seqvision.errors import ConfigError
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write_text
+from seqvision.runtime import inference_group
 
 
 def predict(
@@ -30,12 +31,13 @@ def predict(
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: use a .csv or .json file name")
     predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor.shard = inference_group()  # under torchrun: each process predicts its share, rank 0 writes
     if chunk_size:
         predictor.chunk_size = chunk_size
     samples = discover_inputs(inputs)
     preds = predictor.run(samples, batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image)
     rows = predictor.rows(preds)
-    if out is not None:
+    if out is not None and predictor.shard[0] == 0:
         write_rows(rows, Path(out))
     return rows, preds.skipped
 

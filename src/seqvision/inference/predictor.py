@@ -24,6 +24,7 @@ from seqvision.models.sequence_model import SequenceModel
 from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.tasks import task_of
 from seqvision.models.checkpoint import read_checkpoint
+from seqvision.inference.sharding import sharded
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Predictor:
         self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
         self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype)
         self._keys: dict[tuple[str, str], CacheKey] = {}
+        self.shard: tuple[int, int] | None = None  # (rank, world size): run() predicts its share and gathers
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
@@ -227,12 +229,28 @@ class Predictor:
         if pending or notes:
             yield _with_notes(collate(pending), notes)
 
-    @torch.inference_mode()
     def run(
         self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
         with_targets: bool = False, store: FeatureStore | None = None, keep_features: bool = False, mirror: bool = False,
     ) -> Predictions:
         """Outputs for every sample (in order), batched; bad input raises or is skipped and reported.
+
+        With ``shard = (rank, world)`` (set by predict, evaluate and report under torchrun), this process
+        predicts every ``world``-th sample and the shares are gathered (:mod:`seqvision.inference.sharding`):
+        every process returns the outputs of all ``samples``, in their order.
+        """
+        options = dict(batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, with_targets=with_targets,
+                       store=store, keep_features=keep_features, mirror=mirror)
+        if self.shard is not None and self.shard[1] > 1:
+            return sharded(lambda share: self._run(share, **options), samples, *self.shard)
+        return self._run(samples, **options)
+
+    @torch.inference_mode()
+    def _run(
+        self, samples: list[Sample], *, batch_size: int = 8, num_workers: int = 0, on_bad_image: str | None = None,
+        with_targets: bool = False, store: FeatureStore | None = None, keep_features: bool = False, mirror: bool = False,
+    ) -> Predictions:
+        """:meth:`run` in this process, on ``samples`` alone.
 
         The CNN runs in passes of at most ``chunk_size`` images (see :meth:`feature_batches`), so any
         number of images per sample fits in bounded memory. With ``store`` (a frozen backbone's feature

@@ -171,9 +171,11 @@ def _trainer(
         max_epochs=cfg.train.max_epochs,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
         precision=cfg.train.precision,
         gradient_clip_val=cfg.train.grad_clip or None,
         deterministic=cfg.train.deterministic,
+        sync_batchnorm=cfg.train.sync_batchnorm,
         callbacks=[*own_callbacks, *callbacks],
         # versioned log folders: a resumed run adds version_1, ... and never overwrites earlier logs
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],

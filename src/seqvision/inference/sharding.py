@@ -1,0 +1,75 @@
+"""Inference over several processes (``torchrun --nproc-per-node N -m seqvision predict|evaluate|report``):
+each process predicts every N-th sample, and the outputs are gathered back into the samples' own order on
+every process, so metrics and diagnostics are computed exactly as in one process. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from seqvision.data.samples import Sample
+
+if TYPE_CHECKING:
+    from seqvision.inference.predictor import Predictions
+
+log = logging.getLogger("seqvision")
+
+
+def sharded(run: Callable[[list[Sample]], "Predictions"], samples: list[Sample], rank: int, world: int) -> "Predictions":
+    """``run`` on this process's share (samples ``rank``, ``rank + world``, ...), then every share gathered:
+    the :class:`Predictions` of all ``samples`` in their order, on every process."""
+    import torch.distributed as dist
+
+    mine = list(range(rank, len(samples), world))
+    log.info("rank %d of %d: predicting %d of the %d samples", rank, world, len(mine), len(samples))
+    local = run([samples[i] for i in mine])
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (mine, local))
+    return merge(parts, samples)
+
+
+def merge(parts: list[tuple[list[int], "Predictions"]], samples: list[Sample]) -> "Predictions":
+    """Shares ``(sample indices, their Predictions)`` -> one Predictions in the order of ``samples``. Each
+    sample must come from exactly one share (no duplicates, no losses)."""
+    from seqvision.inference.predictor import Predictions
+
+    spans: dict[int, tuple[int, int, int]] = {}  # sample index -> (share, first row, end row)
+    for p, (indices, preds) in enumerate(parts):
+        row = 0
+        for i in indices:
+            if i in spans:
+                raise RuntimeError(f"sample {samples[i].id!r} was predicted by two processes")
+            end = row
+            while end < len(preds.sample_ids) and preds.sample_ids[end] == samples[i].id:
+                end += 1
+            spans[i] = (p, row, end)
+            row = end
+    missing = [samples[i].id for i in range(len(samples)) if i not in spans]
+    if missing:
+        raise RuntimeError(f"no process predicted sample {missing[0]!r}")
+    out = Predictions([], torch.empty(0), None)
+    outputs, targets, remap = [], [], {}  # remap: (share, local row) -> global row
+    for i in range(len(samples)):
+        p, start, end = spans[i]
+        preds = parts[p][1]
+        for r in range(start, end):
+            remap[p, r] = len(out.sample_ids)
+            out.sample_ids.append(preds.sample_ids[r])
+            if preds.frames:
+                out.frames.append(preds.frames[r])
+        outputs.append(preds.outputs[start:end])
+        if preds.targets is not None:
+            targets.append(preds.targets[start:end])
+    for p, (_, preds) in enumerate(parts):
+        out.skipped.extend(m for m in preds.skipped if m not in out.skipped)
+        out.sample_frames.update(preds.sample_frames)
+        out.attention.update(preds.attention)
+        out.clips.extend((remap.get((p, row), row), features) for row, features in preds.clips)
+    width = next((preds.outputs.shape[1] for _, preds in parts if preds.outputs.dim() == 2), 0)
+    out.outputs = torch.cat(outputs) if outputs else torch.empty(0, width)
+    out.targets = torch.cat(targets) if targets else None
+    out.clips.sort(key=lambda clip: clip[0])
+    return out
