@@ -40,6 +40,7 @@ _EXPORTS = {
     "CacheKey": "seqvision.features.cache",
     "cache_info": "seqvision.features.cache",
     "cache_clear": "seqvision.features.cache",
+    "Stream": "seqvision.streaming.stream",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the graphs and model.json")
     p.add_argument("--opset", type=_at_least(1), default=17, help="ONNX opset (default: %(default)s)")
 
+    _stream_parser(sub.add_parser("stream", help="predict frame by frame, live: a video, camera, network stream or a folder receiving images"))
+
     sub.add_parser("backbones", help="list the backbone names")
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
@@ -230,6 +232,20 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-rows", type=_at_least(1), default=4096, help="images per committed cache shard (what a crash can lose)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error", help="stop, or leave bad images out and report them (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _stream_parser(p: argparse.ArgumentParser) -> None:
+    """``stream``: a checkpoint, a SOURCE, where the JSON lines go, how often, and the head's window."""
+    p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
+    p.add_argument("source", help="a video file, a folder that receives images, a camera (/dev/video0, avfoundation:0) or a URL FFmpeg opens (rtsp://...)")
+    p.add_argument("--out", metavar="FILE.jsonl", help="append the JSON lines to this file, line by line (default: stdout)")
+    p.add_argument("--every", type=_at_least(1), default=1, metavar="K", help="a line every K frames the model sees (default: %(default)s)")
+    p.add_argument("--window", type=_at_least(1), metavar="N", help="run the head on the last N frames (any head; default: LSTM/GRU carry their state, mean/max run over every frame, other heads take the run's --num-frames, else 16)")
+    p.add_argument("--frame-step", type=_at_least(1), default=1, metavar="S", help="feed every S-th frame of the source to the model, to space frames as in training (default: %(default)s)")
+    p.add_argument("--max-frames", type=_at_least(1), metavar="N", help="stop after the model has seen N frames")
+    p.add_argument("--idle-timeout", type=float, metavar="SEC", help="folder source: stop after SEC seconds without a new file (default: run until interrupted)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's: auto = bf16 where the hardware is fast at it; 32 = fp32 (the heads run in fp32)")
 
 
 def _config_defaults() -> dict[str, dict[str, Any]]:
@@ -447,6 +463,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from seqvision.streaming.run import run_stream
+
+    summary = run_stream(
+        args.checkpoint, args.source, out=args.out, every=args.every, window=args.window, frame_step=args.frame_step,
+        max_frames=args.max_frames, idle_timeout=args.idle_timeout, device=_inference_device(args), precision=args.precision,
+        on_start=lambda line: print(line, file=sys.stderr, flush=True),  # stdout carries the JSON lines only
+    )
+    where = f" to {args.out}" if args.out else ""
+    print(f"stream {'interrupted' if summary.interrupted else 'ended'} after {summary.frames} frames: {summary.rows} lines "
+          f"written{where}, {summary.cnn_calls} CNN forwards", file=sys.stderr)
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from seqvision.models.backbones import available_backbones
 
@@ -457,6 +487,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
+    "stream": cmd_stream,
     "export": cmd_export, "tune": cmd_tune,
 }
 

@@ -344,15 +344,15 @@ def _with_notes(batch: Batch, notes: list[str]) -> Batch:
 RESERVED_COLUMNS = ("sample", "image", "prediction")
 
 
-def output_columns(names: list[str]) -> list[str]:
+def output_columns(names: list[str], reserved: tuple[str, ...] = RESERVED_COLUMNS) -> list[str]:
     """Column names of the per-output values: the class (or target) names, except that one equal to a
-    fixed column (``sample``, ``image``, ``prediction``) becomes ``p_<name>``, so no value overwrites
-    another."""
+    fixed column (``reserved``: ``sample``, ``image``, ``prediction``; a stream adds ``frame`` and
+    ``time``) becomes ``p_<name>``, so no value overwrites another."""
     taken = set(names)
     out = []
     for name in names:
         column = name
-        while column in RESERVED_COLUMNS or (column != name and column in taken):
+        while column in reserved or (column != name and column in taken):
             column = f"p_{column}"
         taken.add(column)
         out.append(column)
