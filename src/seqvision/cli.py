@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_at_least(1), default=17, help="ONNX opset (default: %(default)s)")
 
     _stream_parser(sub.add_parser("stream", help="predict frame by frame, live: a video, camera, network stream or a folder receiving images"))
+    _serve_parser(sub.add_parser("serve", help="an HTTP API for a checkpoint (POST /predict, GET /model, GET /health), with dynamic batching"))
 
     sub.add_parser("backbones", help="list the backbone names")
     for command in sub.choices.values():
@@ -246,6 +247,25 @@ def _stream_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, metavar="SEC", help="folder source: stop after SEC seconds without a new file (default: run until interrupted)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's: auto = bf16 where the hardware is fast at it; 32 = fp32 (the heads run in fp32)")
+
+
+def _serve_parser(p: argparse.ArgumentParser) -> None:
+    """``serve``: a checkpoint, where to listen, the API key, the request limits and the batching."""
+    p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0: any free port, said in the log")
+    p.add_argument("--api-key", help="required on every request (X-API-Key or Authorization: Bearer) (default: $SEQVISION_API_KEY)")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body (default: %(default)s)")
+    p.add_argument("--max-images", type=_at_least(1), default=64, help="images per request, uploaded or sampled from a video (default: %(default)s)")
+    p.add_argument("--max-pixels", type=_at_least(1), default=40_000_000, help="pixels per image or video frame, read from its header (default: %(default)s)")
+    p.add_argument("--max-video-seconds", type=float, default=600.0, help="longest video (default: %(default)s)")
+    p.add_argument("--queue-size", type=_at_least(1), default=64, help="requests that may wait; one more gets 503 (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its CNN batch (default: %(default)s)")
+    p.add_argument("--max-batch-images", type=_at_least(1), help="images per batch (default: the chunk size; 1: no batching)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass (default: the run's --chunk-size, else chosen from the backbone, image size and free memory)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's: auto = bf16 where the hardware is fast at it; 32 = fp32 (the heads run in fp32)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info", help="uvicorn's (info: one line per request)")
 
 
 def _config_defaults() -> dict[str, dict[str, Any]]:
@@ -477,6 +497,26 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seqvision.errors import ConfigError
+
+    try:
+        import fastapi, python_multipart, uvicorn  # noqa: F401,E401 - the serve extra
+    except ImportError as exc:
+        raise ConfigError(f'seqvision serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): pip install "seqvision[serve]"') from None
+    from seqvision.serving.limits import ServeLimits
+    from seqvision.serving.server import serve
+
+    limits = ServeLimits(max_request_mb=args.max_request_mb, max_images=args.max_images, max_pixels=args.max_pixels,
+                         max_video_seconds=args.max_video_seconds)  # checked here, before the checkpoint is loaded
+    serve(
+        args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, limits=limits, device=_inference_device(args),
+        precision=args.precision, chunk_size=args.chunk_size, queue_size=args.queue_size, max_wait_ms=args.max_wait_ms,
+        max_batch_images=args.max_batch_images, log_level=args.log_level,
+    )
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from seqvision.models.backbones import available_backbones
 
@@ -489,6 +529,7 @@ COMMANDS = {
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
     "stream": cmd_stream,
     "export": cmd_export, "tune": cmd_tune,
+    "serve": cmd_serve,
 }
 
 
@@ -497,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
-    if args.command in ("train", "tune", "evaluate", "predict", "demo", "extract", "report"):
+    if args.command in ("train", "tune", "evaluate", "predict", "demo", "extract", "report", "stream", "serve"):
         from seqvision.runtime import tune_allocator
 
         tune_allocator()  # before the first big allocation: see runtime.tune_allocator
