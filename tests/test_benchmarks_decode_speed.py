@@ -19,7 +19,7 @@ def test_decode_speed_quick_reports_every_input_kind():
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(report["results"]) == {"1080p JPEG", "12 MP JPEG", "1080p H.264 video"}
     assert [r["images"] for r in report["results"].values()] == [8, 2, 6]
-    assert all(r[k] > 0 for r in report["results"].values() for k in ("naive", "extract", "extract_exact", "cnn_only"))
+    assert all(r[k] > 0 for r in report["results"].values() for k in ("naive", "extract", "extract_exact", "cnn_only", "decode_ms", "bound"))
     if report["cosine"] is not None:  # with the offline ImageNet weights
         assert report["cosine"]["min"] >= 0.99
     assert "| 1080p H.264 video | 6 |" in res.stdout
