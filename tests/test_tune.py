@@ -7,6 +7,7 @@ import json
 
 import optuna
 import pytest
+import torch
 
 from conftest import fast_config, make_folder_dataset
 from seqvision.cli import main
@@ -80,13 +81,26 @@ def test_a_trial_the_pruner_stops_ends_after_its_first_epoch(tune_setup, tmp_pat
     cfg, _ = tune_setup
     cfg.model.freeze = True
     cfg.train.max_epochs = 5
-    cfg.train.monitor = "val_acc"
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
     trial = study.ask()
     value, pruned_at = _run_trial(trial, cfg, "val_acc", tmp_path)
     assert pruned_at == 1 and 0 <= value <= 1 and list(study.trials[0].intermediate_values) == [1]
-    report = TrialReport(None, "val_loss", maximize=False)  # recording only: never prunes
-    assert report.trial is None and report.best == float("inf")
+
+
+class _Trainer:
+    sanity_checking, current_epoch = False, 0
+
+    def __init__(self, **metrics):
+        self.callback_metrics = metrics
+
+
+def test_a_trials_value_is_the_metric_at_the_epoch_its_monitor_picks():
+    report = TrialReport(None, "val_acc", monitor="val_loss")  # recording only: never prunes
+    for epoch, (acc, loss) in enumerate([(0.6, 0.9), (0.7, 0.5), (0.9, 0.6), (0.8, 0.5)]):
+        trainer = _Trainer(val_acc=torch.tensor(acc), val_loss=torch.tensor(loss))
+        trainer.current_epoch = epoch
+        report.on_validation_end(trainer, None)
+    assert report.best == pytest.approx(0.7) and report.epoch == 4  # val_loss was best (first) at epoch 2
 
 
 @pytest.mark.parametrize("text,message", [

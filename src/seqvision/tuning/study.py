@@ -172,8 +172,7 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, timeo
             break
         trial = study.ask()
         params = suggest(trial, space, cfg.model.head)
-        trial_cfg = _with(cfg, as_overrides(params))
-        trial_cfg.train.monitor = metric
+        trial_cfg = _with(cfg, as_overrides(params))  # its --monitor (best epoch, early stopping) is the run's own
         began = time.monotonic()
         try:
             value, pruned_at = _run_trial(trial, trial_cfg, metric, tmp_root)
@@ -191,7 +190,7 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path) -> tuple[floa
     """Fit one trial in a temporary folder; ``(best validation value, epoch it was pruned at or None)``."""
     import optuna
 
-    report = TrialReport(trial, metric, maximize=metric in MAXIMIZE)
+    report = TrialReport(trial, metric, monitor=monitor_of(cfg))
     with tempfile.TemporaryDirectory(prefix=".trial-", dir=tmp_root) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the same notices every trial (Lightning's, the cache's): said once, above
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -202,23 +201,36 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path) -> tuple[floa
     return report.best, None
 
 
-class TrialReport(L.Callback):
-    """Reports each epoch's validation metric to the trial and prunes when Optuna's pruner says so; keeps
-    the best value (the epoch ``best.ckpt`` holds, as it follows the same metric)."""
+def monitor_of(cfg: RunConfig) -> str:
+    """The metric that picks a run's best epoch and stops it early (as ``fit`` decides; tune's runs have
+    validation samples)."""
+    return cfg.train.monitor or "val_loss"
 
-    def __init__(self, trial, metric: str, *, maximize: bool) -> None:  # trial None: only record
-        self.trial, self.metric, self.maximize = trial, metric, maximize
-        self.best = float("-inf") if maximize else float("inf")
+
+class TrialReport(L.Callback):
+    """Reports each epoch's value of ``metric`` to the trial and prunes when Optuna's pruner says so.
+
+    ``best``: ``metric`` at the epoch the run's ``monitor`` picks (the epoch ``best.ckpt`` holds, first of
+    ties, as Lightning's checkpointing keeps it), so a trial's value is what its run's best model scores,
+    whatever the monitor. ``trial`` None: only record (the best trial trained again)."""
+
+    def __init__(self, trial, metric: str, *, monitor: str) -> None:
+        self.trial, self.metric, self.monitor = trial, metric, monitor
+        self.best = float("nan")
+        self._best_monitor: float | None = None
         self.epoch = 0
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         import optuna
 
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or self.metric not in metrics or self.monitor not in metrics:
             return
-        value = float(trainer.callback_metrics[self.metric])
+        value, watched = float(metrics[self.metric]), float(metrics[self.monitor])
         self.epoch = trainer.current_epoch + 1
-        self.best = max(self.best, value) if self.maximize else min(self.best, value)
+        first = self._best_monitor is None
+        if first or (watched > self._best_monitor if self.monitor in MAXIMIZE else watched < self._best_monitor):
+            self._best_monitor, self.best = watched, value
         if self.trial is None:
             return
         self.trial.report(value, self.epoch)
@@ -252,14 +264,13 @@ def _finish(study, cfg: RunConfig, out: Path, metric: str, say: Callable[[str], 
     except ValueError:
         raise ConfigError(f"no trial of {out / 'study.db'} completed (all pruned or failed); run more --trials") from None
     best_cfg = _with(cfg, as_overrides(best.params))
-    best_cfg.train.monitor = metric
     save_config(best_cfg, out / "best_config.yaml")
     run_dir = out / f"best-{best.number + 1}"
     reproduced = _read_metrics(run_dir / "reproduced.json")
     if reproduced is None:  # not trained yet, or killed before the end: again from the start
         shutil.rmtree(run_dir, ignore_errors=True)
         say(f"best: trial {best.number + 1}, {metric} {best.value:.4f}; training it again with best_config.yaml in {run_dir}")
-        recorder = TrialReport(None, metric, maximize=metric in MAXIMIZE)
+        recorder = TrialReport(None, metric, monitor=monitor_of(best_cfg))
         train_and_evaluate(best_cfg, run_dir, progress=False, callbacks=[recorder])
         reproduced = {metric: recorder.best, "trial": best.number + 1, "trial_value": best.value}
         atomic_write_text(run_dir / "reproduced.json", json.dumps(reproduced))
