@@ -2,7 +2,7 @@
 maps, side by side in one process.
 
 The task is ``multiview_majority.py``'s (sets of 6 Fashion-MNIST photos, the class most of them show; 10
-classes; 20 train + 5 val + 20 test sets per class). ImageNet MobileNetV2 (``../shared/weights/``) at
+classes; 50 train + 10 val + 30 test sets per class). ImageNet MobileNetV2 (``../shared/weights/``) at
 96 px, ``--trainable-stages 1`` (its last 1x1 convolution to 1280 channels learns; its input, the 320x3x3
 map of the frozen stages, is cached as float16), ``--no-augment`` (augmentation changes the pixels every
 epoch and cannot use cached maps), fp32 everywhere, the same seed: the two runs see the same batches.
@@ -42,7 +42,7 @@ def main() -> None:
     if args.quick:
         sets, pools, epochs = {"train": 3, "val": 1, "test": 2}, {"train": 20, "test": 10}, 2
     else:
-        sets, pools, epochs = {"train": 20, "val": 5, "test": 20}, {"train": 200, "test": 100}, 4
+        sets, pools, epochs = {"train": 50, "val": 10, "test": 30}, {"train": 200, "test": 100}, 6
     k, seed = len(common.FASHION_CLASSES), 0
     print(common.header(
         "Last-stage fine-tuning: the CNN live vs the frozen stages' cached maps (same seed, same batches)",
