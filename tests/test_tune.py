@@ -114,6 +114,10 @@ def test_a_trials_value_is_the_metric_at_the_epoch_its_monitor_picks():
     ("dropout: [0.1, 1.5]", "dropout: 1.5 is not a value it takes"),
     ("head: [lstm, tcn]", "head: 'tcn' is not a value it takes .*not one of attention, gru"),
     ("batch_size: []", "an empty list of choices"),
+    ("lr: {low: 0.0001, high: 0.01, log: true, step: 0.0001}", "lr: .*step"),
+    ("max_epochs: {low: 5, high: 30, step: 0.5}", "an integer range takes a whole step of at least 1"),
+    ("max_epochs: {low: 5.5, high: 30}", "max_epochs takes whole numbers"),
+    ("image_size: [64, 96]", "'image_size' cannot be searched .*cached features"),
 ])
 def test_a_bad_space_file_is_refused_naming_the_file_and_the_option(tmp_path, text, message):
     path = tmp_path / "space.yaml"
@@ -125,8 +129,9 @@ def test_a_bad_space_file_is_refused_naming_the_file_and_the_option(tmp_path, te
 
 def test_a_space_file_narrows_widens_and_fixes(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("head: [gru]\nlabel_smoothing: {low: 0.0, high: 0.2}\nmax_epochs: 3\n")
+    path.write_text("head: [gru]\nlabel_smoothing: {low: 0.0, high: 0.2}\nmax_epochs: 3\nweight_decay: {low: 0, high: 1}\n")
     space = load_space(path, HEADS)
+    assert not space["weight_decay"].integer  # 0 and 1 are YAML ints; the option takes floats
     assert space["head"].choices == ("gru",) and space["label_smoothing"].low == 0.0 and space["max_epochs"].fixed == 3
     assert space["lr"].log  # the rest of the default space stays
 
@@ -138,3 +143,26 @@ def test_cli_refuses_a_bad_space_before_any_work(tune_setup, tmp_path, capsys):
     code = main(["tune", "--data", cfg.data.data, "--out", str(tmp_path / "t"), "--space", str(bad), "--backbone", "tiny_cnn"])
     assert code == 1 and "cannot be searched" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_the_search(tune_setup, tmp_path, monkeypatch):
+    cfg, space = tune_setup
+    import seqvision.tuning.study as study_module
+
+    lines: list[str] = []
+    tune(cfg, tmp_path / "t", trials=2, space_file=space, say=lines.append)
+    real = study_module._run_trial
+    calls = {"n": 0}
+
+    def diverging_once(trial, trial_cfg, metric, tmp_root):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise study_module.SeqVisionError("the training loss became NaN at step 3 (--on-nan stop)")
+        return real(trial, trial_cfg, metric, tmp_root)
+
+    monkeypatch.setattr(study_module, "_run_trial", diverging_once)
+    result = tune(cfg, tmp_path / "t", trials=4, space_file=space, say=lines.append)
+    assert result.finished == 4 and any("failed (SeqVisionError: the training loss became NaN" in ln for ln in lines)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(drawn)) == len(drawn)  # a continued study does not draw its first trials again

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from seqvision.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, validate
+from seqvision.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    validate,
+)
 from seqvision.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,11 +36,19 @@ if TYPE_CHECKING:
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 SECTION_OF = {f.name: s for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
-# options a trial may not draw: they name the data, the outputs or the machine, or they would leak the test
-# split into the search (the split itself is the run's and stays fixed)
+# each option's number type (None for the others), from the config's annotations ("int | None" is int)
+FIELD_TYPE = {f.name: int if str(f.type).startswith("int") else float if str(f.type).startswith("float") else None
+              for cls in _SECTIONS.values() for f in dataclasses.fields(cls)}
+# options a trial may not draw: they name the data, the outputs or the machine, they would leak the test
+# split into the search (the split itself is the run's and stays fixed), or they change the cached features
 NOT_SEARCHABLE = {"data", "task", "targets", "group_by", "val_fraction", "test_fraction", "cache", "cache_dtype",
                   "num_workers", "seed", "accelerator", "devices", "monitor", "backbone", "weights", "freeze",
-                  "memory_budget", "diagnostics", "deterministic", "chunk_size", "checkpointing", "shuffle_frames"}
+                  "memory_budget", "diagnostics", "deterministic", "chunk_size", "checkpointing", "shuffle_frames",
+                  # what the cached features depend on: a trial drawing one would extract again or run the CNN live
+                  "image_size", "resize_size", "mean", "std", "exact_decode", "augment", "hflip", "trainable_stages",
+                  "freeze_bn", "feature_precision", "precision", "sampling", "eval_sampling", "stride", "fps",
+                  "eval_clips", "cache_budget", "on_bad_image", "short_samples", "min_images", "num_nodes",
+                  "sync_batchnorm"}
 RECURRENT = ("lstm", "gru", "attention")
 # option -> the heads that take it (absent: every head)
 HEAD_OPTIONS = {"hidden_size": RECURRENT, "bidirectional": RECURRENT, "lstm_dropout": RECURRENT,
@@ -117,7 +132,8 @@ def parse_domain(value: Any, *, name: str, where: str) -> Domain:
     if name not in SECTION_OF:
         raise ConfigError(f"{where}: unknown option {name!r}; options are the fields of the data, model and train sections")
     if name in NOT_SEARCHABLE:
-        raise ConfigError(f"{where}: {name!r} cannot be searched (it names the data, the split or the machine); set it with its flag")
+        raise ConfigError(f"{where}: {name!r} cannot be searched (it names the data, the split or the machine, or changes "
+                          "the cached features); set it with its flag")
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"{where}: {name}: an empty list of choices")
@@ -131,12 +147,35 @@ def parse_domain(value: Any, *, name: str, where: str) -> Domain:
             raise ConfigError(f"{where}: {name}: low and high must be numbers with low <= high, got {low} and {high}")
         if value.get("log") and low <= 0:
             raise ConfigError(f"{where}: {name}: a log range needs low > 0, got {low}")
+        if FIELD_TYPE.get(name) is float:  # 0 and 1 in YAML are ints: the option decides, not the literal
+            low, high = float(low), float(high)
+        elif FIELD_TYPE.get(name) is int and not (float(low).is_integer() and float(high).is_integer()):
+            raise ConfigError(f"{where}: {name} takes whole numbers; got the range {low} to {high}")
+        elif FIELD_TYPE.get(name) is int:
+            low, high = int(low), int(high)
         domain = Domain(low=low, high=high, log=bool(value.get("log", False)), step=value.get("step"))
+        _check_distribution(domain, name=name, where=where)
     else:
         domain = Domain(fixed=value)
     for v in _values(domain):  # each value must be one the option accepts (type, range, choices)
         check_value(name, v, where=where)
     return domain
+
+
+def _check_distribution(domain: Domain, *, name: str, where: str) -> None:
+    """The range as Optuna will draw it (log with a step, a zero or fractional integer step...): refused now,
+    not at the first trial after the extraction."""
+    import optuna
+
+    try:
+        if domain.integer:
+            if domain.step is not None and (float(domain.step) != int(domain.step) or domain.step < 1):
+                raise ValueError(f"an integer range takes a whole step of at least 1, got {domain.step}")
+            optuna.distributions.IntDistribution(domain.low, domain.high, log=domain.log, step=int(domain.step or 1))
+        else:
+            optuna.distributions.FloatDistribution(float(domain.low), float(domain.high), log=domain.log, step=domain.step)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
 
 
 def check_value(name: str, value: Any, *, where: str) -> None:

@@ -30,18 +30,26 @@ from typing import Any
 import lightning as L
 
 from seqvision.config import RunConfig, apply_overrides, save_config, validate
-from seqvision.errors import ConfigError
+from seqvision.errors import ConfigError, SeqVisionError, first_line
 from seqvision.io import atomic_write_text
 from seqvision.models.temporal import available_heads
 from seqvision.tasks import task_of
 from seqvision.training.datamodule import prepare_data
 from seqvision.training.fit import MAXIMIZE, fit
-from seqvision.tuning.space import SECTION_OF, Domain, as_overrides, load_space, poolings, suggest
+from seqvision.tuning.space import (
+    SECTION_OF,
+    Domain,
+    as_overrides,
+    load_space,
+    poolings,
+    suggest,
+)
 from seqvision.workflows import extract, train_and_evaluate
 
 log = logging.getLogger("seqvision")
 
 STUDY_NAME = "seqvision-tune"
+MAX_FAILURES = 3  # trials in a row that fail (diverged, out of memory) before the search stops
 
 
 @dataclass
@@ -83,7 +91,7 @@ def tune(
     metric = _checked_metric(metric, data)
     direction = "maximize" if metric in MAXIMIZE else "minimize"
     out.mkdir(parents=True, exist_ok=True)
-    study = _open_study(out, cfg, metric, direction, space, optuna)
+    study = _open_study(out, cfg, metric, direction, space, optuna, say)
     if cfg.model.weights != "none":  # the CNN runs here, once per image and pooling (random weights: per trial)
         for pool in poolings(space, cfg.model.pool):
             stats, store = extract(_with(cfg, {"model": {"pool": pool}}), progress=False)
@@ -117,7 +125,8 @@ def _checked_metric(metric: str | None, data) -> str:
     return metric
 
 
-def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: dict[str, Domain], optuna):
+def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: dict[str, Domain], optuna,
+                say: Callable[[str], None]):
     """The study in ``out/study.db``: created, or continued when it was made by the same command. Trials
     left running by a killed run are marked failed (they do not count)."""
     identity = {"config": cfg.to_dict(), "metric": metric, "space": {k: v.describe() for k, v in space.items()}}
@@ -125,13 +134,13 @@ def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=storage, direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.train.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
     )
+    # seeded, but on from the trials the study holds: a continued study must not draw its first ones again
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + len(study.trials))
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", json.loads(json.dumps(identity)))
-        study.enqueue_trial(_default_params(cfg, space), skip_if_exists=True)
     elif saved != json.loads(json.dumps(identity)):
         raise ConfigError(
             f"{out / 'study.db'} holds a study made with other options (data, backbone, metric or space); run the "
@@ -139,18 +148,26 @@ def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: d
         )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # left by a killed run: does not count
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
+    if not study.get_trials(deepcopy=False, states=done):  # the run's own recipe first (again, if a kill cut it short)
+        study.enqueue_trial(_default_params(cfg, space, say), skip_if_exists=False)
     return study
 
 
-def _default_params(cfg: RunConfig, space: dict[str, Domain]) -> dict[str, Any]:
-    """The run's own recipe as a trial: its value of each searched option that the domain holds."""
-    params = {}
+def _default_params(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str], None]) -> dict[str, Any]:
+    """The run's own recipe as a trial: its value of each searched option that the domain holds (an option
+    whose value the domain lacks is drawn instead, and said)."""
+    params, outside = {}, []
     for name, domain in space.items():
         value = getattr(getattr(cfg, SECTION_OF[name]), name)
         if domain.choices is not None and value in domain.choices:
             params[name] = value
         elif domain.low is not None and isinstance(value, (int, float)) and domain.low <= value <= domain.high:
             params[name] = value
+        elif domain.choices is not None or domain.low is not None:
+            outside.append(f"{name}={value}")
+    if outside:
+        say(f"trial 1 is the run's own recipe, except {', '.join(outside)}: outside the search space, drawn instead")
     return params
 
 
@@ -164,21 +181,29 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, timeo
                 say: Callable[[str], None], tmp_root: Path) -> None:
     import optuna
 
-    start = time.monotonic()
+    start, failures = time.monotonic(), 0
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     while len(study.get_trials(deepcopy=False, states=finished)) < trials:
         if timeout is not None and time.monotonic() - start >= timeout:
             say(f"--timeout {timeout:g} s reached")
             break
         trial = study.ask()
-        params = suggest(trial, space, cfg.model.head)
-        trial_cfg = _with(cfg, as_overrides(params))  # its --monitor (best epoch, early stopping) is the run's own
-        began = time.monotonic()
+        began, params = time.monotonic(), {}
         try:
+            params = suggest(trial, space, cfg.model.head)
+            trial_cfg = _with(cfg, as_overrides(params))  # its --monitor (best epoch, early stopping) is the run's own
             value, pruned_at = _run_trial(trial, trial_cfg, metric, tmp_root)
-        except BaseException:
+        except (SeqVisionError, RuntimeError, ValueError) as exc:  # diverged (--on-nan stop), out of memory, ...
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            failures += 1
+            say(f"trial {trial.number + 1}/{trials}: failed ({first_line(exc)}) | {_params_text(params)}")
+            if failures >= MAX_FAILURES:
+                raise ConfigError(f"{failures} trials in a row failed, the last with: {first_line(exc)}") from None
+            continue
+        except BaseException:  # interrupted: the trial does not count, the study continues next time
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
+        failures = 0
         if pruned_at is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -240,13 +265,17 @@ class TrialReport(L.Callback):
 
 def _trial_line(study, number: int, params: dict, metric: str, value: float, pruned_at: int | None, seconds: float,
                 trials: int) -> str:
-    shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    shown = _params_text(params)
     state = f"pruned at epoch {pruned_at}, {metric} {value:.4f}" if pruned_at else f"{metric} {value:.4f}"
     try:
         best = f"best {study.best_value:.4f} (trial {study.best_trial.number + 1})"
     except ValueError:  # no completed trial yet
         best = "no completed trial yet"
     return f"trial {number + 1}/{trials}: {state} | {best} | {seconds:.1f} s | {shown}"
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
 
 
 def _short(value: Any) -> str:
