@@ -15,9 +15,10 @@ cannot accept. TorchScript graphs are traced (``torch.jit.trace``).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import shutil
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -76,7 +77,8 @@ def check_format(format: str, opset: int = 17) -> None:
 def export_predictor(predictor: Predictor, out: str | Path, *, format: str = "onnx", opset: int = 17) -> ExportResult:
     """Export the model a :class:`Predictor` holds (on the CPU, fp32) to ``out``."""
     check_format(format, opset)
-    model = predictor.model.cpu().float().eval()
+    predictor = copy.copy(predictor)  # exported on a CPU fp32 copy: the caller's Predictor keeps its device
+    predictor.model = model = copy.deepcopy(predictor.model).cpu().float().eval()
     head = export_form(model.temporal_head)
     if head is None:
         name = predictor.cfg.model.head
@@ -100,10 +102,10 @@ def export_predictor(predictor: Predictor, out: str | Path, *, format: str = "on
             diffs[name] = check_graph(path, name, predictor, format)
             files[name] = path
         result = ExportResult(out, {n: out / p.name for n, p in files.items()}, diffs)
-        for path in files.values():
-            shutil.move(str(path), out / path.name)
-    result.metadata = model_json(predictor, result, format=format, opset=opset)
-    atomic_write_text(out / "model.json", json.dumps(result.metadata, indent=1))
+        result.metadata = model_json(predictor, result, format=format, opset=opset)
+        atomic_write_text(Path(tmp) / "model.json", json.dumps(result.metadata, indent=1))
+        for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == "model.json"):  # model.json last
+            os.replace(path, out / path.name)  # the same file system: each file is replaced whole
     return result
 
 
