@@ -116,3 +116,18 @@ def test_runs_that_cannot_use_maps_say_why_and_run_live(tmp_path, caplog):
     assert "with augmentation: it changes the pixels every epoch" in messages
     assert "over the cache budget of 0.0 GB (--cache-budget)" in messages
     assert "cached maps" not in messages
+
+
+def test_frozen_layers_stay_frozen_after_syncbatchnorm_conversion_and_learning_stages_keep_dropout():
+    encoder = build_backbone("resnet18", weights="none")
+    encoder.set_trainable(1)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)  # what Lightning does for --sync-batchnorm
+    converted.train()
+    stem, last = converted.trunk[1], converted.trunk[-1][0].bn1
+    assert isinstance(stem, torch.nn.SyncBatchNorm) and not stem.training  # frozen: running statistics kept
+    assert last.training  # the learning stage normalizes by batch
+    efficientnet = build_backbone("efficientnet_b0", weights="none")
+    efficientnet.set_trainable(1)
+    efficientnet.train()
+    learning = [m for m in efficientnet.stages[-1].modules() if not list(m.parameters())]
+    assert learning and all(m.training for m in learning)  # dropout / stochastic depth inside it stay on

@@ -93,7 +93,9 @@ class ImageEncoder(nn.Module):
         self.checkpointing = False  # recompute chunk activations in backward instead of storing them
         # BatchNorm normalizes with its running statistics even while the rest learns (see set_frozen_norm)
         self.frozen_norm = False
-        self._frozen: list[nn.Module] = []
+        # the frozen modules, by name: a module replaced in place (Lightning's SyncBatchNorm conversion)
+        # is still found, and kept in eval, under its name
+        self._frozen_names: list[str] = []
         with torch.no_grad():
             was_training = trunk.training
             trunk.eval()
@@ -159,23 +161,33 @@ class ImageEncoder(nn.Module):
                 raise ConfigError(f"--trainable-stages {k}: backbone {self.name!r} has {len(self.stages)} stages")
             keep = {id(p) for stage in self.stages[-k:] for p in stage.parameters()}
             keep |= {id(p) for p in self.post_pool.parameters()}
-            frozen = [m for m in self.trunk.modules() if not any(id(p) in keep for p in m.parameters())]
+            # inside a learning stage, parameter-free layers (dropout, stochastic depth) learn too: not frozen
+            inside = {id(m) for stage in self.stages[-k:] for m in stage.modules()}
+            frozen = [m for m in self.trunk.modules()
+                      if id(m) not in inside and not any(id(p) in keep for p in m.parameters())]
         for p in self.parameters():
             p.requires_grad_(True)
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
-        self._frozen = frozen
+        ids = {id(m) for m in frozen}
+        self._frozen_names = [name for name, m in self.named_modules() if id(m) in ids]
         self.train(self.training)
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:
         """The frozen modules' parameters and buffers by name (relative to this encoder): fixed while training."""
-        frozen = {id(m) for top in self._frozen for m in top.modules()}
+        frozen = {id(m) for top in self._frozen for m in top.modules()}  # resolved by name, now
         return {
             f"{prefix}.{name}" if prefix else name: t
             for prefix, module in self.named_modules() if id(module) in frozen
             for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
         }
+
+    @property
+    def _frozen(self) -> list[nn.Module]:
+        """The frozen modules as they are now (looked up by name)."""
+        modules = dict(self.named_modules())
+        return [modules[name] for name in self._frozen_names if name in modules]
 
     @property
     def fully_frozen(self) -> bool:
