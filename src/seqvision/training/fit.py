@@ -255,7 +255,11 @@ def _maps_plan(cfg: RunConfig, model, data) -> StageCut | None:
     rows = sum(len(s.frames) if s.video is None else (cfg.data.num_frames or 64) * cfg.data.eval_clips for s in samples)
     need = rows * cut.row_size * 2  # float16
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
-    budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root)
+    # maps already cached (a resumed run, another seed) count against an explicit budget, not the free disk
+    key = CacheKey.for_encoder(FrozenStages(model.encoder, cut), model.encoder.preprocessing, dtype=MAPS_DTYPE,
+                               compute=inference_dtype(device_of(cfg), cfg.cnn_precision()))
+    held = sum(f.stat().st_size for f in (root / key.digest).glob("shard-*.npy"))
+    budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root) + held
     if need > budget:
         log.warning(
             "the frozen stages' maps would take about %.1f GB (%d images x %s, float16), over the cache budget of %.1f GB "
