@@ -130,3 +130,17 @@ def test_shares_merge_back_in_order_without_duplicates_or_losses(checkpoint, wor
         merge(parts + [parts[0]], samples)
     with pytest.raises(RuntimeError, match="no process predicted sample"):
         merge(parts[1:], samples)
+
+
+def test_a_process_group_someone_else_started_is_left_alone(monkeypatch):
+    """A user's own distributed job may call predict from one rank: nothing is sharded, nobody waits."""
+    import torch.distributed as dist
+
+    from seqvision.runtime import inference_group
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    assert inference_group() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert inference_group() == (0, 1)

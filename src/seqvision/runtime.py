@@ -86,15 +86,26 @@ def launch_world() -> tuple[int, int]:
         return 0, 1
 
 
-def inference_group() -> tuple[int, int]:
-    """For ``predict``, ``evaluate`` and ``report`` under torchrun: ``(rank, world size)``, with the
-    process group (gloo: it only gathers results, on any device) initialized once; ``(0, 1)`` otherwise."""
-    rank, world = launch_world()
-    if world > 1:
-        import torch.distributed as dist
+_GROUP_OWNER = {"seqvision": False}  # whether seqvision initialized this process's default group itself
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
+
+def inference_group() -> tuple[int, int]:
+    """For ``predict``, ``evaluate`` and ``report`` launched by torchrun: ``(rank, world size)``, with the
+    process group (gloo: it only gathers results, on any device) initialized here; ``(0, 1)`` otherwise.
+
+    A process group that something else initialized (a user's own distributed job, Lightning's DDP)
+    means the caller owns the distribution and may call from one rank only: then nothing is sharded,
+    so no rank waits for the others."""
+    rank, world = launch_world()
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if dist.is_initialized() and not _GROUP_OWNER["seqvision"]:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+        _GROUP_OWNER["seqvision"] = True
     return rank, world
 
 
