@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -152,7 +153,9 @@ class SequenceDataset(Dataset):
         if wanted and self.sampling.mode in ("random", "segments") and 0 < num_frames < wanted:
             self.notes.add(f"sample {self.samples[index].id!r}: {num_frames} frame(s), fewer than --num-frames {wanted}: all used")
         if self.shuffle_frames:
-            clips = [shuffled(c, seed=self.seed * 1_000_003 + index) for c in clips]
+            # seeded by the sample's id, not its position: the same order in any list, shard or worker
+            sample_seed = zlib.crc32(self.samples[index].id.encode())
+            clips = [shuffled(c, seed=self.seed * 1_000_003 + sample_seed) for c in clips]
         return clips
 
     def new_item(self, index: int) -> dict:
