@@ -98,7 +98,8 @@ def export_predictor(predictor: Predictor, out: str | Path, *, format: str = "on
             inputs = example_inputs(name, predictor, TRACE_LENGTHS)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices: checked below
-                write_graph(graph, inputs, path, name=name, format=format, opset=opset, per_step=model.per_step)
+                write_graph(graph, inputs, path, name=name, format=format, opset=opset, per_step=model.per_step,
+                            outputs=["features"] if name == "encoder" else output_names(predictor))
             diffs[name] = check_graph(path, name, predictor, format)
             files[name] = path
         result = ExportResult(out, {n: out / p.name for n, p in files.items()}, diffs)
@@ -142,7 +143,8 @@ def example_inputs(name: str, predictor: Predictor, lengths: tuple[int, ...], *,
 
 
 def write_graph(
-    graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, *, name: str, format: str, opset: int, per_step: bool
+    graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, *, name: str, format: str, opset: int, per_step: bool,
+    outputs: list[str],
 ) -> None:
     try:
         if format == "torchscript":
@@ -154,7 +156,6 @@ def write_graph(
             axes["images"] = {0: "images"}
         else:
             axes[names[0]] = {0: "batch", 1: "steps"}
-        outputs = ["features"] if name == "encoder" else output_names_of(graph)
         for o in outputs:
             axes[o] = {0: "images"} if name == "encoder" else ({0: "batch", 1: "steps"} if per_step else {0: "batch"})
         torch.onnx.export(
@@ -163,11 +164,6 @@ def write_graph(
         )
     except Exception as exc:  # noqa: BLE001 - an operation the exporter lacks: say which graph
         raise ExportError(f"could not export the {name} graph to {format}: {first_line(exc, 400)}") from None
-
-
-def output_names_of(graph: nn.Module) -> list[str]:
-    sequence = graph.sequence if isinstance(graph, WholeGraph) else graph
-    return ["logits", "probabilities"] if sequence.activation else ["values"]
 
 
 def run_graph(path: Path, format: str, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
