@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -90,8 +91,8 @@ def fit(
     for said in kind.options_without_effect(label_smoothing=cfg.train.label_smoothing, loss=cfg.train.loss):
         warnings.warn(said, stacklevel=2)  # loss options of another kind of task: said once, not ignored
     class_weights = kind.class_weights(data.spec, data.splits["train"]) if cfg.train.class_weights == "balanced" else None
-    cut = _maps_plan(cfg, model, data)  # fine-tuning the last stages: their input cached, if it can be
-    if not cfg.trains_on_cache() and cut is None:  # the CNN runs live: will its largest batch fit?
+    maps = _maps_plan(cfg, model, data)  # fine-tuning the last stages: their input cached, if it can be
+    if not cfg.trains_on_cache() and maps is None:  # the CNN runs live: will its largest batch fit?
         workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         change = plan_training_memory(cfg, model.encoder, data.splits, device=device_of(cfg), num_workers=workers)
         if change:
@@ -102,9 +103,9 @@ def fit(
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
     augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, progress=progress)
-    if cut is not None:
-        store, cache_report = _map_store(cfg, model, prep, data, cut, progress=progress)
-        task.maps = cut
+    if maps is not None:
+        store, cache_report = _map_store(cfg, model, prep, data, *maps, progress=progress)
+        task.maps = maps[0]
     dm = SequenceDataModule(
         data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,
         store=store, balanced_sampler=cfg.train.balanced_sampler,
@@ -126,7 +127,7 @@ def fit(
     if task.nan_steps_skipped:
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     return TrainResult(
-        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store if cut is None else None,
+        out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store if maps is None else None,
         num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
     )
 
@@ -234,9 +235,10 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     return store, report
 
 
-def _maps_plan(cfg: RunConfig, model, data) -> StageCut | None:
+def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] | None:
     """Whether this fine-tuning run reads the frozen stages' cached maps (:mod:`seqvision.models.stage_maps`):
-    the cut, or None with the reason said once (augmentation, a trunk that cannot be cut, the disk budget)."""
+    the cut, the maps' cache key and the cache folder, or None with the reason said once (augmentation, a
+    trunk that cannot be cut, the disk budget)."""
     m = cfg.model
     if m.freeze or not m.trainable_stages or cfg.data.cache == "off":
         return None
@@ -253,7 +255,7 @@ def _maps_plan(cfg: RunConfig, model, data) -> StageCut | None:
     samples = [s for split in data.splits.values() for s in split]
     # rows: every image file, and for a video about the frames its sampling reads (an estimate: not probed here)
     rows = sum(len(s.frames) if s.video is None else (cfg.data.num_frames or 64) * cfg.data.eval_clips for s in samples)
-    need = rows * cut.row_size * 2  # float16
+    need = rows * cut.row_size * np.dtype(MAPS_DTYPE).itemsize
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     # maps already cached (a resumed run, another seed) count against an explicit budget, not the free disk
     key = CacheKey.for_encoder(FrozenStages(model.encoder, cut), model.encoder.preprocessing, dtype=MAPS_DTYPE,
@@ -262,10 +264,11 @@ def _maps_plan(cfg: RunConfig, model, data) -> StageCut | None:
     budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root) + held
     if need > budget:
         log.warning(
-            "the frozen stages' maps would take about %.1f GB (%d images x %s, float16), over the cache budget of %.1f GB "
-            "(--cache-budget): the whole CNN runs live every epoch", need / 1e9, rows, "x".join(map(str, cut.shape)), budget / 1e9)
+            "the frozen stages' maps would take about %.1f GB (%d images x %s, %s), over the cache budget of %.1f GB "
+            "(--cache-budget): the whole CNN runs live every epoch", need / 1e9, rows, "x".join(map(str, cut.shape)),
+            MAPS_DTYPE, budget / 1e9)
         return None
-    return cut
+    return cut, key, root
 
 
 def _free_bytes(folder: Path) -> float:
@@ -275,18 +278,16 @@ def _free_bytes(folder: Path) -> float:
     return float(shutil.disk_usage(folder).free)
 
 
-def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, *, progress: bool):
-    """Cache the frozen stages' maps of every image (float16, one row per image), computed once in the
-    precision the CNN trains in; training then runs only the last stages on them."""
+def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, key: CacheKey, root: Path, *, progress: bool):
+    """Cache the frozen stages' maps of every image (one row per image, under ``key``: computed once in the
+    precision the CNN trains in); training then runs only the last stages on them."""
     device = device_of(cfg)
-    compute = inference_dtype(device, cfg.cnn_precision())
-    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     frozen = FrozenStages(model.encoder, cut)
-    store = FeatureStore(root, CacheKey.for_encoder(frozen, prep, dtype=MAPS_DTYPE, compute=compute))
+    store = FeatureStore(root, key)
     samples = [s for split in data.splits.values() for s in split]
     with torch.random.fork_rng(devices=[]):
         stats = extract_features(
-            samples, frozen, prep, store, device=device, precision=str(compute).removeprefix("torch."),
+            samples, frozen, prep, store, device=device, precision=key.compute,
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
             sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
         )
@@ -294,9 +295,9 @@ def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, *, progress: bo
     model.encoder.train(model.encoder.training)  # the extraction put the shared frozen stages in eval: they stay so
     data.dropped.extend(stats.skipped + stats.notes)
     log.warning(
-        "fine-tuning the last %d stage(s) on cached maps (%s per image, float16, in %s): the frozen stages ran once per "
+        "fine-tuning the last %d stage(s) on cached maps (%s per image, %s, in %s): the frozen stages ran once per "
         "image (%d computed, %d cached); each epoch runs only the last stages", cfg.model.trainable_stages,
-        "x".join(map(str, cut.shape)), store.dir, stats.images, stats.cached)
+        "x".join(map(str, cut.shape)), MAPS_DTYPE, store.dir, stats.images, stats.cached)
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
               "images_per_second": round(stats.images_per_second, 1), "maps": list(cut.shape)}
     return store, report
