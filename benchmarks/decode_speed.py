@@ -43,6 +43,7 @@ from seqvision.features.encode import encode_batch, prepare_encoder  # noqa: E40
 from seqvision.features.extract import extract_features  # noqa: E402
 from seqvision.models.backbones import build_backbone  # noqa: E402
 from seqvision.runtime import inference_dtype  # noqa: E402
+from extract_speed import decode_seconds, naive_extract  # noqa: E402  (this folder: the same naive loop and decode timing)
 
 OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
 PHOTOS = ["aloeL.jpg", "aloeR.jpg", "building.jpg", "ela_original.jpg", "pca_test1.jpg", "leuvenA.jpg", "leuvenB.jpg",
@@ -87,18 +88,6 @@ def make_video(path: Path, frames: int) -> Path:
     return path
 
 
-def naive_images(model: torch.nn.Module, paths: list[Path]) -> float:
-    from torchvision import transforms as T
-
-    transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    with torch.no_grad():
-        model(transform(Image.open(paths[0]).convert("RGB")).unsqueeze(0))  # warm-up
-        start = time.perf_counter()
-        for p in paths:
-            model(transform(Image.open(p).convert("RGB")).unsqueeze(0))
-    return len(paths) / (time.perf_counter() - start)
-
-
 def naive_video(model: torch.nn.Module, path: Path) -> tuple[float, int]:
     import av
     from torchvision import transforms as T
@@ -134,22 +123,17 @@ def seqvision_extract(data: Path, cache: Path, *, exact: bool, num_frames: int |
     return stats.images / (time.perf_counter() - start), stats.images, stats.steady_images_per_second
 
 
-def decode_seconds(paths: list[Path], video: Path | None) -> float:
-    """CPU seconds per image of the reduced decoding and the transform, on one thread (as extraction's
-    decoding threads run): the work that shares the cores with the CNN."""
-    from seqvision.data.images import load_image
+def video_decode_seconds(video: Path) -> float:
+    """CPU seconds per frame of the reduced video decoding and the transform, on one thread (as
+    ``extract_speed.decode_seconds`` measures images): the work that shares the cores with the CNN."""
     from seqvision.data.video import probe_video, read_frames
 
     transform = ClipTransform(Preprocessing(224, 256))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        start = time.process_time()
-        if video is None:
-            for p in paths:
-                transform([load_image(p, decode_size=transform.decode_size)])
-            return (time.process_time() - start) / len(paths)
         info = probe_video(video)
+        start = time.process_time()
         frames, _ = read_frames(video, [info.frame_time(i) for i in range(info.num_frames)], info.fps, decode_size=transform.decode_size)
         transform(frames)
         return (time.process_time() - start) / info.num_frames
@@ -218,13 +202,13 @@ def main() -> None:
         for name, data, count in (("1080p JPEG", hd, n_hd), ("12 MP JPEG", mp12, n_12mp), ("1080p H.264 video", video.parent.parent, n_video)):
             paths = sorted(data.rglob("*.jpg"))
             if paths:
-                naive = naive_images(naive_model, paths[:64])  # the slow loop on the first 64 images
+                naive = naive_extract("resnet18", paths[:64], 224)  # the slow loop on the first 64 images
             else:
                 naive, count = naive_video(naive_model, video)
             frames = count if not paths else None
             fast, n, steady = seqvision_extract(data, tmp / f"cache-{name}", exact=False, num_frames=frames)
             exact, _, _ = seqvision_extract(data, tmp / f"cache-{name}-exact", exact=True, num_frames=frames)
-            decode = decode_seconds(paths[:32], None if paths else video)
+            decode = decode_seconds(paths[:32], 224) if paths else video_decode_seconds(video)
             bound = 1.0 / (1.0 / cnn + decode / (os.cpu_count() or 1))  # the CNN's time per image plus the decoding's
             results[name] = {"images": n, "naive": naive, "extract": fast, "extract_steady": steady, "extract_exact": exact,
                              "cnn_only": cnn, "decode_ms": 1000 * decode, "bound": bound}
