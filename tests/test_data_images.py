@@ -113,8 +113,8 @@ def test_one_pixel_image_is_fine(tmp_path):
 
 
 def test_decoding_in_threads_leaves_the_warnings_machinery_as_it_was(tmp_path):
-    """Decoding threads (extraction) each catch libjpeg's warnings; they must not leak a recorder
-    into the process or lose the filters (catch_warnings is process-wide state)."""
+    """Decoding threads (extraction) each silence Pillow's bomb warning while reading a header; they must
+    not leak a recorder into the process or lose the filters (catch_warnings is process-wide state)."""
     import threading
     import warnings
     from concurrent.futures import ThreadPoolExecutor
@@ -138,3 +138,43 @@ def test_decoding_in_threads_leaves_the_warnings_machinery_as_it_was(tmp_path):
     assert warnings.showwarning is before_show and warnings.filters == before_filters
     with pytest.warns(UserWarning, match="still reported"):
         warnings.warn("still reported", UserWarning, stacklevel=1)
+
+
+def _noisy_jpeg(path, size=(48, 36), orientation=None):
+    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=90, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [None, 6, 3])
+def test_the_jpeg_kernel_and_pillow_give_the_same_pixels(tmp_path, monkeypatch, orientation):
+    """torchvision's libjpeg kernel is used for speed, Pillow where that kernel is gone (torchvision's
+    decoders are deprecated) or fails: a cache must not depend on which one decoded an image."""
+    from seqvision.data import images
+
+    path = tmp_path / "noise.jpg"
+    _noisy_jpeg(path, orientation=orientation)
+    fast = load_image(path)
+    monkeypatch.setattr(images, "_JPEG_KERNEL", None)
+    assert torch.equal(load_image(path), fast)
+    assert fast.shape == ((3, 48, 36) if orientation == 6 else (3, 36, 48))
+
+
+def test_a_jpeg_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """Past twice Pillow's own limit its header parse raises: that must refuse the file, not hand it
+    to libjpeg, which would allocate the 400-megapixel frame first."""
+    import resource
+    import struct
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (5, 5, 5)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length(2) precision(1) height(2) width(2)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 20000, 20000)
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BadFileError, match="pixel limit"):
+        load_image(tmp_path / "bomb.jpg")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 1.2 GB

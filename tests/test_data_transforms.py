@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from seqvision.data.sampling import shuffled, uniform_indices
@@ -63,3 +64,22 @@ def test_default_augmentation_never_mirrors_so_direction_survives():
     assert not any(_mirrored(default([_left_bright()] * 3)) for _ in range(60))
     flipping = ClipTransform(Preprocessing(12, 12), train=True, hflip=True)  # only when asked for
     assert any(_mirrored(flipping([_left_bright()] * 3)) for _ in range(60))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_evaluation_clip_equals_torchvisions_transforms_bit_for_bit_in_either_memory_layout(interpolation):
+    """The evaluation path reorders memory for speed (channels_last resize, contiguous normalize); the
+    floats must stay exactly those of torchvision's resize, crop, to_dtype and normalize, so caches and
+    checkpoints made before stay valid."""
+    from torchvision.transforms.v2 import functional as F
+
+    prep = Preprocessing(24, 28, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation=interpolation)
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(40, 53), (28, 28), (17, 90), (12, 10)]:  # down, equal, odd and upsampled
+        hwc = [torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8) for _ in range(3)]
+        decoded = [f.permute(2, 0, 1) for f in hwc]  # the decoders' layout (channels_last memory)
+        reference = F.center_crop(F.resize(torch.stack([f.contiguous() for f in decoded]), [28], interpolation=prep.interpolation_mode, antialias=True), [24, 24])
+        reference = F.normalize(F.to_dtype(reference, torch.float32, scale=True), mean=list(prep.mean), std=list(prep.std))
+        for frames in (decoded, [f.contiguous() for f in decoded], decoded[:1]):
+            clip = ClipTransform(prep)(frames)
+            assert clip.is_contiguous() and torch.equal(clip, reference[: len(frames)])

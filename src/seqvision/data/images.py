@@ -1,7 +1,11 @@
 """Decode one image file to an RGB ``uint8`` tensor ``(3, H, W)``.
 
-JPEG takes torchvision's libjpeg path (fast, EXIF orientation applied); everything else goes through
+JPEG takes torchvision's libjpeg kernel (fast, EXIF orientation applied); everything else goes through
 Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all become 8-bit RGB.
+
+The tensor comes in the decoders' own pixel-interleaved layout (``(3, H, W)`` viewing ``(H, W, 3)``
+memory, i.e. channels_last), not made contiguous: torch's uint8 antialiased resize runs 2.5x faster on
+it, and the copy is saved. Decoding threads run in parallel: nothing here holds a lock while decoding.
 
 With ``decode_size`` (the shorter side the resize that follows needs), a JPEG at least twice that size
 is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT scaling, through Pillow's ``draft``), never
@@ -25,9 +29,29 @@ from seqvision.errors import BadFileError
 # Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
 # before decoding them, so memory stays bounded whatever a file's header claims.
 MAX_PIXELS = 100_000_000
+# Pillow's own bomb check warns while it reads a header; catch_warnings swaps process-wide state, so
+# two threads inside it at once would leave a recorder installed for good. It guards the header parse
+# only (microseconds), never a decode.
 _WARNINGS_LOCK = threading.Lock()
 
 
+def _torchvision_jpeg_kernel():
+    """torchvision's libjpeg-turbo decoding op, or None where this torchvision has none.
+
+    Called directly, not through ``torchvision.io.decode_jpeg``: that wrapper only adds the deprecation
+    warning of torchvision 0.29's decoders (superseded by TorchCodec), which would have to be caught
+    around every decode. Pillow decodes the same pixels (tested), so a torchvision without the op
+    only costs speed."""
+    try:
+        import torchvision.io  # noqa: F401  (loads the image extension that registers torch.ops.image)
+
+        return torch.ops.image.decode_jpeg
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
+_JPEG_KERNEL = _torchvision_jpeg_kernel()
+_RGB = 3  # torchvision's ImageReadMode.RGB
 
 
 def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Tensor:
@@ -48,36 +72,38 @@ def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Ten
 
 
 def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     # libjpeg treats a missing end marker as a warning and pads with grey: a truncated file would
     # silently train on half an image, so check for the end-of-image marker ourselves.
     if b"\xff\xd9" not in data[-4096:]:
         raise BadFileError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
     try:
-        with Image.open(io.BytesIO(data)) as header:  # parses the header only: the size, before decoding
+        with _open_header(data) as header:  # the size, before anything is decoded
             _check_size(path, header.height, header.width)
             reduce = decode_size is not None and min(header.size) >= 2 * decode_size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError):
+    except Image.DecompressionBombError:
+        raise BadFileError(path, _TOO_LARGE) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         reduce = False  # let the decoders below report what is wrong with it
-    if reduce:
-        return _decode_pillow(path, data, decode_size=decode_size)
+    if reduce or _JPEG_KERNEL is None:
+        return _decode_pillow(path, data, decode_size=decode_size if reduce else None)
     try:
-        # catch_warnings swaps process-wide state: two threads inside it at once would leave a recorder
-        # installed for good and could pin one image's libjpeg warning on another. One decode at a
-        # time holds it (the decoding threads still overlap each other's resizing).
-        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            image = decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        image = _JPEG_KERNEL(raw, _RGB, True)  # (3, H, W) over (H, W, 3) memory; EXIF orientation applied
     except RuntimeError:
         return _decode_pillow(path, data)  # CMYK/odd JPEGs: let Pillow try (it raises a clear error if not)
-    # torchvision 0.29 deprecates its decoders (DeprecationWarning, harmless); any other warning is
-    # libjpeg reporting corrupt data: let Pillow decide.
-    if any(not issubclass(w.category, DeprecationWarning) for w in caught):
-        return _decode_pillow(path, data)
     _check_size(path, image.shape[1], image.shape[2])
     return image
+
+
+_TOO_LARGE = f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Pillow's lazy image over ``data``: only the header is read (where Pillow's bomb check warns;
+    :data:`MAX_PIXELS` decides instead, so its warning is silenced)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -89,10 +115,7 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
     """``data`` (the bytes of ``path``, already read) decoded by Pillow; errors name ``path``.
     ``decode_size``: a JPEG is decoded at the smallest DCT scale whose shorter side is at least this."""
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():  # the lock: see _decode_jpeg
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides, below
-            opened = Image.open(io.BytesIO(data))  # reads the header only (where Pillow's bomb check warns)
-        with opened as img:
+        with _open_header(data) as img:
             _check_size(path, img.height, img.width)
             if decode_size is not None and img.format == "JPEG":
                 scale = decode_size / min(img.size)  # draft keeps both sides >= the size asked for
@@ -102,13 +125,13 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
     except BadFileError:
         raise
     except Image.DecompressionBombError:
-        raise BadFileError(path, f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)") from None
+        raise BadFileError(path, _TOO_LARGE) from None
     except UnidentifiedImageError as exc:
         raise BadFileError(path, f"not a readable image ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadFileError(path, f"corrupt or truncated image ({exc})") from None
-    array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    array = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable (a view of Pillow's bytes is not)
+    return torch.from_numpy(array).permute(2, 0, 1)  # channels_last, as the JPEG kernel gives
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -83,18 +83,30 @@ class ClipTransform:
             # on its neighbours, so a clip loaded in pieces, or one image at a time into the feature
             # cache, gives exactly the images of the whole clip
             sizes = {f.shape[-2:] for f in frames}
-            groups = [torch.stack(frames)] if len(sizes) == 1 else [f[None] for f in frames]
+            groups = [_stack_channels_last(frames)] if len(sizes) == 1 else [f[None] for f in frames]
             clip = torch.cat([self._evaluation_view(g) for g in groups])  # (T, 3, S, S) uint8
         if self.mirror:
             clip = clip.flip(-1)
-        clip = F.to_dtype(clip, torch.float32, scale=True)
-        return F.normalize(clip, mean=list(self.prep.mean), std=list(self.prep.std))
+        # to_dtype(scale) and normalize's own ops, in their order (the same floats, bit for bit), on a
+        # contiguous clip: on channels_last memory their per-channel broadcast runs 3-element inner loops
+        clip = clip.contiguous().to(torch.float32).mul_(1.0 / 255)
+        mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.prep.std, dtype=torch.float32).view(-1, 1, 1)
+        return clip.sub_(mean).div_(std)
 
 
     def _evaluation_view(self, clip: torch.Tensor) -> torch.Tensor:
         """``(T, 3, H, W)`` uint8 -> the shorter side resized to ``resize_size``, centre crop ``image_size``."""
         clip = F.resize(clip, [self.prep.resize_size], interpolation=self.prep.interpolation_mode, antialias=True)
         return F.center_crop(clip, [self.prep.image_size, self.prep.image_size])
+
+
+def _stack_channels_last(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Same-size ``(3, H, W)`` frames -> ``(T, 3, H, W)`` in channels_last memory, the layout the decoders
+    give and the one torch's uint8 antialiased resize is fast on (``torch.stack`` would reorder it)."""
+    if len(frames) == 1:
+        return frames[0][None]
+    return torch.stack([f.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
 
 
 def _stack_same_size(frames: list[torch.Tensor]) -> torch.Tensor:
