@@ -39,11 +39,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from seqvision.data.discovery import discover  # noqa: E402
 from seqvision.data.transforms import ClipTransform, Preprocessing, resolve_preprocessing  # noqa: E402
 from seqvision.features.cache import CacheKey, FeatureStore  # noqa: E402
-from seqvision.features.encode import encode_batch, prepare_encoder  # noqa: E402
 from seqvision.features.extract import extract_features  # noqa: E402
 from seqvision.models.backbones import build_backbone  # noqa: E402
 from seqvision.runtime import inference_dtype  # noqa: E402
-from extract_speed import decode_seconds, naive_extract  # noqa: E402  (this folder: the same naive loop and decode timing)
+from extract_speed import cnn_only, decode_seconds, naive_extract  # noqa: E402  (this folder: the same naive loop, CNN-alone and decode timing)
 
 OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
 PHOTOS = ["aloeL.jpg", "aloeR.jpg", "building.jpg", "ela_original.jpg", "pca_test1.jpg", "leuvenA.jpg", "leuvenB.jpg",
@@ -141,19 +140,6 @@ def video_decode_seconds(video: Path) -> float:
         torch.set_num_threads(threads)
 
 
-def cnn_only(quick: bool) -> float:
-    encoder = build_backbone("resnet18", weights="none", pool="avg")
-    dtype = inference_dtype(torch.device("cpu"), "auto")
-    net = prepare_encoder(encoder, torch.device("cpu"), dtype=dtype)
-    batch = torch.randn(64 if not quick else 8, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    encode_batch(net, batch, dtype)
-    start, n = time.perf_counter(), 0
-    for _ in range(4 if not quick else 1):
-        encode_batch(net, batch, dtype)
-        n += len(batch)
-    return n / (time.perf_counter() - start)
-
-
 def cosines(paths: list[Path], video: Path | None) -> dict[str, float] | None:
     """Real MobileNetV2 features, reduced vs exact decoding: mean and min cosine (images, then video frames)."""
     from seqvision.data.images import load_image
@@ -198,7 +184,7 @@ def main() -> None:
         hd = make_jpegs(tmp / "hd", (1920, 1080), n_hd, 8)
         mp12 = make_jpegs(tmp / "12mp", (4000, 3000), n_12mp, 8)
         video = make_video(tmp / "video" / "c0" / "street.mp4", n_video)
-        cnn = cnn_only(args.quick)
+        cnn = cnn_only("resnet18", 224, 8 if args.quick else 64, args.quick)
         for name, data, count in (("1080p JPEG", hd, n_hd), ("12 MP JPEG", mp12, n_12mp), ("1080p H.264 video", video.parent.parent, n_video)):
             paths = sorted(data.rglob("*.jpg"))
             if paths:

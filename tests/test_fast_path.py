@@ -184,6 +184,26 @@ def test_onednn_path_keeps_the_encoders_chunk_size():
 
 
 @needs_bf16
+def test_extraction_hands_the_onednn_path_contiguous_batches_and_the_eager_path_channels_last(tmp_path, monkeypatch):
+    """Each layout the CNN reads without a copy: oneDNN's reorder reads NCHW, eager convolutions channels_last
+    (a batch in the other layout is converted whole, in the main thread, before every forward)."""
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.encode import input_layout
+
+    samples = discover(make_folder_dataset(tmp_path / "data", per_label=2))
+    encoder = build_backbone("tiny_cnn", weights="none")
+    prep = resolve_preprocessing(encoder.preprocessing, image_size=16)
+    layouts = []
+    real_run = OneDNNEncoder._run
+    monkeypatch.setattr(OneDNNEncoder, "_run", lambda self, images: layouts.append(images.is_contiguous()) or real_run(self, images))
+    store = FeatureStore(tmp_path / "cache", CacheKey.for_encoder(encoder, prep, compute=torch.bfloat16))
+    stats = extract_features(samples, encoder, prep, store, batch_size=4, num_workers=0, precision="bf16", progress=False)
+    assert stats.images == 10 and len(layouts) == 4 and all(layouts)  # its probe at construction, then batches of 4, 4, 2
+    assert input_layout(prepare_encoder(encoder, torch.device("cpu"), dtype=torch.bfloat16)) == torch.contiguous_format
+    assert input_layout(prepare_encoder(encoder, torch.device("cpu"), dtype=torch.float32)) == torch.channels_last
+
+
+@needs_bf16
 def test_predictor_runs_the_cnn_on_the_onednn_path(frozen_run):
     _, _, result = frozen_run
     predictor = Predictor.load(result.best_checkpoint, precision="bf16")

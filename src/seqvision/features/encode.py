@@ -40,6 +40,13 @@ def prepare_encoder(
     return encoder
 
 
+def input_layout(net: nn.Module) -> torch.memory_format:
+    """The memory format a :func:`prepare_encoder` result reads batches in without a copy: oneDNN's
+    reorder reads contiguous NCHW (a channels_last batch would be made contiguous first: 0.2 ms per
+    224-px image on a 2-core CPU); eager and compiled encoders run channels_last."""
+    return torch.contiguous_format if isinstance(net, OneDNNEncoder) else torch.channels_last
+
+
 class OneDNNEncoder(nn.Module):
     """CPU inference on a converted copy of an ImageEncoder's trunk: BatchNorm folded into the
     convolutions, the weights reordered once into oneDNN's blocked layout, in ``dtype``.

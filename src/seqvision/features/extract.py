@@ -31,7 +31,7 @@ from seqvision.features.cache import (
     FeatureStore,
     video_frame_identity,
 )
-from seqvision.features.encode import encode_batch, prepare_encoder
+from seqvision.features.encode import encode_batch, input_layout, prepare_encoder
 from seqvision.features.loading import (
     ImageFiles,
     ThreadedBatches,
@@ -227,7 +227,7 @@ def _extract(
     loaders: list = []
     threaded = workers == 0 and device.type == "cpu"  # decode between CNN batches, on every core
     if missing and threaded:
-        loaders.append(ThreadedBatches(missing, owners, prep, batch_size, threads))
+        loaders.append(ThreadedBatches(missing, owners, prep, batch_size, threads, input_layout(net)))
     elif missing:
         loaders.append(DataLoader(ImageFiles(missing, owners, prep), batch_size=batch_size, collate_fn=collate_work, **common))
     if chunks:  # each item is one chunk of one video; rebatch packs them into full batches

@@ -57,18 +57,22 @@ class ThreadedBatches:
     """Image batches decoded and preprocessed by a few threads *between* CNN batches (small CPUs).
 
     Each thread takes its share of the batch, image by image (one image at a time stays in the CPU's
-    cache, which a stacked batch transform does not), and writes the rows straight into a channels_last
-    batch, the CNN's layout. The resize and normalize of the threads run in parallel (they release the
-    GIL); libjpeg decodes one image at a time, under the warnings lock of :mod:`seqvision.data.images`. See
+    cache, which a stacked batch transform does not), and writes the rows straight into a batch in
+    ``memory_format``, the layout the CNN reads (:func:`~seqvision.features.encode.input_layout`).
+    Decoding, resize and normalize release the GIL, so the threads run in parallel. See
     :func:`extraction_workers` for why small CPUs decode in-process. The rows equal
     :class:`ImageFiles`' (the same per-image transform).
     """
 
-    def __init__(self, todo: dict[Path, str], owners: dict[Path, str], prep: Preprocessing, batch_size: int, threads: int) -> None:
+    def __init__(
+        self, todo: dict[Path, str], owners: dict[Path, str], prep: Preprocessing, batch_size: int, threads: int,
+        memory_format: torch.memory_format = torch.channels_last,
+    ) -> None:
         self.files = ImageFiles(todo, owners, prep)
         self.size = prep.image_size
         self.batch_size = batch_size
         self.threads = max(1, threads)
+        self.memory_format = memory_format
 
     def _fill(self, indices: range, out: torch.Tensor, first: int) -> list[tuple[int, str, str | None]]:
         done = []
@@ -87,7 +91,7 @@ class ThreadedBatches:
         try:
             for first in range(0, len(self.files), self.batch_size):
                 n = min(self.batch_size, len(self.files) - first)
-                out = torch.empty((n, 3, self.size, self.size), memory_format=torch.channels_last)
+                out = torch.empty((n, 3, self.size, self.size), memory_format=self.memory_format)
                 step = -(-n // self.threads)
                 shares = [range(at, min(first + n, at + step)) for at in range(first, first + n, step)]
                 done = [row for part in pool.map(self._fill, shares, [out] * len(shares), [first] * len(shares)) for row in part]
