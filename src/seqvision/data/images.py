@@ -120,8 +120,10 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
             if decode_size is not None and img.format == "JPEG":
                 scale = decode_size / min(img.size)  # draft keeps both sides >= the size asked for
                 img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image
+            # (H, W, 3), writable (a view of Pillow's bytes is not); converted only if not RGB already
+            array = np.array(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
     except BadFileError:
         raise
     except Image.DecompressionBombError:
@@ -130,7 +132,6 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
         raise BadFileError(path, f"not a readable image ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadFileError(path, f"corrupt or truncated image ({exc})") from None
-    array = np.array(rgb, dtype=np.uint8)  # (H, W, 3), writable (a view of Pillow's bytes is not)
     return torch.from_numpy(array).permute(2, 0, 1)  # channels_last, as the JPEG kernel gives
 
 
