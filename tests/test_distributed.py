@@ -144,3 +144,20 @@ def test_a_process_group_someone_else_started_is_left_alone(monkeypatch):
     assert inference_group() == (0, 1)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert inference_group() == (0, 1)
+
+
+def test_a_bare_cuda_device_is_each_processs_own_gpu_under_torchrun(monkeypatch):
+    """``--device cuda`` under torchrun: rank k's process takes cuda:LOCAL_RANK, not GPU 0 for all; an
+    explicit cuda:N is kept, and a GPU that is not there is refused naming the ones that are."""
+    from seqvision.errors import ConfigError
+    from seqvision.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match="cuda:0 to cuda:3"):
+        resolve_device("cuda:4")

@@ -111,7 +111,9 @@ def inference_group() -> tuple[int, int]:
 
 def resolve_device(spec: "str | torch.device") -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device that exists here; anything else is a
-    :class:`ConfigError` naming what is available (never a RuntimeError from deep inside torch)."""
+    :class:`ConfigError` naming what is available (never a RuntimeError from deep inside torch).
+    A bare ``cuda`` is this process's GPU: ``cuda:LOCAL_RANK`` under torchrun (one process per GPU), so
+    ``--device cuda`` does not put every process of a launch on GPU 0."""
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):
@@ -121,6 +123,8 @@ def resolve_device(spec: "str | torch.device") -> torch.device:
             raise ConfigError(f"--device {spec}: no CUDA GPU is available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if device.index is None:
+            device = default_device()
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise ConfigError(f"--device {spec}: Apple's MPS is not available here; use --device cpu")

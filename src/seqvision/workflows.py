@@ -19,7 +19,7 @@ from seqvision.features.extract import ExtractStats, extract_features
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
-from seqvision.runtime import default_device, inference_dtype
+from seqvision.runtime import default_device, inference_dtype, resolve_device
 
 if TYPE_CHECKING:
     from seqvision.training.fit import TrainResult
@@ -84,7 +84,7 @@ def extract(
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
-    device = torch.device(device) if device else default_device()
+    device = resolve_device(device) if device else default_device()
     compute = inference_dtype(device, d.feature_precision)
     folder = out or (d.cache if d.cache not in ("auto", "off") else None) or default_cache_root()
     store = FeatureStore(Path(folder), CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute),

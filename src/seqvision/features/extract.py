@@ -54,6 +54,7 @@ from seqvision.models.backbones import ImageEncoder
 from seqvision.runtime import (
     default_device,
     inference_dtype,
+    resolve_device,
     tune_allocator,
 )
 
@@ -211,7 +212,7 @@ def _extract(
 ) -> ExtractStats:
     """:func:`extract_features` in one process; ``heartbeat`` is touched after every batch."""
     tune_allocator()
-    device = torch.device(device) if device else default_device()
+    device = resolve_device(device) if device else default_device()
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # pinned-memory threads and new tensors go to this GPU, not GPU 0
     owners, missing, chunks, stats = _plan(samples, store, sampling, batch_size, on_bad_image)
