@@ -83,3 +83,8 @@ def test_evaluation_clip_equals_torchvisions_transforms_bit_for_bit_in_either_me
         for frames in (decoded, [f.contiguous() for f in decoded], decoded[:1]):
             clip = ClipTransform(prep)(frames)
             assert clip.is_contiguous() and torch.equal(clip, reference[: len(frames)])
+            for layout in (torch.contiguous_format, torch.channels_last):  # written into a batch's rows
+                batch = torch.full((5, 3, 24, 24), float("nan")).contiguous(memory_format=layout)
+                rows = batch[1 : 1 + len(frames)]
+                assert ClipTransform(prep)(frames, out=rows) is rows
+                assert torch.equal(rows, reference[: len(frames)]) and batch[0].isnan().all() and batch[4].isnan().all()

@@ -75,7 +75,8 @@ class ClipTransform:
         augment.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
         self.augment = v2.Compose(augment)
 
-    def __call__(self, frames: list[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, frames: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: a float32 ``(T, 3, S, S)`` to write the clip into (a slice of a batch), else a new one."""
         if self.train:
             clip = self.augment(_stack_same_size(frames))  # (T, 3, S, S): one crop for the whole clip
         else:
@@ -84,16 +85,21 @@ class ClipTransform:
             # cache, gives exactly the images of the whole clip
             sizes = {f.shape[-2:] for f in frames}
             groups = [_stack_channels_last(frames)] if len(sizes) == 1 else [f[None] for f in frames]
-            clip = torch.cat([self._evaluation_view(g) for g in groups])  # (T, 3, S, S) uint8
+            views = [self._evaluation_view(g) for g in groups]
+            clip = views[0] if len(views) == 1 else torch.cat(views)  # (T, 3, S, S) uint8
         if self.mirror:
             clip = clip.flip(-1)
-        # to_dtype(scale) and normalize's own ops, in their order (the same floats, bit for bit), on a
-        # contiguous clip: on channels_last memory their per-channel broadcast runs 3-element inner loops
-        clip = clip.contiguous().to(torch.float32).mul_(1.0 / 255)
+        # to_dtype(scale) and normalize's own ops, in their order (the same floats, bit for bit), on
+        # contiguous memory: on channels_last memory their per-channel broadcast runs 3-element inner loops
+        if out is None or not out.is_contiguous():
+            scaled = clip.contiguous().to(torch.float32)
+        else:
+            scaled = out.copy_(clip)  # the uint8 -> float32 conversion and the layout change in one pass
+        scaled.mul_(1.0 / 255)
         mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.prep.std, dtype=torch.float32).view(-1, 1, 1)
-        return clip.sub_(mean).div_(std)
-
+        normalized = scaled.sub_(mean).div_(std)
+        return normalized if out is None or normalized is out else out.copy_(normalized)
 
     def _evaluation_view(self, clip: torch.Tensor) -> torch.Tensor:
         """``(T, 3, H, W)`` uint8 -> the shorter side resized to ``resize_size``, centre crop ``image_size``."""

@@ -46,9 +46,15 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
+        return self.load(i)
+
+    def load(self, i: int, out: torch.Tensor | None = None) -> tuple[str, torch.Tensor | None, str | None]:
+        """Item ``i``: its identity, its row (written into ``out``, a ``(3, S, S)`` row of a batch, when
+        given) and None; or its identity, None and the error naming the file."""
         path = self.paths[i]
         try:
-            return self.identities[path], self.transform([load_image(path, decode_size=self.transform.decode_size)])[0], None
+            image = load_image(path, decode_size=self.transform.decode_size)
+            return self.identities[path], self.transform([image], out=None if out is None else out[None])[0], None
         except BadFileError as exc:
             return self.identities[path], None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
 
@@ -77,9 +83,7 @@ class ThreadedBatches:
     def _fill(self, indices: range, out: torch.Tensor, first: int) -> list[tuple[int, str, str | None]]:
         done = []
         for i in indices:
-            identity, image, error = self.files[i]
-            if image is not None:
-                out[i - first].copy_(image)
+            identity, _, error = self.files.load(i, out[i - first])  # the row is written in place
             done.append((i - first, identity, error))
         return done
 
