@@ -15,7 +15,8 @@ def test_extract_speed_quick_runs_and_reports_every_figure():
     r18 = report["resnet18"]
     for key in ("naive_images_per_s", "seqvision_images_per_s", "speedup_vs_naive", "ceiling_images_per_s",
                 "fraction_of_ceiling", "bf16_vs_fp32_min_cosine", "cnn_only_images_per_s", "cnn_only_speedup_bound",
-                "seqvision_fp32_images_per_s", "speedup_vs_naive_fp32"):
+                "seqvision_fp32_images_per_s", "speedup_vs_naive_fp32", "bound_images_per_s", "steady_fraction_of_bound",
+                "decode_all_cores_wall_ms_per_image", "bound_as_run_images_per_s", "steady_fraction_of_bound_as_run"):
         assert r18[key] > 0, key
     assert report["conv_peak_gflops"]["fp32"] > 0 and report["conv_peak_gflops"]["bf16"] > 0
     # the naive epoch is measured (PIL + one image per forward, every epoch): slower than cached rows
