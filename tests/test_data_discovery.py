@@ -132,3 +132,15 @@ def test_prediction_inputs_sample_folder_root_and_manifest(folder_data, tmp_path
     assert len(many) == 6 and many[0].label == "left"
     with pytest.raises(DataError, match="does not exist"):
         discover_inputs([tmp_path / "missing"])
+
+
+def test_a_prediction_input_given_twice_is_predicted_once_and_a_shared_name_is_refused(folder_data, tmp_path, caplog):
+    sample = folder_data / "left" / "s1"
+    with caplog.at_level("WARNING", logger="seqvision"):
+        twice = discover_inputs([sample, folder_data / "right" / "s0", sample])
+    assert [s.id for s in twice] == [str(sample), str(folder_data / "right" / "s0")]
+    assert "given more than once" in caplog.text and str(sample) in caplog.text
+    for name in ("a", "b"):  # two manifests that both name a different sample "x"
+        (tmp_path / f"{name}.csv").write_text(f"sample_id,path\nx,{folder_data / ('left' if name == 'a' else 'right') / 's0' / 'f0.png'}\n")
+    with pytest.raises(DataError, match="two different samples are both named 'x'"):
+        discover_inputs([tmp_path / "a.csv", tmp_path / "b.csv"])

@@ -130,6 +130,14 @@ def test_shares_merge_back_in_order_without_duplicates_or_losses(checkpoint, wor
         merge(parts + [parts[0]], samples)
     with pytest.raises(RuntimeError, match="no process predicted sample"):
         merge(parts[1:], samples)
+    if len(samples) < world:  # (7 processes: fewer samples than processes, no share holds two)
+        return
+    # one sample given twice, at 0 and at `world`: next to each other in share 0, its rows would run together
+    doubled = samples[:world] + [samples[0]] + samples[world:]
+    shares = [list(range(rank, len(doubled), world)) for rank in range(world)]
+    parts = [(mine, predictor.run([doubled[i] for i in mine], with_targets=True)) for mine in shares]
+    with pytest.raises(RuntimeError, match="is given twice"):
+        merge(parts, doubled)
 
 
 def test_a_process_group_someone_else_started_is_left_alone(monkeypatch):

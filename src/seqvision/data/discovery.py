@@ -7,6 +7,7 @@ Manifest, one row per image: ``sample_id, label, path[, index]``; or one row per
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Iterable, Iterator
 from seqvision.data.manifest import read_manifest
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import ConfigError, DataError
+
+log = logging.getLogger("seqvision")
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
@@ -164,7 +167,26 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Sample]:
         if not found:
             raise DataError(f"input {path}: no images or videos found in it or its sub-folders")
         samples.extend(found)
-    return samples
+    return _each_once(samples)
+
+
+def _each_once(samples: list[Sample]) -> list[Sample]:
+    """Each sample once. The same sample given twice (the same images or video under the same id: an input
+    repeated) is predicted once, and said; two different samples under one id are refused, since their
+    output rows could not be told apart."""
+    kept: dict[str, Sample] = {}
+    repeated: list[str] = []
+    for sample in samples:
+        first = kept.setdefault(sample.id, sample)
+        if first is sample:
+            continue
+        if (first.frames, first.video) != (sample.frames, sample.video):
+            raise DataError(f"two different samples are both named {sample.id!r} ({first.source} and {sample.source}); "
+                            "give the inputs distinct names")
+        repeated.append(sample.id)
+    if repeated:
+        log.warning("%d input sample(s) given more than once, predicted once: %s", len(repeated), ", ".join(repr(r) for r in repeated[:5]))
+    return list(kept.values())
 
 
 def _walk_sample_dirs(root: Path) -> Iterator[Sample]:

@@ -39,7 +39,9 @@ def merge(parts: list[tuple[list[int], "Predictions"]], samples: list[Sample]) -
     spans: dict[int, tuple[int, int, int]] = {}  # sample index -> (share, first row, end row)
     for p, (indices, preds) in enumerate(parts):
         row = 0
-        for i in indices:
+        for before, i in zip([None, *indices], indices):
+            if before is not None and samples[before].id == samples[i].id:  # their rows would run together
+                raise RuntimeError(f"sample id {samples[i].id!r} is given twice; give each sample once (or distinct ids)")
             if i in spans:
                 raise RuntimeError(f"sample {samples[i].id!r} was predicted by two processes")
             end = row
