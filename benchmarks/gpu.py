@@ -1,5 +1,6 @@
 """One short GPU run: JPEG decoding on the GPU overlapped with a bf16 channels_last CNN, extraction images/s for
-ResNet-18 and ResNet-50 end to end from 1080p JPEGs, the CNN alone, and a training-step time. Prints ONE JSON line.
+ResNet-18 and ResNet-50 end to end from 1080p JPEGs, the CNN alone, ``seqvision``'s own extraction (CPU decoding
+in DataLoader workers) of the same files, and a training-step time. Prints ONE JSON line.
 
     python benchmarks/gpu.py              # on a CUDA machine; finishes in well under 5 minutes
     python benchmarks/gpu.py --dry-run    # a few small images on the CPU: checks the script runs (the test suite)
@@ -47,10 +48,15 @@ def jpeg_bytes(count: int, size: tuple[int, int]) -> list[torch.Tensor]:
 
 
 def preprocess(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Decoded ``(3, H, W)`` uint8 images -> ``(N, 3, size, size)`` normalized, channels_last."""
+    """Decoded ``(3, H, W)`` uint8 images -> ``(N, 3, size, size)`` normalized, channels_last. Images of one
+    size are resized as one batch: a few kernels per batch, not a few per image (launches would bound it)."""
     from torchvision.transforms.v2 import functional as F
 
-    batch = torch.stack([F.center_crop(F.resize(im, [round(size * 256 / 224)], antialias=True), [size, size]) for im in images])
+    resize = [round(size * 256 / 224)]
+    if len({tuple(im.shape) for im in images}) == 1:
+        batch = F.center_crop(F.resize(torch.stack(images), resize, antialias=True), [size, size])
+    else:
+        batch = torch.stack([F.center_crop(F.resize(im, resize, antialias=True), [size, size]) for im in images])
     batch = F.normalize(batch.float().div_(255), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     return batch.contiguous(memory_format=torch.channels_last)
 
@@ -114,6 +120,34 @@ def cnn_only(name: str, batch: int, device: torch.device, passes: int) -> float:
     return best
 
 
+def seqvision_extract(files: list[torch.Tensor], device: torch.device, batch: int) -> dict:
+    """``seqvision.extract_features`` as users run it (ResNet-18, default precision and loaders: CPU
+    decoding in DataLoader workers) on the same JPEGs written to disk as 16-frame samples: the library's own
+    end-to-end images/s, beside the GPU-decoding pipeline above."""
+    import tempfile
+
+    from seqvision.data.discovery import discover
+    from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.cache import CacheKey, FeatureStore
+    from seqvision.features.extract import extract_features
+    from seqvision.models.backbones import build_backbone
+    from seqvision.runtime import inference_dtype
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        for i, data in enumerate(files):
+            path = root / "c" / f"s{i // 16:04d}" / f"f{i % 16:02d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data.numpy().tobytes())
+        encoder = build_backbone("resnet18", weights="none")
+        prep = resolve_preprocessing(encoder.preprocessing, image_size=224)
+        store = FeatureStore(Path(tmp) / "cache", CacheKey.for_encoder(encoder, prep, compute=inference_dtype(device)))
+        start = time.perf_counter()
+        stats = extract_features(discover(root), encoder, prep, store, batch_size=batch, device=device, progress=False)
+        wall = time.perf_counter() - start
+    return {"images_per_s": stats.images / wall, "steady_images_per_s": stats.steady_images_per_second, "dtype": stats.dtype}
+
+
 def training_step(device: torch.device, samples: int, frames: int, passes: int) -> float:
     """Seconds per optimizer step of ResNet-18 (fine-tuned) + LSTM on ``samples`` x ``frames`` images, bf16 autocast."""
     from seqvision.models.sequence_model import build_sequence_model
@@ -159,6 +193,13 @@ def main() -> None:
                 report[key] = round(run(), 1)
             except Exception as exc:  # noqa: BLE001 - one failing part must not hide the others' figures
                 report["errors"][key] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        library = seqvision_extract(files, device, batch)
+        report["seqvision_extract_resnet18_img_s"] = round(library["images_per_s"], 1)
+        report["seqvision_extract_resnet18_steady_img_s"] = round(library["steady_images_per_s"], 1)
+        report["seqvision_extract_dtype"] = library["dtype"]
+    except Exception as exc:  # noqa: BLE001
+        report["errors"]["seqvision_extract_resnet18_img_s"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     try:
         samples, frames = (32, 16) if cuda else (2, 2)
         report["train_step_s"] = round(training_step(device, samples, frames, passes), 4)

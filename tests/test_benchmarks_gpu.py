@@ -13,6 +13,7 @@ def test_gpu_benchmark_dry_run_prints_every_figure():
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["dry_run"] is True and report["errors"] == {}
-    for key in ("resnet18_extract_img_s", "resnet50_extract_img_s", "resnet18_cnn_only_img_s", "resnet50_cnn_only_img_s"):
+    for key in ("resnet18_extract_img_s", "resnet50_extract_img_s", "resnet18_cnn_only_img_s", "resnet50_cnn_only_img_s",
+                "seqvision_extract_resnet18_img_s", "seqvision_extract_resnet18_steady_img_s"):
         assert report[key] > 0
     assert report["train_step_s"] > 0 and report["images"] == 8
