@@ -88,3 +88,12 @@ def test_evaluation_clip_equals_torchvisions_transforms_bit_for_bit_in_either_me
                 rows = batch[1 : 1 + len(frames)]
                 assert ClipTransform(prep)(frames, out=rows) is rows
                 assert torch.equal(rows, reference[: len(frames)]) and batch[0].isnan().all() and batch[4].isnan().all()
+
+
+def test_a_clip_written_into_a_batch_must_fit_it():
+    prep = Preprocessing(8, 8)
+    frames = [torch.zeros((3, 10, 10), dtype=torch.uint8)] * 2
+    with pytest.raises(ValueError, match="out must be float32 of shape"):
+        ClipTransform(prep)(frames, out=torch.empty(3, 3, 8, 8))  # one row too many: no silent broadcast
+    with pytest.raises(ValueError, match="out must be float32"):
+        ClipTransform(prep)(frames, out=torch.empty(2, 3, 8, 8, dtype=torch.bfloat16))

@@ -4,7 +4,7 @@ JPEG takes torchvision's libjpeg kernel (fast, EXIF orientation applied); everyt
 Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all become 8-bit RGB.
 
 The tensor comes in the decoders' own pixel-interleaved layout (``(3, H, W)`` viewing ``(H, W, 3)``
-memory, i.e. channels_last), not made contiguous: torch's uint8 antialiased resize runs about 2x faster
+memory, i.e. channels_last, or its transpose for an EXIF-rotated JPEG), not made contiguous: torch's uint8 antialiased resize runs about 2x faster
 on it (``benchmarks/decode_threads.py``), and the copy is saved. Decoding threads run in parallel:
 nothing here holds a lock while decoding.
 

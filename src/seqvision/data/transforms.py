@@ -89,12 +89,13 @@ class ClipTransform:
             clip = views[0] if len(views) == 1 else torch.cat(views)  # (T, 3, S, S) uint8
         if self.mirror:
             clip = clip.flip(-1)
+        if out is not None and (out.shape != clip.shape or out.dtype != torch.float32):
+            raise ValueError(f"out must be float32 of shape {tuple(clip.shape)}, not {out.dtype} {tuple(out.shape)}")
         # to_dtype(scale) and normalize's own ops, in their order (the same floats, bit for bit), on
-        # contiguous memory: on channels_last memory their per-channel broadcast runs 3-element inner loops
-        if out is None or not out.is_contiguous():
-            scaled = clip.contiguous().to(torch.float32)
-        else:
-            scaled = out.copy_(clip)  # the uint8 -> float32 conversion and the layout change in one pass
+        # contiguous memory: on channels_last memory their per-channel broadcast runs 3-element inner loops.
+        # The copy converts uint8 to float32 and changes the layout in one pass.
+        direct = out is not None and out.is_contiguous()
+        scaled = (out if direct else torch.empty(clip.shape, dtype=torch.float32)).copy_(clip)
         scaled.mul_(1.0 / 255)
         mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.prep.std, dtype=torch.float32).view(-1, 1, 1)

@@ -23,6 +23,7 @@ def sharded(run: Callable[[list[Sample]], "Predictions"], samples: list[Sample],
     the :class:`Predictions` of all ``samples`` in their order, on every process."""
     import torch.distributed as dist
 
+    _ids_once(samples)  # before any work: every process sees the same samples, so all raise alike
     mine = list(range(rank, len(samples), world))
     log.info("rank %d of %d: predicting %d of the %d samples", rank, world, len(mine), len(samples))
     local = run([samples[i] for i in mine])
@@ -38,10 +39,9 @@ def merge(parts: list[tuple[list[int], "Predictions"]], samples: list[Sample]) -
 
     spans: dict[int, tuple[int, int, int]] = {}  # sample index -> (share, first row, end row)
     for p, (indices, preds) in enumerate(parts):
+        _ids_once([samples[i] for i in indices])  # rows are told apart by their sample's id
         row = 0
-        for before, i in zip([None, *indices], indices):
-            if before is not None and samples[before].id == samples[i].id:  # their rows would run together
-                raise RuntimeError(f"sample id {samples[i].id!r} is given twice; give each sample once (or distinct ids)")
+        for i in indices:
             if i in spans:
                 raise RuntimeError(f"sample {samples[i].id!r} was predicted by two processes")
             end = row
@@ -75,3 +75,13 @@ def merge(parts: list[tuple[list[int], "Predictions"]], samples: list[Sample]) -
     out.targets = torch.cat(targets) if targets else None
     out.clips.sort(key=lambda clip: clip[0])
     return out
+
+
+def _ids_once(samples: list[Sample]) -> None:
+    """The shares' rows are matched to their samples by id: two samples under one id (a sample whose images
+    were all skipped between them, say) would run their rows together."""
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise RuntimeError(f"sample id {sample.id!r} is given twice; give each sample once (or distinct ids)")
+        seen.add(sample.id)
