@@ -340,3 +340,14 @@ def test_extract_from_python_takes_the_run_config_and_says_so(tmp_path):
 
     with pytest.raises(TypeError, match="takes the run's RunConfig"):
         seqvision.extract(str(tmp_path))
+
+
+def test_extraction_runs_inside_a_callers_inference_mode(tmp_path, folder_data):
+    """Inference mode is per thread: the decoding threads must still fill a batch the caller's mode made."""
+    samples = discover(folder_data)
+    encoder = _encoder()
+    with torch.inference_mode():
+        stats = extract_features(samples, encoder, PREP, _store(tmp_path / "cache", encoder), num_workers=0, precision="32", progress=False)
+    assert stats.images == 18
+    plain = extract_features(samples, encoder, PREP, _store(tmp_path / "plain", encoder), num_workers=0, precision="32", progress=False)
+    assert plain.images == 18

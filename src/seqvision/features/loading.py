@@ -82,9 +82,12 @@ class ThreadedBatches:
 
     def _fill(self, indices: range, out: torch.Tensor, first: int) -> list[tuple[int, str, str | None]]:
         done = []
-        for i in indices:
-            identity, _, error = self.files.load(i, out[i - first])  # the row is written in place
-            done.append((i - first, identity, error))
+        # inference mode is per thread: a batch made under a caller's torch.inference_mode() is an
+        # inference tensor, which these threads may write in place only inside inference mode themselves
+        with torch.inference_mode(torch.is_inference(out)):
+            for i in indices:
+                identity, _, error = self.files.load(i, out[i - first])  # the row is written in place
+                done.append((i - first, identity, error))
         return done
 
     def __iter__(self) -> Iterator[Work]:
