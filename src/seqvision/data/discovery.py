@@ -185,7 +185,8 @@ def _each_once(samples: list[Sample]) -> list[Sample]:
                             "give the inputs distinct names")
         repeated.append(sample.id)
     if repeated:
-        log.warning("%d input sample(s) given more than once, predicted once: %s", len(repeated), ", ".join(repr(r) for r in repeated[:5]))
+        log.warning("%d input sample(s) given more than once, predicted once: %s",
+                    len(repeated), ", ".join(repr(r) for r in repeated[:5]))
     return list(kept.values())
 
 

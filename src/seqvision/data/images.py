@@ -4,9 +4,9 @@ JPEG takes torchvision's libjpeg kernel (fast, EXIF orientation applied); everyt
 Pillow, which knows every mode: grayscale, RGBA, palette and 16-bit images all become 8-bit RGB.
 
 The tensor comes in the decoders' own pixel-interleaved layout (``(3, H, W)`` viewing ``(H, W, 3)``
-memory, i.e. channels_last, or its transpose for an EXIF-rotated JPEG), not made contiguous: torch's uint8 antialiased resize runs about 2x faster
-on it (``benchmarks/decode_threads.py``), and the copy is saved. Decoding threads run in parallel:
-nothing here holds a lock while decoding.
+memory, i.e. channels_last, or its transpose for an EXIF-rotated JPEG), not made contiguous: torch's
+uint8 antialiased resize runs about 2x faster on it (``benchmarks/decode_threads.py``), and the copy is
+saved. Decoding threads run in parallel: nothing here holds a lock while decoding.
 
 With ``decode_size`` (the shorter side the resize that follows needs), a JPEG at least twice that size
 is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT scaling, through Pillow's ``draft``), never
@@ -37,22 +37,23 @@ _WARNINGS_LOCK = threading.Lock()
 
 
 def _torchvision_jpeg_kernel():
-    """torchvision's libjpeg-turbo decoding op, or None where this torchvision has none.
+    """torchvision's libjpeg-turbo decoding op and its RGB mode, or Nones where this torchvision has none.
 
     Called directly, not through ``torchvision.io.decode_jpeg``: that wrapper only adds the deprecation
     warning of torchvision 0.29's decoders (superseded by TorchCodec), which would have to be caught
     around every decode. Pillow decodes the same pixels (tested), so a torchvision without the op
     only costs speed."""
     try:
-        import torchvision.io  # noqa: F401  (loads the image extension that registers torch.ops.image)
+        from torchvision.io import ImageReadMode  # also loads the extension that registers torch.ops.image
 
-        return torch.ops.image.decode_jpeg
+        rgb = ImageReadMode.RGB.value
+        kernel = torch.ops.image.decode_jpeg
     except (ImportError, AttributeError, RuntimeError):
-        return None
+        return None, None
+    return kernel, rgb
 
 
-_JPEG_KERNEL = _torchvision_jpeg_kernel()
-_RGB = 3  # torchvision's ImageReadMode.RGB
+_JPEG_KERNEL, _RGB = _torchvision_jpeg_kernel()
 
 
 def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Tensor:

@@ -149,7 +149,7 @@ def read_frames(
         def keep() -> torch.Tensor:
             nonlocal kept
             if kept is None:
-                kept = torch.from_numpy(_to_rgb(last, decode_size)).permute(2, 0, 1)  # a view of PyAV's rows, not made contiguous
+                kept = torch.from_numpy(_to_rgb(last, decode_size)).permute(2, 0, 1)  # a view of PyAV's rows
             return kept
 
         for t in order:
