@@ -205,14 +205,16 @@ def apply_overrides(cfg: RunConfig, raw: dict[str, Any], *, source: str) -> RunC
     return cfg
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
+def load_yaml_config(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """``path``'s YAML (``{}`` when empty); a :class:`ConfigError` naming ``what`` and the file when it is
+    missing or not valid YAML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     return raw
 
 

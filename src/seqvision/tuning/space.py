@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from seqvision.config import (
     DataConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
     apply_overrides,
+    load_yaml_config,
     validate,
 )
 from seqvision.errors import ConfigError
@@ -113,13 +112,7 @@ def load_space(path: str | Path | None, heads: list[str]) -> dict[str, Domain]:
     space = default_space(heads)
     if path is None:
         return space
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--space {path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = load_yaml_config(path, what="--space")
     if not isinstance(raw, dict):
         raise ConfigError(f"--space {path}: expected a mapping of options to domains, got {type(raw).__name__}")
     for name, value in raw.items():
