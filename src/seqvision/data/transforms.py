@@ -67,6 +67,8 @@ class ClipTransform:
         # the smallest shorter side a decoder may reduce an image to: what the resize reads (training's
         # random crop keeps half the area at least, at 3:4, so it reads up to ~1.7x: decode 2x)
         self.decode_size = None if prep.decode == "exact" else (2 * prep.resize_size if train else prep.resize_size)
+        self.mean = torch.tensor(prep.mean, dtype=torch.float32).view(-1, 1, 1)  # made once, not per image
+        self.std = torch.tensor(prep.std, dtype=torch.float32).view(-1, 1, 1)
         augment: list[v2.Transform] = [
             v2.RandomResizedCrop(prep.image_size, scale=(0.5, 1.0), interpolation=prep.interpolation_mode, antialias=True),
         ]
@@ -97,9 +99,7 @@ class ClipTransform:
         direct = out is not None and out.is_contiguous()
         scaled = (out if direct else torch.empty(clip.shape, dtype=torch.float32)).copy_(clip)
         scaled.mul_(1.0 / 255)
-        mean = torch.tensor(self.prep.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.prep.std, dtype=torch.float32).view(-1, 1, 1)
-        normalized = scaled.sub_(mean).div_(std)
+        normalized = scaled.sub_(self.mean).div_(self.std)
         return normalized if out is None or normalized is out else out.copy_(normalized)
 
     def _evaluation_view(self, clip: torch.Tensor) -> torch.Tensor:
