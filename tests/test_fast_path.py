@@ -337,13 +337,23 @@ def test_inference_runs_the_cnn_in_chunks_with_the_same_outputs(tmp_path, monkey
 
 
 def test_the_encoder_carries_the_runs_resolved_preprocessing(tmp_path, monkeypatch):
-    """One resolved preprocessing: the oneDNN probe (and the memory probe) run at the run's image size,
-    not at the pretrained one."""
-    from seqvision.features import encode
+    """One resolved preprocessing: the encoder handed to the inference fast path, and the memory probe,
+    see the run's image size, not the pretrained one (on every CPU, bf16 instructions or not)."""
+    from seqvision.inference import predictor as predictor_module
 
-    sizes = []
-    real = encode.OneDNNEncoder._agrees_on_a_probe
-    monkeypatch.setattr(encode.OneDNNEncoder, "_agrees_on_a_probe", lambda self: sizes.append(self.eager.preprocessing.image_size) or real(self))
+    prepared, planned = [], []
+    real_prepare, real_plan = predictor_module.prepare_encoder, predictor_module.inference_chunk_size
+
+    def spy_prepare(encoder, device, **kwargs):
+        prepared.append(encoder.preprocessing.image_size)
+        return real_prepare(encoder, device, **kwargs)
+
+    def spy_plan(encoder, device, *, image_size=None):
+        planned.append(image_size)
+        return real_plan(encoder, device, image_size=image_size)
+
+    monkeypatch.setattr(predictor_module, "prepare_encoder", spy_prepare)
+    monkeypatch.setattr(predictor_module, "inference_chunk_size", spy_plan)
     from conftest import fast_config, make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "data", per_label=2)
@@ -351,7 +361,23 @@ def test_the_encoder_carries_the_runs_resolved_preprocessing(tmp_path, monkeypat
     cfg.model.backbone = "resnet18"
     cfg.data.image_size = cfg.data.resize_size = 32
     result = train(cfg, tmp_path / "run", progress=False)
+    prepared.clear(), planned.clear()  # only the reloaded predictor's calls count below
     predictor = Predictor.load(result.best_checkpoint, precision="bf16")
     assert predictor.model.encoder.preprocessing.image_size == 32
     predictor.run(discover(str(data)))
-    assert sizes and set(sizes) == {32}
+    assert prepared == [32] and planned == [32]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_the_onednn_probe_runs_at_the_encoders_image_size(monkeypatch):
+    """The oneDNN copy's agreement probe reads the encoder's (resolved) image size. In fp32, which oneDNN
+    builds on any CPU (its bf16 copy needs bf16 instructions, so the bf16 path cannot be probed everywhere)."""
+    import dataclasses
+
+    sizes = []
+    real = OneDNNEncoder._agrees_on_a_probe
+    monkeypatch.setattr(OneDNNEncoder, "_agrees_on_a_probe", lambda self: sizes.append(self.eager.preprocessing.image_size) or real(self))
+    encoder = build_backbone("resnet18", weights="none").eval()
+    encoder.preprocessing = dataclasses.replace(encoder.preprocessing, image_size=32, resize_size=32)
+    assert OneDNNEncoder(encoder, torch.float32).usable
+    assert sizes == [32]
