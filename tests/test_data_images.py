@@ -3,7 +3,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from seqvision.data.images import load_image
 from seqvision.errors import BadFileError
@@ -89,13 +89,79 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
-    import resource
-
+    """A header claiming 400 MP: past Pillow's own error limit too (whichever check fires, nothing decodes)."""
     (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(BadFileError, match="pixel limit"):
         load_image(tmp_path / "bomb.png")
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 1.2 GB
+
+
+def _png_blank(width: int, height: int) -> bytes:
+    """A complete, valid all-black 1-bit PNG of ``width x height`` (a few hundred KB for 144 MP: 1 bit per
+    pixel of zeros compresses ~1000:1), which decodes to ``3 * width * height`` bytes of RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte + the packed row
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# Between our limit and the size where Pillow itself refuses (2 x Image.MAX_IMAGE_PIXELS: Pillow only warns
+# below it, and that warning is silenced), so only seqvision's MAX_PIXELS stands between it and a decode.
+_BETWEEN_THE_LIMITS = (12_000, 12_000)
+_BOMB_CHILD = """
+import json, resource, sys
+from seqvision.data.images import load_image
+from seqvision.errors import BadFileError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_image(sys.argv[1])
+    error = None
+except BadFileError as exc:
+    error = str(exc)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"error": error, "grown_kib": grown}))
+"""
+
+
+def test_an_image_between_our_pixel_limit_and_pillows_is_refused_before_decoding(tmp_path):
+    """A fresh process (its peak memory is its own, not an earlier test's) opens a real, decodable 144 MP
+    PNG: refused by its header, and its peak memory does not grow by the ~430 MB of the RGB decode."""
+    import json
+    import subprocess
+    import sys
+
+    from seqvision.data import images
+
+    width, height = _BETWEEN_THE_LIMITS
+    assert images.MAX_PIXELS < width * height < 2 * Image.MAX_IMAGE_PIXELS
+    (tmp_path / "bomb.png").write_bytes(_png_blank(width, height))
+    res = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(tmp_path / "bomb.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["error"] is not None and "12000x12000 pixels" in report["error"], report
+    assert "bomb.png" in report["error"]
+    assert report["grown_kib"] < 100_000, report  # KiB: nothing near the 432 MB of the decoded image
+
+
+def test_an_image_between_the_limits_reaches_no_decoder(tmp_path, monkeypatch):
+    """The same image in this process: refused by its header, before Pillow loads or converts a pixel."""
+    width, height = _BETWEEN_THE_LIMITS
+    (tmp_path / "bomb.png").write_bytes(_png_blank(width, height))
+
+    def no_decoding(self):
+        raise AssertionError("a decoder was reached")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "convert", no_decoding)
+    with pytest.raises(BadFileError, match="12000x12000 pixels is larger than the 100,000,000-pixel limit"):
+        load_image(tmp_path / "bomb.png")
 
 
 def test_large_jpeg_header_is_checked_before_decoding(tmp_path, monkeypatch):
