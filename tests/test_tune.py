@@ -118,6 +118,10 @@ def test_a_trials_value_is_the_metric_at_the_epoch_its_monitor_picks():
     ("max_epochs: {low: 5, high: 30, step: 0.5}", "an integer range takes a whole step of at least 1"),
     ("max_epochs: {low: 5.5, high: 30}", "max_epochs takes whole numbers"),
     ("image_size: [64, 96]", "'image_size' cannot be searched .*cached features"),
+    # frame sampling is the run's: the cache holds its frames (a video's other frames would miss it)
+    ("num_frames: [4, 8]", "'num_frames' cannot be searched: frame sampling is fixed .*--num-frames"),
+    ("num_frames: 8", "'num_frames' cannot be searched"),
+    ("min_images: [1, 2]", "'min_images' cannot be searched: frame sampling is fixed"),
 ])
 def test_a_bad_space_file_is_refused_naming_the_file_and_the_option(tmp_path, text, message):
     path = tmp_path / "space.yaml"

@@ -45,9 +45,12 @@ NOT_SEARCHABLE = {"data", "task", "targets", "group_by", "val_fraction", "test_f
                   "memory_budget", "diagnostics", "deterministic", "chunk_size", "checkpointing", "shuffle_frames",
                   # what the cached features depend on: a trial drawing one would extract again or run the CNN live
                   "image_size", "resize_size", "mean", "std", "exact_decode", "augment", "hflip", "trainable_stages",
-                  "freeze_bn", "feature_precision", "precision", "sampling", "eval_sampling", "stride", "fps",
-                  "eval_clips", "cache_budget", "on_bad_image", "short_samples", "min_images", "num_nodes",
+                  "freeze_bn", "feature_precision", "precision", "cache_budget", "on_bad_image", "num_nodes",
                   "sync_batchnorm"}
+# frame sampling: the features were cached for the run's frames before the first trial; a trial with other
+# frames of a video would miss the cache and run the CNN inside the trial (and the README promises it is fixed)
+FRAME_SAMPLING = ("num_frames", "sampling", "eval_sampling", "stride", "fps", "eval_clips", "min_images", "short_samples")
+NOT_SEARCHABLE |= set(FRAME_SAMPLING)
 RECURRENT = ("lstm", "gru", "attention")
 # option -> the heads that take it (absent: every head)
 HEAD_OPTIONS = {"hidden_size": RECURRENT, "bidirectional": RECURRENT, "lstm_dropout": RECURRENT,
@@ -124,6 +127,10 @@ def parse_domain(value: Any, *, name: str, where: str) -> Domain:
     """One YAML entry -> a Domain, its option and values checked against the config's own rules."""
     if name not in SECTION_OF:
         raise ConfigError(f"{where}: unknown option {name!r}; options are the fields of the data, model and train sections")
+    if name in FRAME_SAMPLING:
+        raise ConfigError(f"{where}: {name!r} cannot be searched: frame sampling is fixed for the whole study (the "
+                          "features are cached for the run's frames before the first trial; other frames of a video "
+                          f"would run the CNN inside every trial); set it with --{name.replace('_', '-')}")
     if name in NOT_SEARCHABLE:
         raise ConfigError(f"{where}: {name!r} cannot be searched (it names the data, the split or the machine, or changes "
                           "the cached features); set it with its flag")
