@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_latency.py"
 
 
@@ -13,9 +15,9 @@ def test_stream_latency_quick_reports_every_mode_and_their_agreement():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
-    if "skipped" in report:  # no opencv-doc sample video on this machine: said, not failed
+    if "skipped" in report:  # no opencv-doc sample video on this machine: nothing was streamed or checked
         assert "skipped:" in res.stdout
-        return
+        pytest.skip(f"benchmarks/stream_latency.py --quick: {report['skipped']} (Debian: apt-get install opencv-doc)")
     modes = report["modes"]
     assert set(modes) == {"carried", "window", "rerun"}
     assert modes["carried"]["cnn_images_per_frame"] == modes["window"]["cnn_images_per_frame"] == 1.0
