@@ -6,7 +6,6 @@ and carries the :class:`Preprocessing` its weights expect, so transforms cannot 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 
 from seqvision.data.transforms import INTERPOLATIONS, Preprocessing
 from seqvision.errors import ConfigError
-from seqvision.io import safe_load
+from seqvision.models.local_weights import load_local_weights, local_preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -253,10 +252,10 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -
         trunk, stages, prep = _REGISTRY[name]()
         if weights == "imagenet":
             raise ConfigError(f"backbone {name!r} has no pretrained weights; use --weights none (or a PATH)")
-        encoder = ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep)
         if weights != "none":
-            _load_local_weights(encoder.trunk, weights, name)
-        return encoder
+            load_local_weights(trunk, weights, name)
+            prep = local_preprocessing(weights, prep)
+        return ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep)
     if name.startswith("timm/"):
         return _build_timm(name, weights=weights, pool=pool)
     return _build_torchvision(name, weights=weights, pool=pool)
@@ -291,7 +290,8 @@ def _build_torchvision(name: str, *, weights: str, pool: str) -> ImageEncoder:
         prep = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std),
                              interpolation=mode if mode in INTERPOLATIONS else "bilinear")
     elif weights != "none":
-        _load_local_weights(model, weights, name)
+        load_local_weights(model, weights, name)
+        prep = local_preprocessing(weights, prep)  # its sidecar PATH.json, else ImageNet's (said in one line)
     trunk, stages, post_pool, pooled = _headless(model, name)
     return ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
 
@@ -334,26 +334,6 @@ def _last_linear(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return model.get_submodule(parent_name) if parent_name else model, attr
 
 
-def _load_local_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load a local state_dict or checkpoint (``state_dict`` / ``model`` key) safely (no pickled code)."""
-    raw = safe_load(Path(path), ConfigError, "--weights", "use imagenet, none or a path to a state_dict")
-    state = raw
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            state = raw[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"--weights {path}: expected a state_dict of tensors")
-    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
-    wrong = list(result.missing_keys) + list(result.unexpected_keys)
-    if wrong:
-        raise ConfigError(
-            f"--weights {path} does not fit backbone {name!r}: {len(result.missing_keys)} missing and "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {wrong[:3]}); was it saved from another model?"
-        )
-
-
 def _build_timm(name: str, *, weights: str, pool: str) -> ImageEncoder:
     """A timm model through timm's own contract: ``forward_features``, then ``forward_head(...,
     pre_logits=True)`` with the model's own global pooling (the class token or the mean of tokens for
@@ -374,7 +354,7 @@ def _build_timm(name: str, *, weights: str, pool: str) -> ImageEncoder:
             "pass --weights PATH or --weights none"
         ) from None
     if weights not in ("imagenet", "none"):
-        _load_local_weights(model, weights, name)
+        load_local_weights(model, weights, name)
     cfg = model.pretrained_cfg
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     resize = int(round(size / cfg.get("crop_pct", 0.875)))
@@ -382,6 +362,8 @@ def _build_timm(name: str, *, weights: str, pool: str) -> ImageEncoder:
         size, resize, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
         interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in INTERPOLATIONS else "bilinear",
     )
+    if weights not in ("imagenet", "none"):
+        prep = local_preprocessing(weights, prep)
     if pool == "grid2":
         with torch.no_grad():
             shape = model.eval().forward_features(torch.zeros(1, 3, size, size)).shape
