@@ -19,6 +19,7 @@ from seqvision.data.video import read_frames
 from seqvision.features.cache import CacheKey
 
 OPENCV_PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/aloeL.jpg")  # a real 1282x1110 photo
+OPENCV_VIDEO = OPENCV_PHOTO.with_name("vtest.avi")  # real footage, 768x576, 795 frames
 
 
 def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -86,32 +87,43 @@ def test_the_decode_mode_is_in_the_cache_key_and_the_checkpoint():
     assert ClipTransform(reduced, train=True).decode_size == 512  # the random crop reads more pixels
 
 
-@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="the offline ImageNet MobileNetV2 weights are not here")
-def test_real_imagenet_features_of_a_reduced_decode_stay_within_a_cosine_of_0_99(tmp_path):
+_NO_WEIGHTS = "the offline ImageNet MobileNetV2 weights (../shared/weights) are not here"
+_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the offline MobileNetV2's mean and std
+
+
+def _real_mobilenet():
     from seqvision.models.backbones import build_backbone
 
-    if OPENCV_PHOTO.is_file():  # a real photo, upscaled to 12 megapixels by Pillow (a phone camera's size)
-        photo = np.asarray(Image.open(OPENCV_PHOTO).convert("RGB").resize((4000, 3000), Image.BICUBIC))
-    else:
-        photo = _photo(4000, 3000)
+    return build_backbone("mobilenet_v2", weights=str(SHARED_WEIGHTS)).eval()
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=_NO_WEIGHTS)
+@pytest.mark.skipif(not OPENCV_PHOTO.is_file(), reason=f"no real photo to check: {OPENCV_PHOTO} (Debian: apt-get install opencv-doc)")
+def test_real_imagenet_features_of_a_reduced_decode_of_a_real_photo_stay_within_a_cosine_of_0_99(tmp_path):
+    # a real photo, upscaled to 12 megapixels by Pillow (a phone camera's size)
+    photo = np.asarray(Image.open(OPENCV_PHOTO).convert("RGB").resize((4000, 3000), Image.BICUBIC))
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="JPEG", quality=90)
     path = tmp_path / "12mp.jpg"
     path.write_bytes(buffer.getvalue())
-    encoder = build_backbone("mobilenet_v2", weights=str(SHARED_WEIGHTS)).eval()
-    prep = Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    exact = ClipTransform(Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), decode="exact"))([load_image(path)])
-    fast = ClipTransform(prep)([load_image(path, decode_size=256)])
+    encoder = _real_mobilenet()
+    exact = ClipTransform(Preprocessing(224, 256, *_HALF, decode="exact"))([load_image(path)])
+    fast = ClipTransform(Preprocessing(224, 256, *_HALF))([load_image(path, decode_size=256)])
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(encoder(exact), encoder(fast)).item()
     assert cosine >= 0.99
-    video = OPENCV_PHOTO.with_name("vtest.avi")  # real footage, 768x576
-    if video.is_file():
-        from seqvision.data.video import probe_video
 
-        info = probe_video(video)
-        times = [info.frame_time(i) for i in range(0, 700, 100)]
-        exact = ClipTransform(Preprocessing(224, 256, (0.5,) * 3, (0.5,) * 3, decode="exact"))(read_frames(video, times, info.fps)[0])
-        fast = ClipTransform(prep)(read_frames(video, times, info.fps, decode_size=256)[0])
-        with torch.no_grad():
-            assert torch.nn.functional.cosine_similarity(encoder(exact), encoder(fast)).min() >= 0.99
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=_NO_WEIGHTS)
+@pytest.mark.skipif(not OPENCV_VIDEO.is_file(), reason=f"no real footage to check: {OPENCV_VIDEO} (Debian: apt-get install opencv-doc)")
+def test_real_imagenet_features_of_reduced_decodes_of_real_footage_stay_within_a_cosine_of_0_99():
+    from seqvision.data.video import probe_video
+
+    info = probe_video(OPENCV_VIDEO)
+    times = [info.frame_time(i) for i in range(0, 700, 100)]
+    encoder = _real_mobilenet()
+    exact = ClipTransform(Preprocessing(224, 256, *_HALF, decode="exact"))(read_frames(OPENCV_VIDEO, times, info.fps)[0])
+    fast = ClipTransform(Preprocessing(224, 256, *_HALF))(read_frames(OPENCV_VIDEO, times, info.fps, decode_size=256)[0])
+    assert len(times) == 7 and exact.shape == fast.shape == (7, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(encoder(exact), encoder(fast)).min() >= 0.99
