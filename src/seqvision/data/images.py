@@ -75,9 +75,14 @@ def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Ten
 
 def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> torch.Tensor:
     # libjpeg treats a missing end marker as a warning and pads with grey: a truncated file would
-    # silently train on half an image, so check for the end-of-image marker ourselves.
+    # silently train on half an image, so check for the end-of-image marker ourselves. It ends almost
+    # every file; when it does not, the file may still be whole with data after the image (a phone's
+    # "Motion Photo" appends an MP4): the markers are walked to the image's own end, and only that is decoded.
     if b"\xff\xd9" not in data[-4096:]:
-        raise BadFileError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
+        end = _jpeg_end(data)
+        if end is None:
+            raise BadFileError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
+        data = data[:end]
     try:
         with _open_header(data) as header:  # the size, before anything is decoded
             _check_size(path, header.height, header.width)
@@ -95,6 +100,41 @@ def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> tor
         return _decode_pillow(path, data)  # CMYK/odd JPEGs: let Pillow try (it raises a clear error if not)
     _check_size(path, image.shape[1], image.shape[2])
     return image
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """The offset just past a JPEG's end-of-image marker, found by walking its segments and scans (so an
+    EOI inside a segment, e.g. an EXIF thumbnail's, or in data after the image is not taken for it); None
+    when the data ends first (a truncated file) or is not laid out as a JPEG."""
+    pos, size = 2, len(data)  # after the start-of-image marker
+    while pos + 1 < size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:  # end of image
+            return pos + 2
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        elif pos + 3 >= size or (length := int.from_bytes(data[pos + 2:pos + 4], "big")) < 2:
+            return None
+        else:
+            pos += 2 + length
+            if marker == 0xDA:  # start of scan: entropy-coded data until a marker other than a restart
+                pos = _scan_end(data, pos)
+    return None
+
+
+def _scan_end(data: bytes, pos: int) -> int:
+    """Where the entropy-coded data that starts at ``pos`` ends: at the first 0xFF that begins a marker
+    (0xFF 0x00 is a stuffed 0xFF byte, 0xFF 0xD0-0xD7 a restart marker); ``len(data)`` when none does."""
+    while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < len(data):
+        following = data[pos + 1]
+        if following != 0x00 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
+            return pos
+        pos += 1 if following == 0xFF else 2
+    return len(data)
 
 
 _TOO_LARGE = f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
