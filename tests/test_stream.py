@@ -226,6 +226,33 @@ def test_a_loaded_checkpoint_streams_a_video_exactly(checkpoints, tmp_path, name
         torch.testing.assert_close(stream.last_output, expected, atol=1e-5, rtol=0)
 
 
+def test_a_1080p_video_streams_as_predict_decodes_it(checkpoints, tmp_path):
+    """stream decodes a large video reduced, as predict does (FFmpeg scales it in the RGB conversion), so
+    its output after the last frame is predict's output on the same frames."""
+    from seqvision.inference.predict import predict
+
+    video = tmp_path / "hd.mp4"
+    g = np.random.default_rng(0)
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.codec_context.options = {"qscale": "2"}
+        for i in range(3):  # fine texture: a full decode resized after differs from FFmpeg's reduced decode
+            array = np.repeat(np.repeat(g.integers(0, 256, (36, 64, 3), dtype=np.uint8), 30, 0), 30, 1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    rows, _ = predict(checkpoints["lstm"], [video], precision="32")
+    out = tmp_path / "rows.jsonl"
+    summary = run_stream(checkpoints["lstm"], video, out=out, precision="32")
+    streamed = _lines(out.read_text())
+    assert summary.frames == 3 and len(rows) == 1
+    for name in ("left", "right"):
+        assert streamed[-1][name] == pytest.approx(rows[0][name], abs=2e-6)  # both rounded to 6 decimals
+    assert streamed[-1]["prediction"] == rows[0]["prediction"]
+
+
 def _lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

@@ -128,6 +128,7 @@ def run_stream(
             frames.close()
         raise
     frames = frames or open_source(spec, frame_step=frame_step)
+    frames.decode_size = stream.transform.decode_size  # decoded reduced, as predict decodes: the same outputs
     try:
         sink = JsonLines(out)
     except BaseException:

@@ -17,6 +17,11 @@ Every source yields :class:`SourceFrame` s in order and can be closed. SOURCE, a
 
 ``frame_step`` keeps every ``S``-th frame of the source (index 0, S, 2S, ...); the others are decoded
 (a video must be) but never converted or passed on. Frames keep their index in the source.
+
+``decode_size`` (the model's evaluation transform's, set by ``stream`` once the checkpoint is loaded):
+frames are decoded reduced exactly as ``predict`` and ``serve`` decode them (the data layer's own
+functions: FFmpeg scales a video frame in its RGB conversion, a large JPEG is decoded at a reduced DCT
+scale), so a stream's outputs on HD input are ``predict``'s on the same frames.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 
 from seqvision.data.images import load_image
 from seqvision.data.samples import is_image_file, natural_key
+from seqvision.data.video import _to_rgb as to_rgb  # the reduced decoding of read_frames, shared: one path
 from seqvision.errors import BadFileError, DataError, first_line
 
 log = logging.getLogger("seqvision")
@@ -108,21 +114,25 @@ def _numbered_camera(number: str) -> SourceSpec:
 
 def open_source(
     source: str | Path | SourceSpec, *, frame_step: int = 1, idle_timeout: float | None = None,
-    poll_seconds: float = POLL_SECONDS,
+    poll_seconds: float = POLL_SECONDS, decode_size: int | None = None,
 ) -> "VideoSource | FolderSource":
     """Open ``source`` (see the module docstring); a clear :class:`DataError` naming it when it cannot be.
-    ``idle_timeout``: a folder source ends after that many seconds without a new file (None: never)."""
+    ``idle_timeout``: a folder source ends after that many seconds without a new file (None: never).
+    ``decode_size``: decode reduced, as prediction does (the source's ``decode_size`` may also be set
+    before its frames are read)."""
     spec = source if isinstance(source, SourceSpec) else resolve_source(source)
     if spec.kind == "folder":
-        return FolderSource(Path(spec.target), frame_step=frame_step, idle_timeout=idle_timeout, poll_seconds=poll_seconds)
-    return VideoSource(spec, frame_step=frame_step)
+        return FolderSource(Path(spec.target), frame_step=frame_step, idle_timeout=idle_timeout, poll_seconds=poll_seconds,
+                            decode_size=decode_size)
+    return VideoSource(spec, frame_step=frame_step, decode_size=decode_size)
 
 
 class VideoSource:
     """Frames decoded front to back by PyAV from a file, a camera or a network stream."""
 
-    def __init__(self, spec: SourceSpec, *, frame_step: int = 1) -> None:
+    def __init__(self, spec: SourceSpec, *, frame_step: int = 1, decode_size: int | None = None) -> None:
         self.spec, self.name, self.frame_step = spec, spec.name, frame_step
+        self.decode_size = decode_size  # shorter side a larger frame is scaled down to as it is converted
         try:
             import av
         except ImportError:
@@ -154,7 +164,7 @@ class VideoSource:
             for frame in self.container.decode(self.stream):
                 if index % self.frame_step == 0:
                     seconds = float((frame.pts - base) * unit) if frame.pts is not None and unit else None
-                    pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)  # (3, H, W)
+                    pixels = torch.from_numpy(to_rgb(frame, self.decode_size)).permute(2, 0, 1)  # (3, H, W)
                     yield SourceFrame(index, seconds, pixels)
                     last = seconds
                 index += 1
@@ -174,8 +184,10 @@ class FolderSource:
     def __init__(
         self, folder: Path, *, frame_step: int = 1, idle_timeout: float | None = None, poll_seconds: float = POLL_SECONDS,
         sleep: Callable[[float], None] = clock.sleep, now: Callable[[], float] = clock.monotonic,
+        decode_size: int | None = None,
     ) -> None:
         self.folder, self.name, self.frame_step = folder, str(folder), frame_step
+        self.decode_size = decode_size  # a large JPEG is decoded reduced, its shorter side at least this
         self.idle_timeout, self.poll_seconds = idle_timeout, poll_seconds
         self._sleep, self._now = sleep, now
         self._seen: set[str] = set()  # names taken (or skipped as bad): never again
@@ -189,7 +201,7 @@ class FolderSource:
                 self._seen.add(path.name)
                 self._sizes.pop(path.name, None)
                 try:
-                    pixels = load_image(path) if index % self.frame_step == 0 else None
+                    pixels = load_image(path, decode_size=self.decode_size) if index % self.frame_step == 0 else None
                 except BadFileError as exc:
                     log.warning("%s; skipped", exc)
                     continue
