@@ -1,6 +1,7 @@
 """Tiny real videos written with PyAV: probing, seeking, frame order and times, sampling, bad input."""
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,6 +74,40 @@ def test_variable_frame_rate_is_sampled_by_time(tmp_path):
     info = probe_video(video)
     frames, _ = read_frames(video, [0.0, 1.0, 2.0], fps=info.fps)
     assert [level(f) for f in frames] == [0, 3, 6]
+
+
+class _UntimedVideo:
+    """PyAV's container as read_frames uses it, for a 10 fps video of 100 frames (a key frame every 10th)
+    whose decoded frames carry no timestamp (``pts`` None; with ``key_pts``, only the key frames have one),
+    as some raw or damaged streams give. A seek lands on the key frame before the position asked for.
+    (PyAV writes no such file that it can also seek in, hence the stand-in.)"""
+
+    def __init__(self, key_pts: bool) -> None:
+        self.streams = SimpleNamespace(video=[SimpleNamespace(start_time=0, time_base=Fraction(1, 10), thread_type=None)])
+        self.key_pts = key_pts
+        self.position = 0
+
+    def seek(self, offset, *, stream, backward, any_frame):
+        self.position = min(offset, 99) // 10 * 10
+
+    def decode(self, stream):
+        for i in range(self.position, 100):
+            yield SimpleNamespace(pts=i if self.key_pts and i % 10 == 0 else None, width=4, height=4,
+                                  to_ndarray=lambda i=i, **_: np.full((4, 4, 3), i, np.uint8))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("key_pts", [False, True], ids=["no timestamps", "key frames only"])
+def test_frames_without_timestamps_are_timed_from_the_start_not_the_seek(monkeypatch, key_pts):
+    import seqvision.data.video as video_module
+
+    monkeypatch.setattr(video_module, "_open", lambda path: _UntimedVideo(key_pts))
+    frames, notes = read_frames("untimed.h264", [5.0, 0.0, 0.3, 2.0, 7.3, 9.9], fps=10)
+    assert [int(f[0, 0, 0]) for f in frames] == [50, 0, 3, 20, 73, 99] and not notes
+    frames, notes = read_frames("untimed.h264", [7.3, 5.0], fps=10)  # the first seek lands mid-video
+    assert [int(f[0, 0, 0]) for f in frames] == [73, 50] and not notes
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -145,6 +146,11 @@ def read_frames(
         # from a key frame to the target are never converted
         decoder, last, last_time, count = None, None, -math.inf, 0
         kept: torch.Tensor | None = None
+        untimed = False  # frames without timestamps seen: they are timed by counting, so no more seeks
+
+        def seek(target: float) -> Iterator:
+            container.seek(base + max(0, int(target / tb)), stream=stream, backward=True, any_frame=False)
+            return container.decode(stream)
 
         def keep() -> torch.Tensor:
             nonlocal kept
@@ -156,13 +162,12 @@ def read_frames(
             if last is not None and last_time + half >= t:  # the frame on screen already covers t
                 found[t] = keep()
                 continue
-            if decoder is None or t - last_time > SEEK_AHEAD_SECONDS:
-                container.seek(base + max(0, int((t - half) / tb)), stream=stream, backward=True, any_frame=False)
-                decoder = container.decode(stream)
+            if decoder is None or (t - last_time > SEEK_AHEAD_SECONDS and not untimed):
+                decoder = _timed_frames(seek, max(0.0, t - half), fps=fps, base=base, tb=tb)
             try:
-                for frame in decoder:
+                for frame, frame_time in decoder:
                     count += 1
-                    frame_time = (frame.pts - base) * tb if frame.pts is not None else count / fps
+                    untimed = untimed or frame.pts is None
                     last, last_time, kept = frame, frame_time, None
                     if frame_time + half >= t:
                         break
@@ -183,6 +188,27 @@ def read_frames(
     if stats is not None:
         stats["decoded"] = stats.get("decoded", 0) + count
     return [found[t] for t in times], notes
+
+
+def _timed_frames(seek: Callable[[float], Iterator], target: float, *, fps: float, base: int, tb: float) -> Iterator[tuple[Any, float]]:
+    """The frames that ``seek(target)`` decodes (from the key frame before ``target`` seconds on), each with
+    the time it is shown, in seconds from the stream's start.
+
+    A frame without a timestamp is shown ``1/fps`` after the last one that had one. When the first frame
+    after a seek has none, where the seek landed is unknown: decoding starts again from the stream's start,
+    whose first frame is shown at 0, and the frames are counted from there."""
+    anchor, since = None, 0  # the last timestamp seen, and the frames decoded after it
+    for frame in seek(target):
+        if frame.pts is not None:
+            anchor, since = (frame.pts - base) * tb, 0
+        elif anchor is not None:
+            since += 1
+        elif target > 0:
+            yield from _timed_frames(seek, 0.0, fps=fps, base=base, tb=tb)
+            return
+        else:
+            anchor = 0.0
+        yield frame, anchor + since / fps
 
 
 def _to_rgb(frame, decode_size: int | None):
