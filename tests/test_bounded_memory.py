@@ -12,6 +12,7 @@ import torch
 
 from seqvision.cli import main
 from seqvision.config import ModelConfig
+from seqvision.errors import ConfigError
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover
 from seqvision.data.pieces import PieceDataset, piece_batches, plan_pieces
@@ -224,6 +225,35 @@ def test_a_training_batch_over_the_budget_turns_on_checkpointed_chunks_and_train
     # the training chunk is the encoder's, chosen for training's memory; prediction chooses its own
     assert cfg.model.chunk_size is None and "chunk_size: null" in (tmp_path / "run" / "config.yaml").read_text()
     assert Predictor.load(result.best_checkpoint).chunk_size > 8
+
+
+def test_an_automatic_chunk_holds_training_batchnorm_in_evaluation_mode_and_says_so(tmp_path, caplog):
+    """Chunks would normalize by each chunk's statistics, so the maths would follow the free memory: a run
+    that chunks on its own holds BatchNorm on its running statistics instead (recorded in its config)."""
+    data = make_folder_dataset(tmp_path / "data", per_label=4, lengths=(8, 10, 12))
+    cfg = fast_config(data, memory_budget=_needs(8) * 1.01)  # the tiny CNN's BatchNorm trains (random weights)
+    with caplog.at_level("WARNING", logger="seqvision"):
+        result = train(cfg, tmp_path / "run", progress=False)
+    said = [r.getMessage() for r in caplog.records if "largest training batch" in r.getMessage()]
+    assert len(said) == 1 and "--chunk-size 8 --checkpointing" in said[0] and "BatchNorm held in evaluation mode" in said[0]
+    assert "freeze_bn: true" in (tmp_path / "run" / "config.yaml").read_text()
+    norms = {n: b for n, b in Predictor.load(result.best_checkpoint, precision="32").model.encoder.named_buffers()
+             if n.endswith(("running_mean", "running_var"))}
+    assert norms and all(torch.equal(b, torch.zeros_like(b) if n.endswith("mean") else torch.ones_like(b)) for n, b in norms.items())
+
+
+def test_batchnorm_the_user_asked_to_train_is_not_chunked_silently(tmp_path, caplog):
+    data = make_folder_dataset(tmp_path / "data", per_label=4, lengths=(8, 10, 12))
+    cfg = fast_config(data, max_epochs=1, memory_budget=_needs(8) * 1.01)
+    cfg.model.freeze_bn = False  # --no-freeze-bn: an automatic chunk would change its maths
+    with pytest.raises(ConfigError, match="--no-freeze-bn.*--chunk-size.*--batch-size"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg.model.chunk_size, cfg.model.checkpointing = 8, True  # an explicit chunk: today's maths, said in one line
+    with caplog.at_level("WARNING", logger="seqvision"):
+        train(cfg, tmp_path / "run2", progress=False)
+    said = [r.getMessage() for r in caplog.records if "by that chunk's statistics" in r.getMessage()]
+    assert len(said) == 1 and "--chunk-size 8" in said[0] and "--freeze-bn" in said[0]
 
 
 def test_a_training_batch_that_cannot_fit_stops_before_anything_is_written(tmp_path, capsys):

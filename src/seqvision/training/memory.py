@@ -8,6 +8,13 @@ budget, the CNN can run in chunks whose activations are recomputed in the backwa
 chunk's activations are held. When even one image per chunk does not fit, the run stops before it
 starts, with one line that says which sample, how many images and which flags fix it.
 
+BatchNorm in training mode normalizes a chunk by the chunk's statistics, not the batch's: chunking
+would make the maths depend on the memory free at launch. So a run that chunks on its own holds
+BatchNorm in evaluation mode (its running statistics, as ``--freeze-bn``; recorded in the run's
+config) and says so in its one line; the run goes on, and its maths no longer depend on the chunk.
+With ``--no-freeze-bn`` (BatchNorm asked to train) it stops instead, naming the flags. An explicit
+``--chunk-size`` keeps per-chunk statistics, and says so in one line.
+
 A frozen backbone on the feature cache trains on features only: nothing of this applies.
 """
 
@@ -18,6 +25,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from seqvision.config import RunConfig
 from seqvision.data.samples import Sample
@@ -87,6 +95,12 @@ def plan_training_memory(
         return None
     profile = activation_profile(encoder)  # at the run's image size: the encoder carries the run's preprocessing
     trainable = not encoder.fully_frozen
+    norms = trainable and training_norms(encoder)
+    if norms and chunk_splits(cfg.model.chunk_size, batches["training"].images):
+        log.warning(
+            "--chunk-size %d: BatchNorm normalizes each chunk of at most %d images by that chunk's statistics, not the "
+            "whole batch's (--freeze-bn keeps its running statistics)", cfg.model.chunk_size, cfg.model.chunk_size,
+        )
     half = 2 if cfg.train.precision in ("bf16-mixed", "16-mixed") else 1  # autocast keeps activations in 16 bits
     loaded = 1 + 2 * num_workers  # the batch in use, and two waiting per loader worker
     m = cfg.model
@@ -116,18 +130,51 @@ def plan_training_memory(
     if not (m.chunk_size and (m.checkpointing or not trainable)):  # not chunked yet: the largest chunk that fits
         for chunk in CHUNK_CHOICES:
             if worst(chunk, trainable)[0] <= budget:
+                held = ""
+                if norms and not m.chunk_size and chunk_splits(chunk, batches["training"].images):  # automatic
+                    held = _hold_norms(cfg, encoder, chunk, what)
                 encoder.chunk_size = chunk
                 if trainable:
                     encoder.checkpointing = True
                     how = f"--chunk-size {chunk} --checkpointing (each chunk's activations are recomputed in the backward pass: same gradients, slower)"
                 else:
                     how = f"--chunk-size {chunk} (the frozen CNN keeps nothing for the backward pass)"
-                return f"{what}: training with {how}"
+                return f"{what}: training with {how}{held}"
     chunked = f"a smaller --chunk-size (now {m.chunk_size}), " if m.chunk_size and m.chunk_size > 1 else ""
     raise ConfigError(
         f"{what}, even with the CNN in checkpointed chunks. Fix it with fewer images per sample (--num-frames N), "
         f"a smaller --batch-size, {chunked}a smaller --image-size, or a larger --memory-budget on a machine that has it"
     )
+
+
+def training_norms(encoder: ImageEncoder) -> bool:
+    """Whether any BatchNorm layer of ``encoder`` normalizes by batch statistics while it trains."""
+    was = encoder.training
+    encoder.train(True)  # the encoder keeps its frozen stages and frozen BatchNorm in evaluation mode
+    found = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in encoder.modules())
+    encoder.train(was)
+    return found
+
+
+def chunk_splits(chunk: int | None, images: int) -> bool:
+    """Whether a chunk of ``chunk`` images splits a batch of ``images``."""
+    return bool(chunk) and chunk < images
+
+
+def _hold_norms(cfg: RunConfig, encoder: ImageEncoder, chunk: int, what: str) -> str:
+    """An automatic chunk with BatchNorm training: BatchNorm held on its running statistics for the run
+    (and in its config, so the saved run says so), or a stop when the user asked it to train."""
+    if cfg.model.freeze_bn is False:
+        raise ConfigError(
+            f"{what}; chunks of {chunk} images would each be normalized by their own BatchNorm statistics, which "
+            "--no-freeze-bn asks to train on whole batches. Choose: --chunk-size C (per-chunk statistics), a smaller "
+            "--batch-size or --num-frames so the batch fits whole, --freeze-bn, or a larger --memory-budget"
+        )
+    encoder.set_frozen_norm(True)
+    cfg.model.freeze_bn = True
+    return ("; BatchNorm held in evaluation mode for this run (as --freeze-bn: chunks would each be normalized by their "
+            "own statistics); for BatchNorm that trains, a smaller --batch-size or --num-frames, or --chunk-size C to "
+            "accept per-chunk statistics")
 
 
 def size_text(n: int) -> str:
