@@ -1,6 +1,7 @@
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,6 +191,40 @@ def test_read_gathers_rows_across_shards_in_the_asked_order(tmp_path):
     assert len({shard for shard, _ in locations}) == 3
     got = store.read(locations)
     assert got.dtype == torch.float32 and torch.equal(got, rows[order])
+
+
+@pytest.mark.parametrize("rows, why", [
+    (torch.tensor([[1.0, 70000.0], [2.0, 3.0]]), "beyond float16's largest"),  # 70000 -> inf in float16
+    (torch.full((2, 200), 3e-9), "below float16's smallest normal"),  # -> 0 in float16
+])
+def test_a_float16_cache_whose_rows_float16_cannot_hold_stores_float32_and_says_so_once(tmp_path, caplog, rows, why):
+    store = FeatureStore(tmp_path / "c", CacheKey.for_encoder(_encoder(), PREP, dtype="float16"), shard_rows=2)
+    store.add(["a", "b"], torch.ones(2, rows.shape[1]))  # fits: float16
+    with caplog.at_level("WARNING", logger="seqvision"):
+        store.add(["c", "d"], rows)
+        store.add(["e", "f"], rows * 2)
+    store.flush()
+    said = [r.getMessage() for r in caplog.records if "not float16" in r.getMessage()]
+    assert len(said) == 1 and why in said[0] and str(store.dir) in said[0]
+    assert store.dtype == "float32" and store.key.dtype == "float16"  # the same key: the same folder
+    got = store.read([store.index[i] for i in "abcdef"])
+    assert torch.equal(got, torch.cat([torch.ones(2, rows.shape[1]), rows, rows * 2]))  # exact, no inf, no 0
+    (info,) = cache_info(tmp_path / "c")
+    assert info["dtype"] == "float32"
+    assert FeatureStore(tmp_path / "c", store.key).dtype == "float32"  # a later run goes on in float32, unsaid
+
+
+def test_a_float16_cache_keeps_float16_for_rows_it_can_hold(tmp_path, caplog):
+    """Real ReLU maps: mostly O(1), a few values near zero (under 1 %) that float16 may round to 0."""
+    store = FeatureStore(tmp_path / "c", CacheKey.for_encoder(_encoder(), PREP, dtype="float16"))
+    rows = torch.cat([torch.rand(4, 995) * 20 + 1e-3, torch.full((4, 5), 1e-9)], dim=1)
+    with caplog.at_level("WARNING", logger="seqvision"):
+        store.add(list("abcd"), rows)
+        store.flush()
+    assert store.dtype == "float16" and not [r for r in caplog.records if "float16" in r.getMessage()]
+    (shard,) = store.dir.glob("shard-*.npy")
+    assert np.load(shard).dtype == np.float16
+    assert torch.allclose(store.read([store.index[i] for i in "abcd"]), rows, rtol=1e-3, atol=1e-8)
 
 
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])

@@ -96,3 +96,26 @@ def test_extract_videos_then_only_a_changed_video_is_recomputed(tmp_path, capsys
     assert main([*args, "--on-bad-image", "skip"]) == 0
     err = capsys.readouterr().err
     assert "images left out" in err and "b/v2.mp4" in err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_planned_rows_are_the_rows_the_extraction_caches(tmp_path, mode):
+    """What the --cache-budget of cached stage maps counts: random and segments draws cache every frame."""
+    import torch
+
+    from seqvision.data.discovery import discover
+    from seqvision.data.transforms import Preprocessing
+    from seqvision.features.cache import CacheKey, FeatureStore
+    from seqvision.features.extract import extract_features, planned_rows
+    from seqvision.models.backbones import build_backbone
+
+    samples = discover(_videos(tmp_path / "data"))  # 2 x (12 + 14 + 16) = 84 frames
+    sampling = [(SamplingPolicy(mode, num_frames=3, stride=2, clips=2), True), (SamplingPolicy("uniform", num_frames=3, clips=2), False)]
+    torch.manual_seed(0)
+    encoder = build_backbone("tiny_cnn", weights="none").eval()
+    prep = Preprocessing(16, 16)
+    store = FeatureStore(tmp_path / "c", CacheKey.for_encoder(encoder, prep))
+    stats = extract_features(samples, encoder, prep, store, device="cpu", progress=False, sampling=sampling)
+    assert planned_rows(samples, sampling) == stats.images == len(store.index)
+    if mode in ("random", "segments"):
+        assert stats.images == 84

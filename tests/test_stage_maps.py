@@ -10,6 +10,7 @@ import torch
 
 from conftest import SHARED_WEIGHTS, fast_config, make_folder_dataset
 from seqvision.errors import ConfigError
+from seqvision.features.cache import CacheKey, FeatureStore
 from seqvision.models.backbones import build_backbone
 from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.training.fit import fit
@@ -17,7 +18,7 @@ from seqvision.training.fit import fit
 
 @pytest.mark.parametrize("name,size", [("resnet18", 64), ("mobilenet_v2", 64), ("tiny_cnn", 16)])
 @pytest.mark.parametrize("k", [1, 2])
-def test_the_last_stages_on_the_frozen_stages_maps_give_the_encoders_features(name, size, k):
+def test_the_last_stages_on_the_frozen_stages_maps_give_the_encoders_features(tmp_path, name, size, k):
     torch.manual_seed(0)
     encoder = build_backbone(name, weights="none")
     encoder.preprocessing = type(encoder.preprocessing)(size, size)
@@ -31,11 +32,15 @@ def test_the_last_stages_on_the_frozen_stages_maps_give_the_encoders_features(na
         want = encoder(images)
         assert maps.shape == (3, cut.row_size)
         assert torch.allclose(cut.features(encoder, maps), want, atol=1e-5)
-        # stored as float16 in the cache: within fp16 rounding of the live features (randomly initialised
-        # torchvision nets give maps of ~1e-9, below float16's range; real weights: the next test)
-        got = cut.features(encoder, maps.half().float())
-    if name == "tiny_cnn":
-        assert torch.nn.functional.cosine_similarity(got, want).min() > 0.999
+        # through a float16 cache, as fine-tuning stores them: within fp16 rounding of the live features.
+        # Randomly initialised MobileNetV2 gives maps of ~1e-9, below float16's normal range (as float16 they
+        # are zeros, features of cosine 0): that cache stores float32 instead. Real weights: the next test.
+        store = FeatureStore(tmp_path, CacheKey.for_encoder(FrozenStages(encoder, cut), encoder.preprocessing, dtype="float16"))
+        store.add(["0", "1", "2"], maps)
+        store.flush()
+        got = cut.features(encoder, store.read([store.index[i] for i in "012"]))
+    assert store.dtype == ("float32" if name == "mobilenet_v2" else "float16")
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.999
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="the offline ImageNet MobileNetV2 weights are not here")
@@ -115,6 +120,24 @@ def test_runs_that_cannot_use_maps_say_why_and_run_live(tmp_path, caplog):
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "with augmentation: it changes the pixels every epoch" in messages
     assert "over the cache budget of 0.0 GB (--cache-budget)" in messages
+    assert "cached maps" not in messages
+
+
+@pytest.mark.parametrize("mode", ["random", "segments"])
+def test_the_cache_budget_counts_every_frame_that_random_and_segments_draws_cache(tmp_path, caplog, mode):
+    """Random and segments draws can pick any frame, so the maps of every frame are cached: 84 rows of
+    64x4x4 float16 (172 KB) for these 6 videos, not 2 frames of each (25 KB). A 100 KB budget refuses."""
+    from test_data_video import write_video
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i, frames in enumerate((12, 14, 16)):
+            write_video(data / label / f"v{i}.mp4", frames=frames)
+    with caplog.at_level(logging.WARNING, logger="seqvision"):
+        fit(_maps_config(data, tmp_path, cache_budget=100e3 / 1e9, sampling=mode, num_frames=2), tmp_path / "run", progress=False)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "(84 images x 64x4x4, float16), over the cache budget" in messages
     assert "cached maps" not in messages
 
 

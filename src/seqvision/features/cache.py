@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 import warnings
@@ -38,6 +39,14 @@ from seqvision.errors import ConfigError
 from seqvision.io import atomic_write_synced, atomic_write_text, tensor_digest
 
 SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: anything larger is stored as inf
+FLOAT16_TINY = float(np.finfo(np.float16).tiny)  # 2**-14: below it float16 keeps fewer than its 11 bits
+# A float16 cache falls back to float32 when more than this share of the nonzero values is below
+# FLOAT16_TINY (the few near-zero values of real ReLU maps lose nothing that matters; a net whose whole
+# output is that small, e.g. randomly initialised MobileNetV2 maps of ~1e-9, would be stored as zeros).
+FLOAT16_UNDERFLOW_SHARE = 0.01
+
+log = logging.getLogger("seqvision")
 
 
 def default_cache_root() -> Path:
@@ -102,8 +111,28 @@ class CacheKey:
         return cls(encoder.name, weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name)
 
 
+def float16_loss(array: np.ndarray) -> str | None:
+    """What storing ``array`` as float16 would lose, in words, or None when it fits: any finite value
+    beyond float16's range (it would become inf), or more than :data:`FLOAT16_UNDERFLOW_SHARE` of the
+    nonzero values below its smallest normal number (they would lose most of their digits, or become 0)."""
+    magnitude = np.abs(array[np.isfinite(array)])
+    if magnitude.size and magnitude.max() > FLOAT16_MAX:
+        return f"values up to {magnitude.max():.3g}, beyond float16's largest ({FLOAT16_MAX:g}), would become inf"
+    nonzero = magnitude[magnitude > 0]
+    tiny = int((nonzero < FLOAT16_TINY).sum())
+    if nonzero.size and tiny > FLOAT16_UNDERFLOW_SHARE * nonzero.size:
+        return (f"{tiny / nonzero.size:.0%} of the nonzero values (median {np.median(nonzero):.3g}) are below float16's "
+                f"smallest normal number ({FLOAT16_TINY:.3g}) and would lose their precision or become 0")
+    return None
+
+
 class FeatureStore:
-    """The cached features of one key: lookup by image identity, append in committed shards."""
+    """The cached features of one key: lookup by image identity, append in committed shards.
+
+    A float16 key stores its rows as float32 instead, from the first batch that float16 cannot hold
+    (:func:`float16_loss`), said in one line and recorded as ``"stored": "float32"`` in ``meta.json``: the
+    key still names the folder (the rows are the same features, read back as float32 either way), and
+    :attr:`dtype` is what new shards are written in."""
 
     def __init__(self, root: Path, key: CacheKey, *, content_hash: bool = False, shard_rows: int = SHARD_ROWS) -> None:
         self.dir = Path(root) / key.digest
@@ -114,6 +143,8 @@ class FeatureStore:
         meta = self.dir / "meta.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps(key.to_dict(), indent=1, sort_keys=True))
+        # storage of new rows: the key's, or float32 once float16 could not hold them (recorded in the meta)
+        self.dtype: str = _read_meta(meta)[0].get("stored", key.dtype)
         self.index: dict[str, tuple[str, int]] = {}  # identity -> (shard name, row)
         self._content_rows = False  # whether any row is keyed by a content hash (extract --content-hash)
         self._video_files: set[str] = set()  # identities of the video files whose frames have rows
@@ -232,7 +263,14 @@ class FeatureStore:
     # -- writing ----------------------------------------------------------------------------------
     def add(self, identities: list[str], features: torch.Tensor) -> None:
         """Buffer rows; a shard is committed every ``shard_rows`` rows (and on :meth:`flush`)."""
-        array = features.detach().float().cpu().numpy().astype(self.key.dtype)
+        array = features.detach().float().cpu().numpy()  # (n, F)
+        if self.dtype == "float16":
+            loss = float16_loss(array)
+            if loss is not None:
+                self.dtype = "float32"
+                log.warning("feature cache %s: stored as float32, not float16: %s", self.dir, loss)
+                atomic_write_text(self.dir / "meta.json", json.dumps({**self.key.to_dict(), "stored": "float32"}, indent=1, sort_keys=True))
+        array = array.astype(self.dtype)
         self._pending.extend(zip(identities, array))
         while len(self._pending) >= self.shard_rows:
             self._commit(self._pending[: self.shard_rows])
@@ -282,7 +320,7 @@ def cache_info(root: Path | None = None) -> list[dict]:
             "weights": (meta.get("weights") or "")[:12],
             "preprocessing": meta.get("preprocessing"),
             "pool": meta.get("pool"),
-            "dtype": meta.get("dtype"),
+            "dtype": meta.get("stored", meta.get("dtype")),  # float32 where a float16 cache fell back
             "compute": meta.get("compute"),
             "entries": entries,
             "shards": len(list(folder.glob("shard-*.json"))),

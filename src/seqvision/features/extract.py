@@ -14,6 +14,7 @@ launch is :mod:`seqvision.features.sharing`; this module plans what is missing a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.transforms import Preprocessing
-from seqvision.data.video import probe_video
+from seqvision.data.video import VideoInfo, probe_video
 from seqvision.errors import DataError
 from seqvision.features.cache import (
     FeatureStore,
@@ -164,9 +165,8 @@ def _video_plan(
                 raise DataError(f"{message}. Fix or remove the file, or pass --on-bad-image skip") from None
             stats.skipped.append(message)
             continue
-        wanted = sorted({i for policy, train in policies for i in policy.candidates(info.num_frames, train=train, source_fps=info.fps)})
         todo = []
-        for i in wanted:
+        for i in _wanted(info, policies):
             time_s = info.frame_time(i)
             identity = video_frame_identity(file_id, time_s)
             if identity in store.index:
@@ -177,6 +177,32 @@ def _video_plan(
         for at in range(0, len(todo), batch_size):
             chunks.append(VideoChunk(sample.id, video.path, info.fps, todo[at : at + batch_size]))
     return chunks
+
+
+def _wanted(info: VideoInfo, policies: list[tuple[SamplingPolicy, bool]]) -> list[int]:
+    """The frame indices of a probed video clip that the cache must hold for ``policies`` (sorted)."""
+    return sorted({i for policy, train in policies for i in policy.candidates(info.num_frames, train=train, source_fps=info.fps)})
+
+
+def planned_rows(samples: list[Sample], sampling: list[tuple[SamplingPolicy, bool]] | None = None) -> int:
+    """How many rows the cache holds for ``samples`` once :func:`extract_features` has run with ``sampling``:
+    every image file once, and for each video the frames its policies can pick (every frame for ``random``
+    and ``segments`` draws, the clips' frames for deterministic ones), frames shared by clips of one video
+    once. Videos are probed (headers only; remembered for the extraction); one that cannot be read counts 0."""
+    policies = sampling or [(SamplingPolicy(), False)]
+    files = {f.path for s in samples for f in s.frames}
+    clips = sorted((s.video for s in samples if s.video is not None), key=lambda v: str(v.path))
+    frames = 0
+    for _path, same_file in itertools.groupby(clips, key=lambda v: str(v.path)):  # one video's times held at once
+        times: set[str] = set()
+        for video in same_file:
+            try:
+                info = probe_video(video.path, video.start, video.end)
+            except (DataError, OSError):
+                continue  # the extraction skips or refuses it, naming it
+            times.update(f"{info.frame_time(i):.6f}" for i in _wanted(info, policies))  # as video_frame_identity
+        frames += len(times)
+    return len(files) + frames
 
 
 def _plan(

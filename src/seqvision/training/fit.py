@@ -22,7 +22,7 @@ from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
-from seqvision.features.extract import extract_features
+from seqvision.features.extract import extract_features, planned_rows
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.runtime import default_device, default_workers, inference_dtype
@@ -226,7 +226,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
         stats = extract_features(
             samples, model.encoder, prep, store, device=device, precision=str(compute).removeprefix("torch."),
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
-            sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
+            sampling=_cache_sampling(cfg),
         )
     model.encoder.to("cpu")  # Lightning places it for training
     data.dropped.extend(stats.skipped + stats.notes)  # notes: e.g. a truncated video's last frame repeated
@@ -253,8 +253,9 @@ def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] |
         log.warning("%s; the whole CNN runs live every epoch", exc)
         return None
     samples = [s for split in data.splits.values() for s in split]
-    # rows: every image file, and for a video about the frames its sampling reads (an estimate: not probed here)
-    rows = sum(len(s.frames) if s.video is None else (cfg.data.num_frames or 64) * cfg.data.eval_clips for s in samples)
+    # the rows the extraction will cache: every image file, and each video's frames its sampling can pick
+    # (all of them for random and segments draws)
+    rows = planned_rows(samples, _cache_sampling(cfg))
     need = rows * cut.row_size * np.dtype(MAPS_DTYPE).itemsize
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
     # maps already cached (a resumed run, another seed) count against an explicit budget, not the free disk
@@ -269,6 +270,11 @@ def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] |
             MAPS_DTYPE, budget / 1e9)
         return None
     return cut, key, root
+
+
+def _cache_sampling(cfg: RunConfig) -> list:
+    """The ``(policy, train)`` pairs that read a cache this run fills: they decide a video's cached frames."""
+    return [(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)]
 
 
 def _free_bytes(folder: Path) -> float:
@@ -289,7 +295,7 @@ def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, key: CacheKey, 
         stats = extract_features(
             samples, frozen, prep, store, device=device, precision=key.compute,
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
-            sampling=[(cfg.data.sampling_policy(train=True), True), (cfg.data.sampling_policy(train=False), False)],
+            sampling=_cache_sampling(cfg),
         )
     model.encoder.to("cpu")  # Lightning places it for training
     model.encoder.train(model.encoder.training)  # the extraction put the shared frozen stages in eval: they stay so
@@ -297,7 +303,7 @@ def _map_store(cfg: RunConfig, model, prep, data, cut: StageCut, key: CacheKey, 
     log.warning(
         "fine-tuning the last %d stage(s) on cached maps (%s per image, %s, in %s): the frozen stages ran once per "
         "image (%d computed, %d cached); each epoch runs only the last stages", cfg.model.trainable_stages,
-        "x".join(map(str, cut.shape)), MAPS_DTYPE, store.dir, stats.images, stats.cached)
+        "x".join(map(str, cut.shape)), store.dtype, store.dir, stats.images, stats.cached)
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
               "images_per_second": round(stats.images_per_second, 1), "maps": list(cut.shape)}
     return store, report
