@@ -37,6 +37,7 @@ class Batch:
     carries: str = "pixels"
     groups: torch.Tensor | None = None  # (C,) sample index of each clip; None when C == B
     frames: list[str] = field(default_factory=list)  # (N,) which image each row of ``images`` is
+    left_out: list[str] = field(default_factory=list)  # ids of the samples --on-bad-image skip left out whole
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -260,8 +261,9 @@ def collate(items: list[dict]) -> Batch:
     kept = [it for it in items if it["clip"] is not None]
     skipped = [msg for it in items for msg in it["skipped"]]
     errors = [it["error"] for it in items if it["error"]]
+    left_out = [it["id"] for it in items if it["clip"] is None and not it["error"]]
     if not kept:
-        return Batch(torch.empty(0), torch.zeros(0, dtype=torch.long), [], None, skipped, errors)
+        return Batch(torch.empty(0), torch.zeros(0, dtype=torch.long), [], None, skipped, errors, left_out=left_out)
     targets = None
     if kept[0]["frame_target"] is not None:  # per-image targets: (N,) or (N, K), aligned with images
         targets = torch.cat([it["frame_target"] for it in kept])
@@ -281,4 +283,5 @@ def collate(items: list[dict]) -> Batch:
         carries=kept[0]["carries"],
         groups=groups,
         frames=[f for it in kept for f in it["frames"]],
+        left_out=left_out,
     )

@@ -39,6 +39,7 @@ class Predictions:
     # with keep_features: each clip's per-image features (T, F) and the output row it feeds (per-sample
     # tasks; several clips of one sample share a row) or its first image's row (per-image tasks)
     clips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # samples with no rows: --on-bad-image skip left them out
 
 
 class Predictor:
@@ -266,7 +267,7 @@ class Predictor:
                 raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute
-        ids, outputs, targets, skipped, frames = [], [], [], [], []
+        ids, outputs, targets, skipped, frames, left_out = [], [], [], [], [], []
         sample_frames: dict[str, list[str]] = {}
         attention: dict[str, list[float]] = {}
         dataset = self.dataset(samples, on_bad_image=on_bad_image, with_targets=with_targets, store=store, mirror=mirror)
@@ -274,6 +275,7 @@ class Predictor:
         for batch in self.feature_batches(dataset, batch_size=batch_size, num_workers=num_workers):
             batch.raise_errors()
             skipped.extend(batch.skipped)
+            left_out.extend(batch.left_out)
             if not batch.sample_ids:
                 continue
             features = batch.images  # (N, F)
@@ -312,6 +314,7 @@ class Predictor:
             sample_frames,
             attention,
             clips,
+            left_out,
         )
 
     @property
