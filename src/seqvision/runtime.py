@@ -7,6 +7,7 @@ import ctypes.util
 import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -134,14 +135,28 @@ def resolve_device(spec: "str | torch.device") -> torch.device:
 
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes that can still be allocated: a GPU's free memory, or the CPU's available RAM (Linux's
-    ``MemAvailable``: free memory plus what the page cache would give back), else the free pages."""
+# cgroup v1 writes "no limit" as 2**63 - 1 rounded down to a page; anything this large is no limit
+_NO_LIMIT = 1 << 60
+
+
+def available_memory(device: torch.device, *, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes that can still be allocated: a GPU's free memory; on the CPU the smaller of the machine's
+    available RAM (Linux's ``MemAvailable``: free memory plus what the page cache would give back, else the
+    free pages) and what this process's memory cgroup leaves (:func:`cgroup_available`: the limit of a
+    Docker or Kubernetes container, which the machine's figure knows nothing about).
+
+    ``proc`` and ``cgroup_root``: where ``/proc`` and the cgroup file systems are (a test's fake tree)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    host = _host_available(proc / "meminfo")
+    limit = cgroup_available(proc / "self" / "cgroup", cgroup_root)
+    return host if limit is None else max(0, min(host, limit))
+
+
+def _host_available(meminfo: Path) -> int:
     try:
-        with open("/proc/meminfo") as fh:
+        with open(meminfo) as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
@@ -151,3 +166,68 @@ def available_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 4 << 30  # unknown: assume a small machine
+
+
+def cgroup_available(self_cgroup: Path, root: Path) -> int | None:
+    """Bytes the memory cgroup of this process (``self_cgroup``: its ``/proc/self/cgroup``) and every
+    ancestor up to the mount at ``root`` can still take, or None where none has a limit.
+
+    cgroup v2 (line ``0::PATH``): ``memory.max`` ("max": no limit) minus ``memory.current``; v1 (the line
+    naming the ``memory`` controller, mounted at ``root/memory``): ``memory.limit_in_bytes`` minus
+    ``memory.usage_in_bytes``. The usage counts page cache, so the inactive file pages (``memory.stat``),
+    which the kernel reclaims before it kills, are taken off it as ``MemAvailable`` does. The smaller of
+    the two versions where both are mounted (a hybrid machine)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and not controllers:  # the v2 unified hierarchy
+            found.append(_headroom(root, path, "memory.max", "memory.current", "inactive_file"))
+        elif "memory" in controllers.split(","):  # v1
+            found.append(_headroom(root / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+    limits = [room for room in found if room is not None]
+    return min(limits) if limits else None
+
+
+def _headroom(mount: Path, path: str, limit_file: str, usage_file: str, cache_field: str) -> int | None:
+    """The least ``limit - (usage - inactive page cache)`` of the cgroup at ``path`` under ``mount`` and
+    its ancestors (a limit may sit on a parent: a Kubernetes pod's, above its container), or None."""
+    folder = mount / path.strip("/")
+    if not folder.is_dir():  # a container's own cgroup mounted as the root (v1 Docker): it is the mount
+        folder = mount
+    least = None
+    while True:
+        limit = _read_bytes(folder / limit_file)
+        if limit is not None:
+            usage = (_read_bytes(folder / usage_file) or 0) - _stat_field(folder / "memory.stat", cache_field)
+            room = limit - max(usage, 0)
+            least = room if least is None else min(least, room)
+        if folder == mount or mount not in folder.parents:
+            return least
+        folder = folder.parent
+
+
+def _read_bytes(path: Path) -> int | None:
+    """A cgroup file's number of bytes; None for "max", an absurdly large number (no limit) or no file."""
+    try:
+        value = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return value if value < _NO_LIMIT else None
+
+
+def _stat_field(path: Path, name: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
