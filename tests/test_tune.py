@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import optuna
 import pytest
 import torch
@@ -83,8 +84,9 @@ def test_a_trial_the_pruner_stops_ends_after_its_first_epoch(tune_setup, tmp_pat
     cfg.train.max_epochs = 5
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
     trial = study.ask()
-    value, pruned_at = _run_trial(trial, cfg, "val_acc", tmp_path)
-    assert pruned_at == 1 and 0 <= value <= 1 and list(study.trials[0].intermediate_values) == [1]
+    run = _run_trial(trial, cfg, "val_acc", tmp_path)
+    assert run.pruned_at == 1 and run.stopped_at is None and 0 <= run.value <= 1
+    assert list(study.trials[0].intermediate_values) == [1]
 
 
 class _Trainer:
@@ -158,11 +160,11 @@ def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_th
     real = study_module._run_trial
     calls = {"n": 0}
 
-    def diverging_once(trial, trial_cfg, metric, tmp_root):
+    def diverging_once(trial, trial_cfg, metric, tmp_root, **kw):
         calls["n"] += 1
         if calls["n"] == 1:
             raise study_module.SeqVisionError("the training loss became NaN at step 3 (--on-nan stop)")
-        return real(trial, trial_cfg, metric, tmp_root)
+        return real(trial, trial_cfg, metric, tmp_root, **kw)
 
     monkeypatch.setattr(study_module, "_run_trial", diverging_once)
     result = tune(cfg, tmp_path / "t", trials=4, space_file=space, say=lines.append)
@@ -170,3 +172,145 @@ def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_th
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
     drawn = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
     assert len(set(drawn)) == len(drawn)  # a continued study does not draw its first trials again
+
+
+# --------------------------------------------------------------------------- --timeout bounds the whole command
+
+
+class FakeClock:
+    """Seconds that pass only when an epoch runs: ``pace(trial)`` per training epoch of a trial (the best
+    trained again runs at ``retrain_pace``). Trials are numbered from 1 in the order they run."""
+
+    def __init__(self, paces: list[float], retrain_pace: float) -> None:
+        self.now, self.paces, self.retrain_pace, self.trials = 0.0, paces, retrain_pace, 0
+        self.retrained: tuple[float, float] | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def callback(self, pace: float):
+        clock = self
+
+        class Tick(L.Callback):
+            def on_train_epoch_start(self, trainer, module):
+                clock.now += pace
+
+        return Tick()
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The tune module's clock, made to pass only as the fake epochs say (no real time limit in a test)."""
+    import types
+
+    import seqvision.tuning.study as study_module
+
+    def install(paces: list[float], retrain_pace: float) -> FakeClock:
+        clock = FakeClock(paces, retrain_pace)
+        monkeypatch.setattr(study_module, "time", types.SimpleNamespace(monotonic=clock))
+        real_fit, real_train = study_module.fit, study_module.train_and_evaluate
+
+        def fit(cfg, out, **kw):
+            clock.trials += 1
+            pace = clock.paces[min(clock.trials, len(clock.paces)) - 1]
+            return real_fit(cfg, out, **{**kw, "callbacks": [*kw.get("callbacks", []), clock.callback(pace)]})
+
+        def train_and_evaluate(cfg, out, **kw):
+            began = clock.now
+            result = real_train(cfg, out, **{**kw, "callbacks": [*kw.get("callbacks", []), clock.callback(clock.retrain_pace)]})
+            clock.retrained = (began, clock.now)
+            return result
+
+        monkeypatch.setattr(study_module, "fit", fit)
+        monkeypatch.setattr(study_module, "train_and_evaluate", train_and_evaluate)
+        return clock
+
+    return install
+
+
+TIMED_SPACE = "head: [lstm, mean]\nhidden_size: [8]\nnum_layers: [1]\npool: [avg]\nbatch_size: [4]\nmax_epochs: 2\n"
+
+
+def test_the_timeout_stops_a_running_trial_and_keeps_the_time_to_train_the_best_again(tune_setup, tmp_path, fake_clock):
+    cfg, space = tune_setup
+    space.write_text(TIMED_SPACE)
+    # trial 1: 10 s epochs; later trials 25 s. The best's retraining is estimated at 1.25 x 3 x 10 = 37.5 s
+    clock = fake_clock([10.0, 25.0], retrain_pace=10.0)
+    lines: list[str] = []
+    result = tune(cfg, tmp_path / "t", trials=5, timeout=100, space_file=space, say=lines.append)
+    trial_lines = [ln for ln in lines if ln.startswith("trial ")]
+    # trial 1 ends at 20 s; trial 2's first epoch ends at 45 s, and another 25 s would leave 30 < 37.5 s: stopped
+    assert len(trial_lines) == 2 and "trial 2/5: stopped at epoch 1 by --timeout" in trial_lines[1], lines
+    assert any(ln.startswith("--timeout 100 s:") and "no new trial" in ln for ln in lines), lines
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    stopped = study.trials[1]
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["stopped"] == "timeout"
+    assert result.best_trial == 1 and result.retrain_command is None  # a stopped trial's partial score is no result
+    began, ended = clock.retrained
+    assert began == 45 and ended <= 100  # the whole command within --timeout: trials and the retraining
+    assert "stopped (--timeout)" in (tmp_path / "t" / "report.html").read_text()
+
+
+def test_a_timeout_that_leaves_no_time_for_the_retraining_says_the_command_instead(tune_setup, tmp_path, fake_clock):
+    cfg, space = tune_setup
+    space.write_text(TIMED_SPACE)
+    clock = fake_clock([10.0], retrain_pace=10.0)
+    lines: list[str] = []
+    result = tune(cfg, tmp_path / "t", trials=5, timeout=30, space_file=space, say=lines.append)
+    assert len([ln for ln in lines if ln.startswith("trial ")]) == 1 and clock.retrained is None and clock.now <= 30
+    command = f"seqvision train --config {tmp_path / 't' / 'best_config.yaml'} --out {tmp_path / 't' / 'best-1'}"
+    said = [ln for ln in lines if "not trained again" in ln]
+    assert len(said) == 1 and said[0].endswith(f"Run: {command}") and "needs about 38 s" in said[0], lines
+    assert result.retrain_command == command and result.test_metrics is None and result.reproduced_value != result.reproduced_value
+    assert command in (tmp_path / "t" / "report.html").read_text()
+    assert main(["train", "--config", str(result.best_config), "--out", str(tmp_path / "t" / "best-1")]) == 0  # the command runs
+
+
+# --------------------------------------------------------------------------- failures counted per choice
+
+
+def test_a_head_that_always_fails_is_counted_said_and_no_longer_drawn(tune_setup, tmp_path, monkeypatch):
+    cfg, space = tune_setup
+    space.write_text("head: [lstm, gru, mean]\nhidden_size: [8]\nnum_layers: [1]\npool: [avg]\nbatch_size: [4, 2]\n"
+                     "max_epochs: 1\nlr: {low: 0.001, high: 0.05, log: true}\n")
+    import seqvision.tuning.study as study_module
+
+    real, ran = study_module._run_trial, []
+
+    def gru_crashes(trial, trial_cfg, metric, tmp_root, **kw):
+        ran.append(trial_cfg.model.head)
+        if trial_cfg.model.head == "gru":
+            raise RuntimeError("the gru head crashed")
+        return real(trial, trial_cfg, metric, tmp_root, **kw)
+
+    monkeypatch.setattr(study_module, "_run_trial", gru_crashes)
+    lines: list[str] = []
+    result = tune(cfg, tmp_path / "t", trials=12, space_file=space, say=lines.append)
+    assert ran.count("gru") == 2 and len(ran) == 14, ran  # two failures, then never trained again; 12 trials finish
+    assert result.finished == 12
+    excluded = [ln for ln in lines if "not drawn again" in ln]
+    assert len(excluded) == 1 and excluded[0].startswith("head=gru failed in every trial that drew it"), lines
+    summary = [ln for ln in lines if ln.startswith("failed trials by choice:")]
+    assert len(summary) == 1 and "head=gru 2 of 2 (excluded)" in summary[0], lines
+    assert summary[0].count("(excluded)") == 1  # the batch sizes drawn with gru are not blamed
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    skipped = [t for t in study.trials if "skipped" in t.user_attrs]
+    assert all(t.params["head"] == "gru" for t in skipped)  # later draws of gru: told pruned before training
+    html = (tmp_path / "t" / "report.html").read_text()
+    assert "head=gru 2 of 2 (excluded)" in html and "failed: RuntimeError: the gru head crashed" in html
+
+
+def test_a_value_that_only_shared_failures_with_the_culprit_is_not_excluded():
+    from types import SimpleNamespace
+
+    from seqvision.tuning.failures import excluded_choices
+
+    def trial(state, head, batch, **attrs):
+        return SimpleNamespace(state=SimpleNamespace(name=state), params={"head": head, "batch_size": batch}, user_attrs=attrs)
+
+    crash = {"error": "RuntimeError: boom"}
+    trials = [trial("COMPLETE", "lstm", 16), trial("FAIL", "tcn", 64, **crash), trial("FAIL", "tcn", 64, **crash),
+              trial("FAIL", "tcn", 16, **crash), trial("FAIL", "lstm", 8)]  # the last: interrupted by a kill, no error
+    assert excluded_choices(trials, ["head", "batch_size"]) == [("head", "tcn")]
+    assert excluded_choices(trials[:3], ["head", "batch_size"]) == [("head", "tcn")]  # a tie: the head first
+    assert excluded_choices(trials[:2], ["head", "batch_size"]) == []  # one failure is not enough

@@ -54,6 +54,9 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--checkpointing", "model", "checkpointing", {"action": argparse.BooleanOptionalAction, "help": "activation checkpointing per chunk"}),
     ("--head", "model", "head", {"help": "lstm | gru | attention | transformer | mean | max"}),
     ("--temporal-diff", "model", "temporal_diff", {"action": argparse.BooleanOptionalAction, "help": "also feed x_t - x_{t-1}"}),
+    ("--temporal-shift", "model", "temporal_shift", {"choices": ["off", "bidirectional", "causal"],
+     "help": "motion inside the CNN: shift 1/8 of the channels of each residual block of the learning stages one frame "
+             "(causal: from the past only, streamable); needs a backbone that learns"}),
     ("--d-model", "model", "d_model", {"type": int, "help": "transformer width"}),
     ("--nhead", "model", "nhead", {"type": int, "help": "transformer attention heads"}),
     ("--hidden-size", "model", "hidden_size", {"type": int, "help": "LSTM/GRU/attention hidden units"}),
@@ -187,7 +190,7 @@ def _tune_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for study.db (rerun the same command to continue), best_config.yaml, the best run, report.html")
     p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
     p.add_argument("--trials", type=_at_least(1), default=50, help="finished trials in the study, counting earlier runs (default: %(default)s)")
-    p.add_argument("--timeout", type=float, help="seconds for this run's trials (default: none)")
+    p.add_argument("--timeout", type=float, help="seconds for this run's trials and the best trained again, after the feature cache is filled (default: none)")
     p.add_argument("--metric", choices=["val_acc", "val_f1", "val_map", "val_loss", "val_mae", "val_rmse"], help="validation metric to optimise (default: val_acc, or val_mae for numbers)")
     p.add_argument("--space", help="YAML file narrowing, widening or fixing the search space (see README)")
     _config_flags(p)

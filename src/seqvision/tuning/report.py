@@ -12,19 +12,29 @@ from pathlib import Path
 from seqvision.io import atomic_write_text
 
 
-def write_tune_report(study, path: Path, *, metric: str, best_run: Path, test_metrics: dict | None) -> Path:
-    """Write the report of ``study`` to ``path``."""
-    import optuna
+def write_tune_report(study, path: Path, *, metric: str, best_run: Path, test_metrics: dict | None,
+                      retrain_command: str | None = None, failures: str | None = None) -> Path:
+    """Write the report of ``study`` to ``path``. ``retrain_command``: the best was not trained again
+    (--timeout), this command does it. ``failures``: the failed trials by choice, one line."""
+    from seqvision.tuning.failures import finished
 
-    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    done = [t for t in study.trials if finished(t)]
     best = study.best_trial
     importances = _importances(study)
+    if retrain_command:
+        again = (f"--timeout left no time to train it again: <code>{escape(retrain_command)}</code> does, and "
+                 "evaluates it once on the test split, which no trial saw.</p>")
+    else:
+        again = (f"it was trained again in <code>{escape(best_run.name)}</code> and evaluated once on the test split, "
+                 "which no trial saw.</p>")
     parts = [
         f"<h1>seqvision tune: {len(done)} trials, {metric} {'max' if study.direction.name == 'MAXIMIZE' else 'min'}imized</h1>",
         f"<p>Best: trial {best.number + 1}, {metric} <b>{best.value:.4f}</b> on the validation split. "
-        f"Reproduce it with <code>seqvision train --config best_config.yaml --out RUN</code>; it was trained again in "
-        f"<code>{escape(best_run.name)}</code> and evaluated once on the test split, which no trial saw.</p>",
-        _metrics_table(test_metrics),
+        f"Reproduce it with <code>seqvision train --config best_config.yaml --out RUN</code>; " + again,
+        _metrics_table(test_metrics, retrained=not retrain_command),
+        "<h2>Failures</h2>",
+        f"<p>{escape(failures)}. An excluded value failed in every trial that drew it and was not drawn again; a "
+        "draw of it is listed as skipped.</p>" if failures else "<p>No trial failed.</p>",
         "<h2>Optimisation history</h2>", _plot(_history, study),
         "<h2>Importance of each option</h2>",
         "<p>PED-ANOVA (Optuna): how much each option's value separates the best 10% of completed trials from the "
@@ -40,7 +50,9 @@ def write_tune_report(study, path: Path, *, metric: str, best_run: Path, test_me
     return path
 
 
-def _metrics_table(metrics: dict | None) -> str:
+def _metrics_table(metrics: dict | None, *, retrained: bool = True) -> str:
+    if not retrained:
+        return "<p>Not trained again: no test metrics yet.</p>"
     if not metrics:
         return "<p>No test split: the best model was evaluated on validation only.</p>"
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in metrics.items() if isinstance(v, (int, float)))
@@ -75,11 +87,22 @@ def _trials_table(study, metric: str) -> str:
     for t in study.trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-        cells = [str(t.number + 1), t.state.name.lower(), f"{value:.4f}" if value is not None else "",
+        cells = [str(t.number + 1), _state(t), f"{value:.4f}" if value is not None else "",
                  str(max(t.intermediate_values)) if t.intermediate_values else "", f"{seconds:.1f}" if seconds else "",
                  *(_cell(t.params.get(n)) for n in names)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _state(trial) -> str:
+    """completed, pruned, failed (and why), stopped by --timeout, or skipped (an excluded value drawn)."""
+    if "skipped" in trial.user_attrs:
+        return f"skipped ({trial.user_attrs['skipped']} excluded)"
+    if trial.user_attrs.get("stopped") == "timeout":
+        return "stopped (--timeout)"
+    if trial.state.name == "FAIL" and "error" in trial.user_attrs:
+        return f"failed: {trial.user_attrs['error']}"
+    return trial.state.name.lower()
 
 
 def _cell(value) -> str:

@@ -9,6 +9,9 @@ features, validated on the run's own split; the best trial reproduced as a run a
 * The first trial is the run's own recipe (the flags given, the defaults otherwise), so the search has
   the default to beat.
 * The test split is never read during the search: trials fit on train and validate on val.
+* ``--timeout`` bounds the trials and the best trained again together (:mod:`seqvision.tuning.deadline`);
+  failures are counted per choice, and a value that always fails is no longer drawn
+  (:mod:`seqvision.tuning.failures`).
 * At the end: ``best_config.yaml`` (``seqvision train --config`` reproduces the best trial), that run
   trained and evaluated on val and test in ``OUT/best-<trial>``, and ``OUT/report.html``.
 """
@@ -36,6 +39,8 @@ from seqvision.models.temporal import available_heads
 from seqvision.tasks import task_of
 from seqvision.training.datamodule import prepare_data
 from seqvision.training.fit import MAXIMIZE, fit
+from seqvision.tuning.deadline import Deadline, OutOfTime, best_retrain_seconds, shortest_trial_seconds
+from seqvision.tuning.failures import drawn_excluded, excluded_choices, failures_text, finished
 from seqvision.tuning.space import (
     SECTION_OF,
     Domain,
@@ -50,6 +55,7 @@ log = logging.getLogger("seqvision")
 
 STUDY_NAME = "seqvision-tune"
 MAX_FAILURES = 3  # trials in a row that fail (diverged, out of memory) before the search stops
+MAX_SKIPS = 200  # draws in a row of excluded values before the search stops (the sampler keeps to them)
 
 
 @dataclass
@@ -60,11 +66,12 @@ class TuneResult:
     best_params: dict[str, Any]
     best_config: Path
     best_run: Path  # the best trial trained again with best_config.yaml, evaluated on val and test
-    reproduced_value: float  # the metric of that run: equals best_value when the run is deterministic
+    reproduced_value: float  # the metric of that run: equals best_value when deterministic (NaN: not trained again)
     test_metrics: dict | None
     report: Path
-    finished: int  # completed and pruned trials in the study
-    pruned: int
+    finished: int  # completed and pruned trials in the study (draws of excluded values not counted)
+    pruned: int  # of which pruned, or stopped by --timeout
+    retrain_command: str | None = None  # --timeout left no time to train the best again: the command that does
 
 
 def tune(
@@ -75,7 +82,8 @@ def tune(
 
     ``cfg``: the run's options (data, backbone, weights, anything not searched); its backbone is frozen
     and trials train on its cached features. ``trials``: finished trials in the study in all (a study
-    already in ``out_dir`` continues). ``timeout``: seconds for this call's trials. ``metric``: a
+    already in ``out_dir`` continues). ``timeout``: seconds for this call's trials and the best trained
+    again, counted once the feature cache is filled (see :mod:`seqvision.tuning.deadline`). ``metric``: a
     validation metric the task logs (default: ``val_acc`` for classes, ``val_mae`` for numbers).
     """
     try:
@@ -96,8 +104,9 @@ def tune(
         for pool in poolings(space, cfg.model.pool):
             stats, store = extract(_with(cfg, {"model": {"pool": pool}}), progress=False)
             say(f"feature cache, pool {pool}: {stats.cached} images cached, {stats.images} computed ({store.dir})")
-    _run_trials(study, cfg, space, metric, trials=trials, timeout=timeout, say=say, tmp_root=out)
-    return _finish(study, cfg, out, metric, say)
+    deadline = Deadline(timeout, time.monotonic)  # from here: start-up and the first extraction come on top
+    _run_trials(study, cfg, space, metric, trials=trials, deadline=deadline, say=say, tmp_root=out)
+    return _finish(study, cfg, space, out, metric, say, deadline)
 
 
 def _tunable(cfg: RunConfig) -> RunConfig:
@@ -177,53 +186,109 @@ def _with(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     return new
 
 
-def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, timeout: float | None,
+def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadline: Deadline,
                 say: Callable[[str], None], tmp_root: Path) -> None:
     import optuna
 
-    start, failures = time.monotonic(), 0
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    while len(study.get_trials(deepcopy=False, states=finished)) < trials:
-        if timeout is not None and time.monotonic() - start >= timeout:
-            say(f"--timeout {timeout:g} s reached")
+    failures, skips = 0, 0
+    options = [name for name, domain in space.items() if domain.choices is not None and len(domain.choices) > 1]
+    excluded = excluded_choices(study.get_trials(deepcopy=False), options)
+    while sum(finished(t) for t in study.get_trials(deepcopy=False)) < trials:
+        if not _room_for_a_trial(study, cfg, space, deadline, say):
             break
         trial = study.ask()
-        began, params = time.monotonic(), {}
+        began, params = deadline.clock(), {}
         try:
             params = suggest(trial, space, cfg.model.head)
+            hit = drawn_excluded(params, excluded)
+            if hit:  # a value that always failed: told pruned before any training, not counted (see failures)
+                trial.set_user_attr("skipped", " ".join(hit))
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                skips += 1
+                if skips >= MAX_SKIPS:
+                    say(f"the sampler drew only excluded values ({', '.join(hit)}) {skips} times in a row: the search stops")
+                    break
+                continue
+            skips = 0
             trial_cfg = _with(cfg, as_overrides(params))  # its --monitor (best epoch, early stopping) is the run's own
-            value, pruned_at = _run_trial(trial, trial_cfg, metric, tmp_root)
+            run = _run_trial(trial, trial_cfg, metric, tmp_root, deadline=deadline, keep=_kept_for_best(study, cfg))
         except (SeqVisionError, RuntimeError, ValueError) as exc:  # diverged (--on-nan stop), out of memory, ...
+            trial.set_user_attr("error", first_line(exc))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             failures += 1
             say(f"trial {trial.number + 1}/{trials}: failed ({first_line(exc)}) | {_params_text(params)}")
             if failures >= MAX_FAILURES:
                 raise ConfigError(f"{failures} trials in a row failed, the last with: {first_line(exc)}") from None
+            now = excluded_choices(study.get_trials(deepcopy=False), options)
+            for name, value in now:
+                if (name, value) not in excluded:
+                    say(f"{name}={value} failed in every trial that drew it ({first_line(exc)}): not drawn again")
+            excluded = now
             continue
         except BaseException:  # interrupted: the trial does not count, the study continues next time
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         failures = 0
-        if pruned_at is not None:
+        if run.seconds_per_epoch is not None:
+            trial.set_user_attr("seconds_per_epoch", run.seconds_per_epoch)
+        if run.stopped_at is not None:
+            trial.set_user_attr("stopped", "timeout")
+        if run.pruned_at is not None or run.stopped_at is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            study.tell(trial, value)
-        say(_trial_line(study, trial.number, params, metric, value, pruned_at, time.monotonic() - began, trials))
+            study.tell(trial, run.value)
+        say(_trial_line(study, trial.number, params, metric, run, deadline.clock() - began, trials))
 
 
-def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path) -> tuple[float, int | None]:
-    """Fit one trial in a temporary folder; ``(best validation value, epoch it was pruned at or None)``."""
+def _best(study):
+    try:
+        return study.best_trial
+    except ValueError:  # no completed trial yet
+        return None
+
+
+def _kept_for_best(study, cfg: RunConfig) -> float:
+    """Seconds kept for training the best so far again (0 before any trial completed)."""
+    return best_retrain_seconds(_best(study), cfg.train.max_epochs)
+
+
+def _room_for_a_trial(study, cfg: RunConfig, space, deadline: Deadline, say: Callable[[str], None]) -> bool:
+    if not deadline.bounded:
+        return True
+    epochs = space.get("max_epochs")
+    fewest = cfg.train.max_epochs if epochs is None else min(int(v) for v in (epochs.choices or [epochs.low or epochs.fixed]))
+    if deadline.left() > shortest_trial_seconds(study.get_trials(deepcopy=False), fewest) + _kept_for_best(study, cfg):
+        return True
+    say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.0f} s left, kept for training the best again; "
+        "no new trial")
+    return False
+
+
+@dataclass
+class TrialRun:
+    value: float  # the metric at the epoch the run's monitor picks (so far, when pruned or stopped)
+    pruned_at: int | None = None  # the epoch the pruner stopped it at
+    stopped_at: int | None = None  # the epoch --timeout stopped it at
+    seconds_per_epoch: float | None = None  # measured, its setup included
+
+
+def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: Deadline | None = None,
+               keep: float = 0.0) -> TrialRun:
+    """Fit one trial in a temporary folder. ``deadline``: it stops at the end of an epoch when one more
+    would eat into the ``keep`` seconds kept for training the best again."""
     import optuna
 
-    report = TrialReport(trial, metric, monitor=monitor_of(cfg))
+    report = TrialReport(trial, metric, monitor=monitor_of(cfg), deadline=deadline, keep=keep, epochs=cfg.train.max_epochs)
     with tempfile.TemporaryDirectory(prefix=".trial-", dir=tmp_root) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the same notices every trial (Lightning's, the cache's): said once, above
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         try:
             fit(cfg, Path(tmp) / "run", progress=False, callbacks=[report], checkpoints=False)  # its best is trained again
         except optuna.TrialPruned:
-            return report.best, report.epoch
-    return report.best, None
+            return TrialRun(report.best, pruned_at=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
+        except OutOfTime:
+            return TrialRun(report.best, stopped_at=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
+    return TrialRun(report.best, seconds_per_epoch=report.seconds_per_epoch)
 
 
 def monitor_of(cfg: RunConfig) -> str:
@@ -237,10 +302,16 @@ class TrialReport(L.Callback):
 
     ``best``: ``metric`` at the epoch the run's ``monitor`` picks (the epoch ``best.ckpt`` holds, first of
     ties, as Lightning's checkpointing keeps it), so a trial's value is what its run's best model scores,
-    whatever the monitor. ``trial`` None: only record (the best trial trained again)."""
+    whatever the monitor. ``trial`` None: only record (the best trial trained again). ``deadline``: measure
+    the seconds per epoch, and stop (:class:`OutOfTime`) at the end of an epoch when another one would
+    leave less than ``keep`` seconds (kept for training the best again) before the deadline."""
 
-    def __init__(self, trial, metric: str, *, monitor: str) -> None:
+    def __init__(self, trial, metric: str, *, monitor: str, deadline: Deadline | None = None, keep: float = 0.0,
+                 epochs: int | None = None) -> None:
         self.trial, self.metric, self.monitor = trial, metric, monitor
+        self.deadline, self.keep, self.epochs = deadline, keep, epochs
+        self.started = deadline.clock() if deadline is not None else None  # the fit's setup counts in its pace
+        self.seconds_per_epoch: float | None = None
         self.best = float("nan")
         self._best_monitor: float | None = None
         self.epoch = 0
@@ -256,21 +327,29 @@ class TrialReport(L.Callback):
         first = self._best_monitor is None
         if first or (watched > self._best_monitor if self.monitor in MAXIMIZE else watched < self._best_monitor):
             self._best_monitor, self.best = watched, value
+        if self.deadline is not None:
+            self.seconds_per_epoch = (self.deadline.clock() - self.started) / self.epoch
         if self.trial is None:
             return
         self.trial.report(value, self.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {self.epoch}")
+        if self.deadline is not None and self.deadline.bounded and (self.epochs is None or self.epoch < self.epochs):
+            pace = self.seconds_per_epoch
+            if self.deadline.left() < pace + self.keep:
+                raise OutOfTime(f"stopped at epoch {self.epoch}: --timeout")
 
 
-def _trial_line(study, number: int, params: dict, metric: str, value: float, pruned_at: int | None, seconds: float,
-                trials: int) -> str:
+def _trial_line(study, number: int, params: dict, metric: str, run: TrialRun, seconds: float, trials: int) -> str:
     shown = _params_text(params)
-    state = f"pruned at epoch {pruned_at}, {metric} {value:.4f}" if pruned_at else f"{metric} {value:.4f}"
-    try:
-        best = f"best {study.best_value:.4f} (trial {study.best_trial.number + 1})"
-    except ValueError:  # no completed trial yet
-        best = "no completed trial yet"
+    if run.stopped_at:
+        state = f"stopped at epoch {run.stopped_at} by --timeout ({metric} {run.value:.4f} so far, not a result)"
+    elif run.pruned_at:
+        state = f"pruned at epoch {run.pruned_at}, {metric} {run.value:.4f}"
+    else:
+        state = f"{metric} {run.value:.4f}"
+    best = _best(study)
+    best = f"best {best.value:.4f} (trial {best.number + 1})" if best is not None else "no completed trial yet"
     return f"trial {number + 1}/{trials}: {state} | {best} | {seconds:.1f} s | {shown}"
 
 
@@ -282,35 +361,46 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _finish(study, cfg: RunConfig, out: Path, metric: str, say: Callable[[str], None]) -> TuneResult:
-    """best_config.yaml, the best trial reproduced and tested, report.html."""
-    import optuna
-
+def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[[str], None],
+            deadline: Deadline) -> TuneResult:
+    """best_config.yaml, the best trial reproduced and tested (when --timeout leaves the time), report.html,
+    and the failures by choice."""
     from seqvision.tuning.report import write_tune_report
 
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ConfigError(f"no trial of {out / 'study.db'} completed (all pruned or failed); run more --trials") from None
+    options = [name for name, domain in space.items() if domain.choices is not None and len(domain.choices) > 1]
+    trials = study.get_trials(deepcopy=False)
+    failures = failures_text(trials, options)
+    if failures:
+        say(failures)
+    best = _best(study)
+    if best is None:
+        raise ConfigError(f"no trial of {out / 'study.db'} completed (all pruned or failed); run more --trials")
     best_cfg = _with(cfg, as_overrides(best.params))
     save_config(best_cfg, out / "best_config.yaml")
     run_dir = out / f"best-{best.number + 1}"
-    reproduced = _read_metrics(run_dir / "reproduced.json")
-    if reproduced is None:  # not trained yet, or killed before the end: again from the start
+    reproduced, command = _read_metrics(run_dir / "reproduced.json"), None
+    need = _kept_for_best(study, cfg)
+    if reproduced is None and deadline.left() < need:  # the estimate does not fit: said, not overrun
+        command = f"seqvision train --config {out / 'best_config.yaml'} --out {run_dir}"
+        say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.0f} s left, training the best again needs about "
+            f"{need:.0f} s; not trained again. Run: {command}")
+        reproduced = {metric: float("nan")}
+    elif reproduced is None:  # not trained yet, or killed before the end: again from the start
         shutil.rmtree(run_dir, ignore_errors=True)
         say(f"best: trial {best.number + 1}, {metric} {best.value:.4f}; training it again with best_config.yaml in {run_dir}")
         recorder = TrialReport(None, metric, monitor=monitor_of(best_cfg))
         train_and_evaluate(best_cfg, run_dir, progress=False, callbacks=[recorder])
         reproduced = {metric: recorder.best, "trial": best.number + 1, "trial_value": best.value}
         atomic_write_text(run_dir / "reproduced.json", json.dumps(reproduced))
-    say(f"trained again: {metric} {reproduced[metric]:.4f} (the trial: {best.value:.4f})")
-    test = _read_metrics(run_dir / "test" / "metrics.json")
-    states = [t.state for t in study.trials]
-    pruned = states.count(optuna.trial.TrialState.PRUNED)
-    finished = pruned + states.count(optuna.trial.TrialState.COMPLETE)
-    report = write_tune_report(study, out / "report.html", metric=metric, best_run=run_dir, test_metrics=test)
+    if command is None:
+        say(f"trained again: {metric} {reproduced[metric]:.4f} (the trial: {best.value:.4f})")
+    test = None if command else _read_metrics(run_dir / "test" / "metrics.json")
+    done = [t for t in trials if finished(t)]
+    pruned = sum(t.state.name == "PRUNED" for t in done)
+    report = write_tune_report(study, out / "report.html", metric=metric, best_run=run_dir, test_metrics=test,
+                               retrain_command=command, failures=failures)
     return TuneResult(out, best.number + 1, best.value, dict(best.params), out / "best_config.yaml", run_dir,
-                      reproduced[metric], test, report, finished, pruned)
+                      reproduced[metric], test, report, len(done), pruned, command)
 
 
 def _read_metrics(path: Path) -> dict | None:

@@ -1,0 +1,79 @@
+"""``tune --timeout``: one deadline for the trials and the best trained again.
+
+The clock starts once the feature cache is filled (start-up and the first extraction come on top).
+Each trial's seconds per epoch are measured (its setup included) and kept on the trial, so the time the
+best needs to train again is estimated from its own epochs: :data:`RETRAIN_MARGIN` x (its epochs + 1, for
+the evaluation on val and test) x its seconds per epoch. That much is kept for the end:
+
+* a new trial starts only when the shortest trial the space can draw, at the mean pace of the trials so
+  far, fits before the time kept for the best;
+* a running trial stops at the end of an epoch when one more epoch would eat into the time kept for the
+  best (Optuna's pruned state, marked ``stopped: timeout``: its partial score is never taken as a
+  result);
+* the best is trained again only when its estimate fits in what is left; otherwise one line says the
+  command that trains it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from seqvision.tuning.failures import finished
+
+RETRAIN_MARGIN = 1.25  # the estimate of the best's retraining, against checkpoints and evaluation not timed in trials
+
+
+class OutOfTime(Exception):
+    """Raised at the end of an epoch: the next one would pass the time kept for training the best again."""
+
+
+@dataclass
+class Deadline:
+    """``seconds`` from now on ``clock`` (None: no deadline)."""
+
+    seconds: float | None
+    clock: Callable[[], float]
+    end: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.end = math.inf if self.seconds is None else self.clock() + self.seconds
+
+    def left(self) -> float:
+        return self.end - self.clock()
+
+    @property
+    def bounded(self) -> bool:
+        return self.seconds is not None
+
+
+def retrain_seconds(seconds_per_epoch: float, epochs: int) -> float:
+    """The estimate of training a trial's recipe again as a run and evaluating it on val and test."""
+    return RETRAIN_MARGIN * seconds_per_epoch * (epochs + 1)
+
+
+def seconds_per_epoch(trial) -> float | None:
+    """A finished trial's measured seconds per epoch: as it recorded them, else from Optuna's timestamps
+    and its reported epochs (a trial of an older run); None when unknown."""
+    measured = trial.user_attrs.get("seconds_per_epoch")
+    if measured is not None:
+        return float(measured)
+    if trial.datetime_start and trial.datetime_complete and trial.intermediate_values:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds() / max(trial.intermediate_values)
+    return None
+
+
+def best_retrain_seconds(trial, default_epochs: int) -> float:
+    """The time kept for training ``trial`` (the best so far) again; 0 when none is known yet."""
+    if trial is None:
+        return 0.0
+    pace = seconds_per_epoch(trial)
+    return 0.0 if pace is None else retrain_seconds(pace, int(trial.params.get("max_epochs", default_epochs)))
+
+
+def shortest_trial_seconds(trials, fewest_epochs: int) -> float:
+    """The shortest trial the space can draw (``fewest_epochs``) at the mean pace of the finished trials;
+    0 before any (the first trial always starts)."""
+    paces = [p for p in (seconds_per_epoch(t) for t in trials if finished(t)) if p is not None]
+    return sum(paces) / len(paces) * fewest_epochs if paces else 0.0
