@@ -75,7 +75,7 @@ def test_findings_follow_the_numbers_and_their_noise():
     from seqvision.evaluation.diagnostics import findings
 
     def d(shuffled, changed, middle, mirrored, mirror_changed, normal=0.97):
-        return {"metric": "accuracy", "normal": normal, "shuffled": {"accuracy": shuffled, "changed": changed},
+        return {"metric": "accuracy", "lower_is_better": False, "change": "changed", "normal": normal, "shuffled": {"accuracy": shuffled, "changed": changed},
                 "reversed": {"accuracy": normal, "changed": 0.0}, "middle": {"accuracy": middle, "changed": 0.1},
                 "mirrored": {"accuracy": mirrored, "changed": mirror_changed}}
 
@@ -90,6 +90,25 @@ def test_findings_follow_the_numbers_and_their_noise():
     # 2 of 36 predictions: within the noise of so few samples, neither "matters" nor "ignored"
     said = findings(d(0.92, 0.06, 0.90, 0.92, 0.06, normal=0.97), hflip=True, n=36)
     assert "within noise" in said[0] and "within noise" in said[2]
+
+
+def test_findings_ask_the_task_whether_lower_is_better():
+    """An error metric other than "mae" (a task whose headline is the RMSE): higher is worse, so a shuffle
+    that raises it matters, and the change is a size, not a share of predictions."""
+    from seqvision.evaluation.diagnostics import findings
+    from seqvision.tasks.kinds import Regression
+
+    class RmseFirst(Regression):
+        headline = ("rmse", "mae")
+
+    d = {"metric": RmseFirst.headline[0], "lower_is_better": RmseFirst.lower_is_better, "change": "mean_abs_change",
+         "normal": 0.20, "shuffled": {"rmse": 0.50, "mean_abs_change": 0.3}, "reversed": {"rmse": 0.20, "mean_abs_change": 0.0},
+         "middle": {"rmse": 0.21, "mean_abs_change": 0.05}}
+    said = findings(d, hflip=False, n=400)
+    assert said[0] == "order matters: rmse 0.20 -> 0.50 when each sample's images are shuffled (moves predictions by 0.3 on average)"
+    assert said[1] == "one image does about as well: rmse 0.21 from the middle image alone, 0.20 from all"
+    d["middle"]["rmse"] = 0.40  # the middle image alone errs twice as much: the sequence adds to it
+    assert findings(d, hflip=False, n=400)[1].startswith("the sequence adds to one image: rmse 0.40")
 
 
 def test_auto_mirrors_only_small_splits():

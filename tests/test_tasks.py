@@ -94,8 +94,10 @@ def test_every_task_end_to_end_train_evaluate_predict(manifest, tmp_path, task):
     d = ev.metrics["diagnostics"]
     headline = {"mAP": "exact_match"}.get(key, key)
     assert d["metric"] == headline and d["normal"] == pytest.approx(ev.metrics[headline])
+    assert d["lower_is_better"] == (task in ("regression", "frame_regression"))  # the task's rule, recorded
+    assert d["change"] == ("mean_abs_change" if task in ("regression", "frame_regression") else "changed")
     for variant in ("shuffled", "reversed", "middle", "mirrored"):
-        assert headline in d[variant] and ("mean_abs_change" if headline == "mae" else "changed") in d[variant]
+        assert headline in d[variant] and d["change"] in d[variant]
     assert d["findings"]
 
 

@@ -85,9 +85,11 @@ def changed(predictor, before: torch.Tensor, after: torch.Tensor) -> tuple[str, 
 def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> dict:
     """``{variant: {metric, changed}}`` for shuffled, reversed, middle (and mirrored when given), and
     ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics."""
-    key = predictor.task.headline[0]
+    task = predictor.task
+    key = task.headline[0]
     ids = preds.sample_ids
-    out: dict = {"metric": key, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
+    # the task's rule for its headline figure, kept with the figures (the findings read it from here)
+    out: dict = {"metric": key, "lower_is_better": task.lower_is_better, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
     for variant in ("shuffled", "reversed", "middle"):
         draws = DRAWS if variant == "shuffled" else 1
         values, moves = [], []
@@ -101,6 +103,7 @@ def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> d
             out[variant]["draws"] = draws
         if len(rows) != len(ids):  # per-image tasks, middle image: compare with the model on those images
             out[variant]["normal"] = metrics_of(preds.outputs[rows], preds.targets[rows], [ids[i] for i in rows])[key]
+    out["change"] = name  # the task's measure of how far a variant moved the predictions (Task.changed)
     if mirrored is not None:
         name, move = changed(predictor, preds.outputs, mirrored.outputs)
         out["mirrored"] = {key: metrics_of(mirrored.outputs, preds.targets, ids)[key], name: move}
@@ -112,21 +115,23 @@ def findings(d: dict, *, hflip: bool, n: int) -> list[str]:
     """Plain-language reading of the variants, with the noise of ``n`` evaluated predictions in mind: a
     variant matters when its metric moves beyond ``margin`` (two standard errors of an accuracy over ``n``,
     at least 0.05; for an error metric, 10 % of it) or it changes at least 20 % of the predictions; it is
-    ignored when it changes at most 2 % of them and moves the metric by less than half the margin."""
+    ignored when it changes at most 2 % of them and moves the metric by less than half the margin.
+    ``d``: :func:`diagnose`'s figures, with the task's ``lower_is_better`` and ``change`` measure."""
     key, normal = d["metric"], d["normal"]
-    lower = key == "mae"
-    move_key = "mean_abs_change" if lower else "changed"
+    lower = d["lower_is_better"]  # the task's rule for its headline metric (an error, or a score)
+    move_key = d["change"]
+    share = move_key == "changed"  # the move is a share of changed decisions (classes), not a size (values)
     margin = 0.1 * abs(normal) if lower else max(0.05, 2 * math.sqrt(max(normal * (1 - normal), 0.01) / max(n, 1)))
     worse = (lambda v: v - normal) if lower else (lambda v: normal - v)  # > 0: the variant does worse
 
     def matters(v: dict) -> bool:
-        return worse(v[key]) >= margin or (not lower and v[move_key] >= 0.2)
+        return worse(v[key]) >= margin or (share and v[move_key] >= 0.2)
 
     def ignored(v: dict) -> bool:
-        return abs(worse(v[key])) < margin / 2 and (lower or v[move_key] <= 0.02)
+        return abs(worse(v[key])) < margin / 2 and (not share or v[move_key] <= 0.02)
 
     def moved(v: dict) -> str:
-        return f"changes {100 * v[move_key]:.0f}% of predictions" if not lower else f"moves predictions by {v[move_key]:.3g} on average"
+        return f"changes {100 * v[move_key]:.0f}% of predictions" if share else f"moves predictions by {v[move_key]:.3g} on average"
 
     say = []
     s = d["shuffled"]

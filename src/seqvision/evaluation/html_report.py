@@ -178,7 +178,7 @@ def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
 
 def _diagnostics_section(d: dict, seconds: float | None) -> str:
     key = d["metric"]
-    move = "mean_abs_change" if key == "mae" else "changed"
+    move = d["change"]  # the task's measure of a variant's change (diagnostics.diagnose records it)
     what = {"normal": "as given", "shuffled": f"shuffled (mean of {d.get('shuffled', {}).get('draws', 1)} orders)",
             "reversed": "reversed", "middle": "the middle image alone", "mirrored": "mirrored left-right (CNN run again)"}
     rows = []
