@@ -54,6 +54,9 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--checkpointing", "model", "checkpointing", {"action": argparse.BooleanOptionalAction, "help": "activation checkpointing per chunk"}),
     ("--head", "model", "head", {"help": "lstm | gru | attention | transformer | mean | max"}),
     ("--temporal-diff", "model", "temporal_diff", {"action": argparse.BooleanOptionalAction, "help": "also feed x_t - x_{t-1}"}),
+    ("--temporal-shift", "model", "temporal_shift", {"choices": ["off", "bidirectional", "causal"],
+     "help": "motion inside the CNN: shift 1/8 of the channels of each residual block of the learning stages one frame "
+             "(causal: from the past only, streamable); needs a backbone that learns"}),
     ("--d-model", "model", "d_model", {"type": int, "help": "transformer width"}),
     ("--nhead", "model", "nhead", {"type": int, "help": "transformer attention heads"}),
     ("--hidden-size", "model", "hidden_size", {"type": int, "help": "LSTM/GRU/attention hidden units"}),

@@ -91,6 +91,8 @@ class ModelConfig:
     checkpointing: bool = False  # activation checkpointing of each chunk while training (needs chunk_size)
     head: str = "lstm"  # lstm | gru | attention | transformer | mean | max (seqvision.models.temporal)
     temporal_diff: bool = False  # each step also gets x_t - x_{t-1} of the features (motion cue)
+    # motion inside the CNN: off | bidirectional | causal (streamable) temporal shift in the learning stages
+    temporal_shift: str = "off"
     hidden_size: int = 256  # lstm / gru / attention
     num_layers: int = 1  # recurrent layers, or transformer encoder layers
     d_model: int = 256  # transformer width
@@ -293,6 +295,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         ("data", "feature_precision"): ("auto", "32", "bf16"),
         ("model", "pool"): POOL_CHOICES,
         ("model", "head"): tuple(_heads()),
+        ("model", "temporal_shift"): ("off", "bidirectional", "causal"),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
         ("train", "loss"): ("mse", "l1"),
         ("train", "class_weights"): (None, "balanced"),
@@ -330,6 +333,15 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         raise ConfigError("--checkpointing needs --chunk-size N (images per checkpointed backbone pass)")
     if m.freeze and m.trainable_stages:
         raise ConfigError("--freeze and --trainable-stages contradict each other; choose one")
+    if m.temporal_shift != "off":
+        if m.freeze:
+            raise ConfigError(f"--temporal-shift {m.temporal_shift} shifts the stages that learn: not with --freeze "
+                              "(use --trainable-stages K, or --temporal-shift off)")
+        from seqvision.models.temporal_shift import supports_shift
+
+        if not supports_shift(m.backbone):
+            raise ConfigError(f"--temporal-shift {m.temporal_shift}: backbone {m.backbone!r} is not supported (the "
+                              "ResNet family, mobilenet_v2 and tiny_cnn are); use one of them or --temporal-shift off")
     if m.head == "transformer" and m.d_model % m.nhead:
         raise ConfigError(f"--d-model {m.d_model} must be a multiple of --nhead {m.nhead} (each head gets d_model / nhead)")
     _check_devices(cfg.train)

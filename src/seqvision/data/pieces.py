@@ -35,10 +35,11 @@ class Piece:
     error: str | None = None  # from planning (a video whose headers cannot be read)
 
 
-def plan_pieces(base: SequenceDataset, size: int) -> tuple[list[Piece], list[list[list[int]]]]:
+def plan_pieces(base: SequenceDataset, size: int, *, whole_clips: bool = False) -> tuple[list[Piece], list[list[list[int]]]]:
     """Every sample's clips (frame indices, as ``base`` samples them for evaluation) cut into pieces of
     at most ``size`` frames, in sample order; and the clips themselves. A sample that cannot be planned
-    gets one piece carrying its error, so it is reported in its place."""
+    gets one piece carrying its error, so it is reported in its place. ``whole_clips``: a clip is never
+    cut (a CNN with a temporal shift reads each image's neighbours), so a piece may exceed ``size``."""
     if size < 1:
         raise ValueError(f"piece size must be at least 1, got {size}")
     pieces: list[Piece] = []
@@ -56,8 +57,9 @@ def plan_pieces(base: SequenceDataset, size: int) -> tuple[list[Piece], list[lis
             continue
         plans.append(clips)
         mine = [
-            Piece(index, c, tuple(clip[at : at + size]), False)
-            for c, clip in enumerate(clips) for at in range(0, len(clip), size)
+            Piece(index, c, tuple(clip[at : at + step]), False)
+            for c, clip in enumerate(clips) for step in [len(clip) if whole_clips else size]
+            for at in range(0, len(clip), max(step, 1))
         ] or [Piece(index, 0, (), False)]  # no frame at all: one empty piece, reported as such
         mine[-1] = replace(mine[-1], last=True)
         pieces.extend(mine)
@@ -87,13 +89,13 @@ class PieceDataset(Dataset):
     ``{"piece", "images" (n, 3, S, S) or None, "kept" (frame indices that loaded), "skipped", "error"}``.
     Errors travel in the item, as in :class:`SequenceDataset`, and are raised in the main process."""
 
-    def __init__(self, base: SequenceDataset, size: int) -> None:
+    def __init__(self, base: SequenceDataset, size: int, *, whole_clips: bool = False) -> None:
         if base.train:
             raise ValueError("pieces are for evaluation: training augmentation draws one crop per whole clip")
         if base.source.carries != "pixels":
             raise ValueError("pieces are for pixels: cached features are read whole (they are small)")
         self.base = base
-        self.pieces, self.plans = plan_pieces(base, size)
+        self.pieces, self.plans = plan_pieces(base, size, whole_clips=whole_clips)
         self.notes = sorted(base.notes)  # planning facts (e.g. a sample shorter than --num-frames)
         base.notes.clear()
 

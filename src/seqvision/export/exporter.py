@@ -33,6 +33,7 @@ from seqvision.export.graphs import EncoderGraph, SequenceGraph, WholeGraph
 from seqvision.export.heads import export_form
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write_text
+from seqvision.models.temporal_shift import refuse_shift
 
 log = logging.getLogger("seqvision")
 
@@ -77,6 +78,7 @@ def check_format(format: str, opset: int = 17) -> None:
 def export_predictor(predictor: Predictor, out: str | Path, *, format: str = "onnx", opset: int = 17) -> ExportResult:
     """Export the model a :class:`Predictor` holds (on the CPU, fp32) to ``out``."""
     check_format(format, opset)
+    refuse_shift(predictor.model.encoder, "export")
     predictor = copy.copy(predictor)  # exported on a CPU fp32 copy: the caller's Predictor keeps its device
     predictor.model = model = copy.deepcopy(predictor.model).cpu().float().eval()
     head = export_form(model.temporal_head)

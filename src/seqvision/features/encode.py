@@ -31,6 +31,8 @@ def prepare_encoder(
     ``encoder`` itself is not changed beyond eval mode and its layout, so a model can go on training it."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
+    if getattr(encoder, "shift_state", None) is not None:  # a temporal shift reads its neighbours through
+        return encoder  # the batch's layout, which neither a converted copy nor a compiled graph carries
     if compile:
         return CompiledEncoder(encoder)
     if dtype == torch.bfloat16 and device.type == "cpu" and hasattr(encoder, "pool_features"):

@@ -20,6 +20,7 @@ from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.dataset import cached_dataset
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.models.memory import inference_chunk_size
+from seqvision.models.temporal_shift import frames_of, is_shifted
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.tasks import task_of
@@ -191,7 +192,8 @@ class Predictor:
                 batch.images = batch.images.to(self.device)
                 yield batch
             return
-        pieces = PieceDataset(dataset, self.chunk_size)
+        shifted = is_shifted(self.model.encoder)  # its images see their neighbours: clips go whole to the CNN
+        pieces = PieceDataset(dataset, self.chunk_size, whole_clips=shifted)
         loader = DataLoader(
             pieces, batch_sampler=piece_batches(pieces.pieces, self.chunk_size), collate_fn=collate_pieces,
             num_workers=num_workers,
@@ -202,7 +204,9 @@ class Predictor:
         sample = None  # the sample being assembled: its item, per-clip features and frames kept
         for items in loader:
             images = concat_images(items)  # (n, 3, S, S), n <= chunk_size
-            features = encode_batch(net, images, dtype) if images is not None else None  # (n, F) fp32
+            lengths = torch.tensor([len(it["images"]) for it in items if it["images"] is not None]) if shifted else None
+            with frames_of(net, lengths, self.device):  # a shifted CNN's clips, each whole (no-op otherwise)
+                features = encode_batch(net, images, dtype) if images is not None else None  # (n, F) fp32
             at = 0
             for it in items:
                 if it["error"]:

@@ -110,12 +110,16 @@ class ImageEncoder(nn.Module):
         each chunk is activation-checkpointed, so peak memory stays bounded as N grows."""
         if not self.chunk_size or images.shape[0] <= self.chunk_size:
             return self._encode(images)
-        chunks = images.split(self.chunk_size)
+        shift = getattr(self, "shift_state", None)
+        if shift is not None:  # a temporal shift reads neighbours: each chunk holds whole samples
+            chunks = [(images[a:b], layout) for a, b, layout in shift.chunks(self.chunk_size)]
+        else:
+            chunks = [(c, None) for c in images.split(self.chunk_size)]
         if self.checkpointing and torch.is_grad_enabled() and not self.fully_frozen:
-            return torch.cat([self._checkpointed(c) for c in chunks])
-        return torch.cat([self._encode(c) for c in chunks])
+            return torch.cat([self._checkpointed(c, layout) for c, layout in chunks])
+        return torch.cat([self._encode(c, layout) for c, layout in chunks])
 
-    def _checkpointed(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _checkpointed(self, chunk: torch.Tensor, layout=None) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
         calls = {"n": 0}
@@ -124,17 +128,22 @@ class ImageEncoder(nn.Module):
             # The backward pass runs this again to rebuild the activations. BatchNorm in training mode
             # would then update its running statistics a second time: freeze them for the replay (the
             # replay still normalizes with the same batch statistics, so the gradients are exact).
+            # A shifted chunk replays with its own layout: the batch's is gone by the backward pass.
             calls["n"] += 1
             if calls["n"] == 1:
-                return self._encode(x)
+                return self._encode(x, layout)
             with running_stats_frozen(self):
-                return self._encode(x)
+                return self._encode(x, layout)
 
         return checkpoint(run, chunk, use_reentrant=False, preserve_rng_state=True)
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+    def _encode(self, images: torch.Tensor, layout=None) -> torch.Tensor:
+        """One CNN pass; ``layout``: where a temporal shift finds each image's neighbours in this chunk."""
         images = images.contiguous(memory_format=torch.channels_last)  # a no-op when already NHWC
-        return self.pool_features(self.trunk(images))
+        if layout is None:
+            return self.pool_features(self.trunk(images))
+        with self.shift_state.using(layout):
+            return self.pool_features(self.trunk(images))
 
     def pool_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's output ``(N, C, h, w)`` (or ``(N, F)`` when the trunk pools itself) -> ``(N, F)``."""

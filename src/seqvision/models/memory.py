@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from seqvision.models.backbones import ImageEncoder, running_stats_frozen
+from seqvision.models.temporal_shift import FrameLayout, is_shifted
 from seqvision.runtime import available_memory
 
 PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one value per channel
@@ -58,12 +59,14 @@ def activation_profile(encoder: ImageEncoder, *, image_size: int | None = None, 
     def leaf_hook(_module: nn.Module, inputs: tuple, output: object) -> None:
         largest[0] = max(largest[0], sum(_bytes(t) for t in inputs) + _bytes(output))
 
+    # a temporal shift runs on the probe as on single-image samples: the same tensors, no neighbour read
+    layout = FrameLayout.of(torch.ones(len(probe), dtype=torch.long)) if is_shifted(encoder) else None
     hooks = [m.register_forward_hook(leaf_hook) for m in encoder.modules() if not list(m.children())]
     was_training = encoder.training
     try:
         encoder.eval()
         with torch.no_grad():
-            encoder._encode(probe)
+            encoder._encode(probe, layout)
     finally:
         for h in hooks:
             h.remove()
@@ -89,7 +92,7 @@ def activation_profile(encoder: ImageEncoder, *, image_size: int | None = None, 
             # fork_rng: dropout or stochastic depth in the probe must not move a seeded run's random draws
             with torch.random.fork_rng(devices=[]), running_stats_frozen(encoder), torch.enable_grad(), \
                     torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                encoder._encode(probe)
+                encoder._encode(probe, layout)
         finally:
             encoder.train(was_training)
         kept = sum(saved.values()) // PROBE_IMAGES

@@ -9,7 +9,9 @@ from torch import nn
 
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
+from seqvision.errors import ConfigError
 from seqvision.models.temporal import available_heads, build_temporal_head, head_options, real_steps
+from seqvision.models.temporal_shift import frames_of, install_shift
 
 log = logging.getLogger("seqvision")
 
@@ -35,7 +37,8 @@ class SequenceModel(nn.Module):
         self.per_step = per_step  # one output per image (sequence labelling): (N, K) instead of (B, K)
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(images)  # (N, F)
+        with frames_of(self.encoder, lengths, images.device):  # a temporal shift's sample boundaries
+            features = self.encoder(images)  # (N, F)
         return self.forward_features(features, lengths)
 
     def forward_features(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -62,6 +65,7 @@ def build_sequence_model(
     checkpointing: bool = False,
     head: str = "lstm",
     temporal_diff: bool = False,
+    temporal_shift: str = "off",
     hidden_size: int = 256,
     num_layers: int = 1,
     d_model: int = 256,
@@ -75,7 +79,8 @@ def build_sequence_model(
     ``per_step``). The keywords are :class:`seqvision.config.ModelConfig`'s fields, whose
     ``build_model`` passes them; head-specific ones (``d_model``, ``nhead``) go to the heads that take them.
     ``freeze_bn``: BatchNorm in evaluation mode while the backbone learns; None (auto) turns it on for loaded
-    weights whose BatchNorm is folded."""
+    weights whose BatchNorm is folded. ``temporal_shift``: ``bidirectional`` or ``causal`` shifts the residual
+    blocks of the stages that learn (:mod:`seqvision.models.temporal_shift`)."""
     encoder = build_backbone(backbone, weights=weights, pool=pool)
     encoder.chunk_size = chunk_size
     encoder.checkpointing = checkpointing
@@ -92,6 +97,11 @@ def build_sequence_model(
                 "train it)"
             )
     encoder.set_frozen_norm(bool(freeze_bn))
+    if temporal_shift != "off":
+        if freeze:
+            raise ConfigError(f"--temporal-shift {temporal_shift} shifts the stages that learn: not with --freeze "
+                              "(use --trainable-stages K)")
+        install_shift(encoder, temporal_shift, encoder.stages[-trainable_stages:] if trainable_stages else encoder.stages)
     options = dict(hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=lstm_dropout)
     accepted = head_options(head) if head in available_heads() else []  # a head refuses an option it lacks
     options.update({k: v for k, v in (("d_model", d_model), ("nhead", nhead)) if k in accepted})

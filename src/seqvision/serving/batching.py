@@ -28,6 +28,7 @@ from seqvision.errors import ConfigError
 from seqvision.features.encode import encode_batch
 from seqvision.inference.predictor import Predictor
 from seqvision.serving.errors import ServeError
+from seqvision.models.temporal_shift import refuse_shift
 
 log = logging.getLogger("seqvision")
 
@@ -71,6 +72,7 @@ class DynamicBatcher:
         max_batch_images: int | None = None, start: bool = True,
     ) -> None:
         check_batching(queue_size=queue_size, max_wait_ms=max_wait_ms, max_batch_images=max_batch_images)
+        refuse_shift(predictor.model.encoder, "serve")
         self.predictor = predictor
         # resolved here, on the caller's thread, before the first request: the encoder's inference form
         # (oneDNN / channels_last, converted once) and the images per CNN pass (probes the free memory)

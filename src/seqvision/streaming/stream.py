@@ -24,6 +24,7 @@ from seqvision.errors import ConfigError, DataError
 from seqvision.features.encode import encode_batch
 from seqvision.inference.predictor import RESERVED_COLUMNS, Predictor, output_columns
 from seqvision.streaming.state import head_step
+from seqvision.models.temporal_shift import refuse_shift
 
 DEFAULT_WINDOW = 16  # frames, for heads that need a window when neither --window nor the run's --num-frames says
 STREAM_COLUMNS = ("frame", "time", *RESERVED_COLUMNS)  # a row's fixed columns; a class named so gets p_<name>
@@ -60,6 +61,7 @@ class Stream:
     def __init__(self, predictor: Predictor, *, window: int | None = None, every: int = 1) -> None:
         check_count(window, "--window", optional=True)
         check_count(every, "--every")
+        refuse_shift(predictor.model.encoder, "stream")
         self.predictor = predictor
         self.model = predictor.model.eval()
         self.every = every

@@ -17,6 +17,7 @@ from seqvision.io import IncrementalTensorDigest
 from seqvision.models.checkpoint import checkpoint_metadata
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.stage_maps import StageCut
+from seqvision.models.temporal_shift import frames_of
 from seqvision.tasks import TaskLoss, task_of
 from seqvision.training.checkpoint import rng_state, set_rng_state
 
@@ -61,7 +62,8 @@ class SequenceTask(L.LightningModule):
         if batch.carries == "features":  # (N, F) vectors from the feature cache: the frozen CNN is skipped
             outputs = self.model.forward_features(batch.images, batch.lengths)  # (C, K), C clips
         elif batch.carries == "maps":  # (N, C*h*w) cached maps of the frozen stages: only the last stages run
-            features = self.maps.features(self.model.encoder, batch.images)  # (N, F)
+            with frames_of(self.model.encoder, batch.lengths, batch.images.device):  # a temporal shift's samples
+                features = self.maps.features(self.model.encoder, batch.images)  # (N, F)
             outputs = self.model.forward_features(features, batch.lengths)
         else:
             outputs = self.model(batch.images, batch.lengths)  # (C, K)

@@ -1,0 +1,208 @@
+"""Motion inside the CNN: the temporal shift of TSM (Lin, Gan and Han, ICCV 2019), sample by sample.
+
+A CNN that sees one image at a time cannot see motion; a temporal shift lets it, at no extra FLOPs.
+In each residual block of the trainable stages, the input of the residual branch's first convolution
+has 1/8 of its channels replaced by the same channels of the previous frame and (``bidirectional``)
+1/8 by those of the next frame; ``causal`` reads the past only, so the model can run frame by frame.
+The identity path is untouched, so the pretrained block still computes what it did where the shifted
+channels agree. Blocks without a residual connection are left alone (TSM's residual shift), except in
+``tiny_cnn``, whose plain blocks have none: there each trainable block's input is shifted.
+
+A CNN batch holds the real images of several samples of different lengths, one after the other
+(``(N, C, H, W)``, ``N = lengths.sum()``): a shift never crosses from one sample into the next, and a
+frame without a neighbour (a sample's first or last) reads zeros, as if the sample were padded.
+The encoder learns where the samples lie from :meth:`FrameLayout.of` (``with encoder.frames(lengths)``).
+
+The shift swaps the class of the chosen convolutions (:class:`ShiftedConv2d` is an ``nn.Conv2d``), so
+parameter names, weights and ``state_dict`` keys are exactly the unshifted backbone's: pretrained
+weights load into it, and its frozen stages compute the same maps (their cache stays valid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from seqvision.errors import ConfigError
+
+SHIFT_MODES = ("off", "bidirectional", "causal")
+FOLD_DIV = 8  # 1/8 of the channels from each side, TSM's choice
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where each image of a flat CNN batch sits: ``previous[i]`` / ``following[i]`` is the index of the
+    same sample's previous / next image in the batch, ``-1`` where the sample has none. ``(N,)`` long each."""
+
+    previous: torch.Tensor
+    following: torch.Tensor
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor, device: torch.device | None = None) -> "FrameLayout":
+        """The layout of ``lengths.sum()`` images, sample after sample (``lengths (B,)``, each >= 1)."""
+        lengths = lengths.to(device=device, dtype=torch.long)
+        n = int(lengths.sum())
+        index = torch.arange(n, device=lengths.device)
+        ends = lengths.cumsum(0)  # (B,): one past each sample's last image
+        starts = ends - lengths
+        sample = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
+        first = index == starts[sample]
+        last = index == ends[sample] - 1
+        previous = torch.where(first, torch.full_like(index, -1), index - 1)
+        following = torch.where(last, torch.full_like(index, -1), index + 1)
+        return cls(previous, following)
+
+
+def neighbour(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along the first dimension, zeros where ``index`` is -1. ``x``: ``(N, c, H, W)``."""
+    taken = x.index_select(0, index.clamp(min=0))
+    return torch.where((index >= 0).view(-1, 1, 1, 1), taken, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def shift_frames(x: torch.Tensor, layout: FrameLayout, mode: str) -> torch.Tensor:
+    """``(N, C, H, W)`` -> the same shape: channels ``[0, C/8)`` from each image's previous frame, and
+    with ``bidirectional`` channels ``[C/8, C/4)`` from its next frame; the rest as they were."""
+    fold = x.shape[1] // FOLD_DIV
+    if fold == 0:
+        return x
+    past = neighbour(x[:, :fold], layout.previous)
+    if mode == "causal":
+        return torch.cat([past, x[:, fold:]], dim=1)
+    future = neighbour(x[:, fold : 2 * fold], layout.following)
+    return torch.cat([past, future, x[:, 2 * fold :]], dim=1)
+
+
+class ShiftState:
+    """What the shifted convolutions of one encoder share: the mode, and the lengths and layout of the
+    batch being encoded (set by :func:`frames_of`, None outside it)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.lengths: torch.Tensor | None = None  # (B,) long, on the CPU
+        self.layout: FrameLayout | None = None
+
+    @contextlib.contextmanager
+    def using(self, layout: FrameLayout) -> Iterator[None]:
+        """Shift with ``layout`` inside (a chunk's own, or the batch's again when a checkpoint replays)."""
+        outer, self.layout = self.layout, layout
+        try:
+            yield
+        finally:
+            self.layout = outer
+
+    def chunks(self, size: int) -> list[tuple[int, int, FrameLayout]]:
+        """The batch cut into CNN passes of whole samples, at most ``size`` images each (a longer sample
+        is a pass of its own): ``(first image, end, its layout)``. A shift never crosses a pass."""
+        if self.lengths is None:
+            raise RuntimeError("a temporally shifted CNN needs the batch's lengths to cut it into chunks")
+        passes, start, count, group = [], 0, 0, []
+        for n in self.lengths.tolist():
+            if group and count + n > size:
+                passes.append((start, start + count, FrameLayout.of(torch.tensor(group))))
+                start, count, group = start + count, 0, []
+            group.append(n)
+            count += n
+        if group:
+            passes.append((start, start + count, FrameLayout.of(torch.tensor(group))))
+        return passes
+
+
+class ShiftedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose input is shifted in time first (see :func:`shift_frames`). Made by swapping
+    the class of an existing convolution, so its parameters and their names are unchanged."""
+
+    shift_state: ShiftState
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, H, W)
+        layout = self.shift_state.layout
+        if layout is None:
+            raise RuntimeError(
+                "a temporally shifted CNN ran without knowing where its samples start and end: "
+                "call it inside `with encoder.frames(lengths):`"
+            )
+        return super().forward(shift_frames(x, layout, self.shift_state.mode))
+
+
+def _residual_convs(stage: nn.Module, backbone: str) -> list[nn.Conv2d]:
+    """The first convolution of each residual branch in ``stage`` (torchvision's ResNet family and
+    MobileNetV2); ``tiny_cnn``: the convolution of each of its plain blocks."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if backbone == "tiny_cnn":
+        return [m for m in stage.modules() if isinstance(m, nn.Conv2d)][:1]
+    convs = []
+    for block in stage.modules():
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            convs.append(block.conv1)  # its input is x; the identity (or downsample) reads x unshifted
+        elif isinstance(block, InvertedResidual) and block.use_res_connect:
+            convs.append(next(m for m in block.conv.modules() if isinstance(m, nn.Conv2d)))
+    return convs
+
+
+def supports_shift(backbone: str) -> bool:
+    """Whether ``--temporal-shift`` knows where the residual branches of ``backbone`` are."""
+    return backbone == "tiny_cnn" or backbone == "mobilenet_v2" or backbone.startswith(("resnet", "resnext", "wide_resnet"))
+
+
+def install_shift(encoder: nn.Module, mode: str, stages: list[nn.Module]) -> int:
+    """Shift the residual branches of ``stages`` (the trainable ones) of ``encoder``; returns how many
+    convolutions read a shifted input. :class:`ConfigError` when the backbone is not supported or the
+    stages hold no residual block."""
+    if mode not in SHIFT_MODES:
+        raise ConfigError(f"--temporal-shift {mode!r}: use one of {', '.join(SHIFT_MODES)}")
+    name = encoder.name
+    if not supports_shift(name):
+        raise ConfigError(
+            f"--temporal-shift {mode}: backbone {name!r} is not supported (the ResNet family, mobilenet_v2 and "
+            "tiny_cnn are); use one of them, or --temporal-shift off"
+        )
+    state = ShiftState(mode)
+    convs = [conv for stage in stages for conv in _residual_convs(stage, name)]
+    if not convs:
+        raise ConfigError(
+            f"--temporal-shift {mode}: the trainable stages of {name!r} hold no residual block to shift; "
+            "raise --trainable-stages"
+        )
+    for conv in convs:
+        conv.__class__ = ShiftedConv2d
+        conv.shift_state = state
+    encoder.shift_state = state
+    return len(convs)
+
+
+@contextlib.contextmanager
+def frames_of(encoder: nn.Module, lengths: torch.Tensor | None, device: torch.device | None = None) -> Iterator[None]:
+    """Tell ``encoder``'s shifted convolutions where the samples of the next batch lie (``lengths (B,)``);
+    a no-op for an encoder without a shift."""
+    state: ShiftState | None = getattr(encoder, "shift_state", None)
+    if state is None:
+        yield
+        return
+    if lengths is None:
+        raise RuntimeError("a temporally shifted CNN needs the batch's lengths")
+    state.lengths = lengths.detach().to("cpu", torch.long)
+    state.layout = FrameLayout.of(lengths, device)
+    try:
+        yield
+    finally:
+        state.lengths = state.layout = None
+
+
+def is_shifted(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` has a temporal shift (its output for an image depends on its neighbours)."""
+    return getattr(encoder, "shift_state", None) is not None
+
+
+def refuse_shift(encoder: nn.Module, what: str) -> None:
+    """:class:`ConfigError` when ``encoder`` has a temporal shift, which ``what`` cannot run yet."""
+    state = getattr(encoder, "shift_state", None)
+    if state is not None:
+        raise ConfigError(
+            f"{what} does not run a model trained with --temporal-shift {state.mode} yet (its CNN reads each image's "
+            "neighbours); use predict or evaluate, which run it on whole samples"
+        )
