@@ -178,11 +178,11 @@ def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_th
 
 
 class FakeClock:
-    """Seconds that pass only when an epoch runs: ``pace(trial)`` per training epoch of a trial (the best
-    trained again runs at ``retrain_pace``). Trials are numbered from 1 in the order they run."""
+    """Seconds that pass only as a fit sets up (``setup``) and as its epochs run: ``paces[i]`` per training
+    epoch of the i-th trial run (the last pace for later ones; the best trained again at ``retrain_pace``)."""
 
-    def __init__(self, paces: list[float], retrain_pace: float) -> None:
-        self.now, self.paces, self.retrain_pace, self.trials = 0.0, paces, retrain_pace, 0
+    def __init__(self, paces: list[float], retrain_pace: float, setup: float) -> None:
+        self.now, self.paces, self.retrain_pace, self.setup, self.trials = 0.0, paces, retrain_pace, setup, 0
         self.retrained: tuple[float, float] | None = None
 
     def __call__(self) -> float:
@@ -205,18 +205,20 @@ def fake_clock(monkeypatch):
 
     import seqvision.tuning.study as study_module
 
-    def install(paces: list[float], retrain_pace: float) -> FakeClock:
-        clock = FakeClock(paces, retrain_pace)
+    def install(paces: list[float], retrain_pace: float, setup: float = 2.0) -> FakeClock:
+        clock = FakeClock(paces, retrain_pace, setup)
         monkeypatch.setattr(study_module, "time", types.SimpleNamespace(monotonic=clock))
         real_fit, real_train = study_module.fit, study_module.train_and_evaluate
 
         def fit(cfg, out, **kw):
             clock.trials += 1
             pace = clock.paces[min(clock.trials, len(clock.paces)) - 1]
+            clock.now += clock.setup
             return real_fit(cfg, out, **{**kw, "callbacks": [*kw.get("callbacks", []), clock.callback(pace)]})
 
         def train_and_evaluate(cfg, out, **kw):
             began = clock.now
+            clock.now += clock.setup
             result = real_train(cfg, out, **{**kw, "callbacks": [*kw.get("callbacks", []), clock.callback(clock.retrain_pace)]})
             clock.retrained = (began, clock.now)
             return result
@@ -234,20 +236,21 @@ TIMED_SPACE = "head: [lstm, mean]\nhidden_size: [8]\nnum_layers: [1]\npool: [avg
 def test_the_timeout_stops_a_running_trial_and_keeps_the_time_to_train_the_best_again(tune_setup, tmp_path, fake_clock):
     cfg, space = tune_setup
     space.write_text(TIMED_SPACE)
-    # trial 1: 10 s epochs; later trials 25 s. The best's retraining is estimated at 1.25 x 3 x 10 = 37.5 s
+    # 2 s of setup per fit; trial 1: 10 s epochs, later trials 25 s. The best's retraining is estimated at
+    # 1.25 x (3 epochs x 10 s + 6 setups x 2 s) = 52.5 s
     clock = fake_clock([10.0, 25.0], retrain_pace=10.0)
     lines: list[str] = []
-    result = tune(cfg, tmp_path / "t", trials=5, timeout=100, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", trials=5, timeout=110, space_file=space, say=lines.append)
     trial_lines = [ln for ln in lines if ln.startswith("trial ")]
-    # trial 1 ends at 20 s; trial 2's first epoch ends at 45 s, and another 25 s would leave 30 < 37.5 s: stopped
+    # trial 1 ends at 22 s; trial 2's first epoch ends at 49 s, and another 25 s would leave 36 < 52.5 s: stopped
     assert len(trial_lines) == 2 and "trial 2/5: stopped at epoch 1 by --timeout" in trial_lines[1], lines
-    assert any(ln.startswith("--timeout 100 s:") and "no new trial" in ln for ln in lines), lines
+    assert any(ln.startswith("--timeout 110 s:") and "no new trial" in ln for ln in lines), lines
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
     stopped = study.trials[1]
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["stopped"] == "timeout"
     assert result.best_trial == 1 and result.retrain_command is None  # a stopped trial's partial score is no result
     began, ended = clock.retrained
-    assert began == 45 and ended <= 100  # the whole command within --timeout: trials and the retraining
+    assert began == 49 and ended <= 110  # the whole command within --timeout: trials and the retraining
     assert "stopped (--timeout)" in (tmp_path / "t" / "report.html").read_text()
 
 
@@ -260,7 +263,7 @@ def test_a_timeout_that_leaves_no_time_for_the_retraining_says_the_command_inste
     assert len([ln for ln in lines if ln.startswith("trial ")]) == 1 and clock.retrained is None and clock.now <= 30
     command = f"seqvision train --config {tmp_path / 't' / 'best_config.yaml'} --out {tmp_path / 't' / 'best-1'}"
     said = [ln for ln in lines if "not trained again" in ln]
-    assert len(said) == 1 and said[0].endswith(f"Run: {command}") and "needs about 38 s" in said[0], lines
+    assert len(said) == 1 and said[0].endswith(f"Run: {command}") and "needs about 52.5 s" in said[0], lines
     assert result.retrain_command == command and result.test_metrics is None and result.reproduced_value != result.reproduced_value
     assert command in (tmp_path / "t" / "report.html").read_text()
     assert main(["train", "--config", str(result.best_config), "--out", str(tmp_path / "t" / "best-1")]) == 0  # the command runs

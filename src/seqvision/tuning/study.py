@@ -196,8 +196,8 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadl
     while sum(finished(t) for t in study.get_trials(deepcopy=False)) < trials:
         if not _room_for_a_trial(study, cfg, space, deadline, say):
             break
+        began, params = deadline.clock(), {}  # drawing the trial counts in its time
         trial = study.ask()
-        began, params = deadline.clock(), {}
         try:
             params = suggest(trial, space, cfg.model.head)
             hit = drawn_excluded(params, excluded)
@@ -229,15 +229,17 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadl
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         failures = 0
-        if run.seconds_per_epoch is not None:
+        seconds = deadline.clock() - began
+        if run.seconds_per_epoch is not None:  # --timeout: the pace of its epochs, and the rest of its time
             trial.set_user_attr("seconds_per_epoch", run.seconds_per_epoch)
+            trial.set_user_attr("setup_seconds", max(0.0, seconds - run.epochs * run.seconds_per_epoch))
         if run.stopped_at is not None:
             trial.set_user_attr("stopped", "timeout")
         if run.pruned_at is not None or run.stopped_at is not None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, run.value)
-        say(_trial_line(study, trial.number, params, metric, run, deadline.clock() - began, trials))
+        say(_trial_line(study, trial.number, params, metric, run, seconds, trials))
 
 
 def _best(study):
@@ -259,7 +261,7 @@ def _room_for_a_trial(study, cfg: RunConfig, space, deadline: Deadline, say: Cal
     fewest = cfg.train.max_epochs if epochs is None else min(int(v) for v in (epochs.choices or [epochs.low or epochs.fixed]))
     if deadline.left() > shortest_trial_seconds(study.get_trials(deepcopy=False), fewest) + _kept_for_best(study, cfg):
         return True
-    say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.0f} s left, kept for training the best again; "
+    say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.1f} s left, kept for training the best again; "
         "no new trial")
     return False
 
@@ -269,7 +271,8 @@ class TrialRun:
     value: float  # the metric at the epoch the run's monitor picks (so far, when pruned or stopped)
     pruned_at: int | None = None  # the epoch the pruner stopped it at
     stopped_at: int | None = None  # the epoch --timeout stopped it at
-    seconds_per_epoch: float | None = None  # measured, its setup included
+    epochs: int = 0  # epochs run
+    seconds_per_epoch: float | None = None  # measured (--timeout), from the first epoch's start
 
 
 def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: Deadline | None = None,
@@ -285,10 +288,10 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: 
         try:
             fit(cfg, Path(tmp) / "run", progress=False, callbacks=[report], checkpoints=False)  # its best is trained again
         except optuna.TrialPruned:
-            return TrialRun(report.best, pruned_at=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
+            return TrialRun(report.best, pruned_at=report.epoch, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
         except OutOfTime:
-            return TrialRun(report.best, stopped_at=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
-    return TrialRun(report.best, seconds_per_epoch=report.seconds_per_epoch)
+            return TrialRun(report.best, stopped_at=report.epoch, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
+    return TrialRun(report.best, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
 
 
 def monitor_of(cfg: RunConfig) -> str:
@@ -310,11 +313,15 @@ class TrialReport(L.Callback):
                  epochs: int | None = None) -> None:
         self.trial, self.metric, self.monitor = trial, metric, monitor
         self.deadline, self.keep, self.epochs = deadline, keep, epochs
-        self.started = deadline.clock() if deadline is not None else None  # the fit's setup counts in its pace
+        self.training_from: float | None = None  # the first epoch's start: the fit's setup is not an epoch
         self.seconds_per_epoch: float | None = None
         self.best = float("nan")
         self._best_monitor: float | None = None
         self.epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.deadline is not None:
+            self.training_from = self.deadline.clock()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         import optuna
@@ -327,16 +334,15 @@ class TrialReport(L.Callback):
         first = self._best_monitor is None
         if first or (watched > self._best_monitor if self.monitor in MAXIMIZE else watched < self._best_monitor):
             self._best_monitor, self.best = watched, value
-        if self.deadline is not None:
-            self.seconds_per_epoch = (self.deadline.clock() - self.started) / self.epoch
+        if self.deadline is not None and self.training_from is not None:
+            self.seconds_per_epoch = (self.deadline.clock() - self.training_from) / self.epoch
         if self.trial is None:
             return
         self.trial.report(value, self.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {self.epoch}")
         if self.deadline is not None and self.deadline.bounded and (self.epochs is None or self.epoch < self.epochs):
-            pace = self.seconds_per_epoch
-            if self.deadline.left() < pace + self.keep:
+            if self.deadline.left() < (self.seconds_per_epoch or 0.0) + self.keep:
                 raise OutOfTime(f"stopped at epoch {self.epoch}: --timeout")
 
 
@@ -382,8 +388,8 @@ def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[
     need = _kept_for_best(study, cfg)
     if reproduced is None and deadline.left() < need:  # the estimate does not fit: said, not overrun
         command = f"seqvision train --config {out / 'best_config.yaml'} --out {run_dir}"
-        say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.0f} s left, training the best again needs about "
-            f"{need:.0f} s; not trained again. Run: {command}")
+        say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.1f} s left, training the best again needs about "
+            f"{need:.1f} s; not trained again. Run: {command}")
         reproduced = {metric: float("nan")}
     elif reproduced is None:  # not trained yet, or killed before the end: again from the start
         shutil.rmtree(run_dir, ignore_errors=True)
