@@ -130,8 +130,13 @@ def test_shares_merge_back_in_order_without_duplicates_or_losses(checkpoint, wor
         merge(parts + [parts[0]], samples)
     with pytest.raises(RuntimeError, match="no process predicted sample"):
         merge(parts[1:], samples)
-    if len(samples) < world:  # (7 processes: fewer samples than processes, no share holds two)
-        return
+
+
+@pytest.mark.parametrize("world", [2, 3])  # (with 7 processes, more than the 6 samples, no share holds two)
+def test_a_sample_given_twice_is_refused_by_the_merge(checkpoint, world):
+    predictor = Predictor.load(checkpoint, precision="32")
+    samples = discover(checkpoint.parents[1] / "data")
+    assert len(samples) >= world
     # one sample given twice, at 0 and at `world`: next to each other in share 0, its rows would run together
     doubled = samples[:world] + [samples[0]] + samples[world:]
     shares = [list(range(rank, len(doubled), world)) for rank in range(world)]
