@@ -7,7 +7,7 @@ import torch
 
 from seqvision.data.discovery import discover
 from seqvision.data.transforms import Preprocessing
-from seqvision.features.cache import CacheKey, FeatureStore, cache_clear, cache_info
+from seqvision.features.cache import CacheKey, FeatureStore, cache_clear, cache_info, storage_dtype
 from seqvision.features.encode import encode_batch, prepare_encoder
 from seqvision.features.extract import extract_features
 from seqvision.models.backbones import build_backbone
@@ -212,6 +212,7 @@ def test_a_float16_cache_whose_rows_float16_cannot_hold_stores_float32_and_says_
     (info,) = cache_info(tmp_path / "c")
     assert info["dtype"] == "float32"
     assert FeatureStore(tmp_path / "c", store.key).dtype == "float32"  # a later run goes on in float32, unsaid
+    assert storage_dtype(tmp_path / "c", store.key) == "float32"  # what a disk budget counts for these rows
 
 
 def test_a_float16_cache_keeps_float16_for_rows_it_can_hold(tmp_path, caplog):

@@ -126,6 +126,12 @@ def float16_loss(array: np.ndarray) -> str | None:
     return None
 
 
+def storage_dtype(root: Path, key: CacheKey) -> str:
+    """What the rows under ``key`` in ``root`` are stored in: the key's dtype, or float32 where a float16
+    cache fell back (see :class:`FeatureStore`). Reads the meta only; creates nothing."""
+    return _read_meta(Path(root) / key.digest / "meta.json")[0].get("stored", key.dtype)
+
+
 class FeatureStore:
     """The cached features of one key: lookup by image identity, append in committed shards.
 
@@ -144,7 +150,7 @@ class FeatureStore:
         if not meta.exists():
             atomic_write_text(meta, json.dumps(key.to_dict(), indent=1, sort_keys=True))
         # storage of new rows: the key's, or float32 once float16 could not hold them (recorded in the meta)
-        self.dtype: str = _read_meta(meta)[0].get("stored", key.dtype)
+        self.dtype: str = storage_dtype(root, key)
         self.index: dict[str, tuple[str, int]] = {}  # identity -> (shard name, row)
         self._content_rows = False  # whether any row is keyed by a content hash (extract --content-hash)
         self._video_files: set[str] = set()  # identities of the video files whose frames have rows

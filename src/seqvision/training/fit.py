@@ -21,7 +21,7 @@ from seqvision.config import RunConfig, save_config, validate
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
-from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
+from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root, storage_dtype
 from seqvision.features.extract import extract_features, planned_rows
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.stage_maps import FrozenStages, StageCut
@@ -256,18 +256,19 @@ def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] |
     # the rows the extraction will cache: every image file, and each video's frames its sampling can pick
     # (all of them for random and segments draws)
     rows = planned_rows(samples, _cache_sampling(cfg))
-    need = rows * cut.row_size * np.dtype(MAPS_DTYPE).itemsize
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
-    # maps already cached (a resumed run, another seed) count against an explicit budget, not the free disk
     key = CacheKey.for_encoder(FrozenStages(model.encoder, cut), model.encoder.preprocessing, dtype=MAPS_DTYPE,
                                compute=inference_dtype(device_of(cfg), cfg.cnn_precision()))
+    stored = storage_dtype(root, key)  # float32 where float16 could not hold these maps before
+    need = rows * cut.row_size * np.dtype(stored).itemsize
+    # maps already cached (a resumed run, another seed) count against an explicit budget, not the free disk
     held = sum(f.stat().st_size for f in (root / key.digest).glob("shard-*.npy"))
     budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root) + held
     if need > budget:
         log.warning(
             "the frozen stages' maps would take about %.1f GB (%d images x %s, %s), over the cache budget of %.1f GB "
             "(--cache-budget): the whole CNN runs live every epoch", need / 1e9, rows, "x".join(map(str, cut.shape)),
-            MAPS_DTYPE, budget / 1e9)
+            stored, budget / 1e9)
         return None
     return cut, key, root
 
