@@ -105,8 +105,10 @@ def test_fine_tuning_reads_the_cached_maps_and_learns_like_the_live_run(tmp_path
     a, b = _weights(maps), _weights(live)
     if dtype == "float32":  # the same seed and batches: exactly the live run's weights
         assert all(torch.equal(a[k], b[k]) for k in a)
-    else:  # float16 maps: Adam's steps differ where a gradient is near 0, by at most a few learning-rate steps
-        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
+    else:  # float16 maps: all but a few weights as the live run's; those few where a gradient is near 0, where
+        # Adam's normalized step flips with the rounding: by at most a few learning-rate (1e-2) steps
+        diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+        assert float((diff > 1e-3).float().mean()) < 0.02 and float(diff.max()) < 0.1
     # a second run finds every map in the cache: the frozen stages do not run at all
     fit(_maps_config(data, tmp_path), tmp_path / "maps2", progress=False)
     assert calls["frozen"] == first

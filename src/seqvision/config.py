@@ -94,6 +94,9 @@ class ModelConfig:
     # motion inside the CNN: off | bidirectional | causal (streamable) temporal shift in the learning stages
     temporal_shift: str = "off"
     hidden_size: int = 256  # lstm / gru / attention
+    # lstm / gru / attention read each step through LayerNorm + Linear(F, hidden_size): raw CNN features
+    # (non-negative, heavy-tailed, 1280-2048 wide) made the recurrent heads the slow learners of order tasks
+    input_norm: bool = True
     num_layers: int = 1  # recurrent layers, or transformer encoder layers
     d_model: int = 256  # transformer width
     nhead: int = 4  # transformer attention heads
@@ -275,6 +278,22 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
 _FLAG_NAMES: dict[str, str] = {}  # fields whose flag has another name
 # option names of earlier versions, still read from YAML files and checkpoints: (section, old) -> new
 _RENAMED = {("data", "max_images"): "num_frames"}
+
+# Options added after checkpoints were written, with the value that rebuilds the model those checkpoints hold
+# (their config lacks the key; today's default would build another model)
+_BEFORE_ADDED = {("model", "input_norm"): False}
+
+
+def legacy_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's saved config with every later-added option it lacks set to the value that rebuilds
+    the model it was trained as (a copy; ``raw`` itself is not changed)."""
+    if not isinstance(raw, dict):
+        return raw
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for (section, key), value in _BEFORE_ADDED.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
 
 
 def flag(key: str) -> str:

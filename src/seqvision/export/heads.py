@@ -88,13 +88,14 @@ class RecurrentExport(nn.Module):
 
     def __init__(self, head: LSTMHead) -> None:
         super().__init__()
+        self.input = head.input  # LayerNorm + Linear per step, or Identity
         self.recurrent = MaskedRecurrent(head.rnn)
         self.bidirectional = head.rnn.bidirectional
         self.hidden_size = head.rnn.hidden_size
         self.output_size = head.output_size
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor, per_step: bool = False) -> torch.Tensor:
-        out = self.recurrent(features, lengths)  # (B, T, D)
+        out = self.recurrent(self.input(features), lengths)  # (B, T, D)
         if per_step:
             return out
         if not self.bidirectional:

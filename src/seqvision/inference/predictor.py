@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from seqvision.config import RunConfig
+from seqvision.config import RunConfig, legacy_options
 from seqvision.data.dataset import Batch, SequenceDataset, collate
 from seqvision.data.pieces import PieceDataset, collate_pieces, concat_images, piece_batches
 from seqvision.data.samples import Sample
@@ -77,7 +77,7 @@ class Predictor:
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
         try:
-            cfg = RunConfig.from_dict(meta["config"])
+            cfg = RunConfig.from_dict(legacy_options(meta["config"]))
             spec = TargetSpec.from_dict(meta["targets"])
             prep = Preprocessing.from_dict(meta["preprocessing"])
         except (KeyError, TypeError, ValueError) as exc:

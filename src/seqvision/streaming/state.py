@@ -76,9 +76,10 @@ class CarriedStep:
     kind = "carried"
     window = None
 
-    def __init__(self, rnn: nn.RNNBase, *, difference: bool) -> None:
+    def __init__(self, rnn: nn.RNNBase, *, difference: bool, input: nn.Module | None = None) -> None:
         assert rnn.batch_first and not rnn.bidirectional, "only a unidirectional batch-first RNN can carry its state"
         self.rnn = rnn
+        self.input = input if input is not None else nn.Identity()  # the head's per-step input projection
         self.difference = difference
         self.reset()
 
@@ -89,7 +90,7 @@ class CarriedStep:
 
     def step(self, feature: torch.Tensor) -> torch.Tensor:
         x = self._diff(feature) if self._diff else feature
-        out, self.state = self.rnn(x[None, None], self.state)  # x: (1, 1, F); out: (1, 1, H)
+        out, self.state = self.rnn(self.input(x[None, None]), self.state)  # x: (1, 1, F); out: (1, 1, H)
         return out[:, -1]  # (1, H): the last layer at this frame = the pooled output (h_n[-1]) so far
 
 
@@ -159,9 +160,9 @@ def head_step(head: nn.Module, *, per_step: bool, window: int | None = None, def
         return WindowStep(head, window=window, per_step=per_step)
     # exact types, not isinstance: a subclass may change forward, and the window is right for any head
     if type(inner) in (LSTMHead, GRUHead) and not inner.rnn.bidirectional:
-        return CarriedStep(inner.rnn, difference=difference)
+        return CarriedStep(inner.rnn, difference=difference, input=inner.input)
     if type(inner) is AttentionHead and per_step and not inner.rnn.rnn.bidirectional:
-        return CarriedStep(inner.rnn.rnn, difference=difference)  # per image: the LSTM's outputs, no pooling
+        return CarriedStep(inner.rnn.rnn, difference=difference, input=inner.rnn.input)  # per image: no pooling
     if type(inner) in (MeanHead, MaxHead):
         return RunningStep("mean" if type(inner) is MeanHead else "max", difference=difference)
     return WindowStep(head, window=default_window, per_step=per_step)
