@@ -67,7 +67,8 @@ def test_output_shapes_follow_output_size(name, per_step, temporal_diff):
 
 
 def test_output_sizes_of_the_contract():
-    assert _head("lstm").output_size == 16  # hidden 8, both directions
+    assert _head("lstm").output_size == 32  # hidden 8, both directions, at the first and the last step
+    assert build_temporal_head("lstm", F, **{**OPTIONS, "readout": "last"}).output_size == 16  # the final state
     assert _head("attention").output_size == 16
     assert _head("transformer").output_size == 16  # d_model
     assert _head("mean").output_size == F and _head("max").output_size == F

@@ -1,5 +1,5 @@
-"""The recurrent heads' input projection (LayerNorm + Linear per step, ``input_norm``): built by default,
-carried through streaming and export forms, and checkpoints written before it existed load as they were."""
+"""The recurrent heads' input projection (LayerNorm + Linear per step, ``input_norm``) and first+last readout:
+built by default, carried through streaming, and checkpoints written before they existed load as they were."""
 
 from __future__ import annotations
 
@@ -44,15 +44,32 @@ def test_the_projection_is_scale_free_and_streams_like_the_offline_head():
 def test_a_checkpoint_from_before_the_projection_loads_and_predicts_as_it_did(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_label=3)
     cfg = fast_config(data, max_epochs=1)
-    cfg.model.input_norm = False  # the model an older seqvision trained
+    cfg.model.input_norm, cfg.model.readout = False, "last"  # the model an older seqvision trained
     cfg.train.diagnostics = "fast"
     result = train_and_evaluate(cfg, tmp_path / "run", progress=False)
     want = Predictor.load(result.best_checkpoint, precision="32").run(discover(str(data))).outputs
     raw = read_checkpoint(result.best_checkpoint)
-    del raw["seqvision"]["config"]["model"]["input_norm"]  # as written before the option existed
+    del raw["seqvision"]["config"]["model"]["input_norm"]  # as written before the options existed
+    del raw["seqvision"]["config"]["model"]["readout"]
     old = tmp_path / "old.ckpt"
     torch.save(raw, old)
     predictor = Predictor.load(old, precision="32")
-    assert predictor.cfg.model.input_norm is False
+    assert predictor.cfg.model.input_norm is False and predictor.cfg.model.readout == "last"
     assert isinstance(predictor.model.temporal_head.input, nn.Identity)
     assert torch.allclose(predictor.run(discover(str(data))).outputs, want)
+
+
+def test_the_first_last_readout_is_the_outputs_at_each_samples_first_and_last_real_step():
+    torch.manual_seed(0)
+    head = build_temporal_head("lstm", 12, hidden_size=6).eval()
+    x = torch.rand(2, 5, 12)
+    lengths = torch.tensor([5, 3])
+    with torch.no_grad():
+        pooled, steps = head(x, lengths), head(x, lengths, per_step=True)
+        alone = head.rnn(head.input(x[1:, :3]))[0]  # (1, 3, 6): the second sample's outputs, unpadded
+    assert pooled.shape == (2, 12) and steps.shape == (2, 5, 12)
+    assert torch.allclose(pooled[1], torch.cat([alone[0, 2], alone[0, 0]]), atol=1e-6)
+    assert torch.allclose(steps[1, 2], pooled[1], atol=1e-6)  # per step at the last real step = pooled
+    step = head_step(head, per_step=True)
+    streamed = torch.cat([step.step(x[1, t]) for t in range(3)])
+    assert torch.allclose(streamed, steps[1, :3], atol=1e-5)

@@ -211,8 +211,8 @@ def main() -> None:
             extra=[
                 f"sources ({len(sources)}; left out as duplicate footage: {', '.join(duplicates) or 'none'}); frames decoded in "
                 f"{time.perf_counter() - t0:.0f} s:", *lines,
-                ("recipe: seqvision defaults (head lstm, hidden 256, lr 1e-3, batch 8, max_epochs 20, patience 5, early stopping "
-                 "on val_acc)" if epochs == 20 else "recipe: seqvision defaults (head lstm, hidden 256, lr 1e-3, batch 8, "
+                ("recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, max_epochs 20, patience 5, early stopping "
+                 "on val_acc)" if epochs == 20 else "recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, "
                  f"patience 5, early stopping on val_acc) but max_epochs {epochs}")
                 + "; hflip off; chance 0.5",
             ]), flush=True)

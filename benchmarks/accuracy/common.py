@@ -127,6 +127,8 @@ ROWS: dict[str, Callable] = {
     "single middle image + linear": _single,
     "mean pooling": _set(head="mean"),
     "lstm (default)": _set(),
+    # the default before this table's fix: raw pooled features into the LSTM, the final state alone read out
+    "lstm, raw input, last state (old default)": _set(input_norm=False, readout="last"),
     "bi-lstm": _set(bidirectional=True),
     "attention": _set(head="attention"),
     "transformer": _set(head="transformer"),

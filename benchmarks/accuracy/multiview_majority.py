@@ -104,7 +104,7 @@ def main() -> None:
             f"per class {sets['train']} train + {sets['val']} val sets from {pools['train'] * k} photos of the official train "
             f"split, {sets['test']} test sets from {pools['test'] * k} photos of the official test split: "
             f"{k * sets['train']} / {k * sets['val']} / {k * sets['test']} sets",
-            f"recipe: seqvision defaults (head lstm, hidden 256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5, early "
+            f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5, early "
             "stopping on val_acc), hflip off; chance 0.1",
         ]), flush=True)
     with tempfile.TemporaryDirectory(prefix="seqvision-mvm-") as tmp:

@@ -60,6 +60,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--d-model", "model", "d_model", {"type": int, "help": "transformer width"}),
     ("--nhead", "model", "nhead", {"type": int, "help": "transformer attention heads"}),
     ("--hidden-size", "model", "hidden_size", {"type": int, "help": "LSTM/GRU/attention hidden units"}),
+    ("--readout", "model", "readout", {"choices": ["first+last", "last"], "help": "LSTM/GRU: what the task head reads: the outputs at the first and the last image (first+last) or the final state alone (last)"}),
     ("--input-norm", "model", "input_norm", {"action": argparse.BooleanOptionalAction, "help": "LSTM/GRU/attention: LayerNorm + Linear to the hidden size on each step's features before the recurrence"}),
     ("--num-layers", "model", "num_layers", {"type": int, "help": "stacked recurrent (or transformer) layers"}),
     ("--bidirectional", "model", "bidirectional", {"action": argparse.BooleanOptionalAction, "help": "read each sample both ways (LSTM/GRU/attention)"}),

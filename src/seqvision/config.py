@@ -97,6 +97,9 @@ class ModelConfig:
     # lstm / gru / attention read each step through LayerNorm + Linear(F, hidden_size): raw CNN features
     # (non-negative, heavy-tailed, 1280-2048 wide) made the recurrent heads the slow learners of order tasks
     input_norm: bool = True
+    # lstm / gru: first+last = the outputs at the first and the last image side by side (start vs end is one
+    # linear read away: the weak spot of a one-way LSTM on order tasks); last = the final state alone
+    readout: str = "first+last"
     num_layers: int = 1  # recurrent layers, or transformer encoder layers
     d_model: int = 256  # transformer width
     nhead: int = 4  # transformer attention heads
@@ -281,7 +284,7 @@ _RENAMED = {("data", "max_images"): "num_frames"}
 
 # Options added after checkpoints were written, with the value that rebuilds the model those checkpoints hold
 # (their config lacks the key; today's default would build another model)
-_BEFORE_ADDED = {("model", "input_norm"): False}
+_BEFORE_ADDED = {("model", "input_norm"): False, ("model", "readout"): "last"}
 
 
 def legacy_options(raw: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +318,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         ("model", "pool"): POOL_CHOICES,
         ("model", "head"): tuple(_heads()),
         ("model", "temporal_shift"): ("off", "bidirectional", "causal"),
+        ("model", "readout"): ("first+last", "last"),
         ("train", "precision"): ("32", "bf16-mixed", "16-mixed", "64"),
         ("train", "loss"): ("mse", "l1"),
         ("train", "class_weights"): (None, "balanced"),

@@ -89,6 +89,7 @@ class RecurrentExport(nn.Module):
     def __init__(self, head: LSTMHead) -> None:
         super().__init__()
         self.input = head.input  # LayerNorm + Linear per step, or Identity
+        self.readout = head.readout
         self.recurrent = MaskedRecurrent(head.rnn)
         self.bidirectional = head.rnn.bidirectional
         self.hidden_size = head.rnn.hidden_size
@@ -96,6 +97,10 @@ class RecurrentExport(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor, per_step: bool = False) -> torch.Tensor:
         out = self.recurrent(self.input(features), lengths)  # (B, T, D)
+        if self.readout == "first+last":  # the outputs at the first and the last real step
+            if per_step:
+                return torch.cat([out, out[:, :1].expand_as(out)], dim=-1)  # (B, T, 2D)
+            return torch.cat([at_last_step(out, lengths), out[:, 0]], dim=-1)  # (B, 2D)
         if per_step:
             return out
         if not self.bidirectional:

@@ -68,6 +68,7 @@ def build_sequence_model(
     temporal_shift: str = "off",
     hidden_size: int = 256,
     input_norm: bool = True,
+    readout: str = "first+last",
     num_layers: int = 1,
     d_model: int = 256,
     nhead: int = 4,
@@ -104,7 +105,7 @@ def build_sequence_model(
                               "(use --trainable-stages K)")
         install_shift(encoder, temporal_shift, encoder.stages[-trainable_stages:] if trainable_stages else encoder.stages)
     options = dict(hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=lstm_dropout,
-                   input_norm=input_norm)
+                   input_norm=input_norm, readout=readout)
     accepted = head_options(head) if head in available_heads() else []  # a head refuses an option it lacks
     options.update({k: v for k, v in (("d_model", d_model), ("nhead", nhead)) if k in accepted})
     temporal = build_temporal_head(head, encoder.num_features, temporal_diff=temporal_diff, **options)

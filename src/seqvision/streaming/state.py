@@ -76,22 +76,28 @@ class CarriedStep:
     kind = "carried"
     window = None
 
-    def __init__(self, rnn: nn.RNNBase, *, difference: bool, input: nn.Module | None = None) -> None:
+    def __init__(self, rnn: nn.RNNBase, *, difference: bool, input: nn.Module | None = None, readout: str = "last") -> None:
         assert rnn.batch_first and not rnn.bidirectional, "only a unidirectional batch-first RNN can carry its state"
         self.rnn = rnn
         self.input = input if input is not None else nn.Identity()  # the head's per-step input projection
+        self.readout = readout  # first+last: the output at the first frame is carried beside the state
         self.difference = difference
         self.reset()
 
     def reset(self) -> None:
         # (layers, 1, H), or for an LSTM the pair (h, c); None: zeros, as at the start of a sequence
         self.state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+        self.first: torch.Tensor | None = None  # (1, H): the output at the stream's first frame
         self._diff = _Difference() if self.difference else None
 
     def step(self, feature: torch.Tensor) -> torch.Tensor:
         x = self._diff(feature) if self._diff else feature
         out, self.state = self.rnn(self.input(x[None, None]), self.state)  # x: (1, 1, F); out: (1, 1, H)
-        return out[:, -1]  # (1, H): the last layer at this frame = the pooled output (h_n[-1]) so far
+        if self.readout == "last":
+            return out[:, -1]  # (1, H): the last layer at this frame = the pooled output (h_n[-1]) so far
+        if self.first is None:
+            self.first = out[:, -1]
+        return torch.cat([out[:, -1], self.first], dim=-1)  # (1, 2H): this frame's output and the first's
 
 
 class RunningStep:
@@ -160,7 +166,7 @@ def head_step(head: nn.Module, *, per_step: bool, window: int | None = None, def
         return WindowStep(head, window=window, per_step=per_step)
     # exact types, not isinstance: a subclass may change forward, and the window is right for any head
     if type(inner) in (LSTMHead, GRUHead) and not inner.rnn.bidirectional:
-        return CarriedStep(inner.rnn, difference=difference, input=inner.input)
+        return CarriedStep(inner.rnn, difference=difference, input=inner.input, readout=inner.readout)
     if type(inner) is AttentionHead and per_step and not inner.rnn.rnn.bidirectional:
         return CarriedStep(inner.rnn.rnn, difference=difference, input=inner.rnn.input)  # per image: no pooling
     if type(inner) in (MeanHead, MaxHead):
