@@ -185,3 +185,14 @@ def test_fine_tuning_on_cached_maps_shifts_the_learning_stages(tmp_path, caplog)
     assert any("maps" in r.getMessage() for r in caplog.records)
     predictor = Predictor.load(result.best_checkpoint, precision="32")
     assert type(predictor.model.encoder.stages[-1][0]).__name__ == "ShiftedConv2d"
+
+
+def test_diagnostics_of_a_shifted_model_run_only_what_is_true_of_it(shifted_run):
+    from seqvision.evaluation.diagnostics import SHIFTED_NOTE
+    from seqvision.evaluation.evaluate import evaluate_samples
+
+    data, _, result = shifted_run
+    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    metrics = evaluate_samples(predictor, discover(str(data)), diagnostics="full").metrics["diagnostics"]
+    assert "shuffled" not in metrics and "reversed" not in metrics and "middle" not in metrics  # reordered features lie
+    assert "mirrored" in metrics and metrics["findings"][0] == SHIFTED_NOTE

@@ -82,15 +82,26 @@ def changed(predictor, before: torch.Tensor, after: torch.Tensor) -> tuple[str, 
     return predictor.task.changed(before, after)
 
 
+REORDERED = ("shuffled", "reversed", "middle")  # the variants made of the evaluation's own per-image features
+SHIFTED_NOTE = ("shuffled, reversed and middle-image variants not computed: with --temporal-shift the CNN's features "
+                "of an image depend on its neighbours, so they would need the CNN on reordered images")
+
+
 def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> dict:
     """``{variant: {metric, changed}}`` for shuffled, reversed, middle (and mirrored when given), and
-    ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics."""
+    ``findings`` in words. ``metrics_of(outputs, targets, ids)`` computes the task's metrics.
+
+    A model with a temporal shift gets no reordered variant (its per-image features were computed with
+    their neighbours, so reordering them would not be the model on reordered images): only the mirrored
+    one, and a finding that says why."""
     task = predictor.task
     key = task.headline[0]
     ids = preds.sample_ids
     # the task's rule for its headline figure, kept with the figures (the findings read it from here)
     out: dict = {"metric": key, "lower_is_better": task.lower_is_better, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
-    for variant in ("shuffled", "reversed", "middle"):
+    name = task.changed(preds.outputs[:0], preds.outputs[:0])[0]
+    shifted = getattr(predictor.model.encoder, "shift_state", None) is not None
+    for variant in () if shifted else REORDERED:
         draws = DRAWS if variant == "shuffled" else 1
         values, moves = [], []
         for draw in range(draws):
@@ -108,6 +119,8 @@ def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> d
         name, move = changed(predictor, preds.outputs, mirrored.outputs)
         out["mirrored"] = {key: metrics_of(mirrored.outputs, preds.targets, ids)[key], name: move}
     out["findings"] = findings(out, hflip=predictor.cfg.data.hflip, n=len(ids))
+    if shifted:
+        out["findings"].insert(0, SHIFTED_NOTE)
     return out
 
 
@@ -134,19 +147,25 @@ def findings(d: dict, *, hflip: bool, n: int) -> list[str]:
         return f"changes {100 * v[move_key]:.0f}% of predictions" if share else f"moves predictions by {v[move_key]:.3g} on average"
 
     say = []
+    if "shuffled" not in d:  # a model whose CNN reads neighbours: only the mirrored variant (see diagnose)
+        d = {**d, **{v: None for v in REORDERED}}
     s = d["shuffled"]
-    if matters(s):
+    if s is None:
+        pass
+    elif matters(s):
         say.append(f"order matters: {key} {normal:.2f} -> {s[key]:.2f} when each sample's images are shuffled ({moved(s)})")
     elif ignored(s):
         say.append(f"order is ignored: shuffling {moved(s)} — an order-free head (--head mean) may do as well")
     else:
         say.append(f"order matters little here: shuffling {moved(s)} ({key} {normal:.2f} -> {s[key]:.2f}, within noise)")
     r = d["reversed"]
-    if matters(r):
+    if r is not None and matters(r):
         say.append(f"the direction of time matters: {key} {normal:.2f} -> {r[key]:.2f} when the images are reversed")
     m = d["middle"]
-    base = m.get("normal", normal)  # per-image tasks: the full sequence's metric on the middle images
-    if (m[key] - base if lower else base - m[key]) < margin:
+    base = m.get("normal", normal) if m else normal  # per-image tasks: the full sequence's metric on the middle images
+    if m is None:
+        pass
+    elif (m[key] - base if lower else base - m[key]) < margin:
         say.append(f"one image does about as well: {key} {m[key]:.2f} from the middle image alone, {base:.2f} from all")
     else:
         say.append(f"the sequence adds to one image: {key} {m[key]:.2f} from the middle image alone, {base:.2f} from all")
