@@ -109,3 +109,25 @@ def test_finetune_maps_quick():
     assert report["quick"] is True and set(report["rows"]) == {"CNN live every epoch", "cached maps"}
     assert report["rows"]["cached maps"]["cache"]["maps"] == [320, 3, 3] and report["rows"]["CNN live every epoch"]["cache"] is None
     assert "| MobileNetV2, last stage fine-tuned |" in res.stdout and report["speedup"] > 0
+
+
+@needs_weights
+@pytest.mark.skipif(not OPENCV_DATA.is_dir(), reason=f"no photos in {OPENCV_DATA} (Debian package opencv-doc)")
+def test_panning_photos_quick():
+    report = _run("panning_photos.py")
+    assert set(report["results"]) == {"mean pooling", "lstm (default)"}
+    for row in report["results"].values():
+        assert 0 <= row["direction"]["mean"] <= 1 and row["speed"]["mean"] >= 0  # accuracy; MAE in px/frame
+    groups = report["counts"]
+    assert groups["samples"]["test"] > 0 and groups["test_groups"]  # held-out photos only in test
+
+
+def test_panning_photo_groups_keep_near_duplicates_together():
+    sys.path.insert(0, str(BENCH))
+    from panning_photos import family
+
+    assert family("left03.jpg") == family("right11.jpg") == "stereo-chessboards"
+    assert family("left.jpg") == family("right.jpg") == "stereo-pair"
+    assert family("aloeL.jpg") == family("aloeR.jpg") == family("aloeGT.png")
+    assert family("pic1.png") == family("pic6.png") and family("leuvenA.jpg") == family("leuvenB.jpg")
+    assert family("baboon.jpg") != family("apple.jpg")

@@ -136,6 +136,22 @@ ROWS: dict[str, Callable] = {
     "bi-lstm + temporal diff": _set(bidirectional=True, temporal_diff=True),
 }
 FINETUNE_ROW = "last stage fine-tuned (lstm)"
+
+
+def finetune_rows(stages: int) -> dict[str, Callable]:
+    """Rows that fine-tune the last ``stages`` stages on the frozen stages' cached maps (no augmentation, so the
+    maps are computed once), without and with a temporal shift in those stages."""
+
+    def maps(shift: str) -> Callable:
+        def apply(cfg) -> None:
+            cfg.model.freeze, cfg.model.trainable_stages, cfg.model.temporal_shift = False, stages, shift
+            cfg.data.augment = False
+
+        return apply
+
+    name = f"last {stages} stages fine-tuned on cached maps"
+    return {name: maps("off"), f"{name} + temporal shift (bidirectional)": maps("bidirectional"),
+            f"{name} + temporal shift (causal)": maps("causal")}
 QUICK_ROWS = ("single middle image + linear", "lstm (default)")
 
 
@@ -206,14 +222,15 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
-def train_run(cfg, out: Path) -> RunOutcome:
+def train_run(cfg, out: Path, *, metric: str = "accuracy") -> RunOutcome:
+    """Train and test ``cfg``; ``RunOutcome.accuracy`` holds the test ``metric`` (``mae`` for regression)."""
     from seqvision import train
 
     timer = EpochTimer()
     start = time.perf_counter()
     run = train(cfg, out, progress=False, callbacks=[timer])
     seconds = time.perf_counter() - start
-    outcome = RunOutcome(run.test_metrics["accuracy"], seconds, len(timer.seconds), run.test_metrics, run.best_checkpoint)
+    outcome = RunOutcome(run.test_metrics[metric], seconds, len(timer.seconds), run.test_metrics, run.best_checkpoint)
     outcome.epoch_seconds = timer.seconds
     outcome.train_seconds = timer.train_seconds
     outcome.final_train_loss = final_train_loss(out)
@@ -293,16 +310,21 @@ def load() -> str:
 
 def run_rows(
     manifest: Path, cache: Path, runs: Path, *, rows: tuple[str, ...], seeds: tuple[int, ...], image_size: int,
-    epochs: int, label: str = "", record: Callable[[RunOutcome], dict] = lambda out: {},
+    epochs: int, label: str = "", record: Callable[[RunOutcome], dict] = lambda out: {}, metric: str = "accuracy",
+    adjust: Callable = lambda cfg: None, extra_rows: dict[str, Callable] | None = None,
 ) -> dict[str, list[dict]]:
-    """Train every row for every seed on ``manifest`` (one shared cache); one result dict per run."""
+    """Train every row (of ``ROWS``, then of ``extra_rows``) for every seed on ``manifest`` (one shared cache);
+    one result dict per run, whose ``accuracy`` is the test ``metric``. ``adjust``: applied to every row's
+    config first (e.g. a regression task)."""
     results: dict[str, list[dict]] = {}
-    for name in rows:
+    table = {**ROWS, **(extra_rows or {})}
+    for name in [*rows, *(extra_rows or {})]:
         for seed in seeds:
             cfg = base_config(manifest, cache, seed=seed, image_size=image_size, max_epochs=epochs)
-            ROWS[name](cfg)
+            adjust(cfg)
+            table[name](cfg)
             slug = "".join(c if c.isalnum() else "_" for c in f"{label}-{name}-s{seed}")
-            out = train_run(cfg, runs / slug)
+            out = train_run(cfg, runs / slug, metric=metric)
             entry = {"seed": seed, "accuracy": out.accuracy, **record(out), "epochs": out.epochs, "seconds": out.seconds,
                      "epoch_seconds": statistics.fmean(out.epoch_seconds) if out.epoch_seconds else None,
                      "final_train_loss": out.final_train_loss,
@@ -311,7 +333,7 @@ def run_rows(
             results.setdefault(name, []).append(entry)
             extra = "".join(f"  {k} {v:.3f}" for k, v in entry.items() if k not in ("seed", "accuracy", "epochs", "seconds", "epoch_seconds", "final_train_loss", "cache_images_per_second") and isinstance(v, float))
             fit = f", final train loss {out.final_train_loss:.3f}" if out.final_train_loss is not None else ""
-            print(f"  {label + ' ' if label else ''}{name:28s} seed {seed}: test accuracy {out.accuracy:.3f}{extra}"
+            print(f"  {label + ' ' if label else ''}{name:28s} seed {seed}: test {metric} {out.accuracy:.3f}{extra}"
                   f"  ({out.epochs} epochs{fit}, {out.seconds:.0f} s)", flush=True)
     return results
 
