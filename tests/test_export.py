@@ -24,6 +24,8 @@ from seqvision.workflows import train_and_evaluate
 
 HEADS = [
     ("lstm", {}),
+    ("lstm", {"readout": "last", "input_norm": False}),  # as checkpoints from before these options load
+    ("lstm", {"bidirectional": True, "readout": "last"}),
     ("gru", {"num_layers": 2}),
     ("lstm", {"bidirectional": True, "num_layers": 2}),
     ("attention", {"bidirectional": True}),

@@ -54,6 +54,20 @@ def test_padding_never_changes_a_result(name, per_step, temporal_diff):
             assert torch.allclose(got, expected, atol=1e-5), (name, i)
 
 
+@MODES
+@pytest.mark.parametrize("options", [dict(readout="last", input_norm=False), dict(readout="last", bidirectional=True)])
+def test_padding_never_changes_the_final_state_readout(per_step, options):
+    """The readout and input of checkpoints from before those options (still what they load with)."""
+    torch.manual_seed(0)
+    head = build_temporal_head("lstm", F, **{**OPTIONS, **options}).eval()
+    features, lengths = _batch([2, 5, 1, 3], pad_to=7)
+    with torch.no_grad():
+        batched = head(features, lengths, per_step)
+        for i, n in enumerate(lengths.tolist()):
+            got = batched[i, :n] if per_step else batched[i]
+            assert torch.allclose(got, head(features[i:i + 1, :n], lengths[i:i + 1], per_step)[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", HEADS)
 @MODES
 @DIFF

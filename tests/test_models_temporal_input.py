@@ -73,3 +73,23 @@ def test_the_first_last_readout_is_the_outputs_at_each_samples_first_and_last_re
     step = head_step(head, per_step=True)
     streamed = torch.cat([step.step(x[1, t]) for t in range(3)])
     assert torch.allclose(streamed, steps[1, :3], atol=1e-5)
+
+
+def test_a_run_started_before_the_options_resumes_as_the_model_it_holds(tmp_path, caplog):
+    data = make_folder_dataset(tmp_path / "data", per_label=3)
+    cfg = fast_config(data, max_epochs=1)
+    cfg.model.input_norm, cfg.model.readout = False, "last"  # an older seqvision's model
+    cfg.train.diagnostics = "off"
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    last = tmp_path / "run" / "last.ckpt"
+    raw = torch.load(last, weights_only=True)
+    for key in ("input_norm", "readout"):  # as that seqvision wrote it
+        del raw["seqvision"]["config"]["model"][key]
+    torch.save(raw, last)
+    again = fast_config(data, max_epochs=2)  # today's defaults: another model, unless the resume keeps the old
+    again.train.diagnostics = "off"
+    with caplog.at_level("WARNING", logger="seqvision"):
+        result = train_and_evaluate(again, tmp_path / "run", resume=True, progress=False)
+    assert again.model.input_norm is False and again.model.readout == "last"
+    assert any("--no-input-norm" in r.getMessage() and "--readout last" in r.getMessage() for r in caplog.records)
+    assert Predictor.load(result.best_checkpoint, precision="32").cfg.model.readout == "last"

@@ -107,9 +107,12 @@ def test_chunks_of_a_shifted_encoder_hold_whole_samples():
     loss = chunked(images, lengths).sum()
     loss.backward()  # the checkpointed replay runs after the batch's layout is gone: each chunk keeps its own
     whole(images, lengths).sum().backward()
+    compared = 0
     for a, b in zip(whole.encoder.parameters(), chunked.encoder.parameters()):
         if a.grad is not None:
             assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-3)
+            compared += 1
+    assert compared == len(list(whole.encoder.parameters()))
 
 
 def test_a_shifted_encoder_refuses_to_run_without_its_samples():
@@ -171,6 +174,10 @@ def test_stream_serve_and_export_refuse_a_shifted_model_in_one_line(shifted_run,
         Stream(predictor)
     with pytest.raises(ConfigError, match="export does not run"):
         export_predictor(predictor, tmp_path / "out")
+    from seqvision.serving.batching import DynamicBatcher
+
+    with pytest.raises(ConfigError, match="serve does not run"):
+        DynamicBatcher(predictor, start=False)
 
 
 def test_fine_tuning_on_cached_maps_shifts_the_learning_stages(tmp_path, caplog):
@@ -182,9 +189,20 @@ def test_fine_tuning_on_cached_maps_shifts_the_learning_stages(tmp_path, caplog)
     cfg.train.diagnostics = "fast"
     with caplog.at_level("INFO", logger="seqvision"):
         result = train_and_evaluate(cfg, tmp_path / "run", progress=False)
-    assert any("maps" in r.getMessage() for r in caplog.records)
+    assert any("cached maps" in r.getMessage() for r in caplog.records)
     predictor = Predictor.load(result.best_checkpoint, precision="32")
-    assert type(predictor.model.encoder.stages[-1][0]).__name__ == "ShiftedConv2d"
+    encoder = predictor.model.encoder.eval()
+    assert type(encoder.stages[-1][0]).__name__ == "ShiftedConv2d"
+    # the last stages on the frozen stages' maps compute what the live shifted encoder computes
+    from seqvision.models.stage_maps import FrozenStages, StageCut
+
+    cut = StageCut.of(encoder, 1)
+    lengths = torch.tensor([3, 2])
+    images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), frames_of(encoder, lengths):
+        live = encoder(images)
+        from_maps = cut.features(encoder, FrozenStages(encoder, cut)(images))
+    assert torch.allclose(live, from_maps, atol=1e-5)
 
 
 def test_diagnostics_of_a_shifted_model_run_only_what_is_true_of_it(shifted_run):

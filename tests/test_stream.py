@@ -101,6 +101,8 @@ EXACT = [  # (head, model options, kind): the whole prefix, one recurrent step o
     *[(h, dict(num_layers=n, temporal_diff=d), "carried") for h in ("lstm", "gru") for n in (1, 2) for d in (False, True)],
     ("mean", {}, "running"), ("max", {}, "running"), ("mean", dict(temporal_diff=True), "running"),
     ("max", dict(temporal_diff=True), "running"),
+    ("lstm", dict(readout="last", input_norm=False), "carried"),  # as checkpoints from before these options load
+    ("gru", dict(readout="last", temporal_diff=True), "carried"),
 ]
 WINDOWED = [  # (head, model options, window): the last N frames' kept features, run through the head every frame
     ("lstm", dict(bidirectional=True), 3), ("gru", dict(bidirectional=True, num_layers=2, temporal_diff=True), 3),

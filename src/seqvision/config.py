@@ -299,6 +299,17 @@ def legacy_options(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def keep_legacy_options(cfg: RunConfig, saved: dict[str, Any]) -> list[str]:
+    """A run resumed from a checkpoint whose saved config ``saved`` predates an option keeps the value that
+    rebuilds its model (``cfg`` is changed in place); returns the flags that changed, for one line."""
+    changed = []
+    for (section, key), value in _BEFORE_ADDED.items():
+        if isinstance(saved.get(section), dict) and key not in saved[section] and getattr(getattr(cfg, section), key) != value:
+            setattr(getattr(cfg, section), key, value)
+            changed.append(f"{flag(key)} {value}" if not isinstance(value, bool) else f"--{'' if value else 'no-'}{key.replace('_', '-')}")
+    return changed
+
+
 def flag(key: str) -> str:
     """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
     return "--" + _FLAG_NAMES.get(key, key.replace("_", "-"))
@@ -472,7 +483,8 @@ def _warn_no_effect(cfg: RunConfig) -> None:
 
 # config field -> the temporal-head option it feeds (see models.sequence_model.build_sequence_model)
 _HEAD_FIELDS = {"hidden_size": "hidden_size", "num_layers": "num_layers", "bidirectional": "bidirectional",
-                "lstm_dropout": "dropout", "d_model": "d_model", "nhead": "nhead"}
+                "lstm_dropout": "dropout", "d_model": "d_model", "nhead": "nhead", "input_norm": "input_norm",
+                "readout": "readout"}
 
 
 def _heads() -> list[str]:

@@ -15,6 +15,7 @@ import random
 import torch
 
 from seqvision.errors import ConfigError
+from seqvision.models.temporal_shift import is_shifted
 
 DRAWS = 3  # shuffled orders per sample, averaged
 MODES = ("auto", "off", "fast", "full")
@@ -100,7 +101,7 @@ def diagnose(predictor, preds, metrics_of, *, mirrored=None, seed: int = 0) -> d
     # the task's rule for its headline figure, kept with the figures (the findings read it from here)
     out: dict = {"metric": key, "lower_is_better": task.lower_is_better, "normal": metrics_of(preds.outputs, preds.targets, ids)[key]}
     name = task.changed(preds.outputs[:0], preds.outputs[:0])[0]
-    shifted = getattr(predictor.model.encoder, "shift_state", None) is not None
+    shifted = is_shifted(predictor.model.encoder)
     for variant in () if shifted else REORDERED:
         draws = DRAWS if variant == "shuffled" else 1
         values, moves = [], []

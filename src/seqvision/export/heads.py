@@ -83,8 +83,10 @@ def _single(rnn: nn.RNNBase, layer: int, suffix: str) -> nn.RNNBase:
 
 
 class RecurrentExport(nn.Module):
-    """Export form of :class:`LSTMHead` / ``GRUHead``: the final state is the last layer's output at the
-    last real step (forward direction) and at step 0 (backward direction), as ``h_n`` is."""
+    """Export form of :class:`LSTMHead` / ``GRUHead``: the input projection per step, then the recurrence
+    without packing. ``first+last`` readout: the last layer's outputs at the last real step and at step 0;
+    ``last``: the final state, i.e. the output at the last real step (forward direction) and at step 0
+    (backward direction), as ``h_n`` is."""
 
     def __init__(self, head: LSTMHead) -> None:
         super().__init__()

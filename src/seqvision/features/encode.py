@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from seqvision.errors import first_line
+from seqvision.models.temporal_shift import is_shifted
 
 log = logging.getLogger("seqvision")
 
@@ -31,7 +32,7 @@ def prepare_encoder(
     ``encoder`` itself is not changed beyond eval mode and its layout, so a model can go on training it."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
-    if getattr(encoder, "shift_state", None) is not None:  # a temporal shift reads its neighbours through
+    if is_shifted(encoder):  # a temporal shift reads its neighbours through
         return encoder  # the batch's layout, which neither a converted copy nor a compiled graph carries
     if compile:
         return CompiledEncoder(encoder)

@@ -184,7 +184,9 @@ class Predictor:
         at most ``chunk_size`` (:mod:`seqvision.data.pieces`) and every CNN pass takes at most that many
         images, packed across samples (the same fast path as ``extract``: channels_last, bf16 where
         fast); only the features of a sample are kept, so memory is bounded by the chunk and the
-        features, not by the number of images in a sample or a batch.
+        features, not by the number of images in a sample or a batch. A model with a temporal shift is the
+        exception: its CNN reads each image's neighbours, so every clip reaches it whole and memory is
+        bounded by the longest clip (after frame sampling) as well as by the chunk.
         """
         if dataset.source.carries == "features":
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)

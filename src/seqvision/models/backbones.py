@@ -6,7 +6,7 @@ and carries the :class:`Preprocessing` its weights expect, so transforms cannot 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torch import nn
 from seqvision.data.transforms import INTERPOLATIONS, Preprocessing
 from seqvision.errors import ConfigError
 from seqvision.models.local_weights import load_local_weights, local_preprocessing
+
+if TYPE_CHECKING:
+    from seqvision.models.temporal_shift import FrameLayout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,7 +122,7 @@ class ImageEncoder(nn.Module):
             return torch.cat([self._checkpointed(c, layout) for c, layout in chunks])
         return torch.cat([self._encode(c, layout) for c, layout in chunks])
 
-    def _checkpointed(self, chunk: torch.Tensor, layout=None) -> torch.Tensor:
+    def _checkpointed(self, chunk: torch.Tensor, layout: FrameLayout | None = None) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
         calls = {"n": 0}
@@ -137,7 +140,7 @@ class ImageEncoder(nn.Module):
 
         return checkpoint(run, chunk, use_reentrant=False, preserve_rng_state=True)
 
-    def _encode(self, images: torch.Tensor, layout=None) -> torch.Tensor:
+    def _encode(self, images: torch.Tensor, layout: FrameLayout | None = None) -> torch.Tensor:
         """One CNN pass; ``layout``: where a temporal shift finds each image's neighbours in this chunk."""
         images = images.contiguous(memory_format=torch.channels_last)  # a no-op when already NHWC
         if layout is None:

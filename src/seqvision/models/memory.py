@@ -60,7 +60,7 @@ def activation_profile(encoder: ImageEncoder, *, image_size: int | None = None, 
         largest[0] = max(largest[0], sum(_bytes(t) for t in inputs) + _bytes(output))
 
     # a temporal shift runs on the probe as on single-image samples: the same tensors, no neighbour read
-    layout = FrameLayout.of(torch.ones(len(probe), dtype=torch.long)) if is_shifted(encoder) else None
+    layout = FrameLayout.of(torch.ones(len(probe), dtype=torch.long), probe.device) if is_shifted(encoder) else None
     hooks = [m.register_forward_hook(leaf_hook) for m in encoder.modules() if not list(m.children())]
     was_training = encoder.training
     try:

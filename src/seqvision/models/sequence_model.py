@@ -7,9 +7,9 @@ import logging
 import torch
 from torch import nn
 
+from seqvision.errors import ConfigError
 from seqvision.models.backbones import ImageEncoder, build_backbone
 from seqvision.models.tasks import TaskHead
-from seqvision.errors import ConfigError
 from seqvision.models.temporal import available_heads, build_temporal_head, head_options, real_steps
 from seqvision.models.temporal_shift import frames_of, install_shift
 
@@ -103,7 +103,7 @@ def build_sequence_model(
         if freeze:
             raise ConfigError(f"--temporal-shift {temporal_shift} shifts the stages that learn: not with --freeze "
                               "(use --trainable-stages K)")
-        install_shift(encoder, temporal_shift, encoder.stages[-trainable_stages:] if trainable_stages else encoder.stages)
+        install_shift(encoder, mode=temporal_shift, stages=encoder.stages[-trainable_stages:] if trainable_stages else encoder.stages)
     options = dict(hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional, dropout=lstm_dropout,
                    input_norm=input_norm, readout=readout)
     accepted = head_options(head) if head in available_heads() else []  # a head refuses an option it lacks

@@ -11,7 +11,7 @@ channels agree. Blocks without a residual connection are left alone (TSM's resid
 A CNN batch holds the real images of several samples of different lengths, one after the other
 (``(N, C, H, W)``, ``N = lengths.sum()``): a shift never crosses from one sample into the next, and a
 frame without a neighbour (a sample's first or last) reads zeros, as if the sample were padded.
-The encoder learns where the samples lie from :meth:`FrameLayout.of` (``with encoder.frames(lengths)``).
+The encoder learns where the samples lie from :meth:`FrameLayout.of` (``with frames_of(encoder, lengths):``).
 
 The shift swaps the class of the chosen convolutions (:class:`ShiftedConv2d` is an ``nn.Conv2d``), so
 parameter names, weights and ``state_dict`` keys are exactly the unshifted backbone's: pretrained
@@ -97,17 +97,18 @@ class ShiftState:
     def chunks(self, size: int) -> list[tuple[int, int, FrameLayout]]:
         """The batch cut into CNN passes of whole samples, at most ``size`` images each (a longer sample
         is a pass of its own): ``(first image, end, its layout)``. A shift never crosses a pass."""
-        if self.lengths is None:
+        if self.lengths is None or self.layout is None:
             raise RuntimeError("a temporally shifted CNN needs the batch's lengths to cut it into chunks")
+        device = self.layout.previous.device  # the images' (frames_of put the batch's layout there)
         passes, start, count, group = [], 0, 0, []
         for n in self.lengths.tolist():
             if group and count + n > size:
-                passes.append((start, start + count, FrameLayout.of(torch.tensor(group))))
+                passes.append((start, start + count, FrameLayout.of(torch.tensor(group), device)))
                 start, count, group = start + count, 0, []
             group.append(n)
             count += n
         if group:
-            passes.append((start, start + count, FrameLayout.of(torch.tensor(group))))
+            passes.append((start, start + count, FrameLayout.of(torch.tensor(group), device)))
         return passes
 
 
@@ -122,8 +123,10 @@ class ShiftedConv2d(nn.Conv2d):
         if layout is None:
             raise RuntimeError(
                 "a temporally shifted CNN ran without knowing where its samples start and end: "
-                "call it inside `with encoder.frames(lengths):`"
+                "call it inside `with frames_of(encoder, lengths):`"
             )
+        if layout.previous.numel() != x.shape[0]:
+            raise RuntimeError(f"a temporally shifted CNN got {x.shape[0]} images for a layout of {layout.previous.numel()}")
         return super().forward(shift_frames(x, layout, self.shift_state.mode))
 
 
@@ -149,7 +152,7 @@ def supports_shift(backbone: str) -> bool:
     return backbone == "tiny_cnn" or backbone == "mobilenet_v2" or backbone.startswith(("resnet", "resnext", "wide_resnet"))
 
 
-def install_shift(encoder: nn.Module, mode: str, stages: list[nn.Module]) -> int:
+def install_shift(encoder: nn.Module, *, mode: str, stages: list[nn.Module]) -> int:
     """Shift the residual branches of ``stages`` (the trainable ones) of ``encoder``; returns how many
     convolutions read a shifted input. :class:`ConfigError` when the backbone is not supported or the
     stages hold no residual block."""

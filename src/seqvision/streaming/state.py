@@ -5,8 +5,10 @@ is stepped (its ``kind``):
 
 ``carried``
     A unidirectional LSTM or GRU head (any ``num_layers``) carries its recurrent state ``(h, c)`` (GRU:
-    ``h``) from frame to frame: one recurrent step per frame. The output after frame t equals the head
-    on frames 0..t at once: pooled, the last layer's final hidden state; per image, its output at t.
+    ``h``) from frame to frame: one recurrent step per frame, each step's features through the head's input
+    projection first. The output after frame t equals the head on frames 0..t at once: with the
+    ``first+last`` readout, the last layer's outputs at t and at frame 0 (carried beside the state); with
+    ``last``, pooled, the last layer's final hidden state, per image its output at t.
     A unidirectional attention head of a per-image task is stepped the same way (its per-image output
     is its LSTM's output; the attention only pools).
 ``running``

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from seqvision.config import RunConfig, save_config, validate
+from seqvision.config import RunConfig, keep_legacy_options, save_config, validate
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
@@ -73,7 +73,12 @@ def fit(
         raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
     out = Path(out_dir)
     continuing = resume  # --resume: this run's saved split is reused, even when it restarts from the beginning
-    resume = _resumable(out, resume)
+    saved = _resumable(out, resume)  # last.ckpt's saved config when the run continues from it
+    resume = saved is not None
+    if resume:  # a run started by an older seqvision continues as the model its checkpoint holds
+        kept = keep_legacy_options(cfg, saved)
+        if kept:
+            log.warning("--resume: this run was started before some options existed; it continues with %s", ", ".join(kept))
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     # Everything that can be wrong with the data and the options is found before anything is written.
@@ -132,9 +137,9 @@ def fit(
     )
 
 
-def _resumable(out: Path, resume: bool) -> bool:
-    """Whether the run continues from ``out/last.ckpt``: with ``--resume``, when that file is there and
-    sound; a run folder that already holds a trained run needs ``--resume``."""
+def _resumable(out: Path, resume: bool) -> dict | None:
+    """The saved config of ``out/last.ckpt`` when the run continues from it (with ``--resume``, when that
+    file is there and sound), else None; a run folder that already holds a trained run needs ``--resume``."""
     last = out / "last.ckpt"
     if resume and not last.is_file():
         if (out / "best.ckpt").exists():
@@ -142,11 +147,12 @@ def _resumable(out: Path, resume: bool) -> bool:
         # killed before the first checkpoint: nothing to continue, so start over (the saved split is reused)
         warnings.warn(f"--resume: {last} does not exist yet; starting the run from the beginning", stacklevel=3)
         resume = False
-    if resume:
-        read_checkpoint(last)  # a damaged last.ckpt is reported, never fed to the model
-    if not resume and (out / "best.ckpt").exists():
+    if resume:  # a damaged last.ckpt is reported, never fed to the model
+        saved = read_checkpoint(last)["seqvision"].get("config")
+        return saved if isinstance(saved, dict) else {}
+    if (out / "best.ckpt").exists():
         raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
-    return resume
+    return None
 
 
 def _trainer(

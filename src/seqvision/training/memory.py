@@ -33,6 +33,7 @@ from seqvision.data.video import probe_video
 from seqvision.errors import ConfigError
 from seqvision.models.backbones import ImageEncoder
 from seqvision.models.memory import activation_profile
+from seqvision.models.temporal_shift import is_shifted
 from seqvision.runtime import available_memory
 
 log = logging.getLogger("seqvision")
@@ -105,6 +106,8 @@ def plan_training_memory(
     loaded = 1 + 2 * num_workers  # the batch in use, and two waiting per loader worker
     m = cfg.model
 
+    shifted = is_shifted(encoder)
+
     def need(kind: str, chunk: int | None, checkpointing: bool) -> int:
         """Bytes of the largest ``kind`` batch: its loaded images and the activations held at once: every
         image's, unless chunks run one after another without keeping theirs for a backward pass."""
@@ -112,6 +115,8 @@ def plan_training_memory(
         grads = kind == "training" and trainable
         per_image = (profile.training_bytes if grads else profile.inference_bytes) // half
         held = min(batch.images, chunk) if chunk and (checkpointing or not grads) else batch.images
+        if shifted:  # a temporal shift's chunk holds whole samples: the longest one may exceed the chunk
+            held = max(held, min(batch.images, batch.sample_images))
         return batch.images * profile.input_bytes * loaded + held * per_image
 
     def worst(chunk: int | None, checkpointing: bool) -> tuple[int, str]:

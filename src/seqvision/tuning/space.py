@@ -46,15 +46,16 @@ NOT_SEARCHABLE = {"data", "task", "targets", "group_by", "val_fraction", "test_f
                   # what the cached features depend on: a trial drawing one would extract again or run the CNN live
                   "image_size", "resize_size", "mean", "std", "exact_decode", "augment", "hflip", "trainable_stages",
                   "freeze_bn", "feature_precision", "precision", "cache_budget", "on_bad_image", "num_nodes",
-                  "sync_batchnorm"}
+                  "sync_batchnorm", "temporal_shift"}
 # frame sampling: the features were cached for the run's frames before the first trial; a trial with other
 # frames of a video would miss the cache and run the CNN inside the trial (and the README promises it is fixed)
 FRAME_SAMPLING = ("num_frames", "sampling", "eval_sampling", "stride", "fps", "eval_clips", "min_images", "short_samples")
 NOT_SEARCHABLE |= set(FRAME_SAMPLING)
 RECURRENT = ("lstm", "gru", "attention")
 # option -> the heads that take it (absent: every head)
-HEAD_OPTIONS = {"hidden_size": RECURRENT, "bidirectional": RECURRENT, "lstm_dropout": RECURRENT,
-                "num_layers": (*RECURRENT, "transformer"), "d_model": ("transformer",), "nhead": ("transformer",)}
+HEAD_OPTIONS = {"hidden_size": RECURRENT, "bidirectional": RECURRENT, "lstm_dropout": RECURRENT, "input_norm": RECURRENT,
+                "readout": ("lstm", "gru"), "num_layers": (*RECURRENT, "transformer"), "d_model": ("transformer",),
+                "nhead": ("transformer",)}
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,9 @@ def _tunable(cfg: RunConfig) -> RunConfig:
         raise ConfigError("tune trains on cached features: --cache off cannot be used")
     if cfg.model.trainable_stages:
         raise ConfigError("tune searches heads on a frozen backbone: drop --trainable-stages")
+    if cfg.model.temporal_shift != "off":
+        raise ConfigError("tune searches heads on a frozen backbone's cached features: a temporal shift needs stages that "
+                          "learn; drop --temporal-shift (train it with seqvision train --trainable-stages K)")
     cfg.model.freeze = True
     validate(cfg, warn=False)
     return cfg
