@@ -164,14 +164,37 @@ def test_a_shifted_run_trains_and_its_checkpoint_predicts_what_the_model_compute
     assert torch.allclose(predictions.outputs[0], direct[0], atol=1e-4)
 
 
-def test_stream_serve_and_export_refuse_a_shifted_model_in_one_line(shifted_run, tmp_path):
+def test_a_causal_shift_streams_frame_by_frame_as_the_offline_model_on_every_prefix(shifted_run):
+    """Online TSM: each shifted block's slice of the previous frame carried as state, beside the LSTM's."""
+    from seqvision.streaming.stream import Stream
+
+    _, _, result = shifted_run
+    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    stream = Stream(predictor)
+    frames = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    images = torch.cat([stream.transform([f]) for f in frames])  # (7, 3, 16, 16) as the stream feeds the CNN
+    for restart in range(2):  # a reset starts a new sequence: the carried slices go too
+        outputs = []
+        for f in frames:
+            stream.push(f)
+            outputs.append(stream.last_output)
+        with torch.no_grad():
+            for t in range(len(frames)):
+                offline = predictor.model(images[: t + 1], torch.tensor([t + 1]))[0]
+                assert torch.allclose(outputs[t], offline, atol=1e-4), (restart, t)
+        stream.reset()
+
+
+def test_a_bidirectional_shift_cannot_stream_and_serve_and_export_refuse_a_shifted_model(shifted_run, tmp_path):
     from seqvision.export.exporter import export_predictor
     from seqvision.streaming.stream import Stream
 
     _, _, result = shifted_run
     predictor = Predictor.load(result.best_checkpoint, precision="32")
-    with pytest.raises(ConfigError, match="stream does not run a model trained with --temporal-shift causal"):
+    predictor.model.encoder.shift_state.mode = "bidirectional"  # as a model trained with it
+    with pytest.raises(ConfigError, match="reads the next frame"):
         Stream(predictor)
+    predictor.model.encoder.shift_state.mode = "causal"
     with pytest.raises(ConfigError, match="export does not run"):
         export_predictor(predictor, tmp_path / "out")
     from seqvision.serving.batching import DynamicBatcher

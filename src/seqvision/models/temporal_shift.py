@@ -84,6 +84,8 @@ class ShiftState:
         self.mode = mode
         self.lengths: torch.Tensor | None = None  # (B,) long, on the CPU
         self.layout: FrameLayout | None = None
+        # streaming (causal only): each shifted convolution's slice of the previous frame, by id; None: offline
+        self.carried: dict[int, torch.Tensor] | None = None
 
     @contextlib.contextmanager
     def using(self, layout: FrameLayout) -> Iterator[None]:
@@ -119,6 +121,8 @@ class ShiftedConv2d(nn.Conv2d):
     shift_state: ShiftState
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, H, W)
+        if self.shift_state.carried is not None:
+            return super().forward(self._streamed(x))
         layout = self.shift_state.layout
         if layout is None:
             raise RuntimeError(
@@ -128,6 +132,17 @@ class ShiftedConv2d(nn.Conv2d):
         if layout.previous.numel() != x.shape[0]:
             raise RuntimeError(f"a temporally shifted CNN got {x.shape[0]} images for a layout of {layout.previous.numel()}")
         return super().forward(shift_frames(x, layout, self.shift_state.mode))
+
+    def _streamed(self, x: torch.Tensor) -> torch.Tensor:
+        """One frame of a stream (``(1, C, H, W)``): channels ``[0, C/8)`` from the previous frame's input,
+        kept in ``carried`` (zeros at the first frame), and this frame's kept for the next: online TSM."""
+        fold = x.shape[1] // FOLD_DIV
+        if fold == 0:
+            return x
+        carried = self.shift_state.carried
+        past = carried.get(id(self))
+        carried[id(self)] = x[:, :fold].clone()
+        return torch.cat([past if past is not None else torch.zeros_like(x[:, :fold]), x[:, fold:]], dim=1)
 
 
 def _residual_convs(stage: nn.Module, backbone: str) -> list[nn.Conv2d]:
@@ -194,6 +209,31 @@ def frames_of(encoder: nn.Module, lengths: torch.Tensor | None, device: torch.de
         yield
     finally:
         state.lengths = state.layout = None
+
+
+def check_streamable(encoder: nn.Module) -> None:
+    """:class:`ConfigError` when ``encoder``'s shift reads the next frame (bidirectional), which no stream has."""
+    state: ShiftState | None = getattr(encoder, "shift_state", None)
+    if state is not None and state.mode != "causal":
+        raise ConfigError(f"a model trained with --temporal-shift {state.mode} reads the next frame, which a stream does "
+                          "not have yet: train with --temporal-shift causal to stream it")
+
+
+@contextlib.contextmanager
+def streamed_frame(encoder: nn.Module, carried: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Run ``encoder`` on ONE frame of a stream: a causal shift reads the previous frame's slices from
+    ``carried`` and leaves this frame's there (the caller keeps ``carried`` between frames, and empties it to
+    start a new sequence). A no-op for an encoder without a shift; a bidirectional shift cannot stream."""
+    check_streamable(encoder)
+    state: ShiftState | None = getattr(encoder, "shift_state", None)
+    if state is None:
+        yield
+        return
+    state.carried = carried
+    try:
+        yield
+    finally:
+        state.carried = None
 
 
 def is_shifted(encoder: nn.Module) -> bool:

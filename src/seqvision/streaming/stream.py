@@ -24,7 +24,7 @@ from seqvision.errors import ConfigError, DataError
 from seqvision.features.encode import encode_batch
 from seqvision.inference.predictor import RESERVED_COLUMNS, Predictor, output_columns
 from seqvision.streaming.state import head_step
-from seqvision.models.temporal_shift import refuse_shift
+from seqvision.models.temporal_shift import check_streamable, is_shifted, streamed_frame
 
 DEFAULT_WINDOW = 16  # frames, for heads that need a window when neither --window nor the run's --num-frames says
 STREAM_COLUMNS = ("frame", "time", *RESERVED_COLUMNS)  # a row's fixed columns; a class named so gets p_<name>
@@ -61,7 +61,7 @@ class Stream:
     def __init__(self, predictor: Predictor, *, window: int | None = None, every: int = 1) -> None:
         check_count(window, "--window", optional=True)
         check_count(every, "--every")
-        refuse_shift(predictor.model.encoder, "stream")
+        check_streamable(predictor.model.encoder)  # a bidirectional shift: refused before a source is opened
         self.predictor = predictor
         self.model = predictor.model.eval()
         self.every = every
@@ -100,13 +100,15 @@ class Stream:
         self.frames = 0  # frames pushed since the start
         self.cnn_calls = 0  # CNN forwards run (one image each): equals ``frames`` unless features were pushed
         self.last_output: torch.Tensor | None = None  # (K,) float32 logits / values of the newest frame
+        self._shifted: dict[int, torch.Tensor] = {}  # a causal temporal shift: each block's slice of the last frame
 
     @torch.inference_mode()
     def encode(self, frame: Any) -> torch.Tensor:
         """``frame`` -> ``(F,)`` float32 features: the evaluation transform and ONE CNN forward."""
         images = self.transform([as_frame(frame)])  # (1, 3, S, S) float, normalized
         self.cnn_calls += 1
-        return encode_batch(self._cnn, images, self._dtype)[0]  # (F,) float32
+        with streamed_frame(self.model.encoder, self._shifted):  # no-op without a temporal shift
+            return encode_batch(self._cnn, images, self._dtype)[0]  # (F,) float32
 
     def push(self, frame: Any, *, index: int | None = None, time: float | None = None, image: str | None = None) -> dict | None:
         """Add the next frame; return its row every ``every`` frames, else None.
@@ -159,7 +161,8 @@ class Stream:
             how = f"a running {cfg.head} over every frame so far (exact)"
         else:
             how = f"a sliding window of the last {self.window} frames (features reused, never recomputed)"
-        return f"{head}: {how}; one CNN forward per frame"
+        shift = " (the causal temporal shift's slices of the previous frame carried)" if is_shifted(self.model.encoder) else ""
+        return f"{head}: {how}; one CNN forward per frame{shift}"
 
 
 def as_frame(frame: Any) -> torch.Tensor:
