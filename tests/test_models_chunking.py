@@ -50,9 +50,9 @@ def _trunk_calls_and_saved_bytes(encoder, images):
     calls, saved = [0], [0]
     encode = encoder._encode  # (a trunk forward hook does not see checkpoint's replay: count one level up)
 
-    def counted(x):
+    def counted(x, layout=None):  # layout: a temporal shift's, None here
         calls[0] += 1
-        return encode(x)
+        return encode(x, layout)
 
     def pack(t):
         saved[0] += t.numel() * t.element_size()
