@@ -76,6 +76,24 @@ def shift_frames(x: torch.Tensor, layout: FrameLayout, mode: str) -> torch.Tenso
     return torch.cat([past, future, x[:, 2 * fold :]], dim=1)
 
 
+def shift_padded(x: torch.Tensor, real: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`shift_frames` on a padded batch, with operations every exporter has (no data-dependent
+    indexing, no loop): ``x (B * T, C, H, W)``, sample after sample, ``T`` images each; ``real (B, T)``
+    bool, True at each sample's real frames. The shifted channels of padded frames read as zeros, so a
+    real frame's result is exactly its sample's own shift; padded frames' results are unspecified."""
+    fold = x.shape[1] // FOLD_DIV
+    if fold == 0:
+        return x
+    frames = x.reshape(real.shape[0], real.shape[1], *x.shape[1:])  # (B, T, C, H, W); B, T read from real: dynamic
+    moved = frames[:, :, : 2 * fold].masked_fill(~real[:, :, None, None, None], 0.0)  # padding reads as zeros
+    zeros = torch.zeros_like(moved[:, :1, :fold])  # (B, 1, fold, H, W): before the first frame, after the last
+    past = torch.cat([zeros, moved[:, :-1, :fold]], dim=1)  # frame t <- t - 1, along T only: never another sample
+    if mode == "causal":
+        return torch.cat([past, frames[:, :, fold:]], dim=2).flatten(0, 1)
+    future = torch.cat([moved[:, 1:, fold:], zeros], dim=1)  # frame t <- t + 1
+    return torch.cat([past, future, frames[:, :, 2 * fold :]], dim=2).flatten(0, 1)
+
+
 class ShiftState:
     """What the shifted convolutions of one encoder share: the mode, and the lengths and layout of the
     batch being encoded (set by :func:`frames_of`, None outside it)."""
@@ -86,6 +104,8 @@ class ShiftState:
         self.layout: FrameLayout | None = None
         # streaming (causal only): each shifted convolution's slice of the previous frame, by id; None: offline
         self.carried: dict[int, torch.Tensor] | None = None
+        # an exported graph's padded batch: (B, T) bool, True at real frames (set by padded_frames); None: packed
+        self.real: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def using(self, layout: FrameLayout) -> Iterator[None]:
@@ -123,6 +143,8 @@ class ShiftedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, C, H, W)
         if self.shift_state.carried is not None:
             return super().forward(self._streamed(x))
+        if self.shift_state.real is not None:  # (B * T, C, H, W), padded: the form export traces
+            return super().forward(shift_padded(x, self.shift_state.real, self.shift_state.mode))
         layout = self.shift_state.layout
         if layout is None:
             raise RuntimeError(
@@ -209,6 +231,30 @@ def frames_of(encoder: nn.Module, lengths: torch.Tensor | None, device: torch.de
         yield
     finally:
         state.lengths = state.layout = None
+
+
+@contextlib.contextmanager
+def padded_frames(encoder: nn.Module, real: torch.Tensor) -> Iterator[None]:
+    """Run ``encoder`` on the ``B * T`` images of a PADDED batch, sample after sample (``real (B, T)`` bool,
+    True at real frames): a shift reads along T within each sample, padding as zeros (:func:`shift_padded`).
+    What exported graphs use: no lengths are read into Python, so B and T stay dynamic in a traced graph.
+    A no-op for an encoder without a shift."""
+    state: ShiftState | None = getattr(encoder, "shift_state", None)
+    if state is None:
+        yield
+        return
+    state.real = real
+    try:
+        yield
+    finally:
+        state.real = None
+
+
+def carried_convs(encoder: nn.Module) -> list[ShiftedConv2d]:
+    """The shifted convolutions of ``encoder`` that carry a slice from frame to frame when it streams (those
+    with at least :data:`FOLD_DIV` input channels), in module order: the order of an exported stream graph's
+    ``shift_in_*`` / ``shift_out_*``. Empty without a shift."""
+    return [m for m in encoder.modules() if isinstance(m, ShiftedConv2d) and m.in_channels // FOLD_DIV > 0]
 
 
 def check_streamable(encoder: nn.Module) -> None:
