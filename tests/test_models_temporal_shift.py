@@ -197,10 +197,30 @@ def test_a_bidirectional_shift_cannot_stream_and_serve_and_export_refuse_a_shift
     predictor.model.encoder.shift_state.mode = "causal"
     with pytest.raises(ConfigError, match="export does not run"):
         export_predictor(predictor, tmp_path / "out")
+
+
+def test_a_served_shifted_model_answers_each_request_as_predict_does_whatever_shares_its_batch(shifted_run):
+    """Requests batched together reach the shifted CNN clip by clip: no shift reads a frame of another
+    request, and a pass never splits a clip (chunk 3 < 4 images: a clip longer than it runs alone)."""
     from seqvision.serving.batching import DynamicBatcher
 
-    with pytest.raises(ConfigError, match="serve does not run"):
-        DynamicBatcher(predictor, start=False)
+    data, _, result = shifted_run
+    predictor = Predictor.load(result.best_checkpoint, precision="32")
+    samples = discover(str(data))[:4]
+    want = predictor.run(samples).outputs  # (4, K), each sample alone
+    requests = []
+    for sample in samples:
+        item = predictor.dataset([sample])[0]
+        requests.append((item["images"], [len(item["images"])]))
+    for chunk in (64, 3):
+        predictor.chunk_size = chunk
+        batcher = DynamicBatcher(predictor, max_wait_ms=10_000, max_batch_images=sum(len(r[0]) for r in requests))
+        futures = [batcher.submit(images, lengths) for images, lengths in requests]
+        got = torch.cat([f.result(60) for f in futures])  # (4, K)
+        stats = batcher.stats()
+        batcher.close()
+        assert stats["batches"] == 1, stats  # all four shared one batch
+        assert torch.allclose(got, want, atol=1e-5), (chunk, got, want)
 
 
 def test_fine_tuning_on_cached_maps_shifts_the_learning_stages(tmp_path, caplog):

@@ -28,7 +28,7 @@ from seqvision.errors import ConfigError
 from seqvision.features.encode import encode_batch
 from seqvision.inference.predictor import Predictor
 from seqvision.serving.errors import ServeError
-from seqvision.models.temporal_shift import refuse_shift
+from seqvision.models.temporal_shift import frames_of, is_shifted
 
 log = logging.getLogger("seqvision")
 
@@ -72,7 +72,6 @@ class DynamicBatcher:
         max_batch_images: int | None = None, start: bool = True,
     ) -> None:
         check_batching(queue_size=queue_size, max_wait_ms=max_wait_ms, max_batch_images=max_batch_images)
-        refuse_shift(predictor.model.encoder, "serve")
         self.predictor = predictor
         # resolved here, on the caller's thread, before the first request: the encoder's inference form
         # (oneDNN / channels_last, converted once) and the images per CNN pass (probes the free memory)
@@ -197,10 +196,9 @@ class DynamicBatcher:
     def _forward(self, jobs: list[_Job]) -> tuple[list[torch.Tensor], int]:
         """Every job's outputs (float32, CPU) and the number of CNN passes it took."""
         images = torch.cat([j.images for j in jobs])  # (N, 3, S, S), N = all images of all requests
-        dtype = self.predictor.compute_dtype
-        parts = [encode_batch(self._net, part, dtype) for part in images.split(self.chunk_size)]  # (n <= chunk, F) each
-        features = torch.cat(parts)  # (N, F) float32
         lengths = torch.tensor([n for j in jobs for n in j.clip_lengths], dtype=torch.long)  # (C,) images per clip
+        parts = self._encode(images, lengths)  # (n, F) each, float32
+        features = torch.cat(parts)  # (N, F) float32
         groups = torch.tensor([b for b, j in enumerate(jobs) for _ in j.clip_lengths], dtype=torch.long)  # (C,) clip -> job
         out = self.predictor.model.forward_features(features, lengths).float().cpu()  # (C, K), or (N, K) per image
         if self.predictor.spec.per_image:
@@ -208,6 +206,27 @@ class DynamicBatcher:
         # a request's clips averaged, as predict merges them (Batch.merge_clips): (B, K)
         merged = Batch(features, lengths, [""] * len(jobs), groups=groups).merge_clips(out)
         return list(merged.split(1)), len(parts)  # (1, K) each
+
+    def _encode(self, images: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """The CNN's features of ``images (N, 3, S, S)`` in passes of at most ``chunk_size`` images, one
+        ``(n, F)`` tensor per pass. A temporally shifted CNN reads each image's neighbours in its clip
+        (``lengths (C,)``), so its passes hold whole clips, as predict's do: a clip longer than the chunk
+        runs alone."""
+        dtype = self.predictor.compute_dtype
+        if not is_shifted(self.predictor.model.encoder):
+            return [encode_batch(self._net, part, dtype) for part in images.split(self.chunk_size)]
+        passes: list[list[int]] = [[]]
+        for n in lengths.tolist():
+            if passes[-1] and sum(passes[-1]) + n > self.chunk_size:
+                passes.append([])
+            passes[-1].append(n)
+        parts, start = [], 0
+        for clips in passes:
+            size = sum(clips)
+            with frames_of(self._net, torch.tensor(clips), self.predictor.device):
+                parts.append(encode_batch(self._net, images[start : start + size], dtype))
+            start += size
+        return parts
 
     def _fail_waiting(self, exc: Exception) -> None:
         while True:
