@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from seqvision.config import DIAGNOSTICS_CHOICES, POOL_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
+from seqvision.config import DIAGNOSTICS_CHOICES, POOL_CHOICES, RUNTIME_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
 from seqvision.errors import SeqVisionError
 
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
@@ -42,6 +42,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
+    ("--feature-runtime", "data", "feature_runtime", {"choices": RUNTIME_CHOICES, "help": "what runs the frozen CNN filling the cache: auto = the fastest on this machine (measured once; a cache already filled keeps its runtime) | torch | onnxruntime | openvino (CPU, fp32)"}),
     ("--exact-decode", "data", "exact_decode", {"action": argparse.BooleanOptionalAction, "help": "decode every pixel of large JPEGs and video frames (default: only the scale the resize needs)"}),
     ("--cache-budget", "data", "cache_budget", {"type": float, "help": "--trainable-stages with --no-augment: GB of disk for the frozen stages' cached maps (default: 90%% of the free space; over it, the CNN runs live)"}),
     ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
     p.add_argument("--diagnostics", choices=DIAGNOSTICS_CHOICES, default="auto", help="as for evaluate (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="the CNN's forward, as for evaluate (default: the one whose features the run trained on; torch for a CNN that learned)")
 
     p = sub.add_parser("export", help="ONNX or TorchScript graphs of a checkpoint (whole model, encoder, sequence part) and model.json")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
@@ -226,6 +228,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="images per CNN batch (across samples)")
     p.add_argument("--num-workers", type=_at_least(0), help="decoding workers (default: one per spare core)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="auto: bf16 where the hardware is fast at it")
+    _runtime_flag(p, "auto = the fastest on this machine, measured once (a cache already filled keeps its runtime)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32", help="storage of the features (default: %(default)s)")
     p.add_argument("--exact-decode", action="store_true", help="decode every pixel of large JPEGs and video frames (as for train)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
@@ -252,6 +255,7 @@ def _stream_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, metavar="SEC", help="folder source: stop after SEC seconds without a new file (default: run until interrupted)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's: auto = bf16 where the hardware is fast at it; 32 = fp32 (the heads run in fp32)")
+    _runtime_flag(p)
 
 
 def _serve_parser(p: argparse.ArgumentParser) -> None:
@@ -271,6 +275,13 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass (default: the run's --chunk-size, else chosen from the backbone, image size and free memory)")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's: auto = bf16 where the hardware is fast at it; 32 = fp32 (the heads run in fp32)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info", help="uvicorn's (info: one line per request)")
+    _runtime_flag(p)
+
+
+def _runtime_flag(p: argparse.ArgumentParser, auto: str = "auto = the fastest on this machine, measured once") -> None:
+    """``--runtime``: what runs the CNN's forward (seqvision.features.runtimes), where it only runs forward."""
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help=f"what runs the CNN: {auto}; torch; onnxruntime or openvino (CPU, fp32, where installed) (default: %(default)s)")
 
 
 def _config_defaults() -> dict[str, dict[str, Any]]:
@@ -289,6 +300,7 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
         "--precision", choices=["auto", "32", "bf16"], default="auto",
         help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32",
     )
+    _runtime_flag(p)
 
 
 def _inference_device(args: argparse.Namespace) -> str:
@@ -370,7 +382,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         on_bad_image=args.on_bad_image, split=args.split, device=_inference_device(args), precision=args.precision,
         per_group=args.per_group or args.group_by is not None, group_by=args.group_by, diagnostics=args.diagnostics,
-        chunk_size=args.chunk_size,
+        chunk_size=args.chunk_size, runtime=args.runtime,
     )
     print(headline(result.metrics))
     _print_findings(result.metrics)
@@ -386,6 +398,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows, skipped = predict(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         on_bad_image=args.on_bad_image, device=_inference_device(args), precision=args.precision, chunk_size=args.chunk_size,
+        runtime=args.runtime,
     )
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
@@ -421,7 +434,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         data=DataConfig(
             data=args.data, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std,
             num_workers=args.num_workers, on_bad_image=args.on_bad_image, cache_dtype=args.cache_dtype,
-            feature_precision=args.precision, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
+            feature_precision=args.precision, feature_runtime=args.runtime, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
             fps=args.fps, eval_clips=args.eval_clips, exact_decode=args.exact_decode,
         ),
         model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, freeze=True),
@@ -432,7 +445,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     steady = f"; {stats.steady_images_per_second:.1f} images/s after compiling" if args.compile and stats.images else ""
     print(
-        f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s{steady}, {stats.dtype}), "
+        f"extracted {stats.images} images ({stats.images_per_second:.1f} images/s{steady}, {stats.dtype}, {stats.runtime}), "
         f"{stats.cached} already cached" + (f", {stats.by_peers} by the other processes" if stats.by_peers else "") + f" -> {store.dir}"
     )
     _report(stats.skipped, "images left out")
@@ -459,7 +472,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         prep = e["preprocessing"] or {}
         print(
             f"{e['key']}  {e['backbone']}  weights {e['weights']}  {prep.get('image_size')}px  pool {e['pool']}  "
-            f"{e['compute']}->{e['dtype']}  {e['entries']} images  {e['shards']} shards  {e['bytes'] / 1e6:.1f} MB"
+            f"{e['compute']}->{e['dtype']}" + (f" ({e['runtime']})" if e["runtime"] != "torch" else "") + f"  {e['entries']} images  {e['shards']} shards  {e['bytes'] / 1e6:.1f} MB"
             + (f"  [{e['note']}]" if e["note"] else "")
         )
     return 0
@@ -469,7 +482,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from seqvision.workflows import report
     from seqvision.evaluation.metrics import headline
 
-    result = report(args.run, split=args.split, device=_inference_device(args), diagnostics=args.diagnostics)
+    result = report(args.run, split=args.split, device=_inference_device(args), diagnostics=args.diagnostics, runtime=args.runtime)
     print(headline(result.metrics))
     _print_findings(result.metrics)
     for path in result.files:
@@ -495,6 +508,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         args.checkpoint, args.source, out=args.out, every=args.every, window=args.window, frame_step=args.frame_step,
         max_frames=args.max_frames, idle_timeout=args.idle_timeout, device=_inference_device(args), precision=args.precision,
         on_start=lambda line: print(line, file=sys.stderr, flush=True),  # stdout carries the JSON lines only
+        runtime=args.runtime,
     )
     where = f" to {args.out}" if args.out else ""
     print(f"stream {'interrupted' if summary.interrupted else 'ended'} after {summary.frames} frames: {summary.rows} lines "
@@ -517,7 +531,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(
         args.checkpoint, host=args.host, port=args.port, api_key=args.api_key, limits=limits, device=_inference_device(args),
         precision=args.precision, chunk_size=args.chunk_size, queue_size=args.queue_size, max_wait_ms=args.max_wait_ms,
-        max_batch_images=args.max_batch_images, log_level=args.log_level,
+        max_batch_images=args.max_batch_images, log_level=args.log_level, runtime=args.runtime,
     )
     return 0
 

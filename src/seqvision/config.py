@@ -62,6 +62,10 @@ class DataConfig:
     # the frozen CNN that fills the feature cache: auto = bf16 where the hardware is fast at it (as
     # `seqvision extract` does, so its cache is found), else fp32; 32 = exactly the live fp32 features
     feature_precision: str = "auto"
+    # what runs the frozen CNN that fills the cache: auto = the fastest on this machine, measured once (ONNX
+    # Runtime or OpenVINO where installed and faster, else torch; an existing cache keeps its runtime) |
+    # torch | onnxruntime | openvino. The cache key names it: features of two runtimes never mix
+    feature_runtime: str = "auto"
     # decode every pixel of large JPEGs and video frames; by default they are decoded at the smallest scale
     # the resize needs (libjpeg's DCT scaling, FFmpeg's scaler): features within a cosine of ~0.99+
     exact_decode: bool = False
@@ -169,6 +173,12 @@ class RunConfig:
             return self.data.feature_precision
         return "32"
 
+    def cnn_runtime(self) -> str:
+        """The inference runtime that evaluates this run's CNN: a frozen backbone on the feature cache,
+        ``feature_runtime`` (the runtime of the features it trained on); otherwise torch, which computed
+        what training saw (another runtime agrees only to rounding)."""
+        return self.data.feature_runtime if self.trains_on_cache() else "torch"
+
     def trains_on_maps(self) -> bool:
         """Whether this run may train on the frozen stages' cached maps: only the last stages learn
         (``trainable_stages``), the cache is on, and no augmentation changes the pixels every epoch."""
@@ -243,6 +253,7 @@ TASK_CHOICES = ("auto", "classification", "multilabel", "regression", "frame_cla
 SAMPLING_CHOICES = ("uniform", "stride", "random", "segments")
 POOL_CHOICES = ("avg", "max", "grid2")
 DIAGNOSTICS_CHOICES = ("auto", "off", "fast", "full")
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # features.runtimes.RUNTIMES
 
 
 # Ranges of the numeric options: (section, field, test, what it must be). A None value means "not set".
@@ -326,6 +337,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         ("data", "on_bad_image"): ("error", "skip"),
         ("data", "cache_dtype"): ("float32", "float16"),
         ("data", "feature_precision"): ("auto", "32", "bf16"),
+        ("data", "feature_runtime"): RUNTIME_CHOICES,
         ("model", "pool"): POOL_CHOICES,
         ("model", "head"): tuple(_heads()),
         ("model", "temporal_shift"): ("off", "bidirectional", "causal"),
@@ -379,6 +391,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
     if m.head == "transformer" and m.d_model % m.nhead:
         raise ConfigError(f"--d-model {m.d_model} must be a multiple of --nhead {m.nhead} (each head gets d_model / nhead)")
     _check_devices(cfg.train)
+    _check_feature_runtime(cfg)
     if warn:
         _warn_no_effect(cfg)
 
@@ -456,6 +469,21 @@ def _check_devices(train: "TrainConfig") -> None:
             raise ConfigError("--accelerator mps: Apple's MPS is not available here; use --accelerator cpu (or auto)")
 
 
+def _check_feature_runtime(cfg: RunConfig) -> None:
+    """An explicit ``--feature-runtime`` other than torch is installed and meets an fp32 CNN (the others
+    compute in fp32 only); the device is checked where it is known (features.runtimes.check_runtime)."""
+    runtime = cfg.data.feature_runtime
+    if runtime in ("auto", "torch") or not cfg.model.freeze:
+        return
+    from seqvision.features.runtimes import PACKAGE, installed
+
+    if not installed(runtime):
+        raise ConfigError(f"--feature-runtime {runtime}: {runtime} is not installed; pip install {PACKAGE[runtime]} (or use auto)")
+    if cfg.cnn_precision() == "bf16":
+        raise ConfigError(f"--feature-runtime {runtime} computes in float32 only: pass --feature-precision 32 "
+                          "(and no bf16 training precision), or use --feature-runtime torch or auto")
+
+
 def _warn_no_effect(cfg: RunConfig) -> None:
     """Valid options that do nothing with the others, so a user does not believe they act."""
     d, m = cfg.data, cfg.model
@@ -475,8 +503,9 @@ def _warn_no_effect(cfg: RunConfig) -> None:
         warnings.warn("--freeze-bn has no effect with --freeze (a frozen backbone's BatchNorm never trains)")
     if m.freeze and cfg.train.backbone_lr != TrainConfig().backbone_lr:
         warnings.warn("--backbone-lr has no effect with --freeze (the backbone does not learn)")
-    if not m.freeze and (d.feature_precision != "auto" or d.cache_dtype != "float32"):
-        warnings.warn("--cache-dtype and --feature-precision have no effect without --freeze (only a frozen backbone's features are cached)")
+    if not m.freeze and (d.feature_precision != "auto" or d.cache_dtype != "float32" or d.feature_runtime != "auto"):
+        warnings.warn("--cache-dtype, --feature-precision and --feature-runtime have no effect without --freeze (only a frozen "
+                      "backbone's features are cached)")
     if not m.freeze and not m.trainable_stages and d.cache != "auto":
         warnings.warn("--cache has no effect without --freeze or --trainable-stages (nothing of a learning backbone is cached)")
 

@@ -4,6 +4,7 @@ inference predicts; a workflow is what strings them together for a user."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from seqvision.config import RunConfig, validate
+from seqvision.errors import ConfigError
 from seqvision.data.discovery import discover
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.evaluation.evaluate import evaluate, evaluate_samples, report
 from seqvision.features.cache import SHARD_ROWS, CacheKey, FeatureStore, default_cache_root
 from seqvision.features.extract import ExtractStats, extract_features
+from seqvision.features.runtimes import check_runtime, runtime_for_cache
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
@@ -45,7 +48,7 @@ def train_and_evaluate(
     if not result.is_global_zero:  # one process of a distributed run reports
         return result
     # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
-    predictor = Predictor.load(result.best_checkpoint, device=device_of(cfg), precision=cfg.cnn_precision())
+    predictor = Predictor.load(result.best_checkpoint, device=device_of(cfg), precision=cfg.cnn_precision(), runtime=cfg.cnn_runtime())
     for split in ("val", "test"):
         samples = result.splits.get(split)
         if not samples:
@@ -67,7 +70,8 @@ def extract(
 ) -> tuple[ExtractStats, FeatureStore]:
     """Fill the feature cache with what ``train --freeze`` with the same ``cfg`` will read: every image of
     ``cfg.data.data`` (every video frame its training and evaluation sampling can pick) through the frozen
-    backbone of ``cfg.model``, with the run's preprocessing, in ``cfg.data.feature_precision``, stored as
+    backbone of ``cfg.model``, with the run's preprocessing, in ``cfg.data.feature_precision``, run by
+    ``cfg.data.feature_runtime`` (:func:`~seqvision.features.runtimes.runtime_for_cache`), stored as
     ``cfg.data.cache_dtype``.
 
     ``out``: the cache folder (default: ``cfg.data.cache`` when it names one, else ``$SEQVISION_CACHE`` or
@@ -80,15 +84,21 @@ def extract(
         )
     validate(RunConfig(data=cfg.data, model=cfg.model), warn=False)  # extraction has no training options to check
     d, m = cfg.data, cfg.model
+    device = resolve_device(device) if device else default_device()
+    compute = inference_dtype(device, d.feature_precision)
+    # --compile is torch's: auto then means torch; with another runtime it is refused, before any work
+    requested = "torch" if compile and d.feature_runtime == "auto" else d.feature_runtime
+    if compile and requested != "torch":
+        raise ConfigError(f"--compile is torch's (torch.compile): not with --runtime {requested}; drop one of them")
+    check_runtime(requested, device, compute)
     encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
-    device = resolve_device(device) if device else default_device()
-    compute = inference_dtype(device, d.feature_precision)
-    folder = out or (d.cache if d.cache not in ("auto", "off") else None) or default_cache_root()
-    store = FeatureStore(Path(folder), CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute),
-                         content_hash=content_hash, shard_rows=shard_rows)
+    folder = Path(out or (d.cache if d.cache not in ("auto", "off") else None) or default_cache_root())
+    key = CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute)
+    runtime = runtime_for_cache(requested, encoder, device, compute, key=key, root=folder)  # the key names it
+    store = FeatureStore(folder, dataclasses.replace(key, runtime=runtime.label), content_hash=content_hash, shard_rows=shard_rows)
     stats = extract_features(
         discover(d.data, require_labels=False, group_by=d.group_by), encoder, prep, store, batch_size=batch_size,
         num_workers=d.num_workers, device=device, precision=str(compute).removeprefix("torch."), compile=compile,

@@ -241,13 +241,14 @@ def evaluate(
     checkpoint: str | Path, data: str | Path, out_dir: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, split: str | None = None,
     device: str | torch.device = "cpu", precision: str = "auto", per_group: bool = False, group_by: str | None = None,
-    diagnostics: str = "auto", chunk_size: int | None = None,
+    diagnostics: str = "auto", chunk_size: int | None = None, runtime: str = "auto",
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a data root or manifest (optionally one of its splits). ``precision``:
-    the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32).
+    the CNN's (``auto``: bf16 where the hardware is fast at it; ``32``: as trained in fp32); ``runtime``:
+    what runs its forward (``auto``: the fastest here, see :mod:`seqvision.features.runtimes`).
     ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
     regular expression on the sample names of a folder; see ``discover``)."""
-    predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)
     predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
     if predictor.shard[0] > 0:
         out_dir = None
@@ -272,17 +273,20 @@ def evaluate(
 
 def report(
     run_dir: str | Path, *, split: str | None = None, batch_size: int = 8, device: str | torch.device = "cpu",
-    precision: str | None = None, diagnostics: str = "auto",
+    precision: str | None = None, diagnostics: str = "auto", runtime: str | None = None,
 ) -> EvaluationResult:
     """Rebuild ``RUN/<split>/report.html`` (and metrics) from a run folder: its best checkpoint on its
     saved test split (or validation split), with the training curves from its logs. The CNN runs in
-    ``precision``, by default the one it trained in (so the metrics are the run's own)."""
+    ``precision``, by default the one it trained in (so the metrics are the run's own), run by ``runtime``,
+    by default the one whose features it trained on (:meth:`RunConfig.cnn_runtime`)."""
     run = Path(run_dir)
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
-    predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto")
+    predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto", runtime=runtime or "auto")
     predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
     if precision is None:
         predictor.precision = predictor.cfg.cnn_precision()
+    if runtime is None:
+        predictor.runtime = predictor.cfg.cnn_runtime()
     data = predictor.cfg.data.data
     splits_file = run / "splits.json"
     if not data or not splits_file.exists():

@@ -8,9 +8,11 @@ Layout (documented in the README, readable with numpy alone)::
     CACHE_ROOT/<key>/shard-<id>.npy             (M, F) float16/float32 features, one row per image
     CACHE_ROOT/<key>/shard-<id>.json            the commit record: the M image identities, in row order,
                                                 and the sha256 of the .npy file
+    CACHE_ROOT/.runtimes/                       ONNX files of encoders and the runtime ``auto`` chose on
+                                                this machine (:mod:`seqvision.features.runtimes`)
 
-``<key>`` is a hash of the meta: another backbone, other weights or other preprocessing use another
-folder. An image's identity is its absolute path, size and modification time (or, with
+``<key>`` is a hash of the meta: another backbone, other weights, other preprocessing, another compute
+precision or inference runtime use another folder. An image's identity is its absolute path, size and modification time (or, with
 ``content_hash=True``, the sha256 of its bytes): a changed file simply misses. Shards are written to a
 temporary name and renamed, the .npy before its .json, so a crash leaves at most an uncommitted .npy
 that is ignored; a shard whose checksum does not match is reported and its images are recomputed.
@@ -92,23 +94,33 @@ class CacheKey:
     pool: str
     dtype: str  # float16 | float32 storage
     compute: str  # float32 | bfloat16 | float16: the precision the CNN ran in (bf16 features differ slightly)
+    # the inference runtime that ran the CNN, with its version ("onnxruntime 1.32.0"): another runtime's
+    # features agree with torch's to rounding only (~4e-6 relative), so their vectors are kept apart
+    runtime: str = "torch"
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "backbone": self.backbone, "weights": self.weights, "preprocessing": self.preprocessing,
             "pool": self.pool, "dtype": self.dtype, "compute": self.compute,
         }
+        if self.runtime != "torch":  # torch's keys hash as before the field existed: every earlier cache is found
+            out["runtime"] = self.runtime
+        return out
 
     @property
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
 
     @classmethod
-    def for_encoder(cls, encoder, prep: Preprocessing, *, dtype: str = "float32", compute: torch.dtype = torch.float32) -> "CacheKey":
+    def for_encoder(
+        cls, encoder, prep: Preprocessing, *, dtype: str = "float32", compute: torch.dtype = torch.float32, runtime: str = "torch",
+    ) -> "CacheKey":
+        """The key of ``encoder``'s features with ``prep``, stored as ``dtype``, computed in ``compute`` by
+        ``runtime`` (a :attr:`~seqvision.features.runtimes.Runtime.label`)."""
         if dtype not in ("float16", "float32"):
             raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
         compute_name = str(compute).removeprefix("torch.")
-        return cls(encoder.name, weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name)
+        return cls(encoder.name, weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name, runtime)
 
 
 def float16_loss(array: np.ndarray) -> str | None:
@@ -312,7 +324,7 @@ def cache_info(root: Path | None = None) -> list[dict]:
     out = []
     if not root.is_dir():
         return out
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):  # .runtimes: not a key
         meta, note = _read_meta(folder / "meta.json")
         entries = 0
         for record in folder.glob("shard-*.json"):
@@ -328,6 +340,7 @@ def cache_info(root: Path | None = None) -> list[dict]:
             "pool": meta.get("pool"),
             "dtype": meta.get("stored", meta.get("dtype")),  # float32 where a float16 cache fell back
             "compute": meta.get("compute"),
+            "runtime": meta.get("runtime", "torch"),
             "entries": entries,
             "shards": len(list(folder.glob("shard-*.json"))),
             "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
@@ -351,7 +364,8 @@ def _read_meta(path: Path) -> tuple[dict, str | None]:
 
 
 def cache_clear(root: Path | None = None, key: str | None = None) -> int:
-    """Remove every key folder (or one); returns the number of bytes freed. An unknown ``key`` is a
+    """Remove every key folder (or one; without ``key`` also ``.runtimes``: the ONNX files and the
+    remembered runtime choices); returns the number of bytes freed. An unknown ``key`` is a
     :class:`ConfigError` naming the keys there are."""
     import shutil
 
@@ -364,4 +378,8 @@ def cache_clear(root: Path | None = None, key: str | None = None) -> int:
         if key is None or entry["key"] == key:
             freed += entry["bytes"]
             shutil.rmtree(root / entry["key"])
+    runtimes = root / ".runtimes"
+    if key is None and runtimes.is_dir():
+        freed += sum(p.stat().st_size for p in runtimes.rglob("*") if p.is_file())
+        shutil.rmtree(runtimes)
     return freed

@@ -4,6 +4,8 @@ Eval mode, ``torch.inference_mode``, channels_last (the encoder's own layout), b
 hardware runs it fast. On CPUs, BatchNorm folded into the convolutions and the weights kept in oneDNN's
 own blocked layout (:class:`OneDNNEncoder`) where the backbone allows it; or, with ``compile``,
 ``torch.compile`` with weight freezing. Both fall back to the eager encoder when they cannot run.
+Or another runtime than torch (ONNX Runtime, OpenVINO: :mod:`seqvision.features.runtimes`), for the
+frozen CNN's forward only.
 """
 
 from __future__ import annotations
@@ -17,23 +19,33 @@ import torch
 from torch import nn
 
 from seqvision.errors import first_line
+from seqvision.features.engines import EngineEncoder
+from seqvision.features.runtimes import Runtime, build_engine, choose_runtime
 from seqvision.models.temporal_shift import is_shifted
 
 log = logging.getLogger("seqvision")
 
 
 def prepare_encoder(
-    encoder: nn.Module, device: torch.device, *, dtype: torch.dtype | None = None, compile: bool = False
+    encoder: nn.Module, device: torch.device, *, dtype: torch.dtype | None = None, compile: bool = False,
+    runtime: Runtime | str = "torch",
 ) -> nn.Module:
     """``encoder`` on ``device`` in eval mode (channels_last, as every ImageEncoder is), for inference in
-    ``dtype``: with ``compile`` wrapped in :class:`CompiledEncoder`; else on a CPU in bf16, in
-    :class:`OneDNNEncoder` where the backbone's layers allow it. fp32 stays eager, so fp32 features are
-    exactly the live model's (folding BatchNorm moves them by ~1e-6; the gain in fp32 was only 3% here).
-    ``encoder`` itself is not changed beyond eval mode and its layout, so a model can go on training it."""
+    ``dtype``, run by ``runtime`` (:mod:`seqvision.features.runtimes`: a resolved :class:`Runtime`, or a
+    name, ``auto`` resolved here): ONNX Runtime or OpenVINO give an
+    :class:`~seqvision.features.engines.EngineEncoder`. With torch: with ``compile`` wrapped in
+    :class:`CompiledEncoder`; else on a CPU in bf16, in :class:`OneDNNEncoder` where the backbone's layers
+    allow it. fp32 stays eager, so fp32 features are exactly the live model's (folding BatchNorm moves
+    them by ~1e-6; the gain in fp32 was only 3% here). ``encoder`` itself is not changed beyond eval mode
+    and its layout, so a model can go on training it."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
     if is_shifted(encoder):  # a temporal shift reads its neighbours through
         return encoder  # the batch's layout, which neither a converted copy nor a compiled graph carries
+    if isinstance(runtime, str):
+        runtime = choose_runtime(runtime, encoder, device, dtype or torch.float32)
+    if runtime.name != "torch":
+        return build_engine(runtime, encoder)
     if compile:
         return CompiledEncoder(encoder)
     if dtype == torch.bfloat16 and device.type == "cpu" and hasattr(encoder, "pool_features"):
@@ -46,8 +58,9 @@ def prepare_encoder(
 def input_layout(net: nn.Module) -> torch.memory_format:
     """The memory format a :func:`prepare_encoder` result reads batches in without a copy: oneDNN's
     reorder reads contiguous NCHW (a channels_last batch is made contiguous first); eager and compiled
-    encoders run channels_last. Extraction builds its batches in it, so each row can be written in place."""
-    return torch.contiguous_format if isinstance(net, OneDNNEncoder) else torch.channels_last
+    encoders run channels_last; ONNX Runtime and OpenVINO read contiguous NCHW arrays. Extraction builds its
+    batches in it, so each row can be written in place."""
+    return torch.contiguous_format if isinstance(net, (OneDNNEncoder, EngineEncoder)) else torch.channels_last
 
 
 class OneDNNEncoder(nn.Module):

@@ -27,12 +27,13 @@ from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.data.transforms import Preprocessing
 from seqvision.data.video import VideoInfo, probe_video
-from seqvision.errors import DataError
+from seqvision.errors import ConfigError, DataError
 from seqvision.features.cache import (
     FeatureStore,
     video_frame_identity,
 )
 from seqvision.features.encode import encode_batch, input_layout, prepare_encoder
+from seqvision.features.runtimes import Runtime, check_runtime
 from seqvision.features.loading import (
     ImageFiles,
     ThreadedBatches,
@@ -69,6 +70,7 @@ class ExtractStats:
     by_peers: int = 0  # computed meanwhile by the other processes of a distributed launch
     seconds: float = 0.0
     dtype: str = "float32"  # compute precision used
+    runtime: str = "torch"  # the inference runtime that ran the CNN (the store key's: see features.runtimes)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a truncated video whose last frame is repeated
     first_batch_images: int = 0  # the first batch carries the start-up (loader, compilation)...
@@ -109,6 +111,8 @@ def extract_features(
     ``sampling``: the ``(policy, train)`` pairs that will read the cache; for videos they decide which
     frames are cached (default: every frame). Image files are always cached whole.
     Already-cached images are not decoded again; a killed run loses at most the uncommitted shard.
+    The CNN runs on the inference runtime ``store``'s key names (``CacheKey.runtime``: torch unless the
+    key was made for another one, see :func:`~seqvision.features.runtimes.runtime_for_cache`).
 
     In a distributed launch (``(rank, world size)`` from ``launch``, else from :func:`launch_rank`: the
     processes of this node), the processes share the work instead of each computing everything: each
@@ -139,7 +143,7 @@ def extract_features(
     timed = own if own.first_batch_images else rest
     return ExtractStats(
         images=own.images + rest.images, cached=max(0, rest.cached - own.images - peers), by_peers=peers,
-        seconds=own.seconds + rest.seconds, dtype=own.dtype,
+        seconds=own.seconds + rest.seconds, dtype=own.dtype, runtime=own.runtime,
         skipped=list(dict.fromkeys(own.skipped + rest.skipped)), notes=list(dict.fromkeys(own.notes + rest.notes)),
         first_batch_images=timed.first_batch_images, first_batch_seconds=timed.first_batch_seconds,
     )
@@ -220,6 +224,21 @@ def _plan(
     return owners, missing, chunks, stats
 
 
+def store_runtime(store: FeatureStore, device: torch.device, dtype: torch.dtype, *, compile: bool = False) -> Runtime:
+    """The runtime ``store``'s key names (:attr:`CacheKey.runtime`), checked to run here as it did when
+    the key was made: installed at the same version, on ``device`` in ``dtype``, not with ``compile``."""
+    runtime = Runtime.from_label(store.key.runtime)
+    if runtime.name == "torch":
+        return runtime
+    check_runtime(runtime.name, device, dtype)
+    if Runtime.of(runtime.name) != runtime:
+        raise ConfigError(f"the feature cache key {store.key.digest} names {runtime.label}, but {Runtime.of(runtime.name).label} "
+                          "is installed here; make the key with this version (CacheKey.for_encoder(runtime=...))")
+    if compile:
+        raise ConfigError(f"--compile is torch's (torch.compile): not with --runtime {runtime.name}; drop one of them")
+    return runtime
+
+
 def _extract(
     samples: list[Sample],
     encoder: ImageEncoder,
@@ -244,10 +263,12 @@ def _extract(
     owners, missing, chunks, stats = _plan(samples, store, sampling, batch_size, on_bad_image)
     dtype = inference_dtype(device, precision)
     stats.dtype = str(dtype).removeprefix("torch.")
+    runtime = store_runtime(store, device, dtype, compile=compile)  # the runtime the key names: no other fills it
+    stats.runtime = runtime.label
     total = len(missing) + sum(len(c.frames) for c in chunks)
     if not total:
         return stats
-    net = prepare_encoder(encoder, device, dtype=dtype, compile=compile)
+    net = prepare_encoder(encoder, device, dtype=dtype, compile=compile, runtime=runtime)
     threads = torch.get_num_threads()  # decoding threads lower torch's default: restored at the end
     workers = extraction_workers(device) if num_workers is None else num_workers
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)

@@ -19,18 +19,19 @@ from seqvision.runtime import inference_group
 def predict(
     checkpoint: str | Path, inputs: list[str | Path], out: str | Path | None = None, *, batch_size: int = 8,
     num_workers: int = 0, on_bad_image: str | None = None, device: str | torch.device = "cpu", precision: str = "auto",
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, runtime: str = "auto",
 ) -> tuple[list[dict], list[str]]:
     """Predict every sample found in ``inputs``; write CSV (or JSON, by extension) when ``out`` is given.
 
     Returns ``(rows, skipped)``: one dict per sample (``sample``, ``prediction``, one probability column
     per class or one value per regression target) and the bad images left out with ``on_bad_image='skip'``.
-    ``precision`` is the CNN's: ``auto`` (bf16 where the hardware is fast at it), ``32`` or ``bf16``.
+    ``precision`` is the CNN's: ``auto`` (bf16 where the hardware is fast at it), ``32`` or ``bf16``;
+    ``runtime`` what runs its forward (``auto``: the fastest here, see :mod:`seqvision.features.runtimes`).
     ``chunk_size``: images per CNN pass and per loaded piece of a sample (default: the run's ``--chunk-size``, else chosen from the backbone, image size and free memory).
     """
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: use a .csv or .json file name")
-    predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)
     predictor.shard = inference_group()  # under torchrun: each process predicts its share, rank 0 writes
     if chunk_size:
         predictor.chunk_size = chunk_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from seqvision.errors import CheckpointError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.dataset import cached_dataset
 from seqvision.features.encode import encode_batch, prepare_encoder
+from seqvision.features.runtimes import check_runtime, choose_runtime
 from seqvision.models.memory import inference_chunk_size
 from seqvision.models.temporal_shift import frames_of, is_shifted
 from seqvision.models.sequence_model import SequenceModel
@@ -49,6 +51,7 @@ class Predictor:
     def __init__(
         self, model: SequenceModel, *, cfg: RunConfig, spec: TargetSpec, preprocessing: Preprocessing,
         thresholds: list[float] | None = None, precision: str = "auto", source: dict | None = None,
+        runtime: str = "auto", feature_runtime: str = "torch",
     ) -> None:
         self.model = model.eval()
         model.encoder.preprocessing = preprocessing  # the run's (its image size), for the encoder's probes too
@@ -62,18 +65,25 @@ class Predictor:
         self.preprocessing = preprocessing
         self.task = task_of(spec, thresholds)  # what the outputs mean (multi-label: with its thresholds)
         self.precision = precision  # the CNN's: auto (bf16 where the hardware is fast at it) | 32 | bf16
-        self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype)
+        # the inference runtime of the live CNN (features.runtimes: auto | torch | onnxruntime | openvino),
+        # and the one that filled the feature cache a frozen run trained on (its key names it)
+        self.runtime = runtime
+        self.feature_runtime = feature_runtime
+        self._cnn: tuple[tuple, torch.nn.Module] | None = None  # the encoder's inference form, per (device, dtype, runtime)
         self._keys: dict[tuple[str, str], CacheKey] = {}
         self.shard: tuple[int, int] | None = None  # (rank, world size): run() predicts its share and gathers
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto") -> "Predictor":
+    def load(
+        cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "auto", runtime: str = "auto",
+    ) -> "Predictor":
         """Rebuild from a checkpoint file alone (loaded with ``weights_only=True``). ``precision`` is the
         CNN's compute precision: ``auto`` is bf16 where the hardware is fast at it (with real ImageNet
         weights, features within a cosine of about 0.999 of fp32: ``benchmarks/feature_precision.py``;
-        the heads always run in fp32), ``32`` computes fp32 features."""
-        device = resolve_device(device)  # a bad device or precision fails before any loading
-        inference_dtype(device, precision)
+        the heads always run in fp32), ``32`` computes fp32 features. ``runtime``: what runs the CNN's
+        forward (:mod:`seqvision.features.runtimes`; ``auto``: the fastest on this machine)."""
+        device = resolve_device(device)  # a bad device, precision or runtime fails before any loading
+        check_runtime(runtime, device, inference_dtype(device, precision))
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
         try:
@@ -95,8 +105,9 @@ class Predictor:
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path}: weights do not fit the model it describes ({str(exc)[:300]})") from None
         source = {"checkpoint": str(path), "epoch": raw.get("epoch"), "versions": meta.get("versions") or {}}
+        # a checkpoint from before runtimes existed trained on torch's features (if on any cached ones)
         return cls(model.to(device), cfg=cfg, spec=spec, preprocessing=prep, thresholds=meta.get("thresholds"),
-                   precision=precision, source=source)
+                   precision=precision, source=source, runtime=runtime, feature_runtime=meta.get("feature_runtime") or "torch")
 
     @property
     def chunk_size(self) -> int:
@@ -118,10 +129,10 @@ class Predictor:
 
     def _cache_key(self, dtype: str, compute: str) -> CacheKey:
         """This model's feature-cache key, computed once per storage and compute dtype (it hashes every
-        weight of the encoder: 45 MB for ResNet-18)."""
+        weight of the encoder: 45 MB for ResNet-18), for the runtime that filled the cache it trained on."""
         if (dtype, compute) not in self._keys:
             self._keys[dtype, compute] = CacheKey.for_encoder(
-                self.model.encoder, self.preprocessing, dtype=dtype, compute=getattr(torch, compute)
+                self.model.encoder, self.preprocessing, dtype=dtype, compute=getattr(torch, compute), runtime=self.feature_runtime,
             )
         return self._keys[dtype, compute]
 
@@ -147,9 +158,10 @@ class Predictor:
     def _inference_encoder(self) -> torch.nn.Module:
         """The encoder prepared for inference (see :func:`prepare_encoder`), built on first use. It may be
         a converted copy: load new weights into a new Predictor, not into this one's model."""
-        key = (self.device, self.compute_dtype)
+        key = (self.device, self.compute_dtype, self.runtime)
         if self._cnn is None or self._cnn[0] != key:
-            self._cnn = (key, prepare_encoder(self.model.encoder, self.device, dtype=self.compute_dtype))
+            runtime = choose_runtime(self.runtime, self.model.encoder, self.device, self.compute_dtype)
+            self._cnn = (key, prepare_encoder(self.model.encoder, self.device, dtype=self.compute_dtype, runtime=runtime))
         return self._cnn[1]
 
     @property
@@ -269,7 +281,9 @@ class Predictor:
         if mirror and store is not None:
             raise ValueError("mirrored images are not in the feature cache: run the CNN (store=None)")
         if store is not None:
-            if self._cache_key(store.key.dtype, store.key.compute) != store.key:  # other weights, preprocessing or pooling: its rows are not this model's features
+            # other weights, preprocessing or pooling: its rows are not this model's features (a store of
+            # another runtime's, handed over on purpose, is: they agree to rounding)
+            if dataclasses.replace(self._cache_key(store.key.dtype, store.key.compute), runtime=store.key.runtime) != store.key:
                 raise CheckpointError(f"the feature cache {store.dir} was not computed with this checkpoint's backbone and preprocessing")
         if with_targets:
             self.spec.check(samples)  # unknown labels fail here, naming the sample, before any compute

@@ -51,6 +51,7 @@ def serve(
     checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
     limits: ServeLimits | None = None, device: str = "cpu", precision: str = "auto", chunk_size: int | None = None,
     queue_size: int = 64, max_wait_ms: float = 5.0, max_batch_images: int | None = None, log_level: str = "info",
+    runtime: str = "auto",
 ) -> None:
     """Serve ``checkpoint`` on ``host:port`` until interrupted (see :func:`build_app` for the endpoints).
 
@@ -71,7 +72,7 @@ def serve(
         raise ConfigError(f"--chunk-size {chunk_size}: give at least 1")
     limits = limits or ServeLimits()
     key = resolve_api_key(api_key, host)
-    predictor = Predictor.load(checkpoint, device=device, precision=precision)
+    predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)
     if chunk_size:
         predictor.chunk_size = chunk_size
     batcher = DynamicBatcher(predictor, queue_size=queue_size, max_wait_ms=max_wait_ms, max_batch_images=max_batch_images)

@@ -20,6 +20,7 @@ from typing import IO
 import torch
 
 from seqvision.errors import ConfigError, StorageError
+from seqvision.features.runtimes import check_runtime
 from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.streaming.sources import SourceFrame, open_source, resolve_source
 from seqvision.streaming.stream import Stream, check_count
@@ -104,7 +105,7 @@ class JsonLines:
 def run_stream(
     checkpoint: str | Path, source: str | Path, *, out: str | Path | None = None, every: int = 1, window: int | None = None,
     frame_step: int = 1, max_frames: int | None = None, idle_timeout: float | None = None, device: str | torch.device = "cpu",
-    precision: str = "auto", on_start: Callable[[str], None] | None = None,
+    precision: str = "auto", on_start: Callable[[str], None] | None = None, runtime: str = "auto",
 ) -> StreamSummary:
     """Stream ``source`` through the model of ``checkpoint``, writing a JSON line per row (see :func:`stream_rows`).
 
@@ -117,12 +118,12 @@ def run_stream(
     spec = resolve_source(source)
     if idle_timeout is not None and spec.kind != "folder":
         warnings.warn(f"--idle-timeout has no effect on a {spec.kind} source (it ends a folder source); the stream ends with its source")
-    inference_dtype(resolve_device(device), precision)  # a bad device or precision fails before loading
+    check_runtime(runtime, resolve_device(device), inference_dtype(resolve_device(device), precision))  # fails before loading
     # a file or folder is opened first (a bad one fails before the model loads); a camera or network
     # stream last, so it does not queue frames while the model loads
     frames = None if spec.live else open_source(spec, frame_step=frame_step, idle_timeout=idle_timeout)
     try:
-        stream = Stream.load(checkpoint, window=window, every=every, device=device, precision=precision)
+        stream = Stream.load(checkpoint, window=window, every=every, device=device, precision=precision, runtime=runtime)
     except BaseException:
         if frames is not None:
             frames.close()

@@ -76,13 +76,14 @@ class Stream:
     @classmethod
     def load(
         cls, checkpoint: str | Path, *, window: int | None = None, every: int = 1, device: str | torch.device = "cpu",
-        precision: str = "auto",
+        precision: str = "auto", runtime: str = "auto",
     ) -> "Stream":
         """A stream of the model in ``checkpoint``; the options are checked before anything is loaded.
-        ``precision``: the CNN's (``auto``: bf16 where the hardware is fast at it, ``32``, ``bf16``)."""
+        ``precision``: the CNN's (``auto``: bf16 where the hardware is fast at it, ``32``, ``bf16``);
+        ``runtime``: what runs its forward (``auto``: the fastest here, see :mod:`seqvision.features.runtimes`)."""
         check_count(window, "--window", optional=True)
         check_count(every, "--every")
-        return cls(Predictor.load(checkpoint, device=device, precision=precision), window=window, every=every)
+        return cls(Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime), window=window, every=every)
 
     @property
     def kind(self) -> str:

@@ -3,6 +3,8 @@ checkpoint on the held-out splits is the workflow's (:func:`seqvision.workflows.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import shutil
 import warnings
@@ -23,6 +25,7 @@ from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root, storage_dtype
 from seqvision.features.extract import extract_features, planned_rows
+from seqvision.features.runtimes import runtime_for_cache
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.runtime import default_device, default_workers, inference_dtype
@@ -106,14 +109,14 @@ def fit(
     if not continuing or not (out / "splits.json").exists():
         data.save_splits(out / "splits.json")
     task = SequenceTask(model, cfg=cfg, spec=data.spec, preprocessing=prep, class_weights=class_weights)
-    augment = cfg.data.augment_enabled(frozen=cfg.model.freeze)
     store, cache_report = _feature_store(cfg, model, prep, data, progress=progress)
+    task.feature_runtime = (cache_report or {}).get("runtime")  # recorded in the checkpoints: what filled the cache
     if maps is not None:
         store, cache_report = _map_store(cfg, model, prep, data, *maps, progress=progress)
         task.maps = maps[0]
     dm = SequenceDataModule(
-        data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed, augment=augment,
-        store=store, balanced_sampler=cfg.train.balanced_sampler,
+        data, cfg.data, preprocessing=prep, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+        augment=cfg.data.augment_enabled(frozen=cfg.model.freeze), store=store, balanced_sampler=cfg.train.balanced_sampler,
     )
     save_config(cfg, out / "config.yaml")
     if not has_val:
@@ -224,7 +227,11 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     # is fast at it, as `seqvision extract` does, so a cache it filled is found; 32: the live features).
     compute = inference_dtype(device, cfg.cnn_precision())
     root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
-    store = FeatureStore(root, CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute))
+    key = CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute)
+    # --feature-runtime: what runs the frozen CNN (auto: an existing cache's runtime, else the fastest here);
+    # the key names it, and the checkpoint records it so evaluation reads these very vectors
+    runtime = runtime_for_cache(cfg.data.feature_runtime, model.encoder, device, compute, key=key, root=root)
+    store = FeatureStore(root, dataclasses.replace(key, runtime=runtime.label))
     samples = [s for split in data.splits.values() for s in split]
     # Extraction draws from torch's RNG (DataLoader seeds): fork it, so a seeded run shuffles and drops
     # out exactly as the same run with the CNN live does.
@@ -237,7 +244,7 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     model.encoder.to("cpu")  # Lightning places it for training
     data.dropped.extend(stats.skipped + stats.notes)  # notes: e.g. a truncated video's last frame repeated
     report = {"dir": str(store.dir), "cached": stats.cached, "computed": stats.images, "by_peers": stats.by_peers,
-              "images_per_second": round(stats.images_per_second, 1)}
+              "images_per_second": round(stats.images_per_second, 1), "runtime": stats.runtime}
     return store, report
 
 

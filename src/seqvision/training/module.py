@@ -49,6 +49,7 @@ class SequenceTask(L.LightningModule):
         self.nan_steps_skipped = 0  # steps whose loss was NaN/inf, skipped with --on-nan skip
         self._digest = IncrementalTensorDigest()  # a frozen backbone is hashed once, not at every save
         self.decay_rule = DECAY_RULE  # which parameters weight decay applies to (see decay_groups)
+        self.feature_runtime: str | None = None  # the runtime that filled the feature cache it trains on (fit sets it)
         self.maps: StageCut | None = None  # set when training reads the frozen stages' cached maps
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,8 @@ class SequenceTask(L.LightningModule):
         meta["nan_steps_skipped"] = self.nan_steps_skipped
         meta["thresholds"] = [float(t) for t in self.task.thresholds]
         meta["decay_rule"] = self.decay_rule
+        if self.feature_runtime is not None:  # trained on cached features: the runtime that computed them
+            meta["feature_runtime"] = self.feature_runtime
         checkpoint["seqvision"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
