@@ -185,8 +185,8 @@ def test_a_causal_shift_streams_frame_by_frame_as_the_offline_model_on_every_pre
         stream.reset()
 
 
-def test_a_bidirectional_shift_cannot_stream_and_serve_and_export_refuse_a_shifted_model(shifted_run, tmp_path):
-    from seqvision.export.exporter import export_predictor
+def test_a_bidirectional_shift_cannot_stream_and_a_shifted_checkpoint_exports_with_its_stream_graph(shifted_run, tmp_path, capsys):
+    from seqvision.cli import main
     from seqvision.streaming.stream import Stream
 
     _, _, result = shifted_run
@@ -194,9 +194,12 @@ def test_a_bidirectional_shift_cannot_stream_and_serve_and_export_refuse_a_shift
     predictor.model.encoder.shift_state.mode = "bidirectional"  # as a model trained with it
     with pytest.raises(ConfigError, match="reads the next frame"):
         Stream(predictor)
-    predictor.model.encoder.shift_state.mode = "causal"
-    with pytest.raises(ConfigError, match="export does not run"):
-        export_predictor(predictor, tmp_path / "out")
+    # the trained causal checkpoint exports: the whole graphs and the stream graph, each checked against the
+    # live model (their equality on mixed lengths and on every prefix: tests/test_export_shift.py)
+    assert main(["export", str(result.best_checkpoint), "--out", str(tmp_path / "out")]) == 0
+    assert "stream.onnx" in capsys.readouterr().out
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["encoder.onnx", "model.json", "model.onnx", "sequence.onnx", "stream.onnx"]
 
 
 def test_a_served_shifted_model_answers_each_request_as_predict_does_whatever_shares_its_batch(shifted_run):

@@ -39,6 +39,7 @@ from torch import nn
 from seqvision.errors import ConfigError, SeqVisionError, first_line
 from seqvision.export.graphs import EncoderGraph, SequenceGraph, ShiftedEncoderGraph, WholeGraph
 from seqvision.export.heads import export_form
+from seqvision.export.metadata import activation, model_json, output_names
 from seqvision.export.stream_graph import StreamGraph, offline_prefixes, step_form, stream_axes
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write_text
@@ -52,7 +53,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |exported - PyTorch| on the outputs, fp32 on both sides
 TRACE_LENGTHS = (3, 2)  # the example the graphs are traced on (no 1s: a size-1 dimension may be fixed)
 CHECK_LENGTHS = ((4, 1, 3), (1,))  # checked: other lengths and batch sizes than traced, and one image alone
-STREAM_TRACE = (2,)  # the stream graph is traced on one frame of 2 sequences (other batch sizes are checked)
+STREAM_TRACE_BATCH = 2  # the stream graph is traced on one frame of 2 sequences (other batch sizes are checked)
 STREAM_CHECK = ((3, 5), (1, 2))  # checked frame by frame: (sequences in the batch, frames each)
 
 
@@ -63,7 +64,7 @@ class ExportError(SeqVisionError):
 @dataclass
 class ExportResult:
     out_dir: Path
-    files: dict[str, Path]  # graph name (model, encoder, sequence) -> file
+    files: dict[str, Path]  # graph name (model, encoder, sequence; stream for a causal shift) -> file
     max_diff: dict[str, float] = field(default_factory=dict)  # graph name -> max |exported - PyTorch|
     metadata: dict[str, Any] = field(default_factory=dict)  # what model.json holds
 
@@ -117,14 +118,14 @@ def export_predictor(predictor: Predictor, out: str | Path, *, format: str = "on
             diffs[name] = check_graph(path, name, predictor, format)
             files[name] = path
         if stream is not None:
-            path = Path(tmp) / f"stream{SUFFIX[format]}"
-            example = (example_images(predictor, (1,) * STREAM_TRACE[0]), *stream.initial_state(STREAM_TRACE[0]))  # (B, 3, S, S)
-            write_graph(stream, example, path, name="stream", format=format, opset=opset, inputs=stream.input_names(),
-                        outputs=stream.output_names(), axes=stream_axes(stream))
-            diffs["stream"] = check_stream(path, stream, predictor, format)
-            files["stream"] = path
+            files["stream"] = path = Path(tmp) / f"stream{SUFFIX[format]}"
+            diffs["stream"] = write_stream(stream, path, predictor, format=format, opset=opset)
         result = ExportResult(out, {n: out / p.name for n, p in files.items()}, diffs)
-        result.metadata = model_json(predictor, result, format=format, opset=opset, stream=stream, not_exported=not_exported)
+        checked: dict[str, Any] = {"max_abs_diff": diffs, "tolerance": TOLERANCE, "lengths": [list(x) for x in CHECK_LENGTHS]}
+        if stream is not None:  # run frame by frame against the whole model on every prefix
+            checked["stream_sequences_frames"] = [list(x) for x in STREAM_CHECK]
+        result.metadata = model_json(predictor, files=result.files, checked=checked, format=format, opset=opset,
+                                     stream=stream, not_exported=not_exported)
         atomic_write_text(Path(tmp) / "model.json", json.dumps(result.metadata, indent=1))
         for path in sorted(Path(tmp).iterdir(), key=lambda p: p.name == "model.json"):  # model.json last
             os.replace(path, out / path.name)  # the same file system: each file is replaced whole
@@ -149,15 +150,13 @@ def stream_graph(predictor: Predictor) -> tuple[StreamGraph | None, dict[str, st
     return graph, {}
 
 
-def activation(predictor: Predictor) -> str | None:
-    """What turns logits into the values ``predict`` reports: softmax, sigmoid (multi-label) or nothing."""
-    if not predictor.spec.is_classes:
-        return None
-    return "sigmoid" if predictor.spec.task == "multilabel" else "softmax"
-
-
-def output_names(predictor: Predictor) -> list[str]:
-    return ["logits", "probabilities"] if predictor.spec.is_classes else ["values"]
+def write_stream(graph: StreamGraph, path: Path, predictor: Predictor, *, format: str, opset: int) -> float:
+    """Trace the stream graph on one frame of :data:`STREAM_TRACE_BATCH` sequences from their start (zero state),
+    write it to ``path`` and check it (:func:`check_stream`); its largest difference."""
+    example = (example_images(predictor, (1,) * STREAM_TRACE_BATCH), *graph.initial_state(STREAM_TRACE_BATCH))  # (B, 3, S, S), ...
+    write_graph(graph, example, path, name="stream", format=format, opset=opset, inputs=graph.input_names(),
+                outputs=graph.output_names(), axes=stream_axes(graph))
+    return check_stream(path, graph, predictor, format)
 
 
 def input_names(name: str, *, shifted: bool = False) -> list[str]:
@@ -324,73 +323,6 @@ def check_stream(path: Path, graph: StreamGraph, predictor: Predictor, format: s
             f"frame by frame on {STREAM_CHECK} (sequences, frames); nothing was written"
         )
     return worst
-
-
-def graphs_json(predictor: Predictor, stream: StreamGraph | None) -> dict[str, Any]:
-    """model.json's ``graphs``: each graph's inputs and outputs, in order, with their shapes."""
-    outputs, features = output_names(predictor), predictor.model.encoder.num_features
-    rows = "(B, T, K), rows past a sample's length are 0" if predictor.spec.per_image else "(B, K)"
-    graphs: dict[str, Any] = {
-        "model": {"inputs": {"images": "(B, T, 3, S, S) float32, zero-padded", "lengths": "(B,) int64"},
-                  "outputs": {o: rows for o in outputs}},
-        "encoder": {"inputs": {"images": "(N, 3, S, S) float32"}, "outputs": {"features": f"(N, {features})"}},
-        "sequence": {"inputs": {"features": f"(B, T, {features}) float32, zero-padded", "lengths": "(B,) int64"},
-                     "outputs": {o: rows for o in outputs}},
-    }
-    if is_shifted(predictor.model.encoder):  # the CNN reads each image's neighbours: whole samples in
-        graphs["encoder"] = {"inputs": graphs["model"]["inputs"],
-                             "outputs": {"features": f"(B, T, {features}), rows past a sample's length are 0"}}
-    if stream is not None:
-        state = stream.state_shapes()
-        graphs["stream"] = {
-            "inputs": {"image": "(B, 3, S, S) float32, one frame of each of B sequences", **state},
-            "outputs": {**{o: "(B, K), after this frame" for o in outputs}, **{k.replace("_in", "_out", 1): v for k, v in state.items()}},
-            "state": "every *_in is zeros at a sequence's first frame (zero a sample's rows to restart it); feed each *_out "
-                     "back as the *_in of the same name. shift_in_i: the i-th shifted convolution's first C/8 input channels "
-                     "at the previous frame; h, c: the LSTM/GRU state; first: its output at the first frame; previous: the "
-                     "previous frame's features; started: 1 after the first frame; total, count, maximum: running statistics",
-        }
-    return graphs
-
-
-def model_json(
-    predictor: Predictor, result: ExportResult, *, format: str, opset: int, stream: StreamGraph | None = None,
-    not_exported: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Everything a runtime needs to feed the graphs and read their outputs (``model.json``). ``not_exported``:
-    graphs a shifted model has no form of, and why."""
-    import seqvision
-
-    cfg, spec, prep = predictor.cfg, predictor.spec, predictor.preprocessing
-    d = cfg.data
-    shift = getattr(predictor.model.encoder, "shift_state", None)
-    extra: dict[str, Any] = {}
-    if shift is not None:  # only then: a model without a shift keeps the model.json it always had
-        extra = {"temporal_shift": shift.mode, "not_exported": dict(not_exported or {}),
-                 "stream_checked": {"sequences_frames": [list(x) for x in STREAM_CHECK]} if stream is not None else None}
-    return {
-        "format": format,
-        "opset": opset if format == "onnx" else None,
-        "files": {name: path.name for name, path in result.files.items()},
-        "graphs": graphs_json(predictor, stream),
-        "task": spec.task,
-        "per_image": spec.per_image,
-        "names": list(spec.class_names or spec.target_names),
-        "thresholds": predictor.thresholds if spec.task == "multilabel" else None,
-        "preprocessing": {
-            **prep.to_dict(), "interpolation": prep.interpolation, "channels": "RGB",
-            "steps": "shorter side resized to resize_size, centre crop image_size x image_size, scaled to [0, 1], "
-                     "(x - mean) / std; lengths in [1, T]",
-        },
-        "sampling": {"num_frames": d.num_frames, "sampling": d.eval_sampling or d.sampling, "stride": d.stride, "fps": d.fps,
-                     "clips": d.eval_clips},
-        "model": {"backbone": cfg.model.backbone, "head": cfg.model.head, "temporal_diff": cfg.model.temporal_diff,
-                  "bidirectional": cfg.model.bidirectional, "pool": cfg.model.pool},
-        "checked": {"max_abs_diff": result.max_diff, "tolerance": TOLERANCE, "lengths": [list(x) for x in CHECK_LENGTHS]},
-        "versions": {"seqvision": seqvision.__version__, "torch": torch.__version__},
-        "source": predictor.source,
-        **extra,
-    }
 
 
 def _importable(module: str) -> bool:

@@ -12,6 +12,12 @@ A CNN batch holds the real images of several samples of different lengths, one a
 (``(N, C, H, W)``, ``N = lengths.sum()``): a shift never crosses from one sample into the next, and a
 frame without a neighbour (a sample's first or last) reads zeros, as if the sample were padded.
 The encoder learns where the samples lie from :meth:`FrameLayout.of` (``with frames_of(encoder, lengths):``).
+:meth:`FrameLayout.of` reads the lengths into Python, which a traced graph would fix to its example: an
+exported graph runs the CNN on a PADDED batch ``(B * T, ...)`` instead and shifts along T inside each
+sample, padded frames read as zeros (``with padded_frames(encoder,
+real):``, :func:`shift_padded`), the same result at every real frame. A stream runs one frame at a time,
+each shifted convolution's slice of the previous frame carried (:func:`streamed_frame`; an exported stream
+graph carries them as explicit inputs and outputs, in :func:`carried_convs` order).
 
 The shift swaps the class of the chosen convolutions (:class:`ShiftedConv2d` is an ``nn.Conv2d``), so
 parameter names, weights and ``state_dict`` keys are exactly the unshifted backbone's: pretrained
