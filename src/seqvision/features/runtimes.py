@@ -160,7 +160,10 @@ def choose_runtime(
     choices = _read_choices(folder)
     choices[entry] = {"runtime": best, "images_per_second": {k: round(v, 1) for k, v in rates.items()}}
     atomic_write_text(folder / "choices.json", json.dumps(choices, indent=1, sort_keys=True))
-    _say(entry, logging.WARNING, "runtime auto: %s for %s at %dpx, measured once on this machine (%s; remembered in %s)",
+    # a line a user sees when others were measured (the probe took seconds, and the features' runtime may
+    # change); torch fast enough on its own is what ran before runtimes existed: said quietly
+    level = logging.WARNING if len(rates) > 1 else logging.INFO
+    _say(entry, level, "runtime auto: %s for %s at %dpx, measured once on this machine (%s; remembered in %s)",
          Runtime.of(best).label, encoder.name, encoder.preprocessing.image_size, _rates(rates), folder / "choices.json")
     return Runtime.of(best)
 
