@@ -27,6 +27,15 @@ from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.temporal_shift import padded_frames
 
 
+def with_activation(logits: torch.Tensor, activation: str | None) -> list[torch.Tensor]:
+    """The graphs' outputs: ``[logits, probabilities]`` (softmax or sigmoid), or ``[values]`` for regression."""
+    if activation == "softmax":
+        return [logits, logits.softmax(dim=-1)]
+    if activation == "sigmoid":
+        return [logits, logits.sigmoid()]
+    return [logits]
+
+
 class EncoderGraph(nn.Module):
     """``images (N, 3, S, S) -> features (N, F)``: the CNN and its pooling, without chunking."""
 
@@ -66,12 +75,7 @@ class SequenceGraph(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         state = self.temporal(features, lengths, per_step=self.per_step)  # (B, D) or (B, T, D)
-        logits = self.task_head(state)  # (B, K) or (B, T, K)
-        outputs = [logits]
-        if self.activation == "softmax":
-            outputs.append(logits.softmax(dim=-1))
-        elif self.activation == "sigmoid":
-            outputs.append(logits.sigmoid())
+        outputs = with_activation(self.task_head(state), self.activation)  # (B, K) or (B, T, K) each
         if self.per_step:  # rows past a sample's length: 0, not whatever the head left there
             real = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # (B, T)
             outputs = [o.masked_fill(~real[..., None], 0.0) for o in outputs]

@@ -23,9 +23,12 @@ of frames (bidirectional, transformer, attention pooling) has no step form: :fun
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
+from seqvision.export.graphs import with_activation
 from seqvision.models.sequence_model import SequenceModel
 from seqvision.models.temporal import AttentionHead, GRUHead, LSTMHead, MaxHead, MeanHead, TemporalDiff
 from seqvision.models.temporal_shift import carried_convs, streamed_frame
@@ -51,15 +54,16 @@ class RecurrentStep(nn.Module):
         self.difference = difference
         self.lstm = isinstance(rnn, nn.LSTM)
         layers, hidden = rnn.num_layers, rnn.hidden_size
-        self.state = {"h": ("L, B, H", lambda b: (layers, b, hidden))}
+        # the carried tensors, in graph order: name -> its shape for a batch of b sequences
+        self.state: dict[str, Callable[[Any], tuple]] = {"h": lambda b: (layers, b, hidden)}
         if self.lstm:
-            self.state["c"] = ("L, B, H", lambda b: (layers, b, hidden))
+            self.state["c"] = lambda b: (layers, b, hidden)
         if readout == "first+last":
-            self.state["first"] = ("B, H", lambda b: (b, hidden))
+            self.state["first"] = lambda b: (b, hidden)
         if difference:
-            self.state["previous"] = ("B, F", lambda b: (b, features))
+            self.state["previous"] = lambda b: (b, features)
         if readout == "first+last" or difference:
-            self.state["started"] = ("B, 1", lambda b: (b, 1))
+            self.state["started"] = lambda b: (b, 1)
 
     def forward(self, feature: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``feature (B, F)`` and the state -> the head's output ``(B, D)`` and the next state."""
@@ -68,9 +72,11 @@ class RecurrentStep(nn.Module):
         if self.difference:
             x = _difference(feature, state["previous"], state["started"])
             new["previous"] = feature
-        carried = (state["h"], state["c"]) if self.lstm else state["h"]
-        out, carried = self.rnn(self.input(x[:, None]), carried)  # (B, 1, H)
-        new["h"], new["c"] = carried if self.lstm else (carried, None)
+        x = self.input(x[:, None])  # (B, 1, H): one step
+        if self.lstm:
+            out, (new["h"], new["c"]) = self.rnn(x, (state["h"], state["c"]))  # out: (B, 1, H)
+        else:
+            out, new["h"] = self.rnn(x, state["h"])
         out = out[:, 0]  # (B, H): the last layer at this frame
         if self.readout == "first+last":
             new["first"] = torch.where(state["started"] > 0, state["first"], out)  # the first frame's, kept
@@ -89,13 +95,13 @@ class RunningStep(nn.Module):
         super().__init__()
         self.how = how
         self.difference = difference
-        read = 2 * features if difference else features
-        self.state = {"total": ("B, F", lambda b: (b, read)), "count": ("B, 1", lambda b: (b, 1))} if how == "mean" else {
-            "maximum": ("B, F", lambda b: (b, read))}
+        read = 2 * features if difference else features  # what the running statistic is taken over
+        self.state: dict[str, Callable[[Any], tuple]] = {"total": lambda b: (b, read), "count": lambda b: (b, 1)} if how == "mean" else {
+            "maximum": lambda b: (b, read)}
         if difference:
-            self.state["previous"] = ("B, F", lambda b: (b, features))
+            self.state["previous"] = lambda b: (b, features)
         if difference or how == "max":
-            self.state["started"] = ("B, 1", lambda b: (b, 1))
+            self.state["started"] = lambda b: (b, 1)
 
     def forward(self, feature: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         new: dict[str, torch.Tensor] = {}
@@ -141,8 +147,11 @@ class StreamGraph(nn.Module):
         self.convs = carried_convs(model.encoder)  # a plain list: the encoder registers them already
         size = model.encoder.preprocessing.image_size
         carried: dict[int, torch.Tensor] = {}
+        training = self.encoder.training
+        self.encoder.eval()  # the probe must not move BatchNorm statistics
         with torch.no_grad(), streamed_frame(self.encoder, carried):  # one probe frame: each slice's shape
             self.encoder.pool_features(self.encoder.trunk(torch.zeros(1, 3, size, size)))
+        self.encoder.train(training)
         self.slices = [tuple(carried[id(c)].shape[1:]) for c in self.convs]  # (C_i / 8, H_i, W_i) each
 
     def input_names(self) -> list[str]:
@@ -153,12 +162,13 @@ class StreamGraph(nn.Module):
 
     def initial_state(self, batch: int) -> list[torch.Tensor]:
         """Zeros for every state input: what a sequence starts from."""
-        return [torch.zeros(batch, *s) for s in self.slices] + [torch.zeros(shape(batch)) for _, shape in self.step.state.values()]
+        return [torch.zeros(batch, *s) for s in self.slices] + [torch.zeros(shape(batch)) for shape in self.step.state.values()]
 
     def state_shapes(self) -> dict[str, str]:
         """Each state input's shape, as model.json describes it."""
-        shapes = {f"shift_in_{i}": f"(B, {', '.join(map(str, s))})" for i, s in enumerate(self.slices)}
-        return shapes | {f"{k}_in": f"({desc})" for k, (desc, _) in self.step.state.items()}
+        shapes = {f"shift_in_{i}": ("B", *s) for i, s in enumerate(self.slices)}
+        shapes |= {f"{k}_in": shape("B") for k, shape in self.step.state.items()}  # each shape with B for the batch
+        return {name: f"({', '.join(map(str, shape))}) float32" for name, shape in shapes.items()}
 
     def forward(self, image: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         k = len(self.convs)
@@ -166,12 +176,7 @@ class StreamGraph(nn.Module):
         with streamed_frame(self.encoder, carried):
             feature = self.encoder.pool_features(self.encoder.trunk(image))  # (B, F)
         out, head_state = self.step(feature, dict(zip(self.step.state, state[k:])))  # (B, D)
-        logits = self.task_head(out)  # (B, K)
-        outputs = [logits]
-        if self.activation == "softmax":
-            outputs.append(logits.softmax(dim=-1))
-        elif self.activation == "sigmoid":
-            outputs.append(logits.sigmoid())
+        outputs = with_activation(self.task_head(out), self.activation)  # (B, K) each
         return (*outputs, *(carried[id(c)] for c in self.convs), *head_state.values())
 
 
