@@ -232,6 +232,19 @@ def test_the_probe_times_every_runtime_unless_torch_is_fast_enough(runtime, monk
     assert set(runtimes.probe(encoder, ["torch", runtime], folder)) == {"torch"}
 
 
+def test_onnx_files_are_exported_once_and_the_least_recently_used_removed(tmp_path, monkeypatch):
+    import seqvision.features.engines as engines
+
+    monkeypatch.setattr(engines, "KEEP_FILES", 2)
+    first = encoder_at("tiny_cnn", 16, seed=1)
+    path = engines.onnx_file(first, tmp_path)
+    assert engines.onnx_file(first, tmp_path) == path  # not exported again
+    assert engines.onnx_file(first, tmp_path, opset=16) != path  # another opset, another file
+    for seed in (2, 3):  # other weights, other files; the least recently used go
+        engines.onnx_file(encoder_at("tiny_cnn", 16, seed=seed), tmp_path)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2 and not path.exists()
+
+
 def test_the_cache_key_names_the_runtime_and_torchs_key_is_unchanged():
     encoder = encoder_at("tiny_cnn", 16)
     torch_key = CacheKey.for_encoder(encoder, encoder.preprocessing)

@@ -3,7 +3,8 @@
 Both read the same ONNX file: the encoder's trunk and pooling (``images (N, 3, S, S)`` normalized float32
 -> ``features (N, F)``, dynamic N), exported once with torch's TorchScript-based exporter and kept in
 ``<cache root>/.runtimes/onnx/``, named by a hash of what the graph depends on (weights fingerprint,
-backbone, pooling, image size, precision, opset, exporter and runtime versions). An engine wraps a
+backbone, pooling, image size, precision, opset, exporter version); the
+:data:`KEEP_FILES` most recently used are kept. An engine wraps a
 compiled session in an ``nn.Module`` whose ``__call__(images)`` returns torch features, so every caller
 of :func:`~seqvision.features.encode.prepare_encoder` uses it as it would the encoder.
 
@@ -30,6 +31,9 @@ from seqvision.errors import ConfigError, first_line
 from seqvision.io import atomic_write
 
 OPSET = 17  # what `seqvision export` writes by default; every op of the torchvision trunks has it
+# ONNX files kept: each fine-tuned checkpoint (or --weights none run) has weights of its own, and so a
+# file of its own (15-100 MB); the least recently used beyond this many are removed when one is added
+KEEP_FILES = 16
 PROBE_COSINE = 0.9999  # an engine whose probe features are further from torch's is not used
 
 
@@ -53,19 +57,22 @@ class TrunkAndPool(nn.Module):
         return self.encoder.pool_features(self.encoder.trunk(images))
 
 
-def onnx_file(encoder: nn.Module, folder: Path, *, runtime_version: str, opset: int = OPSET) -> Path:
+def onnx_file(encoder: nn.Module, folder: Path, *, opset: int = OPSET) -> Path:
     """The encoder's ONNX file in ``folder``, exported on first use (written whole or not at all).
 
-    The name hashes everything the graph depends on, so other weights, another image size or another
-    exporter or runtime version get their own file and a stale one is never read."""
+    The name hashes everything the file's content depends on, so other weights, another image size,
+    opset or exporter (torch) version get their own file and a stale one is never read. Which runtime
+    reads it does not change it: ONNX Runtime and OpenVINO share one file (one export per probe)."""
     from seqvision.features.cache import weights_fingerprint
 
     size = encoder.preprocessing.image_size
     key = {"backbone": encoder.name, "pool": encoder.pool, "weights": weights_fingerprint(encoder), "image_size": size,
-           "precision": "float32", "opset": opset, "torch": torch.__version__, "runtime": runtime_version}
+           "precision": "float32", "opset": opset, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(folder) / f"{encoder.name.replace('/', '_')}-{size}px-{digest}.onnx"
     if path.is_file():
+        with contextlib.suppress(OSError):  # a read-only cache is still read
+            path.touch()  # recently used: kept by the pruning below
         return path
     graph = TrunkAndPool(encoder).eval()
     example = torch.zeros(2, 3, size, size)  # (N, 3, S, S); N stays dynamic
@@ -82,7 +89,16 @@ def onnx_file(encoder: nn.Module, folder: Path, *, runtime_version: str, opset: 
         atomic_write(path, write)
     finally:
         encoder.to(was)
+    _prune(Path(folder), keep=path)
     return path
+
+
+def _prune(folder: Path, *, keep: Path) -> None:
+    """Remove the least recently used ONNX files beyond :data:`KEEP_FILES` (never ``keep``)."""
+    files = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[KEEP_FILES:]:
+        if old != keep:
+            old.unlink(missing_ok=True)  # another process may have removed it already
 
 
 class EngineEncoder(nn.Module):

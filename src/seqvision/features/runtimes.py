@@ -192,7 +192,7 @@ def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = No
     checked against torch on a probe batch (:class:`~seqvision.features.engines.EngineEncoder`)."""
     folder = runtimes_folder(root)
     try:
-        path = onnx_file(encoder, folder / "onnx", runtime_version=runtime.label)
+        path = onnx_file(encoder, folder / "onnx")
     except Exception as exc:  # noqa: BLE001 - an op the exporter lacks: name the backbone and the way out
         raise ConfigError(f"--runtime {runtime.name}: backbone {encoder.name!r} does not export to ONNX ({first_line(exc)}); "
                           "use --runtime torch") from None
