@@ -213,6 +213,29 @@ def test_auto_measures_once_and_remembers_its_choice(monkeypatch, caplog):
     assert len(calls) == 2
 
 
+def test_processes_started_together_measure_once_and_choose_alike(monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(runtimes, "installed", lambda name: name in ("torch", "onnxruntime"))
+    calls = []
+
+    def slow_probe(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)  # the others arrive while this one measures
+        return {"torch": 40.0, "onnxruntime": 200.0}
+
+    monkeypatch.setattr(runtimes, "probe", slow_probe)
+    encoders = [encoder_at("tiny_cnn", 16) for _ in range(3)]
+    chosen = []
+    threads = [threading.Thread(target=lambda e=e: chosen.append(choose_runtime("auto", e, CPU, torch.float32))) for e in encoders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and chosen == [Runtime.of("onnxruntime")] * 3
+
+
 @pytest.mark.parametrize("rates,chosen", [({"torch": 40.0, "onnxruntime": 44.0}, "torch"), ({"torch": 40.0}, "torch"),
                                           ({"torch": 40.0, "onnxruntime": 60.0}, "onnxruntime")])
 def test_another_runtime_must_beat_torch_clearly(monkeypatch, rates, chosen):

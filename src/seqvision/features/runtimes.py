@@ -146,20 +146,23 @@ def choose_runtime(
         return TORCH
     folder = runtimes_folder(root)
     entry = _choice_key(encoder, dtype, candidates)
-    remembered = _read_choices(folder).get(entry)
-    if isinstance(remembered, dict) and remembered.get("runtime") in ("torch", *candidates):
-        chosen = Runtime.of(remembered["runtime"])
-        _say(entry, logging.INFO, "runtime auto: %s for %s at %dpx (measured on this machine before: %s)", chosen.label,
-             encoder.name, encoder.preprocessing.image_size, _rates(remembered.get("images_per_second", {})))
-        return chosen
-    with _evaluating(encoder):
-        rates = probe(encoder, ["torch", *candidates], folder)
-    best = max(rates, key=rates.get)
-    if rates[best] < MARGIN * rates["torch"]:
-        best = "torch"
-    choices = _read_choices(folder)
-    choices[entry] = {"runtime": best, "images_per_second": {k: round(v, 1) for k, v in rates.items()}}
-    atomic_write_text(folder / "choices.json", json.dumps(choices, indent=1, sort_keys=True))
+    # one process of the machine measures; the others (a distributed launch's, started together) wait
+    # and read its choice: each measuring while the others run would time the load, and could choose apart
+    with _machine_lock(folder):
+        remembered = _read_choices(folder).get(entry)
+        if isinstance(remembered, dict) and remembered.get("runtime") in ("torch", *candidates):
+            chosen = Runtime.of(remembered["runtime"])
+            _say(entry, logging.INFO, "runtime auto: %s for %s at %dpx (measured on this machine before: %s)", chosen.label,
+                 encoder.name, encoder.preprocessing.image_size, _rates(remembered.get("images_per_second", {})))
+            return chosen
+        with _evaluating(encoder):
+            rates = probe(encoder, ["torch", *candidates], folder)
+        best = max(rates, key=rates.get)
+        if rates[best] < MARGIN * rates["torch"]:
+            best = "torch"
+        choices = _read_choices(folder)
+        choices[entry] = {"runtime": best, "images_per_second": {k: round(v, 1) for k, v in rates.items()}}
+        atomic_write_text(folder / "choices.json", json.dumps(choices, indent=1, sort_keys=True))
     # a line a user sees when others were measured (the probe took seconds, and the features' runtime may
     # change); torch fast enough on its own is what ran before runtimes existed: said quietly
     level = logging.WARNING if len(rates) > 1 else logging.INFO
@@ -199,6 +202,24 @@ def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = No
     engine = OnnxRuntimeEncoder if runtime.name == "onnxruntime" else OpenVinoEncoder
     with _evaluating(encoder):
         return engine(encoder, path, threads=torch.get_num_threads()).check()
+
+
+@contextlib.contextmanager
+def _machine_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/probe.lock`` for this machine's processes (none where ``fcntl`` is
+    missing: Windows measures in each process)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "probe.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
