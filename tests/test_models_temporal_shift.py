@@ -214,10 +214,10 @@ def test_a_served_shifted_model_answers_each_request_as_predict_does_whatever_sh
     requests = []
     for sample in samples:
         item = predictor.dataset([sample])[0]
-        requests.append((item["images"], [len(item["images"])]))
+        requests.append((item["clip"], item["clip_lengths"]))
     for chunk in (64, 3):
         predictor.chunk_size = chunk
-        batcher = DynamicBatcher(predictor, max_wait_ms=10_000, max_batch_images=sum(len(r[0]) for r in requests))
+        batcher = DynamicBatcher(predictor, max_wait_ms=10_000, max_batch_images=sum(len(images) for images, _ in requests))
         futures = [batcher.submit(images, lengths) for images, lengths in requests]
         got = torch.cat([f.result(60) for f in futures])  # (4, K)
         stats = batcher.stats()
