@@ -347,7 +347,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.feature_cache:
         fc = result.feature_cache
         peers = f", {fc['by_peers']} by the other processes" if fc.get("by_peers") else ""
-        print(f"feature cache: {fc['cached']} images reused, {fc['computed']} computed{peers} ({fc['dir']})")
+        by = f", by {fc['runtime']}" if fc.get("runtime", "torch") != "torch" else ""
+        print(f"feature cache: {fc['cached']} images reused, {fc['computed']} computed{peers}{by} ({fc['dir']})")
     print(f"best checkpoint: {result.best_checkpoint}")
     for split in ("val", "test"):
         metrics = getattr(result, f"{split}_metrics")

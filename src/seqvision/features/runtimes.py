@@ -3,9 +3,11 @@
 ``auto`` picks the fastest one on this machine for this backbone, image size and precision, by a short
 measured probe (a few batches each, torch included), remembered in ``<cache root>/.runtimes/choices.json``
 under the CPU's model and the flags that change the kernels (AVX-512, VNNI, bf16, AMX), the thread count
-and the runtimes' versions, so the probe runs once per machine. A runtime that is not installed is left
-out; an explicitly named one that is not installed, or that cannot run the request (a GPU, bf16), is a
-:class:`ConfigError` before any work starts.
+and the runtimes' versions, so the probe runs once per machine (one process measures, the others of a
+launch wait for its choice); a CNN cheaper than decoding (:data:`MIN_FLOPS`) stays on torch without a
+probe, and another runtime replaces torch only when clearly faster (:data:`MARGIN`). A runtime that is
+not installed is left out; an explicitly named one that is not installed, or that cannot run the
+request (a GPU, bf16), is a :class:`ConfigError` before any work starts.
 
 Torch stays the runtime for a GPU, for bf16/fp16 (ONNX Runtime has no fast bf16 on CPUs; OpenVINO is
 held to f32), for anything that is not a plain encoder (a temporal shift reads its neighbours through
@@ -44,9 +46,10 @@ ENGINES = ("onnxruntime", "openvino")  # the runtimes that are not torch, in the
 PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # what `pip install` takes
 PROBE_BATCH = 16  # images per timed probe batch
 PROBE_REPEATS = 3  # timed batches per runtime, after one warm-up; the best counts
-# torch faster than this (images/s of the CNN alone): decoding, not the CNN, is what a command waits for,
-# so no other runtime is tried (nor exported) and the features stay exactly the live model's
-FAST_ENOUGH = 1000.0
+# a CNN cheaper than this per image (FLOPs, multiply and add counted apart): decoding a photo costs as much
+# as the CNN, so no other runtime is tried (nor exported) and the features stay exactly the live model's.
+# Counted, not timed, so the decision is the same on a busy machine (MobileNetV2 at 224 px: 0.6 GFLOP)
+MIN_FLOPS = 1e8
 # another runtime replaces torch only when at least this much faster: its features are not bit-equal to
 # torch's (a cache of its own) and it costs an export at start-up
 MARGIN = 1.15
@@ -54,6 +57,7 @@ MARGIN = 1.15
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 
 _said: set[tuple] = set()  # choices already logged by this process: one line per run, not one per call
+_flops: dict[tuple, float] = {}  # (backbone, pool, image size) -> FLOPs per image, counted once per process
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,12 @@ def choose_runtime(
              " and ".join(missing), " ".join(PACKAGE[m] for m in missing))
     if not candidates:
         return TORCH
+    flops = cnn_flops(encoder)
+    if flops < MIN_FLOPS:
+        _say(("small", encoder.name, encoder.preprocessing.image_size), logging.INFO, "runtime auto: torch for %s at %dpx "
+             "(%.0f MFLOP per image: decoding costs as much, another runtime would gain little)", encoder.name,
+             encoder.preprocessing.image_size, flops / 1e6)
+        return TORCH
     folder = runtimes_folder(root)
     entry = _choice_key(encoder, dtype, candidates)
     # one process of the machine measures; the others (a distributed launch's, started together) wait
@@ -163,10 +173,8 @@ def choose_runtime(
         choices = _read_choices(folder)
         choices[entry] = {"runtime": best, "images_per_second": {k: round(v, 1) for k, v in rates.items()}}
         atomic_write_text(folder / "choices.json", json.dumps(choices, indent=1, sort_keys=True))
-    # a line a user sees when others were measured (the probe took seconds, and the features' runtime may
-    # change); torch fast enough on its own is what ran before runtimes existed: said quietly
-    level = logging.WARNING if len(rates) > 1 else logging.INFO
-    _say(entry, level, "runtime auto: %s for %s at %dpx, measured once on this machine (%s; remembered in %s)",
+    # a line a user sees: the probe took seconds, and the features' runtime may change
+    _say(entry, logging.WARNING, "runtime auto: %s for %s at %dpx, measured once on this machine (%s; remembered in %s)",
          Runtime.of(best).label, encoder.name, encoder.preprocessing.image_size, _rates(rates), folder / "choices.json")
     return Runtime.of(best)
 
@@ -237,8 +245,7 @@ def _evaluating(encoder: nn.Module) -> Iterator[None]:
 def probe(encoder: nn.Module, names: list[str], folder: Path, *, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Images per second of each runtime in ``names`` on the encoder's forward: :data:`PROBE_REPEATS`
     batches of :data:`PROBE_BATCH` images at its image size after a warm-up, the best batch counting.
-    A runtime that cannot run the encoder is left out (said in one line); torch always runs, first, and
-    when it is faster than :data:`FAST_ENOUGH` the others are not tried."""
+    A runtime that cannot run the encoder is left out (said in one line); torch always runs."""
     size = encoder.preprocessing.image_size
     images = torch.rand(PROBE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
     rates: dict[str, float] = {}
@@ -259,9 +266,23 @@ def probe(encoder: nn.Module, names: list[str], folder: Path, *, clock: Callable
                 net(batch)
                 best = min(best, clock() - start)
         rates[name] = PROBE_BATCH / max(best, 1e-9)
-        if name == "torch" and rates[name] >= FAST_ENOUGH:
-            break
     return rates
+
+
+@torch.no_grad()
+def cnn_flops(encoder: nn.Module) -> float:
+    """FLOPs of one image through ``encoder`` at its image size (convolutions and matrix products, as
+    torch's flop counter counts them: 2 per multiply-add). Counted once per process for a backbone,
+    pooling and size (the weights do not change it; the count takes ~0.1-1 s)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = encoder.preprocessing.image_size
+    key = (encoder.name, encoder.pool, size)
+    if key not in _flops:
+        with _evaluating(encoder), FlopCounterMode(display=False) as counter:
+            encoder(torch.zeros(1, 3, size, size, device=next(encoder.parameters()).device))
+        _flops[key] = float(counter.get_total_flops())
+    return _flops[key]
 
 
 def runtimes_folder(root: Path | None = None) -> Path:
