@@ -22,7 +22,7 @@ BAD_TRAIN_VALUES = {
     "--grad-clip": "-1", "--precision": "8", "--seed": "x", "--patience": "-1", "--monitor": "val_banana",
     "--label-smoothing": "1", "--class-weights": "inverse", "--loss": "huber", "--accelerator": "gpu",
     "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
-    "--cache-budget": "0", "--num-nodes": "0", "--temporal-shift": "sideways", "--readout": "middle",
+    "--cache-budget": "0", "--num-nodes": "0", "--temporal-shift": "sideways", "--readout": "middle", "--drop-stages": "-1",
 }
 BOOLEAN = {"--augment", "--exact-decode", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional", "--input-norm",
            "--balanced-sampler", "--deterministic", "--sync-batchnorm"}

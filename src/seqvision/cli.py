@@ -51,6 +51,8 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--freeze", "model", "freeze", {"action": argparse.BooleanOptionalAction, "help": "frozen backbone (BatchNorm too)"}),
     ("--freeze-bn", "model", "freeze_bn", {"action": argparse.BooleanOptionalAction, "help": "fine-tuning: BatchNorm keeps its running statistics (evaluation mode) while the backbone learns (default: on for weights whose BatchNorm is folded, as converted TFLite weights)"}),
     ("--trainable-stages", "model", "trainable_stages", {"type": int, "help": "fine-tune only the last K backbone stages"}),
+    ("--drop-stages", "model", "drop_stages", {"type": int, "help": "remove the backbone's last N stages and pool an "
+     "earlier map: its small motions survive (with --temporal-shift, for order that lives in motion)"}),
     ("--chunk-size", "model", "chunk_size", {"type": int, "help": "images per backbone pass (bounds memory)"}),
     ("--checkpointing", "model", "checkpointing", {"action": argparse.BooleanOptionalAction, "help": "activation checkpointing per chunk"}),
     ("--head", "model", "head", {"help": "lstm | gru | attention | transformer | mean | max"}),
@@ -221,6 +223,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", help="as for train (default: %(default)s)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (default: %(default)s)")
     p.add_argument("--pool", choices=POOL_CHOICES, default="avg", help="grid2: 2x2 cells, keeps coarse layout")
+    p.add_argument("--drop-stages", type=_at_least(0), default=0, help="remove the backbone's last N stages")
     p.add_argument("--image-size", type=_at_least(1), help="crop size (default: the backbone's)")
     p.add_argument("--resize-size", type=_at_least(1), help="shorter side before the crop (default: the backbone's ratio)")
     p.add_argument("--mean", type=float, nargs=3, help="normalization mean R G B (default: the weights')")
@@ -438,7 +441,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             feature_precision=args.precision, feature_runtime=args.runtime, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
             fps=args.fps, eval_clips=args.eval_clips, exact_decode=args.exact_decode,
         ),
-        model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, freeze=True),
+        model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, drop_stages=args.drop_stages, freeze=True),
     )
     stats, store = extract(
         cfg, out=args.out, batch_size=args.batch_size, compile=args.compile, content_hash=args.content_hash,

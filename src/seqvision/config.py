@@ -87,6 +87,7 @@ class ModelConfig:
     backbone: str = "resnet18"  # any torchvision classification model, or a seqvision-registered one
     weights: str = "imagenet"  # imagenet | none | path to a state_dict / checkpoint file
     pool: str = "avg"  # avg | max | grid2 (2x2 cells concatenated: keeps coarse layout, 4x the features)
+    drop_stages: int = 0  # remove the backbone's last N stages: pool an earlier map (keeps small motions)
     freeze: bool = False  # frozen backbone: no gradients and BatchNorm statistics never move
     trainable_stages: int | None = None  # fine-tune only the last K stages of the backbone (others frozen)
     # BatchNorm in evaluation mode while the backbone learns; None: on for weights whose BatchNorm is folded
@@ -269,6 +270,7 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data", "test_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "trainable_stages", lambda v: v >= 1, "at least 1"),
+    ("model", "drop_stages", lambda v: v >= 0, "0 (the whole backbone) or more"),
     ("model", "chunk_size", lambda v: v >= 1, "at least 1"),
     ("model", "hidden_size", lambda v: v >= 1, "at least 1"),
     ("model", "num_layers", lambda v: v >= 1, "at least 1"),

@@ -91,7 +91,7 @@ def extract(
     if compile and requested != "torch":
         raise ConfigError(f"--compile is torch's (torch.compile): not with --runtime {requested}; drop one of them")
     check_runtime(requested, device, compute)
-    encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool)
+    encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool, drop_stages=m.drop_stages)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted

@@ -249,7 +249,7 @@ class running_stats_frozen:
 # ------------------------------------------------------------------------------------------- building
 
 
-def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -> ImageEncoder:
+def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg", drop_stages: int = 0) -> ImageEncoder:
     """Build an encoder by name.
 
     Args:
@@ -259,7 +259,11 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -
             ``none`` (random init) or a path to a local ``state_dict`` / checkpoint file.
         pool: ``avg`` or ``max`` global pooling of the last feature map, or ``grid2``: its 2x2 cells
             average-pooled and concatenated (``num_features`` = 4 x channels).
+        drop_stages: remove the backbone's last N stages and pool the map of the last one kept (see
+            :func:`drop_last_stages`); 0 keeps the whole backbone.
     """
+    if drop_stages < 0:
+        raise ConfigError(f"--drop-stages {drop_stages}: give 0 (the whole backbone) or more")
     if name in _REGISTRY:
         trunk, stages, prep = _REGISTRY[name]()
         if weights == "imagenet":
@@ -267,13 +271,39 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg") -
         if weights != "none":
             load_local_weights(trunk, weights, name)
             prep = local_preprocessing(weights, prep)
+        trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
         return ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep)
     if name.startswith("timm/"):
+        if drop_stages:
+            raise ConfigError(f"--drop-stages {drop_stages}: not for timm backbones ({name!r}); use a torchvision "
+                              "one (resnet18, mobilenet_v2, ...) or tiny_cnn, or --drop-stages 0")
         return _build_timm(name, weights=weights, pool=pool)
-    return _build_torchvision(name, weights=weights, pool=pool)
+    return _build_torchvision(name, weights=weights, pool=pool, drop_stages=drop_stages)
 
 
-def _build_torchvision(name: str, *, weights: str, pool: str) -> ImageEncoder:
+def drop_last_stages(trunk: nn.Module, stages: list[nn.Module], drop: int, name: str) -> tuple[nn.Module, list[nn.Module]]:
+    """``trunk`` without its last ``drop`` stages, and the stages kept.
+
+    Why: an ImageNet CNN's last stages are built to be invariant to small translations, so their pooled
+    output loses the sub-cell displacement between neighbouring frames that a motion label depends on
+    (a pan of 1-8 px is under one cell at stride 16-32). Pooling an earlier stage (stride 8) keeps it where
+    a temporal shift can learn it (``benchmarks/accuracy/shift_plateau.py``). Only trunks that are a plain
+    ``nn.Sequential`` ending with their stages can be cut (ResNets, MobileNets, EfficientNets, VGG,
+    tiny_cnn); the kept modules keep their ``state_dict`` keys, so pretrained weights fit them as they are.
+    """
+    if not drop:
+        return trunk, stages
+    children = list(trunk.children()) if isinstance(trunk, nn.Sequential) else []
+    if not stages or len(children) < len(stages) or any(a is not b for a, b in zip(children[-drop:], stages[-drop:])):
+        raise ConfigError(f"--drop-stages {drop}: backbone {name!r} cannot be cut between its stages; use a ResNet, "
+                          "MobileNet, EfficientNet or tiny_cnn, or --drop-stages 0")
+    if drop >= len(stages):
+        raise ConfigError(f"--drop-stages {drop}: backbone {name!r} has {len(stages)} stages; keep at least one "
+                          f"(--drop-stages {len(stages) - 1} at most)")
+    return nn.Sequential(*children[:-drop]), stages[:-drop]
+
+
+def _build_torchvision(name: str, *, weights: str, pool: str, drop_stages: int = 0) -> ImageEncoder:
     import torchvision
     from torchvision import models
 
@@ -305,6 +335,10 @@ def _build_torchvision(name: str, *, weights: str, pool: str) -> ImageEncoder:
         load_local_weights(model, weights, name)
         prep = local_preprocessing(weights, prep)  # its sidecar PATH.json, else ImageNet's (said in one line)
     trunk, stages, post_pool, pooled = _headless(model, name)
+    if drop_stages and (post_pool is not None or pooled):
+        raise ConfigError(f"--drop-stages {drop_stages}: backbone {name!r} normalizes or pools its last stage's "
+                          "output itself, which a cut backbone lacks; use a ResNet, MobileNet or EfficientNet")
+    trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
     return ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
 
 

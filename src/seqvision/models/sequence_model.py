@@ -58,6 +58,7 @@ def build_sequence_model(
     backbone: str = "resnet18",
     weights: str = "imagenet",
     pool: str = "avg",
+    drop_stages: int = 0,
     freeze: bool = False,
     trainable_stages: int | None = None,
     freeze_bn: bool | None = None,
@@ -83,7 +84,7 @@ def build_sequence_model(
     ``freeze_bn``: BatchNorm in evaluation mode while the backbone learns; None (auto) turns it on for loaded
     weights whose BatchNorm is folded. ``temporal_shift``: ``bidirectional`` or ``causal`` shifts the residual
     blocks of the stages that learn (:mod:`seqvision.models.temporal_shift`)."""
-    encoder = build_backbone(backbone, weights=weights, pool=pool)
+    encoder = build_backbone(backbone, weights=weights, pool=pool, drop_stages=drop_stages)
     encoder.chunk_size = chunk_size
     encoder.checkpointing = checkpointing
     if freeze:
