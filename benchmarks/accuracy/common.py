@@ -168,6 +168,7 @@ class RunOutcome:
     train_seconds: list[float] = field(default_factory=list)
     final_train_loss: float | None = None  # mean training loss of the last epoch (how well it fit its training set)
     cache: dict | None = None  # the feature cache report of a frozen run: images found cached / computed, img/s
+    curve: dict = field(default_factory=dict)  # per epoch: mean train loss, validation metric (learning_curve)
 
 
 def final_train_loss(out: Path) -> float | None:
@@ -181,6 +182,28 @@ def final_train_loss(out: Path) -> float | None:
                 if row.get("train_loss") not in (None, "") and row.get("epoch") not in (None, ""):
                     per_epoch.setdefault(int(row["epoch"]), []).append(float(row["train_loss"]))
     return statistics.fmean(per_epoch[max(per_epoch)]) if per_epoch else None
+
+
+def learning_curve(out: Path) -> dict[str, list[float]]:
+    """Per epoch, from the run's CSV log: the mean ``train_loss`` and the validation accuracy (or MAE) --
+    what shows a plateau and when a run leaves it."""
+    import csv
+
+    train: dict[int, list[float]] = {}
+    val: dict[int, float] = {}
+    for log in sorted(out.glob("logs/version_*/metrics.csv")):
+        with open(log, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("epoch") in (None, ""):
+                    continue
+                epoch = int(row["epoch"])
+                if row.get("train_loss") not in (None, ""):
+                    train.setdefault(epoch, []).append(float(row["train_loss"]))
+                for name in ("val_acc", "val_mae"):
+                    if row.get(name) not in (None, ""):
+                        val[epoch] = float(row[name])
+    return {"train_loss": [round(statistics.fmean(train[e]), 3) for e in sorted(train)],
+            "val": [round(val[e], 3) for e in sorted(val)]}
 
 
 class EpochTimer:
@@ -234,6 +257,7 @@ def train_run(cfg, out: Path, *, metric: str = "accuracy") -> RunOutcome:
     outcome.epoch_seconds = timer.seconds
     outcome.train_seconds = timer.train_seconds
     outcome.final_train_loss = final_train_loss(out)
+    outcome.curve = learning_curve(out)
     outcome.cache = run.feature_cache
     return outcome
 
@@ -311,7 +335,7 @@ def load() -> str:
 def run_rows(
     manifest: Path, cache: Path, runs: Path, *, rows: tuple[str, ...], seeds: tuple[int, ...], image_size: int,
     epochs: int, label: str = "", record: Callable[[RunOutcome], dict] = lambda out: {}, metric: str = "accuracy",
-    adjust: Callable = lambda cfg: None, extra_rows: dict[str, Callable] | None = None,
+    adjust: Callable = lambda cfg: None, extra_rows: dict[str, Callable] | None = None, show_curves: bool = False,
 ) -> dict[str, list[dict]]:
     """Train every row (of ``ROWS``, then of ``extra_rows``) for every seed on ``manifest`` (one shared cache);
     one result dict per run, whose ``accuracy`` is the test ``metric``. ``adjust``: applied to every row's
@@ -329,12 +353,15 @@ def run_rows(
                      "epoch_seconds": statistics.fmean(out.epoch_seconds) if out.epoch_seconds else None,
                      "final_train_loss": out.final_train_loss,
                      "cache_computed": (out.cache or {}).get("computed", 0),
-                     "cache_images_per_second": (out.cache or {}).get("images_per_second", 0.0)}
+                     "cache_images_per_second": (out.cache or {}).get("images_per_second", 0.0), "curve": out.curve}
             results.setdefault(name, []).append(entry)
             extra = "".join(f"  {k} {v:.3f}" for k, v in entry.items() if k not in ("seed", "accuracy", "epochs", "seconds", "epoch_seconds", "final_train_loss", "cache_images_per_second") and isinstance(v, float))
             fit = f", final train loss {out.final_train_loss:.3f}" if out.final_train_loss is not None else ""
             print(f"  {label + ' ' if label else ''}{name:28s} seed {seed}: test {metric} {out.accuracy:.3f}{extra}"
                   f"  ({out.epochs} epochs{fit}, {out.seconds:.0f} s)", flush=True)
+            if show_curves and out.curve.get("train_loss"):
+                print(f"      per epoch: train loss {' '.join(f'{v:.2f}' for v in out.curve['train_loss'])}; val {metric} "
+                      f"{' '.join(f'{v:.2f}' for v in out.curve['val'])}", flush=True)
     return results
 
 

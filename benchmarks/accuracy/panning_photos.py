@@ -38,11 +38,30 @@ PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEEDS = (1, 2, 4, 8)
 FRAMES, WINDOW, SHORT_SIDE = 8, 96, 224
-IMAGE_SIZE = 128
+IMAGE_SIZE = 96  # the window's own size: scaling it up adds no detail, only compute
 # synthetic drawings with large flat areas: a window on them is often one colour, whatever the motion
 SYNTHETIC = {"gradient", "opencv-logo", "linuxlogo", "windowslogo", "detect_blob", "ellipses", "chessboard"}
 ROWS = ("mean pooling", "lstm (default)", "transformer", "lstm + temporal diff")
 QUICK_ROWS = ("mean pooling", "lstm (default)")
+# the motion recipe: MobileNetV2 cut after features[6] (stride 8, 32 channels: a pan of 1-8 px is 1/8 to 1
+# cell there, where at stride 32 it is sub-pixel), its last 4 kept stages (features[3..6]) fine-tuned on the
+# cached maps of features[0..2]; mean over the frames (each frame's features hold the motion already)
+MOTION = {"drop_stages": 12, "trainable_stages": 4, "head": "mean", "backbone_lr": 1e-3}
+
+
+def motion_rows(modes: tuple[str, ...]) -> dict:
+    """Rows that fine-tune the cut MobileNetV2 (``MOTION``) with each temporal shift of ``modes``."""
+
+    def row(shift: str):
+        def apply(cfg) -> None:
+            cfg.model.freeze, cfg.model.temporal_shift, cfg.data.augment = False, shift, False
+            cfg.model.drop_stages, cfg.model.trainable_stages = MOTION["drop_stages"], MOTION["trainable_stages"]
+            cfg.model.head, cfg.train.backbone_lr = MOTION["head"], MOTION["backbone_lr"]
+
+        return apply
+
+    name = "stride-8 map, 4 stages fine-tuned, mean"
+    return {f"{name}" + (f" + shift ({m})" if m != "off" else ""): row(m) for m in modes}
 
 
 def family(name: str) -> str:
@@ -135,8 +154,15 @@ def main() -> None:
     parser.add_argument("--per-photo", type=int, default=1, help="samples per photo, direction and speed (full mode)")
     parser.add_argument("--finetune", action="store_true", help="also the rows fine-tuned on cached maps (slow)")
     parser.add_argument("--finetune-stages", type=int, default=8, help="--trainable-stages of the fine-tuned rows")
+    parser.add_argument("--motion", nargs="*", choices=("off", "bidirectional", "causal"), default=None,
+                        help="add the motion-recipe rows (MOTION) with these temporal shifts")
+    parser.add_argument("--motion-epochs", type=int, default=6, help="max epochs of the motion rows")
+    parser.add_argument("--rows", nargs="*", choices=ROWS, default=None, help="the frozen rows to run (default: all)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="the CNN's input size (default: the window's)")
+    parser.add_argument("--tasks", nargs="+", choices=("direction", "speed"), default=["direction", "speed"])
     args = parser.parse_args()
     start = time.perf_counter()
+    image_size = args.image_size
     common.quiet()
     if not PHOTOS.is_dir():
         sys.exit(f"no photos in {PHOTOS} (Debian package opencv-doc)")
@@ -144,14 +170,18 @@ def main() -> None:
         per_photo, max_photos, seeds, epochs, rows = 1, 8, common.QUICK_SEEDS, 2, QUICK_ROWS
     else:
         per_photo, max_photos, seeds, epochs, rows = args.per_photo, None, common.SEEDS, 20, ROWS
+        rows = tuple(args.rows) if args.rows is not None else rows
     finetune = common.finetune_rows(args.finetune_stages) if args.finetune else {}
+    motion = motion_rows(tuple(args.motion)) if args.motion else {}
+    for name, apply in motion.items():  # fewer epochs: each one runs the CNN's last stages (the curves show where they stand)
+        finetune[name] = lambda cfg, apply=apply: (apply(cfg), setattr(cfg.train, "max_epochs", args.motion_epochs))
     with tempfile.TemporaryDirectory(prefix="seqvision-pan-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         manifest, counts = make_dataset(tmp / "data", per_photo=per_photo, max_photos=max_photos)
         print(common.header(
             "Panning across real photos: direction (4 classes) and signed speed, frozen ImageNet MobileNetV2",
-            seeds=seeds, image_size=IMAGE_SIZE, extra=[
+            seeds=seeds, image_size=args.image_size, extra=[
                 f"data: {FRAMES} frames of a {WINDOW}x{WINDOW} window panning across {counts['photos']} photos of opencv-doc "
                 f"({counts['groups']} groups of near-duplicates) scaled to a {SHORT_SIDE}-px shorter side; speeds "
                 f"{', '.join(map(str, SPEEDS))} px/frame x 4 directions x {per_photo} per photo; samples per split "
@@ -160,36 +190,45 @@ def main() -> None:
                 f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden "
                 f"256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5); hflip off; chance: direction 0.25, speed MAE "
                 f"3.75 (predicting 0); targets: direction >= 0.95, speed MAE <= 2.4 (15 % of the range -8..8)",
+                *([f"motion rows: {MOTION} (the rest as above), no augmentation, max_epochs {args.motion_epochs}, "
+                   f"patience 5"] if motion else []),
             ]), flush=True)
         cache = tmp / "cache"
-        results = {
-            "direction": common.run_rows(manifest, cache, tmp / "runs", rows=rows, seeds=seeds, image_size=IMAGE_SIZE,
-                                         epochs=epochs, label="direction", extra_rows=finetune),
-            "speed": common.run_rows(manifest, cache, tmp / "runs", rows=rows, seeds=seeds, image_size=IMAGE_SIZE,
-                                     epochs=epochs, label="speed", metric="mae", adjust=as_regression, extra_rows=finetune),
-        }
+        results = {}
+        if "direction" in args.tasks:
+            results["direction"] = common.run_rows(manifest, cache, tmp / "runs", rows=rows, seeds=seeds, image_size=image_size,
+                                                   epochs=epochs, label="direction", extra_rows=finetune, show_curves=True)
+        if "speed" in args.tasks:
+            results["speed"] = common.run_rows(manifest, cache, tmp / "runs", rows=rows, seeds=seeds, image_size=image_size,
+                                               epochs=epochs, label="speed", metric="mae", adjust=as_regression,
+                                               extra_rows=finetune, show_curves=True)
     summary: dict = {}
     table = []
     for name in [*rows, *finetune]:
-        d, s = results["direction"].get(name), results["speed"].get(name)
-        cells = [name]
-        for task, runs in (("direction", d), ("speed", s)):
+        cells, every = [name], []
+        for task in ("direction", "speed"):
+            runs = results.get(task, {}).get(name)
+            if not runs:
+                cells.append("not run")
+                continue
             spread = common.spread([r["accuracy"] for r in runs])
             summary.setdefault(name, {})[task] = spread
             cells.append(common.fmt(spread))
-        cells.append(f"{common.spread([r['epochs'] for r in d + s])['mean']:.1f}")
-        cells.append(f"{common.spread([r['seconds'] for r in d + s])['mean']:.0f}")
+            every += runs
+        cells.append(f"{common.spread([r['epochs'] for r in every])['mean']:.1f}")
+        cells.append(f"{common.spread([r['seconds'] for r in every])['mean']:.0f}")
         table.append(cells)
     print()
-    print(common.markdown_table(["frozen MobileNetV2 +", "direction accuracy (4)", "signed speed MAE (px/frame)", "epochs",
+    print(common.markdown_table(["MobileNetV2 (frozen unless said) +", "direction accuracy (4)", "signed speed MAE (px/frame)", "epochs",
                                  "s / run"], table))
     print(f"\nmean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), in brackets min-max over seeds; "
           f"test samples: {counts['samples'].get('test', 0)}, from photos never seen in training.")
-    if common.cache_note(results["direction"]):
-        print(common.cache_note(results["direction"]))
+    first = next(iter(results.values()))
+    if common.cache_note(first):
+        print(common.cache_note(first))
     print(f"total time {common.elapsed(start)}")
     print(json.dumps({"benchmark": "panning_photos", "quick": args.quick, "seeds": list(seeds), "epochs": epochs,
-                      "counts": counts, "image_size": IMAGE_SIZE, "feature_precision": common.feature_precision(),
+                      "counts": counts, "image_size": args.image_size, "feature_precision": common.feature_precision(),
                       "results": summary, "runs": results, "seconds": time.perf_counter() - start}))
 
 
