@@ -110,6 +110,7 @@ def test_an_engine_keeps_the_chunk_size_and_leaves_the_encoder_alone(runtime):
     net._run = lambda batch: calls.append(len(batch)) or real(batch)
     with torch.inference_mode():
         net(torch.randn(5, 3, 16, 16))
+        assert net(torch.randn(0, 3, 16, 16)).shape == (0, encoder.num_features)
     assert calls == [2, 2, 1]  # bounded memory, as the torch encoder's chunks
     assert weights_fingerprint(encoder) == before
 

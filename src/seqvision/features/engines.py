@@ -123,6 +123,8 @@ class EngineEncoder(nn.Module):
         """``(N, 3, S, S)`` float32 -> ``(N, F)`` float32, in chunks of the encoder's ``chunk_size`` if set."""
         if images.device.type != "cpu" or images.dtype != torch.float32:
             raise ConfigError(f"the {self.runtime} runtime takes float32 images on the CPU; got {images.dtype} on {images.device}")
+        if not images.shape[0]:
+            return images.new_zeros((0, self.eager.num_features))  # (0, F): a batch of no image
         size = self.eager.chunk_size or images.shape[0]
         parts = [torch.from_numpy(self._run(chunk.contiguous().numpy())) for chunk in images.split(size)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
