@@ -218,6 +218,10 @@ def test_auto_measures_once_and_remembers_its_choice(worth_measuring, monkeypatc
     assert len(chosen) == 1 and "measured once" in chosen[0].getMessage()  # one line per run
     choose_runtime("auto", encoder_at("tiny_cnn", 24), CPU, torch.float32)  # another image size: measured anew
     assert len(calls) == 2
+    shorter = build_backbone("tiny_cnn", weights="none", drop_stages=1)
+    shorter.preprocessing = encoder.preprocessing
+    choose_runtime("auto", shorter, CPU, torch.float32)  # the same name, another network: measured anew
+    assert len(calls) == 3
 
 
 def test_processes_started_together_measure_once_and_choose_alike(worth_measuring, monkeypatch):

@@ -57,7 +57,7 @@ MARGIN = 1.15
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 
 _said: set[tuple] = set()  # choices already logged by this process: one line per run, not one per call
-_flops: dict[tuple, float] = {}  # (backbone, pool, image size) -> FLOPs per image, counted once per process
+_flops: dict[tuple, float] = {}  # (architecture, image size) -> FLOPs per image, counted once per process
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def cnn_flops(encoder: nn.Module) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     size = encoder.preprocessing.image_size
-    key = (encoder.name, encoder.pool, size)
+    key = (_architecture(encoder), size)
     if key not in _flops:
         with _evaluating(encoder), FlopCounterMode(display=False) as counter:
             encoder(torch.zeros(1, 3, size, size, device=next(encoder.parameters()).device))
@@ -310,7 +310,13 @@ def _choice_key(encoder: nn.Module, dtype: torch.dtype, candidates: list[str]) -
     """What a remembered choice holds for: this CPU, thread count, runtimes' versions, backbone, size, precision."""
     versions = " ".join(Runtime.of(n).label for n in candidates)
     return (f"{cpu_signature()} | {torch.get_num_threads()} threads | torch {torch.__version__} {versions} | "
-            f"{encoder.name} pool {encoder.pool} | {encoder.preprocessing.image_size}px | {str(dtype).removeprefix('torch.')}")
+            f"{_architecture(encoder)} | {encoder.preprocessing.image_size}px | {str(dtype).removeprefix('torch.')}")
+
+
+def _architecture(encoder: nn.Module) -> str:
+    """The backbone's name, pooling and size in parameters: a trunk cut short (``--drop-stages``) keeps its
+    name but is another network, with a cost and a fastest runtime of its own."""
+    return f"{encoder.name} pool {encoder.pool} {sum(p.numel() for p in encoder.parameters())} parameters"
 
 
 def _read_choices(folder: Path) -> dict:
