@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="the CNN's forward, as for evaluate (default: the one whose features the run trained on; torch for a CNN that learned)")
 
-    p = sub.add_parser("export", help="ONNX or TorchScript graphs of a checkpoint (whole model, encoder, sequence part) and model.json")
+    p = sub.add_parser("export", help="ONNX or TorchScript graphs of a checkpoint (whole model, encoder, sequence part; a causal-shift model's stream step too) and model.json")
     p.add_argument("checkpoint", help="a best.ckpt or last.ckpt written by seqvision train")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: %(default)s")
     p.add_argument("--out", required=True, help="folder for the graphs and model.json")
@@ -500,7 +500,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_format(args.format, args.opset)  # before the checkpoint is loaded
     result = export_checkpoint(args.checkpoint, args.out, format=args.format, opset=args.opset)
     for name, path in result.files.items():
-        print(f"wrote {path} (max |{args.format} - PyTorch| {result.max_diff[name]:.1e} on padded samples of several lengths)")
+        checked = "frame by frame on every prefix" if name == "stream" else "on padded samples of several lengths"
+        print(f"wrote {path} (max |{args.format} - PyTorch| {result.max_diff[name]:.1e} {checked})")
     print(f"wrote {result.out_dir / 'model.json'}")
     return 0
 
