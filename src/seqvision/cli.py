@@ -41,7 +41,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--num-workers", "data", "num_workers", {"type": int, "help": "DataLoader worker processes (default: one per spare core, at most 4)"}),
     ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
-    ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16"], "help": "frozen CNN filling the cache: auto = bf16 where fast"}),
+    ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16", "int8"], "help": "frozen CNN filling the cache: auto = bf16 where fast; int8 = quantized on the first CNN batch's images (up to 64), by ONNX Runtime on the CPU"}),
     ("--feature-runtime", "data", "feature_runtime", {"choices": RUNTIME_CHOICES, "help": "what runs the frozen CNN filling the cache: auto = the fastest on this machine (measured once; a cache already filled keeps its runtime) | torch | onnxruntime | openvino (CPU, fp32)"}),
     ("--exact-decode", "data", "exact_decode", {"action": argparse.BooleanOptionalAction, "help": "decode every pixel of large JPEGs and video frames (default: only the scale the resize needs)"}),
     ("--cache-budget", "data", "cache_budget", {"type": float, "help": "--trainable-stages with --no-augment: GB of disk for the frozen stages' cached maps (default: 90%% of the free space; over it, the CNN runs live)"}),
@@ -230,7 +230,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=float, nargs=3, help="normalization std R G B (default: the weights')")
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="images per CNN batch (across samples)")
     p.add_argument("--num-workers", type=_at_least(0), help="decoding workers (default: one per spare core)")
-    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="auto: bf16 where the hardware is fast at it")
+    p.add_argument("--precision", choices=["auto", "32", "bf16", "int8"], default="auto", help="auto: bf16 where the hardware is fast at it; int8: quantized on the first CNN batch's images (up to 64), by ONNX Runtime on the CPU")
     _runtime_flag(p, "auto = the fastest on this machine, measured once (a cache already filled keeps its runtime)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32", help="storage of the features (default: %(default)s)")
     p.add_argument("--exact-decode", action="store_true", help="decode every pixel of large JPEGs and video frames (as for train)")
@@ -300,8 +300,9 @@ def _inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--chunk-size", type=_at_least(1), help="images per CNN pass and per loaded piece of a sample: bounds memory (default: the run's --chunk-size, else chosen from the backbone, image size and free memory)")
     p.add_argument(
-        "--precision", choices=["auto", "32", "bf16"], default="auto",
-        help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32",
+        "--precision", choices=["auto", "32", "bf16", "int8"], default="auto",
+        help="the CNN's: auto = bf16 where the hardware is fast at it (fp16 on GPUs without bf16, else fp32); 32 = fp32; "
+             "int8 = quantized on the first CNN batch's images (up to 64), by ONNX Runtime on the CPU",
     )
     _runtime_flag(p)
 

@@ -52,15 +52,18 @@ def cpu_has_fast_bf16() -> bool:
 def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     """``auto``: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
     CUDA GPUs without bf16, else fp32. The dtype names (``float32``, ``bfloat16``, ``float16``) are accepted
-    too, so a precision resolved once can be passed on as ``str(dtype)``."""
+    too, so a precision resolved once can be passed on as ``str(dtype)``. ``int8`` gives ``torch.int8``: the
+    CNN's inference quantized, by ONNX Runtime only (refused elsewhere by ``check_runtime``)."""
     if precision in ("32", "fp32", "float32"):
         return torch.float32
     if precision in ("bf16", "bfloat16"):
         return torch.bfloat16
     if precision in ("16", "fp16", "float16"):
         return torch.float16
+    if precision == "int8":  # the CNN's inference only, by ONNX Runtime on the CPU (features.runtimes.check_int8)
+        return torch.int8
     if precision != "auto":
-        raise ConfigError(f"--precision {precision!r}: use auto, 32, bf16 or 16")
+        raise ConfigError(f"--precision {precision!r}: use auto, 32, bf16, 16 or int8")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

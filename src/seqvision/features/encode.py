@@ -33,19 +33,24 @@ def prepare_encoder(
     """``encoder`` on ``device`` in eval mode (channels_last, as every ImageEncoder is), for inference in
     ``dtype``, run by ``runtime`` (:mod:`seqvision.features.runtimes`: a resolved :class:`Runtime`, or a
     name, ``auto`` resolved here): ONNX Runtime or OpenVINO give an
-    :class:`~seqvision.features.engines.EngineEncoder`. With torch: with ``compile`` wrapped in
+    :class:`~seqvision.features.engines.EngineEncoder`; ``dtype`` ``torch.int8``: ONNX Runtime's
+    :class:`~seqvision.features.int8.Int8Encoder`, quantized on the images of its first call (any other
+    runtime, or a CNN only torch runs, is a :class:`ConfigError`). With torch: with ``compile`` wrapped in
     :class:`CompiledEncoder`; else on a CPU in bf16, in :class:`OneDNNEncoder` where the backbone's layers
     allow it. fp32 stays eager, so fp32 features are exactly the live model's (folding BatchNorm moves
     them by ~1e-6; the gain in fp32 was only 3% here). ``encoder`` itself is not changed beyond eval mode
     and its layout, so a model can go on training it."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
+    int8 = dtype == torch.int8
+    if int8:  # ONNX Runtime, or the one-line reason why not (torch, a shifted CNN): never an fp32 CNN under int8
+        runtime = choose_runtime(runtime if isinstance(runtime, str) else runtime.name, encoder, device, dtype)
     if is_shifted(encoder):  # a temporal shift reads its neighbours through
         return encoder  # the batch's layout, which neither a converted copy nor a compiled graph carries
     if isinstance(runtime, str):
         runtime = choose_runtime(runtime, encoder, device, dtype or torch.float32)
     if runtime.name != "torch":
-        return build_engine(runtime, encoder)
+        return build_engine(runtime, encoder, int8=int8)
     if compile:
         return CompiledEncoder(encoder)
     if dtype == torch.bfloat16 and device.type == "cpu" and hasattr(encoder, "pool_features"):
@@ -180,7 +185,7 @@ def encode_batch(encoder: nn.Module, images: torch.Tensor, dtype: torch.dtype, *
     n = images.shape[0]
     if pad_to is not None and 0 < n < pad_to:
         images = torch.cat([images, images.new_zeros((pad_to - n, *images.shape[1:]))])
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.int8):  # int8: the engine takes float32 images and quantizes them itself
         return encoder(images)[:n].float()
     with torch.autocast(device.type, dtype=dtype):
         return encoder(images)[:n].float()

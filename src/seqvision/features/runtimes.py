@@ -9,6 +9,9 @@ probe, and another runtime replaces torch only when clearly faster (:data:`MARGI
 not installed is left out; an explicitly named one that is not installed, or that cannot run the
 request (a GPU, bf16), is a :class:`ConfigError` before any work starts.
 
+int8 (``--precision int8``) is ONNX Runtime's alone, on the CPU (:mod:`seqvision.features.int8`):
+``auto`` takes it without a probe, torch, OpenVINO and a GPU are refused.
+
 Torch stays the runtime for a GPU, for bf16/fp16 (ONNX Runtime has no fast bf16 on CPUs; OpenVINO is
 held to f32), for anything that is not a plain encoder (a temporal shift reads its neighbours through
 the batch; the frozen stages of cached maps) and for anything that trains (nothing here is used there).
@@ -36,6 +39,7 @@ from torch import nn
 from seqvision.errors import ConfigError, first_line
 from seqvision.features.cache import CacheKey, default_cache_root
 from seqvision.features.engines import OnnxRuntimeEncoder, OpenVinoEncoder, onnx_file, package_version
+from seqvision.features.int8 import Int8Encoder
 from seqvision.io import atomic_write_text
 from seqvision.models.temporal_shift import is_shifted
 
@@ -103,6 +107,9 @@ def check_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> Non
     ``dtype``. ``auto`` and ``torch`` always pass."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+    if dtype == torch.int8:
+        check_int8(runtime, device)
+        return
     if runtime in ("auto", "torch"):
         return
     if not installed(runtime):
@@ -113,6 +120,17 @@ def check_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> Non
         name = str(dtype).removeprefix("torch.")
         raise ConfigError(f"--runtime {runtime} computes in float32 only, and the CNN's precision here is {name}; "
                           "pass --precision 32 with it, or use --runtime torch or auto")
+
+
+def check_int8(runtime: str, device: torch.device) -> None:
+    """int8 is ONNX Runtime's alone (a static quantization, :mod:`seqvision.features.int8`), on the CPU:
+    refuse torch, OpenVINO, a GPU and a missing onnxruntime in one line, before any work."""
+    if device.type != "cpu":
+        raise ConfigError(f"--precision int8 runs on the CPU only (ONNX Runtime's int8 kernels); on --device {device} use --precision auto, 32 or bf16")
+    if runtime not in ("auto", "onnxruntime"):
+        raise ConfigError(f"--precision int8 is run by ONNX Runtime only, not by --runtime {runtime}; use --runtime onnxruntime or auto")
+    if not installed("onnxruntime"):
+        raise ConfigError("--precision int8 needs ONNX Runtime, which is not installed; pip install onnxruntime (or use --precision 32)")
 
 
 def runs_elsewhere(encoder: nn.Module) -> bool:
@@ -130,6 +148,13 @@ def choose_runtime(
     cache's). An explicit runtime is checked (:func:`check_runtime`) and kept, except for an encoder
     only torch runs (said once)."""
     check_runtime(runtime, device, dtype)
+    if dtype == torch.int8:
+        if not runs_elsewhere(encoder):
+            raise ConfigError("--precision int8: this CNN (a temporal shift, or frozen stages of cached maps) runs with torch, "
+                              "which has no int8 path here; use --precision 32")
+        if runtime == "auto":
+            _say(("int8",), logging.INFO, "runtime auto: onnxruntime for --precision int8 (the only runtime that runs it)")
+        return Runtime.of("onnxruntime")
     if runtime == "torch":
         return TORCH
     if not runs_elsewhere(encoder):
@@ -187,7 +212,7 @@ def runtime_for_cache(
     already cached for this key (torch's for every cache made before runtimes existed), so a cache is
     never computed again only because another runtime would be faster now."""
     check_runtime(runtime, device, dtype)
-    if runtime == "auto":
+    if runtime == "auto" and dtype != torch.int8:  # int8 has one runtime: nothing to keep
         names = ["torch"] + ([n for n in ENGINES if installed(n)] if device.type == "cpu" and runs_elsewhere(encoder) else [])
         for name in names:
             held = Runtime.of(name)
@@ -198,15 +223,20 @@ def runtime_for_cache(
     return choose_runtime(runtime, encoder, device, dtype)
 
 
-def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = None) -> nn.Module:
+def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = None, int8: bool = False) -> nn.Module:
     """``encoder`` run by ``runtime`` (not torch): its ONNX file exported once, the session built and
-    checked against torch on a probe batch (:class:`~seqvision.features.engines.EngineEncoder`)."""
+    checked against torch on a probe batch (:class:`~seqvision.features.engines.EngineEncoder`). ``int8``
+    (ONNX Runtime only): an :class:`~seqvision.features.int8.Int8Encoder`, quantized and checked at its
+    first call, on that call's images."""
     folder = runtimes_folder(root)
     try:
         path = onnx_file(encoder, folder / "onnx")
     except Exception as exc:  # noqa: BLE001 - an op the exporter lacks: name the backbone and the way out
         raise ConfigError(f"--runtime {runtime.name}: backbone {encoder.name!r} does not export to ONNX ({first_line(exc)}); "
                           "use --runtime torch") from None
+    if int8:
+        assert runtime.name == "onnxruntime", "check_int8 admits no other runtime"
+        return Int8Encoder(encoder, path, threads=torch.get_num_threads())
     engine = OnnxRuntimeEncoder if runtime.name == "onnxruntime" else OpenVinoEncoder
     with _evaluating(encoder):
         return engine(encoder, path, threads=torch.get_num_threads()).check()

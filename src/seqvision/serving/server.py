@@ -70,6 +70,9 @@ def serve(
     check_batching(queue_size=queue_size, max_wait_ms=max_wait_ms, max_batch_images=max_batch_images)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size {chunk_size}: give at least 1")
+    if precision == "int8":  # its ranges come from a batch of the run's images; the first request may hold one
+        raise ConfigError("--precision int8 calibrates on a batch of the run's first images, and a server's first request "
+                          "may hold one image; use --precision 32 (or extract/predict with int8)")
     limits = limits or ServeLimits()
     key = resolve_api_key(api_key, host)
     predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)

@@ -118,6 +118,9 @@ def run_stream(
     spec = resolve_source(source)
     if idle_timeout is not None and spec.kind != "folder":
         warnings.warn(f"--idle-timeout has no effect on a {spec.kind} source (it ends a folder source); the stream ends with its source")
+    if precision == "int8":  # its ranges come from a batch of the run's images; a stream has one frame at first
+        raise ConfigError("--precision int8 calibrates on a batch of the run's first images, and a stream sees one frame "
+                          "at a time; use --precision 32 (or extract/predict with int8)")
     check_runtime(runtime, resolve_device(device), inference_dtype(resolve_device(device), precision))  # fails before loading
     # a file or folder is opened first (a bad one fails before the model loads); a camera or network
     # stream last, so it does not queue frames while the model loads
