@@ -169,3 +169,17 @@ def test_extract_int8_with_torch_fails_in_one_line_before_any_work(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code != 0 and "ONNX Runtime only" in err and len(err.splitlines()) == 1
     assert not any(p.is_dir() and not p.name.startswith(".") for p in cache.glob("*"))  # no key folder made
+
+
+def test_stream_and_serve_refuse_int8_before_loading(tmp_path):
+    from seqvision.serving.server import serve
+    from seqvision.streaming.run import run_stream
+
+    checkpoint = tmp_path / "best.ckpt"
+    checkpoint.write_bytes(b"not a checkpoint: loading it would raise CheckpointError")
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(ConfigError, match="int8 calibrates on a batch") as err:
+        run_stream(checkpoint, tmp_path / "frames", precision="int8", max_frames=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="int8 calibrates on a batch"):
+        serve(checkpoint, precision="int8")
