@@ -69,3 +69,24 @@ def test_extract_with_a_cut_backbone_writes_features_of_the_cut_width(tmp_path, 
 
     (shard,) = (tmp_path / "cache").glob("*/shard-*.npy")
     assert np.load(shard).shape[1] == 32  # tiny_cnn's second stage: 32 channels (the whole one: 64)
+
+
+def test_a_cut_never_shares_the_full_backbones_feature_cache_onnx_file_or_runtime_choice(tmp_path):
+    """AlexNet's last "stage" is a MaxPool: cut off, every weight is the full network's, the features are not."""
+    from seqvision.data.transforms import Preprocessing
+    from seqvision.features.cache import CacheKey
+    from seqvision.features.engines import onnx_file
+    from seqvision.features.runtimes import _architecture
+
+    torch.manual_seed(0)
+    full = build_backbone("alexnet", weights="none")
+    cut = build_backbone("alexnet", weights="none", drop_stages=1)
+    cut.trunk.load_state_dict(full.trunk.state_dict())  # the same weights, parameter for parameter
+    prep = Preprocessing(64, 64, (0.5,) * 3, (0.5,) * 3)
+    full.preprocessing = cut.preprocessing = prep
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(full.eval()(images), cut.eval()(images))  # other features...
+    assert CacheKey.for_encoder(full, prep).digest != CacheKey.for_encoder(cut, prep).digest  # ...another cache
+    assert _architecture(full) != _architecture(cut)  # another remembered runtime choice
+    assert onnx_file(full, tmp_path) != onnx_file(cut, tmp_path)  # another exported file

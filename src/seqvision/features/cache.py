@@ -120,7 +120,9 @@ class CacheKey:
         if dtype not in ("float16", "float32"):
             raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
         compute_name = str(compute).removeprefix("torch.")
-        return cls(encoder.name, weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name, runtime)
+        from seqvision.models.backbones import network_name
+
+        return cls(network_name(encoder), weights_fingerprint(encoder), prep.to_dict(), encoder.pool, dtype, compute_name, runtime)
 
 
 def float16_loss(array: np.ndarray) -> str | None:

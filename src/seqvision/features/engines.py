@@ -64,9 +64,10 @@ def onnx_file(encoder: nn.Module, folder: Path, *, opset: int = OPSET) -> Path:
     opset or exporter (torch) version get their own file and a stale one is never read. Which runtime
     reads it does not change it: ONNX Runtime and OpenVINO share one file (one export per probe)."""
     from seqvision.features.cache import weights_fingerprint
+    from seqvision.models.backbones import network_name
 
     size = encoder.preprocessing.image_size
-    key = {"backbone": encoder.name, "pool": encoder.pool, "weights": weights_fingerprint(encoder), "image_size": size,
+    key = {"backbone": network_name(encoder), "pool": encoder.pool, "weights": weights_fingerprint(encoder), "image_size": size,
            "precision": "float32", "opset": opset, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(folder) / f"{encoder.name.replace('/', '_')}-{size}px-{digest}.onnx"

@@ -346,7 +346,9 @@ def _choice_key(encoder: nn.Module, dtype: torch.dtype, candidates: list[str]) -
 def _architecture(encoder: nn.Module) -> str:
     """The backbone's name, pooling and size in parameters: a trunk cut short (``--drop-stages``) keeps its
     name but is another network, with a cost and a fastest runtime of its own."""
-    return f"{encoder.name} pool {encoder.pool} {sum(p.numel() for p in encoder.parameters())} parameters"
+    from seqvision.models.backbones import network_name
+
+    return f"{network_name(encoder)} pool {encoder.pool} {sum(p.numel() for p in encoder.parameters())} parameters"
 
 
 def _read_choices(folder: Path) -> dict:

@@ -87,6 +87,7 @@ class ImageEncoder(nn.Module):
         self.trunk = trunk
         self.post_pool = post_pool if post_pool is not None else nn.Identity()
         self.name = name
+        self.dropped_stages = 0  # --drop-stages: the stages cut off the end of the named backbone (build_backbone)
         self.pool = pool
         self.pooled = pooled  # the trunk already returns (N, F)
         self.stages = list(stages or [])  # not registered twice: plain list of submodules of trunk
@@ -272,13 +273,27 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg", d
             load_local_weights(trunk, weights, name)
             prep = local_preprocessing(weights, prep)
         trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
-        return ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep)
+        return _cut(ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep), drop_stages)
     if name.startswith("timm/"):
         if drop_stages:
             raise ConfigError(f"--drop-stages {drop_stages}: not for timm backbones ({name!r}); use a torchvision "
                               "one (resnet18, mobilenet_v2, ...) or tiny_cnn, or --drop-stages 0")
         return _build_timm(name, weights=weights, pool=pool)
     return _build_torchvision(name, weights=weights, pool=pool, drop_stages=drop_stages)
+
+
+def _cut(encoder: ImageEncoder, drop_stages: int) -> ImageEncoder:
+    encoder.dropped_stages = drop_stages
+    return encoder
+
+
+def network_name(encoder: nn.Module) -> str:
+    """What names the network an encoder computes: the backbone's name, and its cut (``--drop-stages``)
+    when it has one. Feature cache keys, exported ONNX files and remembered runtime choices use it: a cut
+    can keep every weight of the full backbone (it may drop only parameter-free layers) and still compute
+    other features, so weights alone cannot tell the two apart."""
+    drop = getattr(encoder, "dropped_stages", 0)
+    return f"{encoder.name} without its last {drop} stages" if drop else encoder.name
 
 
 def drop_last_stages(trunk: nn.Module, stages: list[nn.Module], drop: int, name: str) -> tuple[nn.Module, list[nn.Module]]:
@@ -339,7 +354,8 @@ def _build_torchvision(name: str, *, weights: str, pool: str, drop_stages: int =
         raise ConfigError(f"--drop-stages {drop_stages}: backbone {name!r} normalizes or pools its last stage's "
                           "output itself, which a cut backbone lacks; use a ResNet, MobileNet or EfficientNet")
     trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
-    return ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
+    encoder = ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
+    return _cut(encoder, drop_stages)
 
 
 def _headless(model: nn.Module, name: str) -> tuple[nn.Module, list[nn.Module], nn.Module | None, bool]:
