@@ -395,3 +395,17 @@ def test_export_is_unchanged_by_a_predictor_that_ran_on_an_engine(engine_run, tm
     assert after.max_diff == plain.max_diff and max(after.max_diff.values()) <= 1e-4
     assert weights_fingerprint(predictor.model.encoder) == weights_fingerprint(
         Predictor.load(result.best_checkpoint, precision="32").model.encoder)
+
+
+def test_an_onnx_file_that_cannot_be_written_is_a_storage_error_naming_the_folder(monkeypatch, tmp_path):
+    """No room or no permission in the cache is not "the backbone does not export": the message names the
+    folder and the way out."""
+    from seqvision.errors import StorageError
+
+    def refuse(encoder, folder, **_):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(runtimes, "onnx_file", refuse)
+    encoder = encoder_at("tiny_cnn", 32)
+    with pytest.raises(StorageError, match=r"cannot write the CNN's ONNX file in .*SEQVISION_CACHE"):
+        runtimes.build_engine(Runtime.of("onnxruntime"), encoder, root=tmp_path)

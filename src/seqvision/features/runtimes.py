@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from seqvision.errors import ConfigError, first_line
+from seqvision.errors import ConfigError, StorageError, first_line
 from seqvision.features.cache import CacheKey, default_cache_root
 from seqvision.features.engines import OnnxRuntimeEncoder, OpenVinoEncoder, onnx_file, package_version
 from seqvision.features.int8 import Int8Encoder
@@ -220,7 +220,7 @@ def runtime_for_cache(
                 _say(("cached", key.digest, held.label), logging.INFO, "runtime auto: %s, whose features of %s are cached in %s already",
                      held.label, encoder.name, root)
                 return held
-    return choose_runtime(runtime, encoder, device, dtype)
+    return choose_runtime(runtime, encoder, device, dtype, root=root)
 
 
 def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = None, int8: bool = False) -> nn.Module:
@@ -231,6 +231,9 @@ def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = No
     folder = runtimes_folder(root)
     try:
         path = onnx_file(encoder, folder / "onnx")
+    except OSError as exc:  # no room or no permission where the file goes: not the backbone's fault
+        raise StorageError(f"--runtime {runtime.name}: cannot write the CNN's ONNX file in {folder / 'onnx'} "
+                           f"({first_line(exc)}); set SEQVISION_CACHE to a writable folder, or use --runtime torch") from None
     except Exception as exc:  # noqa: BLE001 - an op the exporter lacks: name the backbone and the way out
         raise ConfigError(f"--runtime {runtime.name}: backbone {encoder.name!r} does not export to ONNX ({first_line(exc)}); "
                           "use --runtime torch") from None
