@@ -104,6 +104,7 @@ class RunningStep(nn.Module):
             self.state["started"] = lambda b: (b, 1)
 
     def forward(self, feature: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``feature (B, F)`` and the state -> the running mean or max so far ``(B, F)`` and the next state."""
         new: dict[str, torch.Tensor] = {}
         x = feature
         if self.difference:
@@ -155,9 +156,11 @@ class StreamGraph(nn.Module):
         self.slices = [tuple(carried[id(c)].shape[1:]) for c in self.convs]  # (C_i / 8, H_i, W_i) each
 
     def input_names(self) -> list[str]:
+        """The graph's inputs in order: the image, each shifted conv's carried slice, the head's state."""
         return ["image", *(f"shift_in_{i}" for i in range(len(self.convs))), *(f"{k}_in" for k in self.step.state)]
 
     def output_names(self) -> list[str]:
+        """The graph's outputs in order: the task's outputs, each new slice, the head's new state."""
         return [*self.outputs, *(f"shift_out_{i}" for i in range(len(self.convs))), *(f"{k}_out" for k in self.step.state)]
 
     def initial_state(self, batch: int) -> list[torch.Tensor]:
@@ -171,6 +174,8 @@ class StreamGraph(nn.Module):
         return {name: f"({', '.join(map(str, shape))}) float32" for name, shape in shapes.items()}
 
     def forward(self, image: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``image (B, 3, S, S)`` and the state inputs (:meth:`input_names` order) -> the outputs and the
+        next state (:meth:`output_names` order)."""
         k = len(self.convs)
         carried = {id(conv): s for conv, s in zip(self.convs, state[:k])}  # each conv reads its slice, leaves the new one
         with streamed_frame(self.encoder, carried):

@@ -54,6 +54,7 @@ class TrunkAndPool(nn.Module):
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images (N, 3, S, S) -> (N, F)``."""
         return self.encoder.pool_features(self.encoder.trunk(images))
 
 
