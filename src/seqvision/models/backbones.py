@@ -302,7 +302,7 @@ def drop_last_stages(trunk: nn.Module, stages: list[nn.Module], drop: int, name:
     Why: an ImageNet CNN's last stages are built to be invariant to small translations, so their pooled
     output loses the sub-cell displacement between neighbouring frames that a motion label depends on
     (a pan of 1-8 px is under one cell at stride 16-32). Pooling an earlier stage (stride 8) keeps it where
-    a temporal shift can learn it (``benchmarks/accuracy/shift_plateau.py``). Only trunks that are a plain
+    a temporal shift can learn it (``benchmarks/accuracy/panning_photos.py --motion``). Only trunks that are a plain
     ``nn.Sequential`` ending with their stages can be cut (ResNets, MobileNets, EfficientNets, VGG,
     tiny_cnn); the kept modules keep their ``state_dict`` keys, so pretrained weights fit them as they are.
     """
