@@ -223,7 +223,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", help="as for train (default: %(default)s)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH (default: %(default)s)")
     p.add_argument("--pool", choices=POOL_CHOICES, default="avg", help="grid2: 2x2 cells, keeps coarse layout")
-    p.add_argument("--drop-stages", type=_at_least(0), default=0, help="remove the backbone's last N stages")
+    p.add_argument("--drop-stages", type=_at_least(0), default=0, help="remove the backbone's last N stages (default: %(default)s)")
     p.add_argument("--image-size", type=_at_least(1), help="crop size (default: the backbone's)")
     p.add_argument("--resize-size", type=_at_least(1), help="shorter side before the crop (default: the backbone's ratio)")
     p.add_argument("--mean", type=float, nargs=3, help="normalization mean R G B (default: the weights')")

@@ -222,21 +222,33 @@ def install_shift(encoder: nn.Module, *, mode: str, stages: list[nn.Module]) -> 
 
 
 @contextlib.contextmanager
-def frames_of(encoder: nn.Module, lengths: torch.Tensor | None, device: torch.device | None = None) -> Iterator[None]:
-    """Tell ``encoder``'s shifted convolutions where the samples of the next batch lie (``lengths (B,)``);
-    a no-op for an encoder without a shift."""
+def _shift_told(encoder: nn.Module, **values) -> Iterator[None]:
+    """Set ``values`` on ``encoder``'s :class:`ShiftState` for the body, then unset them (``None``); a no-op
+    for an encoder without a shift."""
     state: ShiftState | None = getattr(encoder, "shift_state", None)
     if state is None:
         yield
         return
-    if lengths is None:
-        raise RuntimeError("a temporally shifted CNN needs the batch's lengths")
-    state.lengths = lengths.detach().to("cpu", torch.long)
-    state.layout = FrameLayout.of(lengths, device)
+    for name, value in values.items():
+        setattr(state, name, value)
     try:
         yield
     finally:
-        state.lengths = state.layout = None
+        for name in values:
+            setattr(state, name, None)
+
+
+@contextlib.contextmanager
+def frames_of(encoder: nn.Module, lengths: torch.Tensor | None, device: torch.device | None = None) -> Iterator[None]:
+    """Tell ``encoder``'s shifted convolutions where the samples of the next batch lie (``lengths (B,)``);
+    a no-op for an encoder without a shift."""
+    if not is_shifted(encoder):
+        yield
+        return
+    if lengths is None:
+        raise RuntimeError("a temporally shifted CNN needs the batch's lengths")
+    with _shift_told(encoder, lengths=lengths.detach().to("cpu", torch.long), layout=FrameLayout.of(lengths, device)):
+        yield
 
 
 @contextlib.contextmanager
@@ -245,15 +257,8 @@ def padded_frames(encoder: nn.Module, real: torch.Tensor) -> Iterator[None]:
     True at real frames): a shift reads along T within each sample, padding as zeros (:func:`shift_padded`).
     What exported graphs use: no lengths are read into Python, so B and T stay dynamic in a traced graph.
     A no-op for an encoder without a shift."""
-    state: ShiftState | None = getattr(encoder, "shift_state", None)
-    if state is None:
+    with _shift_told(encoder, real=real):
         yield
-        return
-    state.real = real
-    try:
-        yield
-    finally:
-        state.real = None
 
 
 def carried_convs(encoder: nn.Module) -> list[ShiftedConv2d]:
@@ -277,27 +282,10 @@ def streamed_frame(encoder: nn.Module, carried: dict[int, torch.Tensor]) -> Iter
     ``carried`` and leaves this frame's there (the caller keeps ``carried`` between frames, and empties it to
     start a new sequence). A no-op for an encoder without a shift; a bidirectional shift cannot stream."""
     check_streamable(encoder)
-    state: ShiftState | None = getattr(encoder, "shift_state", None)
-    if state is None:
+    with _shift_told(encoder, carried=carried):
         yield
-        return
-    state.carried = carried
-    try:
-        yield
-    finally:
-        state.carried = None
 
 
 def is_shifted(encoder: nn.Module) -> bool:
     """Whether ``encoder`` has a temporal shift (its output for an image depends on its neighbours)."""
     return getattr(encoder, "shift_state", None) is not None
-
-
-def refuse_shift(encoder: nn.Module, what: str) -> None:
-    """:class:`ConfigError` when ``encoder`` has a temporal shift, which ``what`` cannot run yet."""
-    state = getattr(encoder, "shift_state", None)
-    if state is not None:
-        raise ConfigError(
-            f"{what} does not run a model trained with --temporal-shift {state.mode} yet (its CNN reads each image's "
-            "neighbours); use predict or evaluate, which run it on whole samples"
-        )
