@@ -21,9 +21,9 @@ import os
 import reprlib
 import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_video_file, natural_key
+from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_video_name, natural_key
 from seqvision.errors import DataError
 
 _ID_COLUMNS = ("sample_id", "sample", "id")
@@ -125,13 +125,13 @@ def _parse_float(value: Any, where: str, column: str) -> float:
     return out
 
 
-def _video_clip(row: dict[str, Any], base: Path, where: str) -> VideoClip | None:
-    """A row naming a video (a ``video`` column, or a ``path`` to a video file), with optional
-    ``start`` / ``end`` seconds; None for an image row."""
+def _video_clip(row: dict[str, Any], base: Path, where: str, single: Any) -> VideoClip | None:
+    """A row naming a video (a ``video`` column, or a ``path`` to a video file: ``single``, the row's
+    path value), with optional ``start`` / ``end`` seconds; None for an image row."""
     value = row.get("video")
     if value in (None, ""):
-        value = _first(row, _PATH_COLUMNS)
-        if not isinstance(value, str) or not is_video_file(Path(value)):
+        value = single
+        if not isinstance(value, str) or not is_video_name(_file_name(value)):
             return None
     file = base / _text(value, where, "'video'")
     if not _is_file(file):
@@ -142,6 +142,19 @@ def _video_clip(row: dict[str, Any], base: Path, where: str) -> VideoClip | None
     if start is not None and end is not None and end <= start:
         raise DataError(f"{where}: 'end' ({end:g} s) must be after 'start' ({start:g} s)")
     return VideoClip(file, start, end)
+
+
+_PLAIN_SEPARATOR = os.sep == "/" and os.altsep is None  # POSIX: '/' alone separates the parts of a path
+
+
+def _file_name(text: str) -> str:
+    """``Path(text).name`` without making a Path (a third of the indexing time of a big manifest went to
+    one Path per row to ask whether it names a video): the text after the last '/'. A trailing '/', '.' or
+    '..' (rare), and other systems' separators, are left to pathlib."""
+    name = text.rpartition("/")[2]
+    if name in ("", ".", "..") or not _PLAIN_SEPARATOR:
+        return Path(text).name
+    return name
 
 
 def _is_file(path: Path) -> bool:
@@ -198,11 +211,19 @@ def _read_manifest(
     videos: dict[str, VideoClip] = {}  # samples that are (clips of) video files
     target_cols = targets
     group_seen = False  # whether any row has the group column
+    # what each set of column names holds: a CSV has one set, JSONL rows a few; asked per row, these
+    # questions cost more than the rest of the row's reading
+    shapes: dict[tuple[str, ...], _Columns] = {}
+    name = str(path)
     for lineno, row in _read_rows(path):
-        where = f"{path} line {lineno}"
+        where = f"{name} line {lineno}"
         if target_cols is None:
             target_cols = [] if "label" in row else sorted(k for k in row if k.startswith("target"))
-        sample_id, entry = _row_entry(row, where, target_cols, require_labels, group_column)
+        names = tuple(row)
+        columns = shapes.get(names)
+        if columns is None:
+            columns = shapes[names] = _Columns.of(names)
+        sample_id, entry = _row_entry(row, where, target_cols, require_labels, group_column, columns)
         group_seen = group_seen or group_column in row
         known = meta.get(sample_id)
         if known is None:
@@ -212,7 +233,8 @@ def _read_manifest(
                 f"{where}: sample {sample_id!r} has label/targets/split/group {dict(zip(_META, entry))} here but "
                 f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target and one group"
             )
-        video = _video_clip(row, base, where)
+        single = _first(row, columns.path)  # asked once: both the video and the image reading want it
+        video = _video_clip(row, base, where, single)
         if video is not None:  # one row, one clip: a video (or [start, end) seconds of it) is a sample
             if frames[sample_id] or sample_id in videos:
                 raise DataError(f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a video sample has one row")
@@ -220,7 +242,7 @@ def _read_manifest(
             continue
         if sample_id in videos:
             raise DataError(f"{where}: sample {sample_id!r} is a video on line {lines[sample_id]}; it cannot also list images")
-        images, is_list = _row_images(row, where, sample_id, require_labels)
+        images, is_list = _row_images(row, where, sample_id, require_labels, single, columns)
         if sample_id in packed or (is_list and frames[sample_id]):
             raise DataError(
                 f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a sample given by a 'paths' "
@@ -239,9 +261,30 @@ def _read_manifest(
     return _assemble(path, frames, meta, lines, videos), group_seen
 
 
-def _row_entry(row: dict, where: str, target_cols: list[str], require_labels: bool, group_column: str) -> tuple[str, tuple]:
+class _Columns(NamedTuple):
+    """Which of the columns a row can have are among its names (each tuple in the order of precedence)."""
+
+    id: tuple[str, ...]  # of _ID_COLUMNS
+    path: tuple[str, ...]  # of _PATH_COLUMNS
+    paths: tuple[str, ...]  # of _PATHS_COLUMNS
+    per_image: bool  # any per-image target column
+    frame_targets: list[str]  # the per-image regression columns, sorted
+
+    @classmethod
+    def of(cls, names: tuple[str, ...]) -> "_Columns":
+        def present(wanted: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(c for c in wanted if c in names)
+
+        frame_targets = sorted(k for k in names if k.startswith(_FRAME_TARGET))
+        per_image = bool(frame_targets) or _FRAME_LABEL in names or _FRAME_LABELS in names
+        return cls(present(_ID_COLUMNS), present(_PATH_COLUMNS), present(_PATHS_COLUMNS), per_image, frame_targets)
+
+
+def _row_entry(
+    row: dict, where: str, target_cols: list[str], require_labels: bool, group_column: str, columns: _Columns
+) -> tuple[str, tuple]:
     """A row's sample id and what it says of the whole sample: ``(label, targets, split, labels, group)``."""
-    sample_id = _first(row, _ID_COLUMNS)
+    sample_id = _first(row, columns.id)
     if sample_id is None:
         raise DataError(f"{where}: no sample id; add a 'sample_id' column")
     if not isinstance(sample_id, str):
@@ -255,8 +298,7 @@ def _row_entry(row: dict, where: str, target_cols: list[str], require_labels: bo
     if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
         values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
     labels = _multi_labels(row.get("labels"), where)
-    per_image = any(k == _FRAME_LABEL or k == _FRAME_LABELS or k.startswith(_FRAME_TARGET) for k in row)
-    if require_labels and label is None and values is None and labels is None and not per_image:
+    if require_labels and label is None and values is None and labels is None and not columns.per_image:
         raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
     split = row.get("split") or None
     if split is not None and split not in SPLITS:
@@ -266,11 +308,12 @@ def _row_entry(row: dict, where: str, target_cols: list[str], require_labels: bo
     return sample_id, (label, values, split, labels, group)
 
 
-def _row_images(row: dict, where: str, sample_id: str, require_labels: bool) -> tuple[list[tuple], bool]:
-    """The images a row names, each ``(index, path as written, per-image target)``, and whether they came
-    as a 'paths' list (a sample given by such a row has that one row only)."""
-    single = _first(row, _PATH_COLUMNS)
-    many = _first(row, _PATHS_COLUMNS)
+def _row_images(
+    row: dict, where: str, sample_id: str, require_labels: bool, single: Any, columns: _Columns
+) -> tuple[list[tuple], bool]:
+    """The images a row names (``single``: its path value), each ``(index, path as written, per-image
+    target)``, and whether they came as a 'paths' list (a sample given by such a row has that one row only)."""
+    many = _first(row, columns.paths)
     if single is None and many is None:
         raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
     if many is not None:
@@ -282,7 +325,7 @@ def _row_images(row: dict, where: str, sample_id: str, require_labels: bool) -> 
     index = row.get("index")
     index = None if index in (None, "") else _parse_float(index, where, "index")
     rel = single if isinstance(single, str) else _text(single, where, "'path'")
-    return [(index, rel, _frame_payload(row, where, require_labels))], False
+    return [(index, rel, _frame_payload(row, where, require_labels, columns.frame_targets))], False
 
 
 def _assemble(path: Path, frames: dict[str, list[tuple]], meta: dict[str, tuple], lines: dict[str, int],
@@ -321,11 +364,11 @@ def _multi_labels(value: Any, where: str) -> list[str] | None:
     return sorted({v for v in items if v})
 
 
-def _frame_payload(row: dict[str, Any], where: str, required: bool) -> tuple | None:
-    """(class, {target: value}) of one image row for per-image tasks; None when the row has neither."""
+def _frame_payload(row: dict[str, Any], where: str, required: bool, columns: list[str]) -> tuple | None:
+    """(class, {target: value}) of one image row for per-image tasks (``columns``: its per-image
+    regression columns); None when the row has neither."""
     label = row.get(_FRAME_LABEL)
     label = None if label in (None, "") else _text(label, where, f"'{_FRAME_LABEL}'")
-    columns = sorted(k for k in row if k.startswith(_FRAME_TARGET))
     values = None
     if columns and (required or all(row.get(c) not in (None, "") for c in columns)):
         values = {c: _parse_float(row.get(c), where, c) for c in columns}

@@ -64,4 +64,12 @@ def is_image_file(path: Path) -> bool:
 
 
 def is_video_file(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+    return is_video_name(path.name)
+
+
+def is_video_name(name: str) -> bool:
+    """Whether a file name (the last part of a path, as ``Path.name`` gives it) is a video's: its suffix
+    (pathlib's: from the last dot, never a leading one) is a video extension and the file is not hidden.
+    On the name as text, so a million-row manifest needs no ``Path`` per row to ask."""
+    # a name without a dot gives its last character, which no extension equals
+    return not name.startswith(".") and name[name.rfind("."):].lower() in VIDEO_EXTENSIONS
