@@ -144,13 +144,23 @@ def make_dataset(root: Path, *, per_photo: int, max_photos: int | None = None, s
                       "test_groups": sorted(g for g, s in splits.items() if s == "test")}
 
 
+def models_run(rows: tuple[str, ...], finetune: bool, shifts: list[str] | None) -> str:
+    """What the table's rows run, for its title (the frozen MobileNetV2 only when a frozen row runs)."""
+    parts = ["frozen ImageNet MobileNetV2"] if rows else []
+    if finetune:
+        parts.append("MobileNetV2's last stages fine-tuned on cached maps")
+    if shifts:
+        parts.append(f"the motion recipe (MobileNetV2 cut at stride 8, 4 stages fine-tuned; shift {', '.join(shifts)})")
+    return " and ".join(parts) or "no rows"
+
+
 def as_regression(cfg) -> None:
     cfg.data.task, cfg.data.targets = "regression", ["speed"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few photos, 1 seed, 2 epochs, 2 rows (for the tests)")
+    parser.add_argument("--quick", action="store_true", help="few photos, 1 seed, 2 epochs, 2 frozen rows unless --rows (for the tests)")
     parser.add_argument("--per-photo", type=int, default=1, help="samples per photo, direction and speed (full mode)")
     parser.add_argument("--finetune", action="store_true", help="also the rows fine-tuned on cached maps (slow)")
     parser.add_argument("--finetune-stages", type=int, default=8, help="--trainable-stages of the fine-tuned rows")
@@ -170,18 +180,18 @@ def main() -> None:
         per_photo, max_photos, seeds, epochs, rows = 1, 8, common.QUICK_SEEDS, 2, QUICK_ROWS
     else:
         per_photo, max_photos, seeds, epochs, rows = args.per_photo, None, common.SEEDS, 20, ROWS
-        rows = tuple(args.rows) if args.rows is not None else rows
+    rows = tuple(args.rows) if args.rows is not None else rows  # --rows chooses with --quick too
     finetune = common.finetune_rows(args.finetune_stages) if args.finetune else {}
     motion = motion_rows(tuple(args.motion)) if args.motion else {}
     for name, apply in motion.items():  # fewer epochs: each one runs the CNN's last stages (the curves show where they stand)
         finetune[name] = lambda cfg, apply=apply: (apply(cfg), setattr(cfg.train, "max_epochs", args.motion_epochs))
+    title = f"Panning across real photos: direction (4 classes) and signed speed, {models_run(rows, args.finetune, args.motion)}"
     with tempfile.TemporaryDirectory(prefix="seqvision-pan-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         manifest, counts = make_dataset(tmp / "data", per_photo=per_photo, max_photos=max_photos)
         print(common.header(
-            "Panning across real photos: direction (4 classes) and signed speed, frozen ImageNet MobileNetV2",
-            seeds=seeds, image_size=args.image_size, extra=[
+            title, seeds=seeds, image_size=args.image_size, extra=[
                 f"data: {FRAMES} frames of a {WINDOW}x{WINDOW} window panning across {counts['photos']} photos of opencv-doc "
                 f"({counts['groups']} groups of near-duplicates) scaled to a {SHORT_SIDE}-px shorter side; speeds "
                 f"{', '.join(map(str, SPEEDS))} px/frame x 4 directions x {per_photo} per photo; samples per split "
@@ -227,7 +237,7 @@ def main() -> None:
     if common.cache_note(first):
         print(common.cache_note(first))
     print(f"total time {common.elapsed(start)}")
-    print(json.dumps({"benchmark": "panning_photos", "quick": args.quick, "seeds": list(seeds), "epochs": epochs,
+    print(json.dumps({"benchmark": "panning_photos", "title": title, "quick": args.quick, "seeds": list(seeds), "epochs": epochs,
                       "counts": counts, "image_size": args.image_size, "feature_precision": common.feature_precision(),
                       "results": summary, "runs": results, "seconds": time.perf_counter() - start}))
 
