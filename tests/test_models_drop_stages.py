@@ -90,3 +90,32 @@ def test_a_cut_never_shares_the_full_backbones_feature_cache_onnx_file_or_runtim
     assert CacheKey.for_encoder(full, prep).digest != CacheKey.for_encoder(cut, prep).digest  # ...another cache
     assert _architecture(full) != _architecture(cut)  # another remembered runtime choice
     assert onnx_file(full, tmp_path) != onnx_file(cut, tmp_path)  # another exported file
+
+
+@pytest.mark.parametrize("backbone, drop", [("tiny_cnn", 1), ("mobilenet_v2", 12)])
+def test_weights_of_the_whole_backbone_or_of_its_cut_trunk_load_into_the_cut_one(tmp_path, backbone, drop):
+    torch.manual_seed(3)
+    whole = build_backbone(backbone, weights="none")
+    kept = build_backbone(backbone, weights="none", drop_stages=drop).trunk.state_dict().keys()
+    if backbone == "tiny_cnn":  # its trunk is the whole model: the same names
+        full = whole.trunk.state_dict()
+    else:  # a torchvision file names the model's modules: features.N...
+        import torchvision
+
+        model = torchvision.models.mobilenet_v2()
+        model.features = whole.trunk
+        full = model.state_dict()
+        kept = {f"features.{k}" for k in kept}
+    torch.save(full, tmp_path / "whole.pth")
+    torch.save({k: v for k, v in full.items() if k in kept}, tmp_path / "cut.pth")  # saved from the cut trunk
+    for name in ("whole.pth", "cut.pth"):
+        cut = build_backbone(backbone, weights=str(tmp_path / name), drop_stages=drop)
+        mine = cut.trunk.state_dict()
+        assert len(mine) == len(kept) and all(torch.equal(v, whole.trunk.state_dict()[k]) for k, v in mine.items())
+    with pytest.raises(ConfigError, match="does not fit backbone"):  # the cut file cannot make the whole backbone
+        build_backbone(backbone, weights=str(tmp_path / "cut.pth"))
+    other = build_backbone("resnet18" if backbone == "tiny_cnn" else "tiny_cnn", weights="none").trunk.state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=rf"other.pth fits neither backbone '{backbone}' nor its cut without the last "
+                                          rf"{drop} stages \(--drop-stages {drop}\): \d+ missing"):
+        build_backbone(backbone, weights=str(tmp_path / "other.pth"), drop_stages=drop)

@@ -269,10 +269,11 @@ def build_backbone(name: str, *, weights: str = "imagenet", pool: str = "avg", d
         trunk, stages, prep = _REGISTRY[name]()
         if weights == "imagenet":
             raise ConfigError(f"backbone {name!r} has no pretrained weights; use --weights none (or a PATH)")
-        if weights != "none":
-            load_local_weights(trunk, weights, name)
+        cut, stages = drop_last_stages(trunk, stages, drop_stages, name)
+        if weights != "none":  # loaded after the cut: a file of the whole backbone or of the cut one fits
+            load_local_weights(trunk, weights, name, kept=cut if drop_stages else None, drop=drop_stages)
             prep = local_preprocessing(weights, prep)
-        trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
+        trunk = cut
         return _cut(ImageEncoder(trunk, name=name, pool=pool, stages=stages, preprocessing=prep), drop_stages)
     if name.startswith("timm/"):
         if drop_stages:
@@ -346,14 +347,18 @@ def _build_torchvision(name: str, *, weights: str, pool: str, drop_stages: int =
         mode = getattr(getattr(t, "interpolation", None), "value", "bilinear")  # e.g. bicubic for efficientnet_b1+
         prep = Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std),
                              interpolation=mode if mode in INTERPOLATIONS else "bilinear")
-    elif weights != "none":
+    local = weights not in ("imagenet", "none")
+    if local and not drop_stages:  # the whole model, before its classifier is removed
         load_local_weights(model, weights, name)
-        prep = local_preprocessing(weights, prep)  # its sidecar PATH.json, else ImageNet's (said in one line)
     trunk, stages, post_pool, pooled = _headless(model, name)
     if drop_stages and (post_pool is not None or pooled):
         raise ConfigError(f"--drop-stages {drop_stages}: backbone {name!r} normalizes or pools its last stage's "
                           "output itself, which a cut backbone lacks; use a ResNet, MobileNet or EfficientNet")
     trunk, stages = drop_last_stages(trunk, stages, drop_stages, name)
+    if local and drop_stages:  # after the cut: a file of the whole model or of its cut trunk fits
+        load_local_weights(model, weights, name, kept=trunk, drop=drop_stages)
+    if local:
+        prep = local_preprocessing(weights, prep)  # its sidecar PATH.json, else ImageNet's (said in one line)
     encoder = ImageEncoder(trunk, name=name, pool=pool, stages=stages, post_pool=post_pool, preprocessing=prep, pooled=pooled)
     return _cut(encoder, drop_stages)
 

@@ -35,8 +35,13 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
-def load_local_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load a local state_dict or checkpoint (``state_dict`` / ``model`` key) safely (no pickled code)."""
+def load_local_weights(model: nn.Module, path: str, name: str, *, kept: nn.Module | None = None, drop: int = 0) -> None:
+    """Load a local state_dict or checkpoint (``state_dict`` / ``model`` key) safely (no pickled code).
+
+    ``kept``: the part of ``model`` that a cut backbone keeps (``--drop-stages drop``): the file must then hold
+    its weights, under ``model``'s names, and may hold the rest. So a file saved from the whole backbone and
+    one saved from the cut trunk (the dropped stages' keys missing) both load; a file that fits neither is
+    refused naming both."""
     raw = safe_load(Path(path), ConfigError, "--weights", "use imagenet, none or a path to a state_dict")
     state = raw
     for key in ("state_dict", "model", "model_state_dict"):
@@ -46,13 +51,26 @@ def load_local_weights(model: nn.Module, path: str, name: str) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"--weights {path}: expected a state_dict of tensors")
     state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False)
-    wrong = list(result.missing_keys) + list(result.unexpected_keys)
-    if wrong:
+    needed = set(model.state_dict()) if kept is None else _keys_of(model, kept)
+    missing, unexpected = sorted(needed - set(state)), sorted(set(state) - set(model.state_dict()))
+    fits = (f"does not fit backbone {name!r}" if kept is None
+            else f"fits neither backbone {name!r} nor its cut without the last {drop} stages (--drop-stages {drop})")
+    if missing or unexpected:
         raise ConfigError(
-            f"--weights {path} does not fit backbone {name!r}: {len(result.missing_keys)} missing and "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {wrong[:3]}); was it saved from another model?"
+            f"--weights {path} {fits}: {len(missing)} missing and {len(unexpected)} unexpected keys "
+            f"(e.g. {(missing + unexpected)[:3]}); was it saved from another model?"
         )
+    try:
+        model.load_state_dict(state, strict=False)  # every key it needs is there (checked above)
+    except RuntimeError as exc:  # a tensor of another shape: another width of the same architecture
+        raise ConfigError(f"--weights {path} {fits}: {str(exc).strip().splitlines()[-1].strip()}") from None
+
+
+def _keys_of(model: nn.Module, part: nn.Module) -> set[str]:
+    """The ``state_dict`` keys of ``model`` that belong to ``part``'s children (modules of ``model``)."""
+    children = {id(child) for child in part.children()}
+    return {f"{prefix}.{key}" if prefix else key
+            for prefix, module in model.named_modules() if id(module) in children for key in module.state_dict()}
 
 
 def local_preprocessing(path: str, default: Preprocessing) -> Preprocessing:
