@@ -74,6 +74,35 @@ def assign_splits(
     return result
 
 
+def planned_splits(
+    samples: list[Sample], *, val_fraction: float, test_fraction: float, seed: int, stratify: bool,
+    splits_file: Path | None = None,
+) -> dict[str, str]:
+    """``{sample_id: split}`` as ``train`` decides it: a saved ``splits_file`` is reused (a resumed run),
+    else :func:`assign_splits`, after saying once when samples without groups seem to share sources (a
+    split that holds samples out would then leak). ``seqvision inspect`` asks this same function."""
+    if splits_file is not None and splits_file.exists():
+        return load_splits(splits_file, samples)
+    if val_fraction or test_fraction:  # something is held out, so something could leak
+        _warn_if_sources_look_shared(samples)
+    return assign_splits(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, stratify=stratify)
+
+
+def _warn_if_sources_look_shared(samples: list[Sample]) -> None:
+    """Once, before a random split: samples without groups that seem to share sources would leak."""
+    if any(s.group is not None for s in samples) or all(s.split for s in samples):
+        return
+    hint = shared_source_hint(samples)
+    if hint:
+        warnings.warn(
+            f"no groups given, but {hint}: several samples may come from one video, object or session, and a "
+            "random split puts them on both sides, so validation and test accuracy may be optimistic. Name each "
+            "sample's source with a 'group' column (or --group-by COLUMN; for folders --group-by REGEX on the "
+            "sample names) to split by source",
+            stacklevel=4,
+        )
+
+
 def _fill(chosen: dict[str, list[_Unit]], name: str, *, stratify: bool, grouped: bool) -> None:
     """Give the empty split ``name`` the smallest unit another held-out split can spare (one holding two
     or more), else the smallest training unit whose label keeps another unit in training. With groups, a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,12 +13,7 @@ from seqvision.config import DataConfig
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
 from seqvision.data.samples import Sample
-from seqvision.data.splits import (
-    assign_splits,
-    load_splits,
-    save_splits,
-    shared_source_hint,
-)
+from seqvision.data.splits import planned_splits, save_splits
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
 from seqvision.data.video import probe_video
@@ -77,39 +71,16 @@ def prepare_data(cfg: DataConfig, *, seed: int, splits_file: Path | None = None)
     if not samples:
         raise DataError(f"{cfg.data}: every sample was dropped as too short ({len(dropped)} samples)")
     spec = TargetSpec.infer(samples, task=cfg.task, target_names=cfg.targets)
-    if splits_file is not None and splits_file.exists():
-        assignment = load_splits(splits_file, samples)
-    else:
-        if cfg.val_fraction or cfg.test_fraction:  # something is held out, so something could leak
-            _warn_if_sources_look_shared(samples)
-        assignment = assign_splits(
-            samples,
-            val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction,
-            seed=seed,
-            stratify=spec.kind.stratified,
-        )
+    assignment = planned_splits(
+        samples, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=seed,
+        stratify=spec.kind.stratified, splits_file=splits_file,
+    )
     by_split: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
         by_split[assignment[s.id]].append(s)
     if not by_split["train"]:
         raise DataError(f"{cfg.data}: no training samples after the split")
     return PreparedData(by_split, spec, dropped)
-
-
-def _warn_if_sources_look_shared(samples: list[Sample]) -> None:
-    """Once, before a random split: samples without groups that seem to share sources would leak."""
-    if any(s.group is not None for s in samples) or all(s.split for s in samples):
-        return
-    hint = shared_source_hint(samples)
-    if hint:
-        warnings.warn(
-            f"no groups given, but {hint}: several samples may come from one video, object or session, and a "
-            "random split puts them on both sides, so validation and test accuracy may be optimistic. Name each "
-            "sample's source with a 'group' column (or --group-by COLUMN; for folders --group-by REGEX on the "
-            "sample names) to split by source",
-            stacklevel=3,
-        )
 
 
 class SequenceDataModule(L.LightningDataModule):
