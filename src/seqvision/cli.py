@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stream_parser(sub.add_parser("stream", help="predict frame by frame, live: a video, camera, network stream or a folder receiving images"))
     _serve_parser(sub.add_parser("serve", help="an HTTP API for a checkpoint (POST /predict, GET /model, GET /health), with dynamic batching"))
 
+    _inspect_parser(sub.add_parser("inspect", help="what a data set holds and what is wrong with it: counts per label and split, leaks, unreadable files, thumbnails (HTML)"))
     sub.add_parser("backbones", help="list the backbone names")
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true", help="also show the libraries' messages (Lightning's banner and hints, deprecation notices)")
@@ -202,10 +203,13 @@ def _tune_parser(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
 
 
-def _config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per config field (``_TRAIN_FLAGS``), default None so only given flags override the config file."""
+def _config_flags(p: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
+    """One flag per config field (``_TRAIN_FLAGS``; ``only``: those of these fields), default None so only
+    given flags override the config file."""
     defaults = _config_defaults()
     for *flags, section, name, options in _TRAIN_FLAGS:
+        if only is not None and name not in only:
+            continue
         if "action" not in options and "choices" not in options:
             options = {"metavar": name.upper(), **options}
         # defaults stay None here (only given flags override the config file); the help shows the real one
@@ -244,6 +248,22 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-rows", type=_at_least(1), default=4096, help="images per committed cache shard (what a crash can lose)")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error", help="stop, or leave bad images out and report them (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _inspect_parser(p: argparse.ArgumentParser) -> None:
+    """``inspect``: the data, where the page goes, how much to read, and train's options that decide the split."""
+    p.add_argument("data", help="a data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest")
+    p.add_argument("--out", help="folder for inspect.html and inspect.json (default: print the summary only)")
+    p.add_argument("--config", help="a run's YAML file: its data options and seed decide the split shown; flags override it")
+    p.add_argument("--check-images", action="store_true", help="decode every image and every video frame: finds unreadable and truncated files (slow on big data)")
+    p.add_argument("--hash", choices=["auto", "on", "off"], default="auto", help="sha256 of every file, to find one content under two names in two splits; auto: when the data has at most 10,000 files and 1 GiB (default: %(default)s)")
+    p.add_argument("--max-headers", type=_at_least(0), default=2000, help="image headers read for sizes and formats, evenly spread over the files; 0: all (default: %(default)s)")
+    p.add_argument("--thumbnails", type=_at_least(0), default=3, help="samples per label shown as strips of their images, in order (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="exit with status 3 when a leak or an unreadable or truncated file is found (CI)")
+    _config_flags(p, only=_INSPECT_FIELDS)
+
+
+_INSPECT_FIELDS = frozenset({"task", "targets", "min_images", "group_by", "val_fraction", "test_fraction", "seed"})
 
 
 def _stream_parser(p: argparse.ArgumentParser) -> None:
@@ -549,10 +569,33 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from seqvision.config import resolve_config
+    from seqvision.errors import ConfigError
+    from seqvision.inspection import inspect_data, summary_lines, write_report
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder for inspect.html and inspect.json")
+    overrides = _overrides(args)
+    overrides.setdefault("data", {})["data"] = args.data  # so --group-by and --targets are checked against it
+    cfg = resolve_config(args.config, overrides)
+    d = cfg.data
+    inspection = inspect_data(
+        args.data, group_by=d.group_by, targets=d.targets, task=d.task, val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction, seed=cfg.train.seed, min_images=d.min_images, check_images=args.check_images,
+        hash_files=args.hash, max_headers=args.max_headers, thumbnails=args.thumbnails,
+    )
+    report = write_report(inspection, args.out)
+    print("\n".join(summary_lines(report)))
+    for path in report.files:
+        print(f"wrote {path}")
+    return 3 if args.strict and report.failed_strict else 0
+
+
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
-    "stream": cmd_stream,
+    "stream": cmd_stream, "inspect": cmd_inspect,
     "export": cmd_export, "tune": cmd_tune,
     "serve": cmd_serve,
 }
