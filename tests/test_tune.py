@@ -1,5 +1,5 @@
-"""seqvision tune: trials on cached features, a study that continues after a kill, pruning, a best_config.yaml
-that reproduces the best trial, and a space file checked before any work."""
+"""seqvision tune: head trials on cached features (motion trials: test_tune_motion.py), a study that continues
+after a kill, pruning, a best_config.yaml that reproduces the best trial, and a space file checked before any work."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def tune_setup(tmp_path):
 def test_tune_continues_a_killed_study_and_its_best_config_reproduces_the_best_trial(tune_setup, tmp_path):
     cfg, space = tune_setup
     lines: list[str] = []
-    result = tune(cfg, tmp_path / "t", trials=3, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", motion="off", trials=3, space_file=space, say=lines.append)
     assert result.finished == 3 and [ln.split(":")[0] for ln in lines if ln.startswith("trial")] == ["trial 1/3", "trial 2/3", "trial 3/3"]
     assert "head=lstm hidden_size=8" in lines[0]  # the first trial is the run's own recipe (lstm, lr 0.01)
     assert "lr=0.01 " in lines[0] + " "
@@ -55,7 +55,7 @@ def test_tune_continues_a_killed_study_and_its_best_config_reproduces_the_best_t
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
     study.ask()
     lines.clear()
-    again = tune(cfg, tmp_path / "t", trials=4, space_file=space, say=lines.append)
+    again = tune(cfg, tmp_path / "t", motion="off", trials=4, space_file=space, say=lines.append)
     assert again.finished == 4 and [ln.split(":")[0] for ln in lines if ln.startswith("trial")] == ["trial 5/4"]
     states = [t.state for t in optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}").trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and len(states) == 5
@@ -67,10 +67,10 @@ def test_tune_continues_a_killed_study_and_its_best_config_reproduces_the_best_t
 
 def test_a_study_made_with_other_options_is_not_continued(tune_setup, tmp_path):
     cfg, space = tune_setup
-    tune(cfg, tmp_path / "t", trials=1, space_file=space, say=lambda _: None)
+    tune(cfg, tmp_path / "t", motion="off", trials=1, space_file=space, say=lambda _: None)
     cfg.train.seed = 7
     with pytest.raises(ConfigError, match="holds a study made with other options"):
-        tune(cfg, tmp_path / "t", trials=2, space_file=space, say=lambda _: None)
+        tune(cfg, tmp_path / "t", motion="off", trials=2, space_file=space, say=lambda _: None)
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):
@@ -156,7 +156,7 @@ def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_th
     import seqvision.tuning.study as study_module
 
     lines: list[str] = []
-    tune(cfg, tmp_path / "t", trials=2, space_file=space, say=lines.append)
+    tune(cfg, tmp_path / "t", motion="off", trials=2, space_file=space, say=lines.append)
     real = study_module._run_trial
     calls = {"n": 0}
 
@@ -167,7 +167,7 @@ def test_a_continued_study_draws_new_trials_and_a_failing_trial_does_not_stop_th
         return real(trial, trial_cfg, metric, tmp_root, **kw)
 
     monkeypatch.setattr(study_module, "_run_trial", diverging_once)
-    result = tune(cfg, tmp_path / "t", trials=4, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", motion="off", trials=4, space_file=space, say=lines.append)
     assert result.finished == 4 and any("failed (SeqVisionError: the training loss became NaN" in ln for ln in lines)
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
     drawn = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
@@ -240,7 +240,7 @@ def test_the_timeout_stops_a_running_trial_and_keeps_the_time_to_train_the_best_
     # 1.25 x (3 epochs x 10 s + 6 setups x 2 s) = 52.5 s
     clock = fake_clock([10.0, 25.0], retrain_pace=10.0)
     lines: list[str] = []
-    result = tune(cfg, tmp_path / "t", trials=5, timeout=110, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", motion="off", trials=5, timeout=110, space_file=space, say=lines.append)
     trial_lines = [ln for ln in lines if ln.startswith("trial ")]
     # trial 1 ends at 22 s; trial 2's first epoch ends at 49 s, and another 25 s would leave 36 < 52.5 s: stopped
     assert len(trial_lines) == 2 and "trial 2/5: stopped at epoch 1 by --timeout" in trial_lines[1], lines
@@ -259,7 +259,7 @@ def test_a_timeout_that_leaves_no_time_for_the_retraining_says_the_command_inste
     space.write_text(TIMED_SPACE)
     clock = fake_clock([10.0], retrain_pace=10.0)
     lines: list[str] = []
-    result = tune(cfg, tmp_path / "t", trials=5, timeout=30, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", motion="off", trials=5, timeout=30, space_file=space, say=lines.append)
     assert len([ln for ln in lines if ln.startswith("trial ")]) == 1 and clock.retrained is None and clock.now <= 30
     command = f"seqvision train --config {tmp_path / 't' / 'best_config.yaml'} --out {tmp_path / 't' / 'best-1'}"
     said = [ln for ln in lines if "not trained again" in ln]
@@ -289,7 +289,7 @@ def test_a_head_that_always_fails_is_counted_said_and_no_longer_drawn(tune_setup
     monkeypatch.setattr(study_module, "_run_trial", gru_crashes)
     cfg.model.head = "gru"  # the first trial is the run's own recipe: gru fails at once (one more draw of it in 11 excludes it)
     lines: list[str] = []
-    result = tune(cfg, tmp_path / "t", trials=12, space_file=space, say=lines.append)
+    result = tune(cfg, tmp_path / "t", motion="off", trials=12, space_file=space, say=lines.append)
     assert ran.count("gru") == 2 and len(ran) == 14, ran  # two failures, then never trained again; 12 trials finish
     assert result.finished == 12
     excluded = [ln for ln in lines if "not drawn again" in ln]

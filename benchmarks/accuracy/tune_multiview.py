@@ -7,7 +7,8 @@ photos in all. The backbone is the frozen ImageNet MobileNetV2 of ``../shared/we
 Side by side, same split, same seed, one process:
 1. the default recipe: ``seqvision train`` with the defaults (LSTM, hidden 256, lr 1e-3, batch 8, ...);
 2. ``seqvision tune`` with the default space and ``--trials 30`` (the first trial is the default recipe),
-   then the best trial trained again from ``best_config.yaml`` and tested once.
+   then the best trial trained again from ``best_config.yaml`` and tested once. Head trials only
+   (``--motion off``, as measured in the README); ``--motion auto`` adds tune's motion trials.
 
 It prints the wall time of the whole tune (feature extraction for the three poolings included, and the
 final training of the best trial), each trial's line, and the test accuracy of both models.
@@ -36,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny data, 3 trials of 2 epochs (for the tests)")
     parser.add_argument("--trials", type=int, default=None, help="default: 30 (quick: 3)")
+    parser.add_argument("--motion", choices=("auto", "off", "only"), default="off",
+                        help="tune's motion trials (default: off, heads only, as the README measured)")
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
@@ -53,7 +56,7 @@ def main() -> None:
             f"data: {k * sets['train']} train / {k * sets['val']} val / {k * sets['test']} test sets of {VIEWS} Fashion-MNIST "
             f"photos (pools of {pools['train'] * k} photos of the official train split, {pools['test'] * k} of the test split)",
             "search: Optuna TPE (seed 0), median pruner, the default space (every head, hidden size, layers, direction, "
-            "temporal diff, pooling avg|max|grid2, dropout, lr, weight decay, batch size, epochs)"
+            f"temporal diff, pooling avg|max|grid2, dropout, lr, weight decay, batch size, epochs); --motion {args.motion}"
             + (f"; space file: {space.strip()!r}" if space else ""),
         ]), flush=True)
     with tempfile.TemporaryDirectory(prefix="seqvision-tune-") as tmp:
@@ -72,7 +75,8 @@ def main() -> None:
             space_file = tmp / "space.yaml"
             space_file.write_text(space)
         began = time.perf_counter()
-        result = tune(cfg, tmp / "tune", trials=trials, space_file=space_file, say=lambda line: print(line, flush=True))
+        result = tune(cfg, tmp / "tune", trials=trials, motion=args.motion, space_file=space_file,
+                      say=lambda line: print(line, flush=True))
         tune_seconds = time.perf_counter() - began
     tuned = result.test_metrics["accuracy"]
     print()

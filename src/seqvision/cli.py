@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the graphs and model.json")
     p.add_argument("--opset", type=_at_least(1), default=17, help="ONNX opset (default: %(default)s)")
 
+    p = sub.add_parser("compare", help="runs side by side: headline on val and test, diagnostics, options that differ, learning curves, per-class F1")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders of seqvision train, tune's best-N/, or seqvision evaluate --out folders (one task and class set)")
+    p.add_argument("--out", help="folder for compare.html, compare.md and the curves' PNG files (default: print the table only)")
+
     _stream_parser(sub.add_parser("stream", help="predict frame by frame, live: a video, camera, network stream or a folder receiving images"))
     _serve_parser(sub.add_parser("serve", help="an HTTP API for a checkpoint (POST /predict, GET /model, GET /health), with dynamic batching"))
 
@@ -189,6 +193,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs to a file or pipe get one line per epoch anyway)")
+    _tracking_flags(p)
     _config_flags(p)
 
 
@@ -200,7 +205,38 @@ def _tune_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds for this run's trials and the best trained again, after the feature cache is filled (default: none)")
     p.add_argument("--metric", choices=["val_acc", "val_f1", "val_map", "val_loss", "val_mae", "val_rmse"], help="validation metric to optimise (default: val_acc, or val_mae for numbers)")
     p.add_argument("--space", help="YAML file narrowing, widening or fixing the search space (see README)")
+    _tracking_flags(p, trials=True)
     _config_flags(p)
+
+
+def _tracking_flags(p: argparse.ArgumentParser, *, trials: bool = False) -> None:
+    """``--logger``, ``--mlflow-uri``, ``--experiment``: where the run's metrics go (seqvision.training.tracking)."""
+    from seqvision.training.tracking import DEFAULT_LOGGERS, LOGGER_CHOICES
+
+    nested = " (tune: the study a run, each trial a run nested under it)" if trials else ""
+    p.add_argument("--logger", type=_logger_names, default=DEFAULT_LOGGERS, metavar="NAMES",
+                   help=f"comma-separated: {', '.join(LOGGER_CHOICES)}{nested}; report.html's and compare's curves read "
+                        f"the csv log; mlflow and wandb are extras: pip install \"seqvision[mlflow]\" (default: {','.join(DEFAULT_LOGGERS)})")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI: a server (http://HOST:PORT) or sqlite:///FILE (default: "
+                                        "sqlite:///<folder above --out>/mlflow.db, artifacts in mlartifacts/ beside it)")
+    p.add_argument("--experiment", default="seqvision", help="MLflow experiment and W&B project (default: %(default)s)")
+
+
+def _logger_names(text: str) -> tuple[str, ...]:
+    """An argparse type: ``--logger csv,mlflow`` -> the names, each known (a usage error otherwise)."""
+    from seqvision.training.tracking import parse_loggers
+
+    try:
+        return parse_loggers(text)
+    except SeqVisionError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--logger {text!r}: ")) from None
+
+
+def _tracking(args: argparse.Namespace):
+    """The run's Tracking, checked (a tracker not installed stops here, before any work)."""
+    from seqvision.training.tracking import Tracking
+
+    return Tracking(loggers=args.logger, mlflow_uri=args.mlflow_uri, experiment=args.experiment)
 
 
 def _config_flags(p: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
@@ -365,9 +401,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seqvision.evaluation.metrics import headline
     from seqvision.workflows import train_and_evaluate
 
+    tracking = _tracking(args)
     cfg = resolve_config(args.config, _overrides(args))
     bar = not args.no_progress and sys.stdout.isatty()  # a file or a pipe gets one line per epoch instead
-    result = train_and_evaluate(cfg, args.out, resume=args.resume, progress=bar, epoch_log=not bar)
+    result = train_and_evaluate(cfg, args.out, resume=args.resume, progress=bar, epoch_log=not bar, tracking=tracking)
     if result.feature_cache:
         fc = result.feature_cache
         peers = f", {fc['by_peers']} by the other processes" if fc.get("by_peers") else ""
@@ -380,7 +417,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{split}: {headline(metrics)}  ({Path(args.out) / split / 'metrics.json'})")
             _print_findings(metrics)
     _report(result.reported, "data notes: samples or images left out, clips shortened")
+    _print_tracking(Path(args.out))
     return 0
+
+
+def _print_tracking(out: Path) -> None:
+    """Where MLflow and W&B keep the run (``tracking.json``), and the command that shows it."""
+    import json
+
+    saved = out / "tracking.json"
+    record = json.loads(saved.read_text()) if saved.exists() else {}
+    if "mlflow" in record:
+        m = record["mlflow"]
+        see = f"mlflow ui --backend-store-uri {m['tracking_uri']}" if m["tracking_uri"].startswith("sqlite:") else "open it there"
+        print(f"mlflow: run {m['run_id']} in {m['tracking_uri']} ({see})")
+    if "wandb" in record:
+        print(f"wandb: offline run in {record['wandb']['run_dir']} (wandb sync {record['wandb']['run_dir']} uploads it)")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -388,14 +440,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from seqvision.evaluation.metrics import headline
     from seqvision.tuning.study import tune
 
+    tracking = _tracking(args)
     cfg = resolve_config(args.config, _overrides(args))
     result = tune(cfg, args.out, trials=args.trials, timeout=args.timeout, metric=args.metric, space_file=args.space,
-                  say=lambda line: print(line, flush=True))
+                  say=lambda line: print(line, flush=True), tracking=tracking)
     print(f"{result.finished} trials ({result.pruned} pruned); best: trial {result.best_trial}, {result.best_value:.4f}")
     print(f"wrote {result.best_config} (seqvision train --config {result.best_config} --out RUN reproduces it)")
     if result.test_metrics:
         print(f"best model on the test split: {headline(result.test_metrics)}  ({result.best_run / 'test' / 'metrics.json'})")
     print(f"wrote {result.report}")
+    _print_tracking(Path(args.out))
     return 0
 
 
@@ -515,6 +569,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from seqvision.evaluation.compare import compare, load_runs
+    from seqvision.evaluation.compare_report import summary_text, write_comparison
+
+    comparison = compare(load_runs(args.runs))
+    print(summary_text(comparison))
+    if args.out:
+        for path in write_comparison(comparison, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from seqvision.export.exporter import check_format, export_checkpoint
 
@@ -597,7 +663,7 @@ COMMANDS = {
     "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
     "stream": cmd_stream, "inspect": cmd_inspect,
     "export": cmd_export, "tune": cmd_tune,
-    "serve": cmd_serve,
+    "serve": cmd_serve, "compare": cmd_compare,
 }
 
 

@@ -26,13 +26,14 @@ from seqvision.runtime import default_device, inference_dtype, resolve_device
 
 if TYPE_CHECKING:
     from seqvision.training.fit import TrainResult
+    from seqvision.training.tracking import Tracking
 
 __all__ = ["train_and_evaluate", "evaluate", "report", "predict", "extract"]
 
 
 def train_and_evaluate(
     cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
-    epoch_log: bool = False,
+    epoch_log: bool = False, tracking: "Tracking | None" = None,
 ) -> "TrainResult":
     """Train as ``cfg`` says (:func:`seqvision.training.fit.fit`), then evaluate the best checkpoint on the
     validation and test splits: ``val/`` and ``test/`` in ``out_dir`` (metrics.json, plots, report.html;
@@ -40,11 +41,13 @@ def train_and_evaluate(
 
     ``resume=True`` continues from ``out_dir/last.ckpt`` with the saved split. ``callbacks``: more
     Lightning callbacks. ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per
-    epoch (for log files).
+    epoch (for log files). ``tracking``: the loggers (default CSV and TensorBoard); MLflow and W&B also get
+    the final metrics, the evaluation folders and the checkpoint (:func:`seqvision.training.tracking.log_results`).
     """
     from seqvision.training.fit import device_of, fit  # Lightning: only training loads it
+    from seqvision.training.tracking import log_results
 
-    result = fit(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks, epoch_log=epoch_log)
+    result = fit(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks, epoch_log=epoch_log, tracking=tracking)
     if not result.is_global_zero:  # one process of a distributed run reports
         return result
     # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
@@ -61,6 +64,7 @@ def train_and_evaluate(
         )
         setattr(result, f"{split}_metrics", ev.metrics)
         result.reported.extend(m for m in ev.skipped if m not in result.reported)
+    log_results(result.loggers, result.out_dir, {"val": result.val_metrics, "test": result.test_metrics})
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_htm
 from seqvision.evaluation.report import confusion_matrix_png, write_metrics
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
-from seqvision.io import atomic_write
+from seqvision.io import atomic_write, atomic_write_text
 from seqvision.runtime import inference_group
 
 
@@ -264,11 +265,17 @@ def evaluate(
                 f"--split {split}: no sample of {data} is in that split (its splits: {', '.join(found) or 'none'}; a "
                 "split comes from a 'split' column or train/val/test folders); evaluate all of it without --split"
             )
-    return evaluate_samples(
+    result = evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group, diagnostics=diagnostics,
         store=predictor.cached_store(samples),  # a frozen run's cached features, when they cover the data
     )
+    if out_dir is not None:  # what was evaluated, so `seqvision compare` finds the model's options and size
+        record = {"checkpoint": str(Path(checkpoint).resolve()), "data": str(data), "split": split}
+        path = Path(out_dir) / "evaluation.json"
+        atomic_write_text(path, json.dumps(record, indent=2))
+        result.files.append(path)
+    return result
 
 
 def report(

@@ -102,7 +102,7 @@ def write_html_report(
     if attention:
         parts.append(_attention_section(attention))
     out_path = Path(out_path)
-    atomic_write_text(out_path, _page(title, "\n".join(parts)))
+    atomic_write_text(out_path, html_page(title, "\n".join(parts)))
     return out_path
 
 
@@ -131,7 +131,8 @@ _SCRIPT = (
 )
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """A whole self-contained page: ``body`` under ``title``, the CSS, the CSP and the image check."""
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return (
@@ -143,13 +144,15 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _fmt(value: object) -> str:
+def format_value(value: object) -> str:
+    """A table cell's text: floats to 4 decimals, anything else escaped."""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return escape(str(value))
 
 
-def _img(data: bytes, mime: str, alt: str, cls: str = "") -> str:
+def img_tag(data: bytes, mime: str, alt: str, cls: str = "") -> str:
+    """An ``<img>`` whose picture is inside the page (a base64 ``data:`` URI)."""
     klass = f' class="{cls}"' if cls else ""
     return f'<img{klass} alt="{escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
@@ -159,7 +162,7 @@ def _img(data: bytes, mime: str, alt: str, cls: str = "") -> str:
 
 def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    rows = "".join(f'<tr><td class="name">{escape(k)}</td><td>{_fmt(v)}</td></tr>' for k, v in scalars.items())
+    rows = "".join(f'<tr><td class="name">{escape(k)}</td><td>{format_value(v)}</td></tr>' for k, v in scalars.items())
     html = [f'<section id="metrics"><h2>Metrics</h2><table class="metrics"><tr><th class="name">metric</th><th>value</th></tr>{rows}</table>']
     for key, heading in (("per_class", "Per class"), ("per_target", "Per target"), ("per_group", "Per group (worst first)")):
         per = metrics.get(key)
@@ -167,7 +170,7 @@ def _metrics_section(metrics: dict, confusion_png: bytes | None) -> str:
             columns = list(dict.fromkeys(c for stats in per.values() for c in stats))
             head = "".join(f"<th>{escape(c)}</th>" for c in columns)
             body = "".join(
-                f'<tr><td class="name">{escape(str(name))}</td>' + "".join(f"<td>{_fmt(stats.get(c, ''))}</td>" for c in columns) + "</tr>"
+                f'<tr><td class="name">{escape(str(name))}</td>' + "".join(f"<td>{format_value(stats.get(c, ''))}</td>" for c in columns) + "</tr>"
                 for name, stats in per.items()
             )
             html.append(f'<h2>{heading}</h2><table class="{key}"><tr><th class="name">name</th>{head}</tr>{body}</table>')
@@ -184,11 +187,11 @@ def _diagnostics_section(d: dict, seconds: float | None) -> str:
     rows = []
     for variant, label in what.items():
         if variant == "normal":
-            rows.append(f'<tr><td class="name">{label}</td><td>{_fmt(d["normal"])}</td><td></td></tr>')
+            rows.append(f'<tr><td class="name">{label}</td><td>{format_value(d["normal"])}</td><td></td></tr>')
         elif variant in d:
             v = d[variant]
-            change = f"{100 * v[move]:.1f}%" if move == "changed" else _fmt(v[move])
-            rows.append(f'<tr><td class="name">{escape(label)}</td><td>{_fmt(v[key])}</td><td>{change}</td></tr>')
+            change = f"{100 * v[move]:.1f}%" if move == "changed" else format_value(v[move])
+            rows.append(f'<tr><td class="name">{escape(label)}</td><td>{format_value(v[key])}</td><td>{change}</td></tr>')
     items = "".join(f"<li>{escape(f)}</li>" for f in d.get("findings", []))
     return (
         f'<section id="diagnostics"><h2>Does order matter? The same model on variants of each sample</h2>'
@@ -212,13 +215,13 @@ def _confusion_html(labels: list[str], matrix: list[list[int]], png: bytes | Non
         rows.append(f'<tr><th class="name">{escape(str(label))}</th>{cells}</tr>')
     table = f'<table class="confusion"><tr><th class="name">true \\ predicted</th>{head}</tr>{"".join(rows)}</table>'
     png = png if png is not None else confusion_matrix_png(matrix, labels)
-    return f'<h2>Confusion matrix</h2>{table}\n{_img(png, "image/png", "confusion matrix", "plot")}'
+    return f'<h2>Confusion matrix</h2>{table}\n{img_tag(png, "image/png", "confusion matrix", "plot")}'
 
 
 # --- training curves ------------------------------------------------------------------------------
 
 
-def _read_history(paths: list[Path]) -> tuple[list[dict[str, str]], list[str]]:
+def read_history(paths: list[Path]) -> tuple[list[dict[str, str]], list[str]]:
     """All rows of the CSV files in order, and a note for each file that could not be read."""
     rows: list[dict[str, str]] = []
     missing: list[str] = []
@@ -243,47 +246,49 @@ def _series(rows: list[dict[str, str]], column: str, x: str) -> tuple[list[float
     return xs, [points[v] for v in xs]
 
 
-def _plot(rows: list[dict[str, str]], columns: list[str], x: str, ylabel: str) -> bytes | None:
+def line_plot_png(lines: Sequence[tuple[str, list[float], list[float]]], *, xlabel: str, ylabel: str) -> bytes | None:
+    """A line plot (PNG) of ``(label, xs, ys)`` series, one line each; None when no series has a point.
+    Labels are shown as written (no TeX: a name with two "$" is not parsed)."""
+    import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global figure state
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7, 3.5), dpi=100)
-    ax = fig.add_subplot()
-    drawn = 0
-    for column in columns:
-        xs, ys = _series(rows, column, x)
-        if xs:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=column)
-            drawn += 1
+    drawn = [(label, xs, ys) for label, xs, ys in lines if xs]
     if not drawn:
         return None
-    ax.set_xlabel(x)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(7, 3.5), dpi=100)
+        ax = fig.add_subplot()
+        for label, xs, ys in drawn:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _curves_section(paths: list[Path]) -> str:
-    import matplotlib
+def _plot(rows: list[dict[str, str]], columns: list[str], x: str, ylabel: str) -> bytes | None:
+    return line_plot_png([(column, *_series(rows, column, x)) for column in columns], xlabel=x, ylabel=ylabel)
 
-    rows, missing = _read_history(paths)
+
+def _curves_section(paths: list[Path]) -> str:
+    rows, missing = read_history(paths)
     html = ['<section id="curves"><h2>Training curves</h2>']
     html += [f'<p class="note">not read: {escape(m)}</p>' for m in missing]
     columns = list(dict.fromkeys(c for row in rows for c in row if c))
     losses = [c for c in columns if "loss" in c]
     val = [c for c in columns if re.match(r"val[_/]", c) and "loss" not in c]
-    with matplotlib.rc_context({"text.parse_math": False}):
-        plots = [
-            (_plot(rows, losses, "step" if "step" in columns else "epoch", "loss"), "losses"),
-            (_plot(rows, val, "epoch" if "epoch" in columns else "step", "value"), "validation metrics"),
-        ]
+    plots = [
+        (_plot(rows, losses, "step" if "step" in columns else "epoch", "loss"), "losses"),
+        (_plot(rows, val, "epoch" if "epoch" in columns else "step", "value"), "validation metrics"),
+    ]
     for png, name in plots:
-        html.append(_img(png, "image/png", name, "plot") if png else f'<p class="note">no {name} logged</p>')
+        html.append(img_tag(png, "image/png", name, "plot") if png else f'<p class="note">no {name} logged</p>')
     return "\n".join(html) + "</section>"
 
 
@@ -323,7 +328,7 @@ def _thumb(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> s
     rgb.thumbnail((4 * THUMB_HEIGHT, THUMB_HEIGHT))
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=85)
-    return f"<figure>{_img(buf.getvalue(), 'image/jpeg', f'{sample_id} image {index}')}#{index}{caption}</figure>"
+    return f"<figure>{img_tag(buf.getvalue(), 'image/jpeg', f'{sample_id} image {index}')}#{index}{caption}</figure>"
 
 
 def _count_note(n: int) -> str:
@@ -337,7 +342,7 @@ def _errors_section(errors: list[ErrorCase]) -> str:
         rows.append(
             f'<tr><td class="name id">{escape(str(case.sample_id))}{_count_note(len(case.images))}</td>'
             f'<td class="name">{escape(str(case.true_label))}</td><td class="name">{escape(str(case.predicted_label))}</td>'
-            f'<td>{_fmt(float(case.confidence))}</td><td class="name"><div class="thumbs">{thumbs}</div></td></tr>'
+            f'<td>{format_value(float(case.confidence))}</td><td class="name"><div class="thumbs">{thumbs}</div></td></tr>'
         )
     return (
         '<section id="errors"><h2>Most confident errors</h2><table class="errors">'

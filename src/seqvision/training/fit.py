@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import json
 import logging
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from seqvision.config import RunConfig, keep_legacy_options, save_config, validate
 from seqvision.tasks import TargetSpec
@@ -26,6 +27,7 @@ from seqvision.errors import ConfigError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root, storage_dtype
 from seqvision.features.extract import extract_features, planned_rows
 from seqvision.features.runtimes import runtime_for_cache
+from seqvision.io import atomic_write_text
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.runtime import default_device, default_workers, inference_dtype
@@ -35,6 +37,7 @@ from seqvision.training.datamodule import SequenceDataModule, prepare_data
 from seqvision.training.epoch_log import EpochLog
 from seqvision.training.memory import plan_training_memory
 from seqvision.training.module import SequenceTask
+from seqvision.training.tracking import Tracking, log_config
 
 log = logging.getLogger("seqvision")
 
@@ -56,11 +59,12 @@ class TrainResult:
     store: Any = field(default=None, repr=False)  # the frozen backbone's FeatureStore, when it trained on it (not stage maps: evaluation runs the CNN)
     num_workers: int = 0  # the DataLoader workers training used
     is_global_zero: bool = True  # this process reports (the first of a distributed run)
+    loggers: list = field(default_factory=list, repr=False)  # Lightning's: MLflow's and W&B's get the final results
 
 
 def fit(
     cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, callbacks: Sequence[Any] = (),
-    epoch_log: bool = False, checkpoints: bool = True,
+    epoch_log: bool = False, checkpoints: bool = True, tracking: Tracking | None = None,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into ``out_dir``.
 
@@ -70,6 +74,8 @@ def fit(
     ``callbacks``: more Lightning callbacks, added to seqvision's checkpointing and early stopping.
     ``progress``: progress bars (for a terminal); ``epoch_log``: one plain line per epoch (for log files).
     ``checkpoints=False``: no best/last checkpoints (a tuning trial, which only needs its metrics).
+    ``tracking``: the loggers (:mod:`seqvision.training.tracking`; default CSV and TensorBoard). Also writes
+    ``training.json``: the epochs run and the seconds they took (a resumed run adds its own).
     """
     validate(cfg)
     if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
@@ -121,14 +127,19 @@ def fit(
     save_config(cfg, out / "config.yaml")
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
+    loggers = (tracking or Tracking()).build(out)
+    log_config(loggers, cfg.to_dict())
     trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log,
-                       checkpoints=checkpoints)
+                       checkpoints=checkpoints, loggers=loggers)
     last = out / "last.ckpt"
+    started = time.perf_counter()
     with warnings.catch_warnings():
         # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
         warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        _record_training(out / "training.json", trainer.current_epoch, time.perf_counter() - started, resumed=resume)
 
     best = out / "best.ckpt" if (out / "best.ckpt").exists() else last  # ModelCheckpoint's file names
     reported = data.dropped + sorted(set(task.skipped))
@@ -136,8 +147,15 @@ def fit(
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     return TrainResult(
         out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store if maps is None else None,
-        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero,
+        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero, loggers=loggers,
     )
+
+
+def _record_training(path: Path, epochs: int, seconds: float, *, resumed: bool) -> None:
+    """``training.json``: the epochs the run has trained and the seconds its fits took (a resumed run adds
+    its part), for ``seqvision compare``."""
+    before = json.loads(path.read_text()) if resumed and path.exists() else {}
+    atomic_write_text(path, json.dumps({"epochs": epochs, "seconds": round(before.get("seconds", 0.0) + seconds, 2)}))
 
 
 def _resumable(out: Path, resume: bool) -> dict | None:
@@ -160,7 +178,7 @@ def _resumable(out: Path, resume: bool) -> dict | None:
 
 def _trainer(
     cfg: RunConfig, out: Path, *, monitor: str, has_val: bool, callbacks: Sequence[Any], progress: bool, epoch_log: bool,
-    checkpoints: bool = True,
+    checkpoints: bool = True, loggers: Sequence[Any] = (),
 ) -> L.Trainer:
     """Lightning's Trainer with seqvision's checkpoints (best, and last after every epoch), early stopping,
     logs and atomic checkpoint writes."""
@@ -187,8 +205,7 @@ def _trainer(
         deterministic=cfg.train.deterministic,
         sync_batchnorm=cfg.train.sync_batchnorm,
         callbacks=[*own_callbacks, *callbacks],
-        # versioned log folders: a resumed run adds version_1, ... and never overwrites earlier logs
-        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tensorboard")],
+        logger=list(loggers),  # Tracking.build's: CSV and TensorBoard by default
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_checkpointing=checkpoints,

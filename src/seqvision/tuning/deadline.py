@@ -15,6 +15,11 @@ That much is kept for the end:
   result);
 * the best is trained again only when its estimate fits in what is left; otherwise one line says the
   command that trains it.
+
+With motion trials (:mod:`seqvision.tuning.motion`), whose epochs take minutes where a head trial's take
+a second, each kind is paced by its own finished trials: the first motion trial's epochs set the pace of
+the next ones, and when only a head trial still fits, the next trial is made one
+(:func:`seqvision.tuning.study._room_for_a_trial`). Their maps are cached before the clock starts.
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ def write_tune_report(study, path: Path, *, metric: str, best_run: Path, test_me
     """Write the report of ``study`` to ``path``. ``retrain_command``: the best was not trained again
     (--timeout), this command does it. ``failures``: the failed trials by choice, one line."""
     from seqvision.tuning.failures import finished
+    from seqvision.tuning.motion import is_motion
 
     done = [t for t in study.trials if finished(t)]
     best = study.best_trial
+    motion = sum(map(is_motion, done))
+    kinds = (f" ({motion} motion trials: the CNN's last stages fine-tuned with a temporal shift on cached maps; the "
+             "others, heads on frozen features)" if motion else "")
     importances = _importances(study)
     if retrain_command:
         again = (f"--timeout left no time to train it again: <code>{escape(retrain_command)}</code> does, and "
@@ -29,7 +33,9 @@ def write_tune_report(study, path: Path, *, metric: str, best_run: Path, test_me
                  "which no trial saw.</p>")
     parts = [
         f"<h1>seqvision tune: {len(done)} trials, {metric} {'max' if study.direction.name == 'MAXIMIZE' else 'min'}imized</h1>",
-        f"<p>Best: trial {best.number + 1}, {metric} <b>{best.value:.4f}</b> on the validation split. "
+        f"<p>{len(done)} trials{kinds}.</p>" if kinds else "",
+        f"<p>Best: trial {best.number + 1}{' (a motion trial)' if is_motion(best) else ''}, {metric} <b>{best.value:.4f}</b> on "
+        "the validation split. "
         f"Reproduce it with <code>seqvision train --config best_config.yaml --out RUN</code>; " + again,
         _metrics_table(test_metrics, retrained=not retrain_command),
         "<h2>Failures</h2>",

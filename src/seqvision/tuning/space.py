@@ -10,6 +10,9 @@ A ``--space`` YAML file holds the same mapping: each entry replaces the default 
 (a list or range narrows or widens it, a single value fixes it), and options the default space lacks
 may be added (e.g. ``label_smoothing: {low: 0.0, high: 0.2}``). Every entry is checked before the
 first trial, naming the file and the option.
+
+Motion trials (:mod:`seqvision.tuning.motion`) draw ``temporal_shift`` and ``backbone_lr`` besides these; a
+trial's kind (``motion``) is drawn before its head when both kinds are searched.
 """
 
 from __future__ import annotations
@@ -46,11 +49,15 @@ NOT_SEARCHABLE = {"data", "task", "targets", "group_by", "val_fraction", "test_f
                   # what the cached features depend on: a trial drawing one would extract again or run the CNN live
                   "image_size", "resize_size", "mean", "std", "exact_decode", "augment", "hflip", "trainable_stages",
                   "freeze_bn", "feature_precision", "precision", "cache_budget", "on_bad_image", "num_nodes",
-                  "sync_batchnorm", "temporal_shift", "drop_stages", "feature_runtime"}
+                  "sync_batchnorm", "drop_stages", "feature_runtime"}
 # frame sampling: the features were cached for the run's frames before the first trial; a trial with other
 # frames of a video would miss the cache and run the CNN inside the trial (and the README promises it is fixed)
 FRAME_SAMPLING = ("num_frames", "sampling", "eval_sampling", "stride", "fps", "eval_clips", "min_images", "short_samples")
 NOT_SEARCHABLE |= set(FRAME_SAMPLING)
+MOTION = "motion"  # a trial's kind, drawn first when both are searched: True, a motion trial (tuning.motion)
+# drawn in motion trials only: the shift and the backbone's learning rate (searched), and the cut and what
+# makes the trial learn its last stages on cached maps (fixed by tuning.motion.motion_space)
+MOTION_OPTIONS = ("temporal_shift", "backbone_lr", "drop_stages", "trainable_stages", "freeze", "augment")
 RECURRENT = ("lstm", "gru", "attention")
 # option -> the heads that take it (absent: every head)
 HEAD_OPTIONS = {"hidden_size": RECURRENT, "bidirectional": RECURRENT, "lstm_dropout": RECURRENT, "input_norm": RECURRENT,
@@ -93,7 +100,8 @@ class Domain:
 
 def default_space(heads: list[str]) -> dict[str, Domain]:
     """The default space: every registered head, its size and depth, direction, motion cue, pooling,
-    dropout, learning rate, weight decay, batch size and epochs."""
+    dropout, learning rate, weight decay, batch size and epochs; for motion trials, the temporal shift and
+    the backbone's learning rate."""
     return {
         "head": Domain(choices=tuple(heads)),
         "hidden_size": Domain(choices=(64, 128, 256, 512)),
@@ -107,19 +115,27 @@ def default_space(heads: list[str]) -> dict[str, Domain]:
         "weight_decay": Domain(low=1e-5, high=1e-1, log=True),
         "batch_size": Domain(choices=(8, 16, 32, 64)),
         "max_epochs": Domain(low=5, high=30, step=5),
+        # motion trials only (tuning.motion): the shift in the learning stages, and their learning rate
+        "temporal_shift": Domain(choices=("off", "bidirectional", "causal")),
+        "backbone_lr": Domain(low=1e-4, high=3e-3, log=True),
     }
 
 
-def load_space(path: str | Path | None, heads: list[str]) -> dict[str, Domain]:
+def load_space(path: str | Path | None, heads: list[str], *, motion: bool = True) -> dict[str, Domain]:
     """The default space with ``path``'s entries applied (see the module docstring); a clear
-    :class:`ConfigError` naming the file and the option for anything that cannot be searched."""
+    :class:`ConfigError` naming the file and the option for anything that cannot be searched. ``motion``
+    False: no motion trials, so no motion options (a file naming one is refused)."""
     space = default_space(heads)
+    if not motion:
+        space = {name: domain for name, domain in space.items() if name not in MOTION_OPTIONS}
     if path is None:
         return space
     raw = load_yaml_config(path, what="--space")
     if not isinstance(raw, dict):
         raise ConfigError(f"--space {path}: expected a mapping of options to domains, got {type(raw).__name__}")
     for name, value in raw.items():
+        if not motion and name in MOTION_OPTIONS:
+            raise ConfigError(f"--space {path}: {name!r} is drawn in motion trials only, and --motion off has none")
         space[name] = parse_domain(value, name=name, where=f"--space {path}")
     return space
 
@@ -197,21 +213,38 @@ def _values(domain: Domain) -> list[Any]:
 
 
 def suggest(trial: "optuna.Trial", space: dict[str, Domain], base_head: str) -> dict[str, Any]:
-    """Draw one trial's options. Head-specific options are drawn only for a head that takes them."""
+    """Draw one trial's options: its kind first when the space has motion trials (``motion``), then the head.
+    Head-specific options are drawn only for a head that takes them, motion options for a motion trial only."""
+    params: dict[str, Any] = {}
+    if MOTION in space:
+        params[MOTION] = space[MOTION].suggest(trial, MOTION)
     head = space["head"].suggest(trial, "head") if "head" in space else base_head
-    params: dict[str, Any] = {"head": head}
+    params["head"] = head
     for name, domain in space.items():
-        if name == "head" or head not in HEAD_OPTIONS.get(name, (head,)):
-            continue
-        params[name] = domain.suggest(trial, name)
+        if name not in (MOTION, "head") and drawn(name, head=head, motion=bool(params.get(MOTION))):
+            params[name] = domain.suggest(trial, name)
     return params
+
+
+def drawn(name: str, *, head: str, motion: bool) -> bool:
+    """Whether a trial with ``head`` (a motion trial or not) draws option ``name``."""
+    return head in HEAD_OPTIONS.get(name, (head,)) and (motion or name not in MOTION_OPTIONS)
+
+
+def with_fixed(params: dict[str, Any], space: dict[str, Domain], base_head: str) -> dict[str, Any]:
+    """A finished trial's ``params`` (Optuna's record: the values it drew) with the space's fixed values the
+    trial took, so that its config is the trial's (``max_epochs: 15`` in a space file, a motion trial's cut)."""
+    head, motion = params.get("head", base_head), bool(params.get(MOTION))
+    fixed = {name: d.fixed for name, d in space.items() if d.choices is None and d.low is None and name != MOTION}
+    return {**params, **{name: v for name, v in fixed.items() if name not in params and drawn(name, head=head, motion=motion)}}
 
 
 def as_overrides(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{option: value}`` -> ``{section: {option: value}}``, as :func:`seqvision.config.apply_overrides` takes."""
     out: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
-        out.setdefault(SECTION_OF[name], {})[name] = value
+        if name != MOTION:  # a trial's kind: its config is the motion options it drew
+            out.setdefault(SECTION_OF[name], {})[name] = value
     return out
 
 

@@ -39,6 +39,7 @@ from seqvision.models.temporal import available_heads
 from seqvision.tasks import task_of
 from seqvision.training.datamodule import prepare_data
 from seqvision.training.fit import MAXIMIZE, fit
+from seqvision.training.tracking import StudyTracker, Tracking
 from seqvision.tuning.deadline import Deadline, OutOfTime, best_retrain_seconds, shortest_trial_seconds
 from seqvision.tuning.failures import drawn_excluded, excluded_choices, failures_text, finished
 from seqvision.tuning.space import (
@@ -76,7 +77,7 @@ class TuneResult:
 
 def tune(
     cfg: RunConfig, out_dir: str | Path, *, trials: int = 50, timeout: float | None = None, metric: str | None = None,
-    space_file: str | Path | None = None, say: Callable[[str], None] = print,
+    space_file: str | Path | None = None, say: Callable[[str], None] = print, tracking: Tracking | None = None,
 ) -> TuneResult:
     """Search the space (:mod:`seqvision.tuning.space`) for the options that score best on validation.
 
@@ -85,6 +86,8 @@ def tune(
     already in ``out_dir`` continues). ``timeout``: seconds for this call's trials and the best trained
     again, counted once the feature cache is filled (see :mod:`seqvision.tuning.deadline`). ``metric``: a
     validation metric the task logs (default: ``val_acc`` for classes, ``val_mae`` for numbers).
+    ``tracking``: the loggers; with MLflow the study is a run and each trial a run nested under it
+    (:class:`~seqvision.training.tracking.StudyTracker`).
     """
     try:
         import optuna
@@ -104,9 +107,13 @@ def tune(
         for pool in poolings(space, cfg.model.pool):
             stats, store = extract(_with(cfg, {"model": {"pool": pool}}), progress=False)
             say(f"feature cache, pool {pool}: {stats.cached} images cached, {stats.images} computed ({store.dir})")
+    tracker = StudyTracker(tracking, out)
+    tracker.start(metric=metric, config=cfg.to_dict())
     deadline = Deadline(timeout, time.monotonic)  # from here: start-up and the first extraction come on top
-    _run_trials(study, cfg, space, metric, trials=trials, deadline=deadline, say=say, tmp_root=out)
-    return _finish(study, cfg, space, out, metric, say, deadline)
+    _run_trials(study, cfg, space, metric, trials=trials, deadline=deadline, say=say, tmp_root=out, tracker=tracker)
+    result = _finish(study, cfg, space, out, metric, say, deadline, tracker)
+    tracker.finish(best_value=result.best_value, best_trial=result.best_trial, files=[result.report, result.best_config])
+    return result
 
 
 def _tunable(cfg: RunConfig) -> RunConfig:
@@ -190,16 +197,17 @@ def _with(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
 
 
 def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadline: Deadline,
-                say: Callable[[str], None], tmp_root: Path) -> None:
+                say: Callable[[str], None], tmp_root: Path, tracker: StudyTracker | None = None) -> None:
     import optuna
 
+    tracker = tracker or StudyTracker(None, tmp_root)
     failures, skips = 0, 0
     options = [name for name, domain in space.items() if domain.choices is not None and len(domain.choices) > 1]
     excluded = excluded_choices(study.get_trials(deepcopy=False), options)
     while sum(finished(t) for t in study.get_trials(deepcopy=False)) < trials:
         if not _room_for_a_trial(study, cfg, space, deadline, say):
             break
-        began, params = deadline.clock(), {}  # drawing the trial counts in its time
+        began, params, tracked = deadline.clock(), {}, None  # drawing the trial counts in its time
         trial = study.ask()
         try:
             params = suggest(trial, space, cfg.model.head)
@@ -214,8 +222,10 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadl
                 continue
             skips = 0
             trial_cfg = _with(cfg, as_overrides(params))  # its --monitor (best epoch, early stopping) is the run's own
-            run = _run_trial(trial, trial_cfg, metric, tmp_root, deadline=deadline, keep=_kept_for_best(study, cfg))
+            tracked = tracker.trial(f"trial {trial.number + 1}", params)
+            run = _run_trial(trial, trial_cfg, metric, tmp_root, deadline=deadline, keep=_kept_for_best(study, cfg), tracking=tracked)
         except (SeqVisionError, RuntimeError, ValueError) as exc:  # diverged (--on-nan stop), out of memory, ...
+            tracker.trial_end(tracked, state="failed", error=first_line(exc))
             trial.set_user_attr("error", first_line(exc))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             failures += 1
@@ -229,6 +239,7 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadl
             excluded = now
             continue
         except BaseException:  # interrupted: the trial does not count, the study continues next time
+            tracker.trial_end(tracked, state="failed", error="interrupted")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         failures = 0
@@ -242,6 +253,8 @@ def _run_trials(study, cfg: RunConfig, space, metric: str, *, trials: int, deadl
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, run.value)
+        tracker.trial_end(tracked, value=run.value, state="stopped" if run.stopped_at is not None else
+                          "pruned" if run.pruned_at is not None else "complete")
         say(_trial_line(study, trial.number, params, metric, run, seconds, trials))
 
 
@@ -279,7 +292,7 @@ class TrialRun:
 
 
 def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: Deadline | None = None,
-               keep: float = 0.0) -> TrialRun:
+               keep: float = 0.0, tracking: Tracking | None = None) -> TrialRun:
     """Fit one trial in a temporary folder. ``deadline``: it stops at the end of an epoch when one more
     would eat into the ``keep`` seconds kept for training the best again."""
     import optuna
@@ -289,7 +302,8 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: 
         warnings.simplefilter("ignore")  # the same notices every trial (Lightning's, the cache's): said once, above
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         try:
-            fit(cfg, Path(tmp) / "run", progress=False, callbacks=[report], checkpoints=False)  # its best is trained again
+            fit(cfg, Path(tmp) / "run", progress=False, callbacks=[report], checkpoints=False,  # its best is trained again
+                tracking=tracking)
         except optuna.TrialPruned:
             return TrialRun(report.best, pruned_at=report.epoch, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
         except OutOfTime:
@@ -371,7 +385,7 @@ def _short(value: Any) -> str:
 
 
 def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[[str], None],
-            deadline: Deadline) -> TuneResult:
+            deadline: Deadline, tracker: StudyTracker | None = None) -> TuneResult:
     """best_config.yaml, the best trial reproduced and tested (when --timeout leaves the time), report.html,
     and the failures by choice."""
     from seqvision.tuning.report import write_tune_report
@@ -398,7 +412,8 @@ def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[
         shutil.rmtree(run_dir, ignore_errors=True)
         say(f"best: trial {best.number + 1}, {metric} {best.value:.4f}; training it again with best_config.yaml in {run_dir}")
         recorder = TrialReport(None, metric, monitor=monitor_of(best_cfg))
-        train_and_evaluate(best_cfg, run_dir, progress=False, callbacks=[recorder])
+        tracked = (tracker or StudyTracker(None, out)).trial(run_dir.name, best.params, folder_loggers=True)
+        train_and_evaluate(best_cfg, run_dir, progress=False, callbacks=[recorder], tracking=tracked)
         reproduced = {metric: recorder.best, "trial": best.number + 1, "trial_value": best.value}
         atomic_write_text(run_dir / "reproduced.json", json.dumps(reproduced))
     if command is None:
