@@ -204,6 +204,7 @@ def _tune_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=_at_least(1), default=50, help="finished trials in the study, counting earlier runs (default: %(default)s)")
     p.add_argument("--timeout", type=float, help="seconds for this run's trials and the best trained again, after the feature cache is filled (default: none)")
     p.add_argument("--metric", choices=["val_acc", "val_f1", "val_map", "val_loss", "val_mae", "val_rmse"], help="validation metric to optimise (default: val_acc, or val_mae for numbers)")
+    p.add_argument("--motion", choices=["auto", "off", "only"], default="auto", help="motion trials: the CNN's last stages fine-tuned with a temporal shift on cached maps (minutes each). auto: the README's motion recipe as trial 2, more while one scores as well as the best head trial; only: motion trials only; off: heads on frozen features only (default: %(default)s)")
     p.add_argument("--space", help="YAML file narrowing, widening or fixing the search space (see README)")
     _tracking_flags(p, trials=True)
     _config_flags(p)
@@ -442,9 +443,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     tracking = _tracking(args)
     cfg = resolve_config(args.config, _overrides(args))
-    result = tune(cfg, args.out, trials=args.trials, timeout=args.timeout, metric=args.metric, space_file=args.space,
+    result = tune(cfg, args.out, trials=args.trials, timeout=args.timeout, metric=args.metric, motion=args.motion,
+                  space_file=args.space,
                   say=lambda line: print(line, flush=True), tracking=tracking)
-    print(f"{result.finished} trials ({result.pruned} pruned); best: trial {result.best_trial}, {result.best_value:.4f}")
+    motion = f", {result.motion_trials} motion trials" if result.motion_trials else ""
+    kind = " (a motion trial)" if result.best_params.get("motion") else ""
+    print(f"{result.finished} trials ({result.pruned} pruned{motion}); best: trial {result.best_trial}{kind}, {result.best_value:.4f}")
     print(f"wrote {result.best_config} (seqvision train --config {result.best_config} --out RUN reproduces it)")
     if result.test_metrics:
         print(f"best model on the test split: {headline(result.test_metrics)}  ({result.best_run / 'test' / 'metrics.json'})")

@@ -94,11 +94,7 @@ def fit(
     # A saved split is reused only with --resume; a new run (say, after one that failed before training)
     # makes its own and replaces the file.
     data = prepare_data(cfg.data, seed=cfg.train.seed, splits_file=out / "splits.json" if continuing else None)
-    model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
-    d = cfg.data  # one resolved preprocessing: the run's, also the encoder's (its probes run at the run's size)
-    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
-                                exact_decode=d.exact_decode)
-    model.encoder.preprocessing = prep
+    model, prep = _model(cfg, data)
     has_val = bool(data.splits["val"])
     monitor = _checked_monitor(cfg, data.spec, has_val)
     kind = task_of(data.spec)
@@ -156,6 +152,32 @@ def _record_training(path: Path, epochs: int, seconds: float, *, resumed: bool) 
     its part), for ``seqvision compare``."""
     before = json.loads(path.read_text()) if resumed and path.exists() else {}
     atomic_write_text(path, json.dumps({"epochs": epochs, "seconds": round(before.get("seconds", 0.0) + seconds, 2)}))
+
+
+def _model(cfg: RunConfig, data):
+    """The run's model and its one resolved preprocessing: the run's, also the encoder's (its probes run at
+    the run's size)."""
+    model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
+    d = cfg.data
+    prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
+                                exact_decode=d.exact_decode)
+    model.encoder.preprocessing = prep
+    return model, prep
+
+
+def cache_stage_maps(cfg: RunConfig, *, progress: bool = False) -> dict | str:
+    """Fill the cache with the frozen stages' maps that :func:`fit` with ``cfg`` (the last stages fine-tuned,
+    no augmentation) reads, as its first epoch would, so that runs sharing them find them computed (``tune``'s
+    motion trials). Returns the cache's report, or why ``fit`` would run the whole CNN live instead (the
+    reason it says: augmentation, a trunk that cannot be cut, the cache budget)."""
+    validate(cfg, warn=False)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # as fit: random weights are the same ones
+    data = prepare_data(cfg.data, seed=cfg.train.seed)
+    model, prep = _model(cfg, data)
+    plan = maps_plan(cfg, model, data)
+    if plan is None or isinstance(plan, str):
+        return plan or "the backbone is frozen, or all of it learns, or the cache is off: no stage maps to cache"
+    return _map_store(cfg, model, prep, data, *plan, progress=progress)[1]
 
 
 def _resumable(out: Path, resume: bool) -> dict | None:
@@ -266,22 +288,28 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
 
 
 def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] | None:
+    """:func:`maps_plan`, its reason for running the whole CNN live said once."""
+    plan = maps_plan(cfg, model, data)
+    if isinstance(plan, str):
+        log.warning("%s: the whole CNN runs live every epoch", plan)
+        return None
+    return plan
+
+
+def maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] | str | None:
     """Whether this fine-tuning run reads the frozen stages' cached maps (:mod:`seqvision.models.stage_maps`):
-    the cut, the maps' cache key and the cache folder, or None with the reason said once (augmentation, a
-    trunk that cannot be cut, the disk budget)."""
+    the cut, the maps' cache key and the cache folder; or why they cannot be cached (augmentation, a trunk that
+    cannot be cut, the disk budget), one line; None for a run that fine-tunes no last stages."""
     m = cfg.model
     if m.freeze or not m.trainable_stages or cfg.data.cache == "off":
         return None
     if not cfg.trains_on_maps():
-        log.warning(
-            "fine-tuning the last %d stage(s) with augmentation: it changes the pixels every epoch, so the whole CNN "
-            "runs live (pass --no-augment to cache the frozen stages' maps once and run only the last stages)", m.trainable_stages)
-        return None
+        return (f"fine-tuning the last {m.trainable_stages} stage(s) with augmentation: it changes the pixels every epoch "
+                "(pass --no-augment to cache the frozen stages' maps once and run only the last stages)")
     try:
         cut = StageCut.of(model.encoder, m.trainable_stages)
     except ConfigError as exc:
-        log.warning("%s; the whole CNN runs live every epoch", exc)
-        return None
+        return str(exc)
     samples = [s for split in data.splits.values() for s in split]
     # the rows the extraction will cache: every image file, and each video's frames its sampling can pick
     # (all of them for random and segments draws)
@@ -295,11 +323,8 @@ def _maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] |
     held = sum(f.stat().st_size for f in (root / key.digest).glob("shard-*.npy"))
     budget = cfg.data.cache_budget * 1e9 if cfg.data.cache_budget else 0.9 * _free_bytes(root) + held
     if need > budget:
-        log.warning(
-            "the frozen stages' maps would take about %.1f GB (%d images x %s, %s), over the cache budget of %.1f GB "
-            "(--cache-budget): the whole CNN runs live every epoch", need / 1e9, rows, "x".join(map(str, cut.shape)),
-            stored, budget / 1e9)
-        return None
+        return (f"the frozen stages' maps would take about {need / 1e9:.1f} GB ({rows} images x {'x'.join(map(str, cut.shape))}, "
+                f"{stored}), over the cache budget of {budget / 1e9:.1f} GB (--cache-budget)")
     return cut, key, root
 
 

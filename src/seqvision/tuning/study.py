@@ -8,6 +8,9 @@ features, validated on the run's own split; the best trial reproduced as a run a
   and ``--trials`` counts finished trials (completed or pruned) in all runs together.
 * The first trial is the run's own recipe (the flags given, the defaults otherwise), so the search has
   the default to beat.
+* Motion trials (:mod:`seqvision.tuning.motion`, ``--motion auto|off|only``) fine-tune the CNN's last stages
+  with a temporal shift on the cached maps of its frozen stages, computed once before the first trial; the
+  first of them is the README's recipe for order that lives in motion.
 * The test split is never read during the search: trials fit on train and validate on val.
 * ``--timeout`` bounds the trials and the best trained again together (:mod:`seqvision.tuning.deadline`);
   failures are counted per choice, and a value that always fails is no longer drawn
@@ -18,6 +21,7 @@ features, validated on the run's own split; the best trial reproduced as a run a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -38,17 +42,21 @@ from seqvision.io import atomic_write_text
 from seqvision.models.temporal import available_heads
 from seqvision.tasks import task_of
 from seqvision.training.datamodule import prepare_data
-from seqvision.training.fit import MAXIMIZE, fit
+from seqvision.training.fit import MAXIMIZE, cache_stage_maps, fit
 from seqvision.training.tracking import StudyTracker, Tracking
 from seqvision.tuning.deadline import Deadline, OutOfTime, best_retrain_seconds, shortest_trial_seconds
 from seqvision.tuning.failures import drawn_excluded, excluded_choices, failures_text, finished
+from seqvision.tuning.motion import RECIPE, is_motion, motion_space
 from seqvision.tuning.space import (
+    MOTION,
+    MOTION_OPTIONS,
     SECTION_OF,
     Domain,
     as_overrides,
     load_space,
     poolings,
     suggest,
+    with_fixed,
 )
 from seqvision.workflows import extract, train_and_evaluate
 
@@ -73,10 +81,12 @@ class TuneResult:
     finished: int  # completed and pruned trials in the study (draws of excluded values not counted)
     pruned: int  # of which pruned, or stopped by --timeout
     retrain_command: str | None = None  # --timeout left no time to train the best again: the command that does
+    motion_trials: int = 0  # of the finished trials, the motion trials (tuning.motion)
 
 
 def tune(
     cfg: RunConfig, out_dir: str | Path, *, trials: int = 50, timeout: float | None = None, metric: str | None = None,
+    motion: str = "auto",
     space_file: str | Path | None = None, say: Callable[[str], None] = print, tracking: Tracking | None = None,
 ) -> TuneResult:
     """Search the space (:mod:`seqvision.tuning.space`) for the options that score best on validation.
@@ -86,6 +96,9 @@ def tune(
     already in ``out_dir`` continues). ``timeout``: seconds for this call's trials and the best trained
     again, counted once the feature cache is filled (see :mod:`seqvision.tuning.deadline`). ``metric``: a
     validation metric the task logs (default: ``val_acc`` for classes, ``val_mae`` for numbers).
+    ``motion``: ``auto`` (the README's recipe for order in motion tried as trial 2, more motion trials while
+    one scores as well as the best head trial), ``only`` (motion trials only) or ``off`` (heads only); see
+    :mod:`seqvision.tuning.motion`.
     ``tracking``: the loggers; with MLflow the study is a run and each trial a run nested under it
     (:class:`~seqvision.training.tracking.StudyTracker`).
     """
@@ -94,8 +107,9 @@ def tune(
     except ModuleNotFoundError:
         raise ConfigError('seqvision tune needs Optuna: pip install "seqvision[tune]"') from None
 
-    cfg, out = _tunable(cfg), Path(out_dir)
-    space = load_space(space_file, available_heads())  # a bad space file fails before any work
+    space = load_space(space_file, available_heads(), motion=motion != "off")  # a bad space file fails before any work
+    space = motion_space(space, cfg, motion, say)  # before _tunable: it reads --drop-stages and --trainable-stages
+    cfg, out = _tunable(cfg, motion), Path(out_dir)
     if trials < 1 or (timeout is not None and timeout <= 0):
         raise ConfigError("--trials must be at least 1 and --timeout positive")
     data = prepare_data(cfg.data, seed=cfg.train.seed)
@@ -107,6 +121,8 @@ def tune(
         for pool in poolings(space, cfg.model.pool):
             stats, store = extract(_with(cfg, {"model": {"pool": pool}}), progress=False)
             say(f"feature cache, pool {pool}: {stats.cached} images cached, {stats.images} computed ({store.dir})")
+    _cache_motion_maps(cfg, space, say)  # every motion trial reads these maps: computed here, once
+    _enqueue_recipes(study, cfg, space, say)
     tracker = StudyTracker(tracking, out)
     tracker.start(metric=metric, config=cfg.to_dict())
     deadline = Deadline(timeout, time.monotonic)  # from here: start-up and the first extraction come on top
@@ -116,19 +132,21 @@ def tune(
     return result
 
 
-def _tunable(cfg: RunConfig) -> RunConfig:
-    """The run's config as every trial starts from it: frozen backbone, trained on the feature cache."""
+def _tunable(cfg: RunConfig, motion: str = "off") -> RunConfig:
+    """The run's config as every trial starts from it: frozen backbone, trained on the feature cache (a
+    motion trial changes that: its space's motion options)."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.augment:
         raise ConfigError("tune trains on cached features: --augment changes the pixels every epoch; drop it")
     if cfg.data.cache == "off":
         raise ConfigError("tune trains on cached features: --cache off cannot be used")
-    if cfg.model.trainable_stages:
-        raise ConfigError("tune searches heads on a frozen backbone: drop --trainable-stages")
+    if cfg.model.trainable_stages and motion == "off":
+        raise ConfigError("tune --motion off searches heads on a frozen backbone: drop --trainable-stages (or let motion "
+                          "trials fine-tune that many stages: --motion auto or only)")
     if cfg.model.temporal_shift != "off":
-        raise ConfigError("tune searches heads on a frozen backbone's cached features: a temporal shift needs stages that "
-                          "learn; drop --temporal-shift (train it with seqvision train --trainable-stages K)")
-    cfg.model.freeze = True
+        raise ConfigError("tune draws the temporal shift itself, in its motion trials (--motion auto or only): drop "
+                          "--temporal-shift")
+    cfg.model.freeze, cfg.model.trainable_stages = True, None  # the motion trials' stages are in their space
     validate(cfg, warn=False)
     return cfg
 
@@ -167,17 +185,34 @@ def _open_study(out: Path, cfg: RunConfig, metric: str, direction: str, space: d
         )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # left by a killed run: does not count
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
-    if not study.get_trials(deepcopy=False, states=done):  # the run's own recipe first (again, if a kill cut it short)
-        study.enqueue_trial(_default_params(cfg, space, say), skip_if_exists=False)
     return study
 
 
-def _default_params(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str], None]) -> dict[str, Any]:
-    """The run's own recipe as a trial: its value of each searched option that the domain holds (an option
-    whose value the domain lacks is drawn instead, and said)."""
-    params, outside = {}, []
+def _enqueue_recipes(study, cfg: RunConfig, space: dict[str, Domain], say: Callable[[str], None]) -> None:
+    """The first trials of a study: the run's own recipe (a head trial), then, with motion trials, the README's
+    recipe for order that lives in motion (:data:`~seqvision.tuning.motion.RECIPE`, on the run's other
+    options); with ``--motion only``, that recipe alone. Again if a kill cut them short."""
+    import optuna
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
+    if study.get_trials(deepcopy=False, states=done):
+        return
+    kinds = space[MOTION].choices if MOTION in space else (False,)
+    if False in kinds:
+        study.enqueue_trial(_default_params(cfg, space, say), skip_if_exists=False)
+    if True in kinds:
+        recipe = _with(cfg, as_overrides(RECIPE))
+        study.enqueue_trial(_default_params(recipe, space, say, motion=True, first=len(kinds)), skip_if_exists=False)
+
+
+def _default_params(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str], None], *, motion: bool = False,
+                    first: int = 1) -> dict[str, Any]:
+    """A recipe as trial ``first``: the run's own (``cfg``), or the motion recipe (``motion``): its value of each
+    searched option that the domain holds (an option whose value the domain lacks is drawn instead, and said)."""
+    params, outside = ({MOTION: motion} if MOTION in space else {}), []
     for name, domain in space.items():
+        if name == MOTION or (name in MOTION_OPTIONS and not motion):
+            continue
         value = getattr(getattr(cfg, SECTION_OF[name]), name)
         if domain.choices is not None and value in domain.choices:
             params[name] = value
@@ -186,8 +221,36 @@ def _default_params(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str
         elif domain.choices is not None or domain.low is not None:
             outside.append(f"{name}={value}")
     if outside:
-        say(f"trial 1 is the run's own recipe, except {', '.join(outside)}: outside the search space, drawn instead")
+        recipe = "the motion recipe" if motion else "the run's own recipe"
+        say(f"trial {first} is {recipe}, except {', '.join(outside)}: outside the search space, drawn instead")
     return params
+
+
+def _cache_motion_maps(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str], None]) -> None:
+    """Compute the frozen stages' maps that every motion trial reads (one cut, one cache key), before the
+    deadline's clock starts, as the frozen features are. Maps that cannot be cached (over ``--cache-budget``,
+    a trunk that cannot be cut): with ``--motion auto`` one line says so and the motion options leave
+    ``space`` (head trials on frozen features only); with ``only``, a :class:`ConfigError`."""
+    if MOTION not in space:
+        return
+    fixed = {name: space[name].fixed for name in MOTION_OPTIONS if name in space and space[name].choices is None
+             and space[name].low is None}
+    with _quiet("seqvision"):  # its own line below says what fit's would
+        report = cache_stage_maps(_with(cfg, as_overrides(fixed)))
+    if isinstance(report, str):
+        if space[MOTION].choices == (True,):
+            raise ConfigError(f"--motion only: {report}")
+        say(f"no motion trials: {report}; tune stays on frozen features (--motion off says nothing)")
+        for name in (MOTION, *MOTION_OPTIONS):
+            space.pop(name, None)
+        return
+    cut = f"without its last {fixed['drop_stages']} stages" if fixed["drop_stages"] else "whole"
+    kinds = ("every trial is one" if space[MOTION].choices == (True,) else
+             "the first (trial 2) is the README's recipe; more are drawn while one scores at least as well as the "
+             "best head trial")
+    say(f"motion trials: the CNN {cut}, its last {fixed['trainable_stages']} stage(s) fine-tuned with a temporal shift "
+        f"on cached maps ({'x'.join(map(str, report['maps']))} per image; {report['cached']} images cached, "
+        f"{report['computed']} computed, {report['dir']}); {kinds}")
 
 
 def _with(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
@@ -271,15 +334,41 @@ def _kept_for_best(study, cfg: RunConfig) -> float:
 
 
 def _room_for_a_trial(study, cfg: RunConfig, space, deadline: Deadline, say: Callable[[str], None]) -> bool:
-    if not deadline.bounded:
-        return True
+    """Whether a new trial starts: one of the kinds the space draws fits in the time left (its shortest
+    trial at the pace of the trials of its kind: a motion trial's epochs take far longer than a head
+    trial's). With both kinds, the next trial is made a head trial (enqueued) when no motion trial fits, or
+    while motion trials are not worth it (:func:`_motion_pays`)."""
+    trials = study.get_trials(deepcopy=False)
+    kinds = space[MOTION].choices if MOTION in space else (False,)
+    fitting = [kind for kind in kinds if not deadline.bounded or deadline.left() > _shortest(trials, kind, cfg, space)
+               + _kept_for_best(study, cfg)]
+    if not fitting:
+        say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.1f} s left, kept for training the best again; "
+            "no new trial")
+        return False
+    waiting = any(t.state.name == "WAITING" for t in trials)  # the recipes, drawn first
+    if len(kinds) > 1 and not waiting and (True not in fitting or not _motion_pays(study, trials)):
+        study.enqueue_trial({MOTION: False}, skip_if_exists=False)
+    return True
+
+
+def _shortest(trials, motion: bool, cfg: RunConfig, space) -> float:
+    """The shortest trial of this kind the space can draw, at the pace of the finished trials of its kind."""
     epochs = space.get("max_epochs")
     fewest = cfg.train.max_epochs if epochs is None else min(int(v) for v in (epochs.choices or [epochs.low or epochs.fixed]))
-    if deadline.left() > shortest_trial_seconds(study.get_trials(deepcopy=False), fewest) + _kept_for_best(study, cfg):
+    return shortest_trial_seconds([t for t in trials if is_motion(t) == motion], fewest)
+
+
+def _motion_pays(study, trials) -> bool:
+    """``--motion auto`` draws more motion trials only while one scored at least as well as the best head
+    trial (or none has run yet: the recipe is the first): order-free data pays for one motion trial."""
+    if not any(is_motion(t) and finished(t) for t in trials):
         return True
-    say(f"--timeout {deadline.seconds:g} s: {max(0.0, deadline.left()):.1f} s left, kept for training the best again; "
-        "no new trial")
-    return False
+    values = {kind: [t.value for t in trials if is_motion(t) == kind and t.state.name == "COMPLETE"] for kind in (False, True)}
+    if not values[True]:
+        return False
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return not values[False] or pick(values[True]) == pick(values[True] + values[False])
 
 
 @dataclass
@@ -298,7 +387,7 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: 
     import optuna
 
     report = TrialReport(trial, metric, monitor=monitor_of(cfg), deadline=deadline, keep=keep, epochs=cfg.train.max_epochs)
-    with tempfile.TemporaryDirectory(prefix=".trial-", dir=tmp_root) as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix=".trial-", dir=tmp_root) as tmp, warnings.catch_warnings(), _quiet("seqvision"):
         warnings.simplefilter("ignore")  # the same notices every trial (Lightning's, the cache's): said once, above
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         try:
@@ -309,6 +398,19 @@ def _run_trial(trial, cfg: RunConfig, metric: str, tmp_root: Path, *, deadline: 
         except OutOfTime:
             return TrialRun(report.best, stopped_at=report.epoch, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
     return TrialRun(report.best, epochs=report.epoch, seconds_per_epoch=report.seconds_per_epoch)
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Logger ``name`` says only errors inside: a trial's notices (the cached maps read, ...) are the same
+    every trial, and said once before the first."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def monitor_of(cfg: RunConfig) -> str:
@@ -398,7 +500,7 @@ def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[
     best = _best(study)
     if best is None:
         raise ConfigError(f"no trial of {out / 'study.db'} completed (all pruned or failed); run more --trials")
-    best_cfg = _with(cfg, as_overrides(best.params))
+    best_cfg = _with(cfg, as_overrides(with_fixed(best.params, space, cfg.model.head)))  # a motion trial: its cut too
     save_config(best_cfg, out / "best_config.yaml")
     run_dir = out / f"best-{best.number + 1}"
     reproduced, command = _read_metrics(run_dir / "reproduced.json"), None
@@ -424,7 +526,7 @@ def _finish(study, cfg: RunConfig, space, out: Path, metric: str, say: Callable[
     report = write_tune_report(study, out / "report.html", metric=metric, best_run=run_dir, test_metrics=test,
                                retrain_command=command, failures=failures)
     return TuneResult(out, best.number + 1, best.value, dict(best.params), out / "best_config.yaml", run_dir,
-                      reproduced[metric], test, report, len(done), pruned, command)
+                      reproduced[metric], test, report, len(done), pruned, command, sum(map(is_motion, done)))
 
 
 def _read_metrics(path: Path) -> dict | None:
