@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_video_name, natural_key
+from seqvision.data.samples import SPLITS, VIDEO_EXTENSIONS, FrameRef, Sample, VideoClip, is_video_name, natural_key
 from seqvision.errors import DataError
 
 _ID_COLUMNS = ("sample_id", "sample", "id")
@@ -147,6 +147,15 @@ def _video_clip(row: dict[str, Any], base: Path, where: str, single: Any) -> Vid
 _PLAIN_SEPARATOR = os.sep == "/" and os.altsep is None  # POSIX: '/' alone separates the parts of a path
 
 
+def _may_name_video(text: str) -> bool:
+    """False when ``text`` surely names no video file: what follows its last dot, once trailing separators
+    and dots are stripped (as pathlib drops them), is no video extension. True is checked by
+    :func:`_file_name` and :func:`is_video_name` (a video name ends in its extension's letters, so the
+    strip never reaches into it)."""
+    stripped = text.rstrip("/.\\")
+    return stripped[stripped.rfind("."):].lower() in VIDEO_EXTENSIONS
+
+
 def _file_name(text: str) -> str:
     """``Path(text).name`` without making a Path (a third of the indexing time of a big manifest went to
     one Path per row to ask whether it names a video): the text after the last '/'. A trailing '/', '.' or
@@ -166,9 +175,10 @@ def _is_file(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: a big manifest makes millions of long-lived objects (and no
-    cycles), which the collector would otherwise scan again and again (a third of the indexing time)."""
+    cycles), which the collector would otherwise scan again and again (a third of the indexing time; and
+    of every pass over the samples that allocates, such as ``seqvision inspect``'s)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -187,7 +197,7 @@ def read_manifest(
     a named column that no row has is an error. A video sample without a group is grouped by its file, so
     clips cut from one video never straddle a split.
     """
-    with _gc_paused():
+    with gc_paused():
         samples, seen = _read_manifest(path, targets, require_labels, group_column or "group")
     if group_column is not None and not seen:
         raise DataError(f"{path}: --group-by {group_column!r}: no row has a {group_column!r} column")
@@ -234,7 +244,9 @@ def _read_manifest(
                 f"{dict(zip(_META, known))} on line {lines[sample_id]}; one sample has one target and one group"
             )
         single = _first(row, columns.path)  # asked once: both the video and the image reading want it
-        video = _video_clip(row, base, where, single)
+        # most rows are images: a row without a 'video' column whose path cannot name a video is not asked
+        maybe_video = columns.video or (isinstance(single, str) and _may_name_video(single))
+        video = _video_clip(row, base, where, single) if maybe_video else None
         if video is not None:  # one row, one clip: a video (or [start, end) seconds of it) is a sample
             if frames[sample_id] or sample_id in videos:
                 raise DataError(f"{where}: sample {sample_id!r} is also on line {lines[sample_id]}; a video sample has one row")
@@ -264,6 +276,7 @@ def _read_manifest(
 class _Columns(NamedTuple):
     """Which of the columns a row can have are among its names (each tuple in the order of precedence)."""
 
+    video: bool  # a 'video' column
     id: tuple[str, ...]  # of _ID_COLUMNS
     path: tuple[str, ...]  # of _PATH_COLUMNS
     paths: tuple[str, ...]  # of _PATHS_COLUMNS
@@ -277,7 +290,7 @@ class _Columns(NamedTuple):
 
         frame_targets = sorted(k for k in names if k.startswith(_FRAME_TARGET))
         per_image = bool(frame_targets) or _FRAME_LABEL in names or _FRAME_LABELS in names
-        return cls(present(_ID_COLUMNS), present(_PATH_COLUMNS), present(_PATHS_COLUMNS), per_image, frame_targets)
+        return cls("video" in names, present(_ID_COLUMNS), present(_PATH_COLUMNS), present(_PATHS_COLUMNS), per_image, frame_targets)
 
 
 def _row_entry(
@@ -297,7 +310,8 @@ def _row_entry(
     values = None
     if target_cols and (require_labels or all(row.get(c) not in (None, "") for c in target_cols)):
         values = {c: _parse_float(row.get(c), where, c) for c in target_cols}
-    labels = _multi_labels(row.get("labels"), where)
+    labels = row.get("labels")
+    labels = None if labels is None else _multi_labels(labels, where)
     if require_labels and label is None and values is None and labels is None and not columns.per_image:
         raise DataError(f"{where}: sample {sample_id!r} has no 'label' (or 'labels', target or frame_label columns)")
     split = row.get("split") or None
@@ -313,7 +327,7 @@ def _row_images(
 ) -> tuple[list[tuple], bool]:
     """The images a row names (``single``: its path value), each ``(index, path as written, per-image
     target)``, and whether they came as a 'paths' list (a sample given by such a row has that one row only)."""
-    many = _first(row, columns.paths)
+    many = _first(row, columns.paths) if columns.paths else None
     if single is None and many is None:
         raise DataError(f"{where}: sample {sample_id!r} has no 'path' (or 'paths') value")
     if many is not None:

@@ -8,6 +8,7 @@ else :func:`~seqvision.data.splits.planned_splits` with the same options and see
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -16,11 +17,12 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from seqvision.data.discovery import discover
+from seqvision.data.manifest import gc_paused
 from seqvision.data.images import load_image
 from seqvision.data.samples import SPLITS, Sample, VideoClip
 from seqvision.data.sampling import uniform_indices
@@ -76,6 +78,24 @@ class Inspection:
     seconds: dict[str, float] = field(default_factory=dict)
     checked: bool = False  # every file decoded (--check-images)
 
+    @functools.cached_property
+    def per_label(self) -> dict[str, dict[str, int]]:
+        """``{label: {split: samples}}`` with the splits train / val / test / none that occur (asked by the
+        summary, the JSON and the page: counted once, after the split is made)."""
+        table: dict[str, Counter] = defaultdict(Counter)
+        for s in self.samples:
+            table[label_of(s)][self.split_of.get(s.id, UNASSIGNED)] += 1
+        order = [*SPLITS, UNASSIGNED]
+        return {label: {sp: table[label][sp] for sp in order if table[label][sp]} for label in sorted(table)}
+
+    @functools.cached_property
+    def groups_per_label(self) -> dict[str, int]:
+        """Distinct sources (groups; a sample without one is its own) per label."""
+        groups: dict[str, set] = defaultdict(set)
+        for s in self.samples:
+            groups[label_of(s)].add(("g", s.group) if s.group is not None else ("s", s.id))
+        return {label: len(g) for label, g in sorted(groups.items())}
+
 
 def label_of(sample: Sample) -> str:
     """The label a sample is counted under: its class, its classes joined (multi-label), else "(none)"."""
@@ -109,6 +129,15 @@ def inspect_data(
         raise ConfigError(f"--hash {hash_files!r} is not one of {', '.join(HASH_CHOICES)}")
     if max_headers < 0 or thumbnails < 0:
         raise ConfigError("--max-headers and --thumbnails must be 0 or more")
+    with gc_paused():  # a big index is millions of objects: collecting would rescan them at every pass
+        return _inspect(source, group_by=group_by, targets=targets, task=task, val_fraction=val_fraction,
+                        test_fraction=test_fraction, seed=seed, min_images=min_images, check_images=check_images,
+                        hash_files=hash_files, max_headers=max_headers, thumbnails=thumbnails, workers=workers)
+
+
+def _inspect(source: str | Path, *, group_by: str | None, targets: list[str] | None, task: str, val_fraction: float,
+             test_fraction: float, seed: int, min_images: int, check_images: bool, hash_files: str, max_headers: int,
+             thumbnails: int, workers: int | None) -> Inspection:
     clock = _Clock()
     samples = discover(source, targets=targets, group_by=group_by)
     clock.lap("index")
@@ -351,23 +380,6 @@ def lengths_summary(lengths: list[int]) -> str:
     if not lengths:
         return "no samples"
     return f"min {min(lengths)}, median {statistics.median(lengths):g}, max {max(lengths)}"
-
-
-def count_table(result: Inspection, key: Callable[[Sample], str]) -> dict[str, dict[str, int]]:
-    """``{label: {split: samples}}`` with the splits train / val / test / none that occur."""
-    table: dict[str, Counter] = defaultdict(Counter)
-    for s in result.samples:
-        table[key(s)][result.split_of.get(s.id, UNASSIGNED)] += 1
-    order = [*SPLITS, UNASSIGNED]
-    return {label: {sp: table[label][sp] for sp in order if table[label][sp]} for label in sorted(table)}
-
-
-def groups_per_label(result: Inspection) -> dict[str, int]:
-    """Distinct sources (groups; a sample without one is its own) per label."""
-    groups: dict[str, set] = defaultdict(set)
-    for s in result.samples:
-        groups[label_of(s)].add(("g", s.group) if s.group is not None else ("s", s.id))
-    return {label: len(g) for label, g in sorted(groups.items())}
 
 
 def video_clip_key(video: VideoClip) -> tuple:

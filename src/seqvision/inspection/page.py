@@ -8,7 +8,7 @@ from html import escape
 
 from seqvision.evaluation.html_report import _count_note, _thumb, html_page
 from seqvision.inspection.checks import Finding
-from seqvision.inspection.facts import Inspection, count_table, groups_per_label, histogram, label_of
+from seqvision.inspection.facts import Inspection, histogram
 from seqvision.inspection.report import headers_note, image_formats, image_sizes
 
 _STYLE = (  # added to the report's own CSS: verdict colours and the histogram bars
@@ -69,9 +69,9 @@ def _findings(findings: list[Finding]) -> str:
 
 
 def _labels(r: Inspection) -> str:
-    table = count_table(r, label_of)
+    table = r.per_label
     splits = list(dict.fromkeys(sp for by in table.values() for sp in by))
-    groups = groups_per_label(r)
+    groups = r.groups_per_label
     rows = [[escape(label), *(f"{by.get(sp, 0):,}" for sp in splits), f"{sum(by.values()):,}", f"{groups[label]:,}"]
             for label, by in table.items()]
     head = ["label", *map(escape, splits), "samples", "groups"]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seqvision.data.manifest import gc_paused
 from seqvision.inspection.checks import Finding, find_all, strict_failures
-from seqvision.inspection.facts import Inspection, count_table, groups_per_label, histogram, label_of, lengths_summary
+from seqvision.inspection.facts import Inspection, histogram, lengths_summary
 from seqvision.io import atomic_write_text
 
 
@@ -32,14 +33,15 @@ def write_report(inspection: Inspection, out: str | Path | None) -> InspectRepor
     """Find the leaks and problems and, with ``out``, write ``out/inspect.html`` and ``out/inspect.json``."""
     from seqvision.inspection.page import render_page
 
-    findings = find_all(inspection)
     files: list[Path] = []
-    if out is not None:
-        out = Path(out)
-        page, data = out / "inspect.html", out / "inspect.json"
-        atomic_write_text(page, render_page(inspection, findings))
-        atomic_write_text(data, json.dumps(to_json(inspection, findings), indent=1, sort_keys=True))
-        files = [page, data]
+    with gc_paused():  # passes over a big index: see inspect_data
+        findings = find_all(inspection)
+        if out is not None:
+            out = Path(out)
+            page, data = out / "inspect.html", out / "inspect.json"
+            atomic_write_text(page, render_page(inspection, findings))
+            atomic_write_text(data, json.dumps(to_json(inspection, findings), indent=1, sort_keys=True))
+            files = [page, data]
     return InspectReport(inspection, findings, files)
 
 
@@ -61,7 +63,7 @@ def headers_note(inspection: Inspection) -> str:
 def summary_lines(report: InspectReport) -> list[str]:
     """The printed summary: sizes, the split, lengths, files, then one verdict line per finding."""
     r = report.inspection
-    labels = count_table(r, label_of)
+    labels = r.per_label
     splits: Counter = Counter()
     for by in labels.values():
         splits.update(by)
@@ -72,7 +74,7 @@ def summary_lines(report: InspectReport) -> list[str]:
         f"split: {r.split_origin or 'none'}: " + ", ".join(f"{name} {n:,}" for name, n in splits.items()),
         "per label: " + "; ".join(f"{label}: " + ", ".join(f"{sp} {n:,}" for sp, n in by.items())
                                   for label, by in list(labels.items())[:8]) + (" ..." if len(labels) > 8 else ""),
-        "groups per label: " + ", ".join(f"{k} {v:,}" for k, v in list(groups_per_label(r).items())[:8]),
+        "groups per label: " + ", ".join(f"{k} {v:,}" for k, v in list(r.groups_per_label.items())[:8]),
         f"frames per sample: {lengths_summary(lengths)}",
     ]
     if r.files:
@@ -97,7 +99,7 @@ def to_json(inspection: Inspection, findings: list[Finding]) -> dict[str, Any]:
     return {
         "source": r.source, "layout": r.layout, "task": r.task, "samples": len(r.samples), "image_files": len(r.files),
         "videos": len(r.videos), "split_origin": r.split_origin, "options": r.options,
-        "per_label": count_table(r, label_of), "groups_per_label": groups_per_label(r),
+        "per_label": r.per_label, "groups_per_label": r.groups_per_label,
         "frames_per_sample": histogram([r.frames_of.get(s.id, 0) for s in r.samples]),
         "image_formats": dict(image_formats(r)), "image_sizes": dict(image_sizes(r)), "headers": headers_note(r),
         "video_files": {str(p): {"seconds": d, "fps": f} for p, (d, f) in r.videos.items()},
