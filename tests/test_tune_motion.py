@@ -84,7 +84,7 @@ def test_auto_tries_the_recipe_second_and_no_more_motion_trials_while_heads_scor
     assert drawn[1] == (True, "mean", "bidirectional")  # the README's motion recipe
     assert not any(motion for motion, *_ in drawn[2:]), drawn  # it lost to the heads: no more motion trials
     assert result.motion_trials == 1 and result.best_params["motion"] is False
-    assert any(ln.startswith("motion trials: the CNN whole") and "the first (trial 2) is the README's recipe" in ln for ln in lines)
+    assert any(ln.startswith("motion trials: the whole CNN, its last 1 stage(s)") and "the first (trial 2) is the README's recipe" in ln for ln in lines)
 
 
 def test_motion_maps_over_the_cache_budget_are_said_and_tune_stays_on_frozen_features(setup, tmp_path, monkeypatch):

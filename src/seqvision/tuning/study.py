@@ -53,6 +53,7 @@ from seqvision.tuning.space import (
     SECTION_OF,
     Domain,
     as_overrides,
+    drawn,
     load_space,
     poolings,
     suggest,
@@ -211,7 +212,7 @@ def _default_params(cfg: RunConfig, space: dict[str, Domain], say: Callable[[str
     searched option that the domain holds (an option whose value the domain lacks is drawn instead, and said)."""
     params, outside = ({MOTION: motion} if MOTION in space else {}), []
     for name, domain in space.items():
-        if name == MOTION or (name in MOTION_OPTIONS and not motion):
+        if name == MOTION or not drawn(name, head=cfg.model.head, motion=motion):  # e.g. hidden_size for mean
             continue
         value = getattr(getattr(cfg, SECTION_OF[name]), name)
         if domain.choices is not None and value in domain.choices:
@@ -244,11 +245,11 @@ def _cache_motion_maps(cfg: RunConfig, space: dict[str, Domain], say: Callable[[
         for name in (MOTION, *MOTION_OPTIONS):
             space.pop(name, None)
         return
-    cut = f"without its last {fixed['drop_stages']} stages" if fixed["drop_stages"] else "whole"
+    cut = f"CNN without its last {fixed['drop_stages']} stages" if fixed["drop_stages"] else "whole CNN"
     kinds = ("every trial is one" if space[MOTION].choices == (True,) else
              "the first (trial 2) is the README's recipe; more are drawn while one scores at least as well as the "
              "best head trial")
-    say(f"motion trials: the CNN {cut}, its last {fixed['trainable_stages']} stage(s) fine-tuned with a temporal shift "
+    say(f"motion trials: the {cut}, its last {fixed['trainable_stages']} stage(s) fine-tuned with a temporal shift "
         f"on cached maps ({'x'.join(map(str, report['maps']))} per image; {report['cached']} images cached, "
         f"{report['computed']} computed, {report['dir']}); {kinds}")
 
