@@ -1,6 +1,7 @@
 """How fast, and in how much memory, ``discover()`` indexes a big manifest and a big folder dataset.
 
     python benchmarks/index_scale.py            # 1,000,000-row CSV (200,000 samples) + 100,000-file folder tree
+    python benchmarks/index_scale.py --inspect  # also ``seqvision inspect`` of the manifest (no --check-images)
     python benchmarks/index_scale.py --quick    # ~100x smaller, seconds long (CI): checks it works, not speed
 
 Everything is made in a temporary folder. The image files are a few bytes that are NOT valid images:
@@ -10,6 +11,10 @@ Measured, each in a fresh Python process so that the peak memory (``ru_maxrss``)
   manifest   ``discover(manifest.csv)``: one row per image (sample_id,label,path,index), 5 rows per sample,
              the paths drawn from a pool of real files (so most paths repeat); rows/s and peak memory
   folders    ``discover(ROOT)`` of ROOT/<label>/<sample>/<5 files>: files/s, peak memory, bytes read
+
+  inspect    (``--inspect``) ``inspect_data(manifest.csv)`` + ``write_report`` (the HTML page and JSON), as
+             ``seqvision inspect MANIFEST --out DIR`` runs them: seconds after the imports (and the imports'
+             own), peak memory. Its 2,000 image headers fail (the files are not images) and are reported
 
 Prints one human-readable line per measurement and, last, one JSON line with every figure.
 """
@@ -90,8 +95,28 @@ def measure(source: str) -> dict:
     }
 
 
-def _run_measure(source: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_measure", str(source)]
+def measure_inspect(source: str) -> dict:
+    """Runs in a fresh process: what ``seqvision inspect SOURCE --out DIR`` does, after its imports."""
+    sys.path.insert(0, str(ROOT / "src"))
+    start = time.perf_counter()
+    from seqvision.inspection import inspect_data, write_report
+
+    imported = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="seqvision-inspect-") as out:
+        report = write_report(inspect_data(source), out)
+        seconds = time.perf_counter() - imported
+    return {
+        "seconds": seconds,
+        "import_seconds": imported - start,
+        "stages": report.inspection.seconds,
+        "samples": len(report.inspection.samples),
+        "findings": len(report.findings),
+        "peak_rss_mib": _rss_mib(),
+    }
+
+
+def _run_measure(source: Path, what: str = "--_measure") -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), what, str(source)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"measurement of {source} failed:\n{res.stderr}")
@@ -147,10 +172,15 @@ def make_folders(root: Path, labels: int, per_label: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="~100x smaller: checks that it works, not speed")
+    parser.add_argument("--inspect", action="store_true", help="also time seqvision inspect of the manifest")
     parser.add_argument("--_measure", metavar="SOURCE", help=argparse.SUPPRESS)  # internal: the child process
+    parser.add_argument("--_measure_inspect", metavar="SOURCE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
         print(json.dumps(measure(args._measure)))
+        return
+    if args._measure_inspect:
+        print(json.dumps(measure_inspect(args._measure_inspect)))
         return
 
     size = SIZES["quick" if args.quick else "full"]
@@ -175,6 +205,14 @@ def main() -> None:
               f"{m['rows_per_s']:>10,.0f} rows/s  peak {m['peak_rss_mib']:7.1f} MiB "
               f"(after import {m['base_rss_mib']:.1f} MiB); read {m['bytes_read'] or 0:,} B, the manifest is "
               f"{m['manifest_bytes']:,} B")
+        if args.inspect:
+            i = _run_measure(manifest, "--_measure_inspect")
+            if i["samples"] != size["samples"]:
+                raise SystemExit(f"inspect: expected {size['samples']} samples, got {i}")
+            report["inspect"] = i
+            stages = ", ".join(f"{k} {v:.2f} s" for k, v in i["stages"].items())
+            print(f"inspect   {rows:>9,} rows  {i['samples']:>7,} samples  {i['seconds']:6.2f} s  after "
+                  f"{i['import_seconds']:.2f} s of imports; peak {i['peak_rss_mib']:7.1f} MiB; {stages}")
 
         files = size["labels"] * size["per_label"] * FRAMES
         f = _run_measure(folders)
