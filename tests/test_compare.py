@@ -79,14 +79,30 @@ def test_compare_writes_markdown_and_a_self_contained_page(runs, tmp_path):
         assert re.search(rf'<table class="{table}">.*?{re.escape(str(runs["mean"]))}', dom, re.S), table
 
 
-def test_compare_refuses_runs_of_another_class_set_and_folders_that_are_not_runs(runs, tmp_path, capsys):
-    other = make_folder_dataset(tmp_path / "three", labels=("up", "down"), per_label=2)
-    run = tmp_path / "three-run"
-    assert main(["train", "--data", str(other), "--out", str(run), "--max-epochs", "1", "--diagnostics", "off", *FAST]) == 0
+def _relabelled(run: Path, folder: Path, **targets) -> Path:
+    """A copy of ``run`` whose checkpoint says it learnt other targets (the weights, and their checksum, kept)."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(run, folder)
+    raw = torch.load(folder / "best.ckpt", weights_only=True)
+    raw["seqvision"]["targets"].update(targets)
+    torch.save(raw, folder / "best.ckpt")
+    return folder
+
+
+def test_compare_refuses_runs_of_another_task_or_class_set_and_folders_that_are_not_runs(runs, tmp_path, capsys):
+    classes = _relabelled(runs["lstm"], tmp_path / "up-down", class_names=["up", "down"])
+    numbers = _relabelled(runs["lstm"], tmp_path / "speed", task="regression", class_names=[], target_names=["speed"])
     capsys.readouterr()
-    assert main(["compare", str(runs["lstm"]), str(run)]) == 1
+    assert main(["compare", str(runs["lstm"]), str(runs["mean"]), str(classes)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "different class sets" in err and str(runs["lstm"]) in err and str(run) in err
+    assert err.count("\n") == 1 and "different class sets" in err and str(runs["lstm"]) in err and str(classes) in err
+    assert "up, down" in err and "left, right" in err
+    assert main(["compare", str(runs["lstm"]), str(numbers)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different tasks" in err and "regression of speed" in err
     assert main(["compare", str(runs["lstm"]), str(runs["data"])]) == 1
     assert "is not a run folder" in capsys.readouterr().err
     assert main(["compare", str(runs["lstm"])]) == 1

@@ -123,19 +123,15 @@ def fit(
     save_config(cfg, out / "config.yaml")
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
-    loggers = (tracking or Tracking()).build(out)
-    log_config(loggers, cfg.to_dict())
     trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log,
-                       checkpoints=checkpoints, loggers=loggers)
-    last = out / "last.ckpt"
-    started = time.perf_counter()
+                       checkpoints=checkpoints, tracking=tracking)
+    last, started = out / "last.ckpt", time.perf_counter()
     with warnings.catch_warnings():
         # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
         warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen BatchNorm, on purpose
         trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resume else None)
-    if trainer.is_global_zero:
-        _record_training(out / "training.json", trainer.current_epoch, time.perf_counter() - started, resumed=resume)
+    _record_training(trainer, out / "training.json", time.perf_counter() - started, resumed=resume)
 
     best = out / "best.ckpt" if (out / "best.ckpt").exists() else last  # ModelCheckpoint's file names
     reported = data.dropped + sorted(set(task.skipped))
@@ -143,15 +139,18 @@ def fit(
         reported.append(f"{task.nan_steps_skipped} training step(s) skipped: the loss was NaN or infinite (--on-nan skip)")
     return TrainResult(
         out, best, last, reported=reported, feature_cache=cache_report, splits=data.splits, store=store if maps is None else None,
-        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero, loggers=loggers,
+        num_workers=dm.num_workers, is_global_zero=trainer.is_global_zero, loggers=list(trainer.loggers),
     )
 
 
-def _record_training(path: Path, epochs: int, seconds: float, *, resumed: bool) -> None:
-    """``training.json``: the epochs the run has trained and the seconds its fits took (a resumed run adds
-    its part), for ``seqvision compare``."""
+def _record_training(trainer: L.Trainer, path: Path, seconds: float, *, resumed: bool) -> None:
+    """``training.json`` (by the first process): the epochs the run has trained and the seconds its fits took
+    (a resumed run adds its part), for ``seqvision compare``."""
+    if not trainer.is_global_zero:
+        return
     before = json.loads(path.read_text()) if resumed and path.exists() else {}
-    atomic_write_text(path, json.dumps({"epochs": epochs, "seconds": round(before.get("seconds", 0.0) + seconds, 2)}))
+    seconds += before.get("seconds", 0.0)
+    atomic_write_text(path, json.dumps({"epochs": trainer.current_epoch, "seconds": round(seconds, 2)}))
 
 
 def _model(cfg: RunConfig, data):
@@ -200,10 +199,12 @@ def _resumable(out: Path, resume: bool) -> dict | None:
 
 def _trainer(
     cfg: RunConfig, out: Path, *, monitor: str, has_val: bool, callbacks: Sequence[Any], progress: bool, epoch_log: bool,
-    checkpoints: bool = True, loggers: Sequence[Any] = (),
+    checkpoints: bool = True, tracking: Tracking | None = None,
 ) -> L.Trainer:
     """Lightning's Trainer with seqvision's checkpoints (best, and last after every epoch), early stopping,
-    logs and atomic checkpoint writes."""
+    logs (``tracking``'s loggers, given the resolved config) and atomic checkpoint writes."""
+    loggers = (tracking or Tracking()).build(out)
+    log_config(loggers, cfg.to_dict())
     mode = "max" if monitor in MAXIMIZE else "min"
     own_callbacks = [
         ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, enable_version_counter=False),
@@ -227,7 +228,7 @@ def _trainer(
         deterministic=cfg.train.deterministic,
         sync_batchnorm=cfg.train.sync_batchnorm,
         callbacks=[*own_callbacks, *callbacks],
-        logger=list(loggers),  # Tracking.build's: CSV and TensorBoard by default
+        logger=loggers,  # CSV and TensorBoard by default
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_checkpointing=checkpoints,

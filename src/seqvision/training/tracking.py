@@ -59,6 +59,7 @@ class Tracking:
     # set by StudyTracker for one trial: the MLflow run it logs to (made nested beforehand) and its W&B group
     run_id: str | None = None
     group: str | None = None
+    wandb_dir: Path | None = None  # where W&B keeps its offline runs (default: the run folder; a trial's is temporary)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loggers", parse_loggers(",".join(self.loggers)))
@@ -114,8 +115,9 @@ class Tracking:
         # offline: no account, no prompt, no network; no metadata: host, command line, environment, git
         settings = wandb.Settings(mode="offline", silent=True, console="off", x_disable_meta=True, x_disable_stats=True,
                                   disable_git=True, save_code=False, disable_job_creation=True)
-        out.mkdir(parents=True, exist_ok=True)
-        logger = WandbLogger(name=name, project=self.experiment, save_dir=str(out.resolve()), offline=True, group=self.group,
+        folder = Path(self.wandb_dir or out)
+        folder.mkdir(parents=True, exist_ok=True)
+        logger = WandbLogger(name=name, project=self.experiment, save_dir=str(folder.resolve()), offline=True, group=self.group,
                              settings=settings, reinit="finish_previous")
         logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B warns about on every run
         return logger
@@ -183,7 +185,7 @@ def log_results(loggers: list[Any], out: Path, evaluations: dict[str, dict]) -> 
                 client.log_metric(run_id, name, value)
             for path, folder in files:
                 client.log_artifact(run_id, str(path), folder or None)
-            record["mlflow"] = {"tracking_uri": _without_password(logger._tracking_uri),
+            record["mlflow"] = {"tracking_uri": _without_password(client.tracking_uri),
                                 "experiment": client.get_experiment(logger.experiment_id).name, "run_id": run_id}
         else:  # W&B: the summary holds the final figures; the files go in the offline run's files/ (synced with it)
             run = logger.experiment
@@ -251,9 +253,11 @@ class StudyTracker:
             atomic_write_text(saved, json.dumps({"mlflow": {"tracking_uri": _without_password(uri), "run_id": self.parent_id}}, indent=2))
 
     def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
         try:
             return self._client.get_run(run_id).info.lifecycle_stage == "active"
-        except Exception:  # another store, or the run was deleted: a new study run
+        except MlflowException:  # another store, or the run was deleted: a new study run
             return False
 
     def trial(self, name: str, params: dict[str, Any], *, folder_loggers: bool = False) -> Tracking | None:
@@ -273,7 +277,8 @@ class StudyTracker:
             self._client.log_batch(run_id, params=_params({f"trial.{k}": v for k, v in params.items()}))
         # the study's store, not one beside the trial's temporary folder
         uri = self.tracking.mlflow_store(self.out)[0] if self.tracking.uses("mlflow") else None
-        return replace(self.tracking, loggers=loggers, run_id=run_id, mlflow_uri=uri, group=f"tune {self.out.resolve().name}")
+        return replace(self.tracking, loggers=loggers, run_id=run_id, mlflow_uri=uri, group=f"tune {self.out.resolve().name}",
+                       wandb_dir=None if folder_loggers else self.out)
 
     def trial_end(self, tracking: Tracking | None, *, state: str, value: float | None = None, error: str | None = None) -> None:
         """A trial's outcome on its nested run: its value, and ``state`` (complete, pruned, stopped, failed) as a tag."""
