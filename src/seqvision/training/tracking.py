@@ -117,8 +117,10 @@ class Tracking:
                                   disable_git=True, save_code=False, disable_job_creation=True)
         folder = Path(self.wandb_dir or out)
         folder.mkdir(parents=True, exist_ok=True)
+        if wandb.run is not None:  # a run still open (a tune's previous trial): Lightning would log into it
+            wandb.finish()
         logger = WandbLogger(name=name, project=self.experiment, save_dir=str(folder.resolve()), offline=True, group=self.group,
-                             settings=settings, reinit="finish_previous")
+                             settings=settings)
         logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B warns about on every run
         return logger
 
@@ -281,7 +283,14 @@ class StudyTracker:
                        wandb_dir=None if folder_loggers else self.out)
 
     def trial_end(self, tracking: Tracking | None, *, state: str, value: float | None = None, error: str | None = None) -> None:
-        """A trial's outcome on its nested run: its value, and ``state`` (complete, pruned, stopped, failed) as a tag."""
+        """A trial's outcome on its runs: its value, and ``state`` (complete, pruned, stopped, failed), as the
+        nested MLflow run's metric and tag and in the W&B run's summary; both runs are closed."""
+        if tracking is not None and tracking.uses("wandb"):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.summary.update({"trial_state": state, **({"trial_value": value} if value is not None else {})})
+                wandb.finish()
         if tracking is None or tracking.run_id is None:
             return
         if value is not None and math.isfinite(value):
