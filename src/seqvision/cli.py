@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     _extract_parser(sub.add_parser("extract", help="compute and cache one feature vector per image (frozen backbone)"))
+    _pack_parser(sub.add_parser("pack", help="write a folder or manifest into tar shards (WebDataset style) that train, evaluate, predict and extract read"))
 
     p = sub.add_parser("cache", help="show or clear the feature cache")
     p.add_argument("action", choices=["info", "clear"], help="info: list the keys; clear: remove them (or --key)")
@@ -536,6 +537,24 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="a data root or a .csv/.jsonl manifest")
+    p.add_argument("--out", required=True, help="the pack folder: tar shards and index.json (give it as DATA to train, evaluate, predict, extract)")
+    p.add_argument("--shard-size", default="1GB", help="about this many bytes per shard: 500MB, 1GB, 1GiB, ... (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace another pack already in --out")
+    p.add_argument("--group-by", help="the groups, kept in the pack: a manifest column (default 'group') or, for a folder, a regex on the sample names")
+    p.add_argument("--targets", type=lambda text: text.split(","), help="manifest columns of regression targets, comma-separated (as for train)")
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from seqvision.data.pack_writer import pack, parse_size
+
+    done = pack(args.data, args.out, shard_size=parse_size(args.shard_size), overwrite=args.overwrite,
+                targets=args.targets, group_by=args.group_by)
+    print(f"packed {done.samples} samples into {done.shards} shard(s), {done.bytes / 1e6:.1f} MB -> {done.out}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from seqvision.errors import ConfigError
     from seqvision.features.cache import cache_clear, cache_info, default_cache_root
@@ -664,7 +683,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "extract": cmd_extract, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
+    "extract": cmd_extract, "pack": cmd_pack, "cache": cmd_cache, "report": cmd_report, "backbones": cmd_backbones,
     "stream": cmd_stream, "inspect": cmd_inspect,
     "export": cmd_export, "tune": cmd_tune,
     "serve": cmd_serve, "compare": cmd_compare,

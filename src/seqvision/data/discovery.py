@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from seqvision.data.manifest import read_manifest
+from seqvision.data.packs import is_pack, read_pack
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import ConfigError, DataError
 
@@ -28,13 +29,15 @@ def discover(
     """Samples of a data root or a manifest, sorted by id. Reads no image data.
 
     Args:
-        source: a folder (``ROOT/<label>/<sample>/...``) or a ``.csv`` / ``.jsonl`` manifest.
+        source: a folder (``ROOT/<label>/<sample>/...``), a ``.csv`` / ``.jsonl`` manifest, or a pack
+            folder (tar shards and their ``index.json``, see :mod:`seqvision.data.packs`).
         targets: manifest columns holding regression targets (None: a ``label`` column, or ``target*``
             columns when there is no label column).
         require_labels: False for prediction, where samples may carry no label.
         group_by: what says which samples share a source: for a manifest, a column (default ``group``);
-            for a folder, a regular expression searched in each sample's name (its folder or video file
-            name), whose first match (or first capture group) is the group.
+            for a folder or a pack, a regular expression searched in each sample's name (its folder or
+            video file name), whose first match (or first capture group) is the group (a pack keeps the
+            groups it was packed with otherwise).
     """
     path = Path(source)
     if not path.exists():
@@ -43,6 +46,10 @@ def discover(
         if not is_manifest(path):
             raise DataError(f"{path}: a manifest must be a .csv or .jsonl file")
         samples = read_manifest(path, targets=targets, require_labels=require_labels, group_column=group_by)
+    elif is_pack(path):  # shards written by `seqvision pack`: the samples from its index, groups as packed
+        samples = read_pack(path)
+        if group_by is not None:
+            group_by_name(samples, group_by)
     else:
         samples = discover_folders(path)
         if group_by is not None:
@@ -156,7 +163,7 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Sample]:
         if path.is_file() and is_video_file(path):
             samples.append(_video_sample(path, id=str(path)))
             continue
-        if path.is_file():
+        if path.is_file() or is_pack(path):
             samples.extend(discover(path, require_labels=False))
             continue
         images, subdirs = _scan_images(path)

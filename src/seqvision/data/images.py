@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from seqvision.data.packs import member_of
 from seqvision.errors import BadFileError
 
 # Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
@@ -60,8 +61,9 @@ def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Ten
     """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file.
     ``decode_size``: a large JPEG may be decoded reduced, its shorter side no smaller than this."""
     path = Path(path)
+    member = member_of(path)
     try:
-        data = path.read_bytes()
+        data = member.read() if member is not None else path.read_bytes()
     except FileNotFoundError:
         raise BadFileError(path, "file does not exist") from None
     except OSError as exc:

@@ -15,6 +15,7 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from seqvision.data.packs import is_member_path
 from seqvision.data.samples import SPLITS, Sample
 from seqvision.errors import DataError
 from seqvision.io import atomic_write_text
@@ -243,7 +244,7 @@ def shared_source_hint(samples: list[Sample]) -> str | None:
     by_folder: dict[Path, list[str]] = defaultdict(list)
     for s in samples:
         folders = {frame.path.parent for frame in s.frames}
-        if len(folders) == 1:
+        if len(folders) == 1 and not is_member_path(s.frames[0].path):  # one shard holds many samples by design
             by_folder[folders.pop()].append(s.id)
     shared = [ids for ids in by_folder.values() if len(ids) > 1]
     if shared and len(by_folder) > len(labels):

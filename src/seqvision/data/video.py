@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from seqvision.data.packs import member_of
 from seqvision.errors import BadFileError, DataError
 
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
@@ -45,8 +46,9 @@ def _av():
 
 def _open(path: Path):
     av = _av()
+    member = member_of(path)  # a packed video: its byte range of the shard, read as a file
     try:
-        container = av.open(str(path))
+        container = av.open(member.open() if member is not None else str(path))
     except FileNotFoundError:
         raise BadFileError(path, "file does not exist") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -69,6 +71,9 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
     Remembered per file version (path, size, modification time) in this process: filtering, cache
     planning, the datasets and the report all ask for the same videos' headers."""
     path = Path(path)
+    member = member_of(path)
+    if member is not None:
+        return _probe(path, *member.version(), start, end)
     try:
         stat = path.stat()
     except FileNotFoundError:

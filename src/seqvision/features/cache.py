@@ -36,8 +36,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from seqvision.data.packs import member_of
 from seqvision.data.transforms import Preprocessing
-from seqvision.errors import ConfigError
+from seqvision.errors import BadFileError, ConfigError
 from seqvision.io import atomic_write_synced, atomic_write_text, tensor_digest
 
 SHARD_ROWS = 4096  # rows buffered before a shard is committed: bounded memory for any dataset size
@@ -70,7 +71,12 @@ def video_frame_identity(video_identity: str, time: float) -> str:
 
 
 def file_identity(path: Path, *, content_hash: bool = False) -> str:
-    """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256."""
+    """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256. A shard
+    member (packed data) is always known by its content: the same bytes read from their folder with
+    ``content_hash`` find the same rows, and a repacked pack's new paths do not lose them."""
+    member = member_of(path)
+    if member is not None:
+        return member.identity()
     path = Path(path).resolve()
     if content_hash:
         return "sha256:" + _sha256_file(path)  # streamed: a long video is never read into memory whole
@@ -239,7 +245,10 @@ class FeatureStore:
         out: dict[Path, str] = {}
         for path in paths:
             if path not in out:
-                identity = self.identity(path)
+                try:
+                    identity = self.identity(path)
+                except BadFileError:  # a packed image whose shard is cut or gone: loading it reports the sample
+                    identity = ""
                 if identity not in self.index:
                     out[path] = identity
         return out
@@ -250,7 +259,7 @@ class FeatureStore:
         for path in paths:
             try:
                 out.append(self.index.get(self.identity(path)))
-            except OSError:  # the file is gone: nothing valid can be cached for it
+            except (OSError, BadFileError):  # the file (or its shard) is gone: nothing valid can be cached for it
                 out.append(None)
         return out
 

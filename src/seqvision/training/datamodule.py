@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from seqvision.config import DataConfig
 from seqvision.data.dataset import SequenceDataset, collate
 from seqvision.data.discovery import discover
+from seqvision.data.packs import is_pack
+from seqvision.data.shard_loader import stream_loader
 from seqvision.data.samples import Sample
 from seqvision.data.splits import planned_splits, save_splits
 from seqvision.tasks import TargetSpec
@@ -121,6 +123,8 @@ class SequenceDataModule(L.LightningDataModule):
         if train and self.balanced_sampler:  # rare classes drawn as often as common ones (with replacement)
             weights = self.data.spec.sample_weights(self.data.splits[split])
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+        if train and sampler is None and is_pack(self.cfg.data):  # shards streamed, each sample once per epoch
+            return stream_loader(self.dataset(split, train=True), batch_size=self.batch_size, seed=self.seed, num_workers=self.num_workers)
         return DataLoader(
             self.dataset(split, train=train),
             batch_size=self.batch_size,
