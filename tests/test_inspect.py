@@ -218,3 +218,25 @@ def test_page_renders_in_chromium_escaped(tmp_path, capsys):
     for table in ("overview", "labels", "lengths", "formats", "sizes", "durations", "fps", "thumbnails"):
         body = re.search(rf'<table class="{table}">(.*?)</table>', dom, re.S)
         assert body and body.group(1).count("<tr>") >= 2, table
+
+
+def test_thumbnails_spread_over_samples_and_capped_in_labels(tmp_path, monkeypatch):
+    from seqvision.inspection import facts
+
+    data = _folder(tmp_path / "data", labels=("a", "b", "c"), per_label=5)
+    monkeypatch.setattr(facts, "THUMB_LABELS", 2)  # the first two labels by name get strips
+    strips = facts.inspect_data(data, thumbnails=2, hash_files="off").thumbnails
+    assert [(s.label, s.sample_id) for s in strips] == [("a", "a/s0"), ("a", "a/s4"), ("b", "b/s0"), ("b", "b/s4")]
+    assert [s.indices for s in strips[:2]] == [[0, 1], [0, 1, 2]] and all(Path(p).exists() for p in strips[1].images)
+
+
+def test_a_pack_is_inspected_from_its_shards(tmp_path, capsys):
+    data = _folder(tmp_path / "data", per_label=2)
+    assert main(["pack", str(data), "--out", str(tmp_path / "pack"), "--shard-size", "8KB"]) == 0
+    capsys.readouterr()
+    code, out, _ = _run(capsys, tmp_path / "pack", "--out", tmp_path / "out", "--val-fraction", 0.25, "--strict")
+    assert code == 0, out
+    report = _json(tmp_path / "out")
+    assert report["layout"] == "pack" and report["samples"] == 4 and report["image_formats"] == {"PNG": 10}
+    assert "content hashes (sha256) of 10 files" in report["hashes"]  # the index's digests
+    assert (tmp_path / "out" / "inspect.html").read_text().count("<figure>") == 10

@@ -23,6 +23,7 @@ import numpy as np
 
 from seqvision.data.discovery import discover
 from seqvision.data.manifest import gc_paused
+from seqvision.data.packs import is_pack, member_of
 from seqvision.data.images import load_image
 from seqvision.data.samples import SPLITS, Sample, VideoClip
 from seqvision.data.sampling import uniform_indices
@@ -36,6 +37,7 @@ from seqvision.tasks import TargetSpec
 HASH_CHOICES = ("auto", "on", "off")
 AUTO_HASH_FILES = 10_000  # --hash auto hashes up to this many files ...
 AUTO_HASH_BYTES = 1 << 30  # ... holding up to 1 GiB: a few seconds of reading, not a surprise of minutes
+THUMB_LABELS = 50  # labels that get strips: 1,000 classes would otherwise decode up to 1,000 x 3 x 16 images
 CHECK_CHUNK = 64  # video frames decoded per read when checking a whole video (bounds memory)
 UNASSIGNED = "none"  # the split of a sample train would not keep (too short, unreadable video)
 
@@ -58,7 +60,7 @@ class Inspection:
     """Everything ``seqvision inspect`` found; :mod:`seqvision.inspection.checks` adds the findings."""
 
     source: str
-    layout: str  # folder | manifest
+    layout: str  # folder | manifest | pack
     samples: list[Sample]
     split_of: dict[str, str]  # sample id -> train | val | test | none (left out, as train would)
     split_origin: str  # how the split was made, in words
@@ -143,7 +145,8 @@ def _inspect(source: str | Path, *, group_by: str | None, targets: list[str] | N
     clock.lap("index")
     files = list(dict.fromkeys(f.path for s in samples for f in s.frames))
     result = Inspection(
-        source=str(source), layout="folder" if Path(source).is_dir() else "manifest", samples=samples, split_of={},
+        source=str(source), layout="pack" if is_pack(source) else "folder" if Path(source).is_dir() else "manifest",
+        samples=samples, split_of={},
         split_origin="", task=None, frames_of={}, files=files, checked=check_images,
         options={"group_by": group_by, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
                  "min_images": min_images, "hash": hash_files, "check_images": check_images},
@@ -272,11 +275,14 @@ def _read_headers(result: Inspection, pool: ThreadPoolExecutor, limit: int, chec
 def _header(path: Path, decode: bool) -> tuple[tuple[str, int, int] | None, str | None]:
     from PIL import Image, UnidentifiedImageError
 
+    member = member_of(path)  # an image inside a pack's shard: its byte range, read as a file
     try:
-        with Image.open(path) as img:
+        with Image.open(member.open() if member is not None else path) as img:
             header = (img.format or path.suffix.lstrip(".").upper(), img.width, img.height)
     except FileNotFoundError:
         return None, "file does not exist (any more)"
+    except BadFileError as exc:  # a pack's shard missing or cut short
+        return None, exc.reason
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return None, f"not a readable image ({first_line(exc)})"
     if decode:
@@ -314,11 +320,14 @@ def _hash(result: Inspection, pool: ThreadPoolExecutor, mode: str) -> None:
 def _digest(path: Path) -> str | None:
     try:
         return file_identity(path, content_hash=True)
-    except OSError:
-        return None  # gone or unreadable: the header check says so
+    except (OSError, BadFileError):
+        return None  # gone or unreadable (a file, a pack's shard): the header check says so
 
 
 def _size(path: Path) -> int:
+    member = member_of(path)
+    if member is not None:
+        return member.size
     try:
         return path.stat().st_size
     except OSError:
@@ -330,12 +339,13 @@ def _size(path: Path) -> int:
 
 def _thumbnails(result: Inspection, per_label: int) -> list[ThumbStrip]:
     """``per_label`` samples of each label (evenly spread over its samples, sorted by id), each as a strip
-    of at most :data:`THUMB_IMAGES` of its images in order. Only these images are decoded."""
+    of at most :data:`THUMB_IMAGES` of its images in order; the first :data:`THUMB_LABELS` labels by name.
+    Only these images are decoded."""
     by_label: dict[str, list[Sample]] = defaultdict(list)
     for s in result.samples:
         by_label[label_of(s)].append(s)
     strips = []
-    for label in sorted(by_label):
+    for label in sorted(by_label)[:THUMB_LABELS]:
         chosen = sorted(by_label[label], key=lambda s: s.id)
         for i in uniform_indices(len(chosen), per_label) if per_label else []:
             strips.append(_strip(result, chosen[i], label))

@@ -8,7 +8,7 @@ from html import escape
 
 from seqvision.evaluation.html_report import _count_note, _thumb, html_page
 from seqvision.inspection.checks import Finding
-from seqvision.inspection.facts import Inspection, histogram
+from seqvision.inspection.facts import THUMB_LABELS, Inspection, histogram
 from seqvision.inspection.report import headers_note, image_formats, image_sizes
 
 _STYLE = (  # added to the report's own CSS: verdict colours and the histogram bars
@@ -109,5 +109,7 @@ def _thumbnails(r: Inspection) -> str:
                     f"{_count_note(strip.total)}</td><td>{escape(strip.split)}</td>"
                     f'<td class="name"><div class="thumbs">{images}</div></td></tr>')
     head = '<tr><th class="name">label</th><th class="name">sample</th><th>split</th><th class="name">images, in order</th></tr>'
-    return (f'<section id="thumbnails"><h2>Samples, in order</h2><p class="note">a few samples per label, each as '
+    labels = len(r.per_label)
+    which = f"the first {THUMB_LABELS} of {labels} labels" if labels > THUMB_LABELS else "per label"
+    return (f'<section id="thumbnails"><h2>Samples, in order</h2><p class="note">a few samples {which}, each in '
             f'the order the model reads (#: the frame\'s index)</p><table class="thumbnails">{head}{"".join(rows)}</table></section>')
