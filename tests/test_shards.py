@@ -249,6 +249,11 @@ def test_pack_refuses_bad_options_and_another_pack_and_leaves_nothing_partial(tm
     (other / "left" / "s1" / "f9.png").unlink()
     _pack(other, packed, "8KB", "--overwrite")
     assert len(discover(packed)) == 4 and not set(p.name for p in _shards(packed)) & set(before)
+    with pytest.raises(ConfigError, match="is a pack already"):
+        pack(packed, tmp_path / "again")
+    (packed / "index.json").unlink()  # shards without their index: said, not "no samples"
+    with pytest.raises(DataError, match="holds tar shards but no"):
+        discover(packed)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     assert main(["pack", str(data), "--out", str(tmp_path / "junk")]) == 1

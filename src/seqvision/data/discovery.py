@@ -55,6 +55,9 @@ def discover(
         if group_by is not None:
             group_by_name(samples, group_by)
     if not samples:
+        if path.is_dir() and next(path.glob("*.tar"), None) is not None:
+            raise DataError(f"{path} holds tar shards but no index.json: seqvision reads the packs that "
+                            "`seqvision pack` writes; pack the source data (or restore the index)")
         raise DataError(f"{path}: no samples found; expected ROOT/<label>/<sample_id>/<images> or a manifest")
     return samples
 

@@ -75,6 +75,7 @@ def _load_index(folder: Path, size: int, mtime_ns: int) -> dict:
             for m in sample["members"]:
                 members[shard, m["name"]] = (m["offset"], m["size"], m["sha256"])
         index["_members"] = members  # (shard, member name) -> (offset, size, sha256)
+        index["_shards"] = {record["name"]: record for record in index["shards"]}  # name -> bytes, mtime_ns, samples
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise DataError(f"{path}: not a readable pack index ({type(exc).__name__}: {exc}); pack the data again") from None
     return index
@@ -124,8 +125,7 @@ class Member:
         (same size and modification time as recorded), else computed from the bytes."""
         self.check()
         st = self.shard.stat()
-        index = read_index(self.path.parent.parent)
-        record = next(s for s in index["shards"] if s["name"] == self.shard.name)
+        record = read_index(self.shard.parent)["_shards"][self.shard.name]
         if (st.st_size, st.st_mtime_ns) == (record["bytes"], record["mtime_ns"]):
             return "sha256:" + self.sha256
         digest = hashlib.sha256()
@@ -182,8 +182,7 @@ def member_of(path: str | Path) -> Member | None:
     found = index["_members"].get((shard.name, path.name))
     if found is None:
         return None
-    record = next(s for s in index["shards"] if s["name"] == shard.name)
-    return Member(path, shard, found[0], found[1], found[2], record["bytes"])
+    return Member(path, shard, found[0], found[1], found[2], index["_shards"][shard.name]["bytes"])
 
 
 def is_member_path(path: Path) -> bool:
