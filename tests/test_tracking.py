@@ -142,12 +142,12 @@ def test_train_logs_to_a_local_mlflow_store_beside_the_run_and_to_offline_wandb(
 
 
 def _manifest(root: Path) -> Path:
-    """A manifest of 8 samples x 3 images; brightness tells the label."""
-    rows = ["sample_id,label,path,index"]
-    for n in range(8):
+    """A manifest of 10 samples x 3 images from 5 sources (groups); brightness tells the label."""
+    rows = ["sample_id,label,path,index,group"]
+    for n in range(10):
         for t in range(3):
             path = write_image(root / "img" / f"s{n}_{t}.png", 40 + 150 * (n % 2) + 5 * t)
-            rows.append(f"s{n},{'ab'[n % 2]},{path.relative_to(root)},{t}")
+            rows.append(f"s{n},{'ab'[n % 2]},{path.relative_to(root)},{t},g{n // 2}")
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     return root / "m.csv"
 
@@ -176,15 +176,18 @@ def test_tune_logs_the_study_as_a_run_and_each_trial_nested_under_it(tmp_path, e
             assert r.data.tags["trial_state"] in ("complete", "pruned") and "val_acc" in r.data.metrics and "trial_value" in r.data.metrics
     best = next(r for r in children if r.info.run_name.startswith("best-"))
     assert "checkpoint" in {a.path for a in client.list_artifacts(best.info.run_id)} and "val_accuracy" in best.data.metrics
+    assert "test_group_worst_accuracy" in best.data.metrics  # the manifest's groups: the worst one logged too
     assert len(list((out / "wandb").glob("offline-run-*"))) == 2  # W&B: a run per trial (not one run for all)
     assert len(list((out / best.info.run_name / "wandb").glob("offline-run-*"))) == 1
 
     # compare on tune's best run and an evaluation of it, on manifest data
     best_dir = out / best.info.run_name
-    assert main(["evaluate", str(best_dir / "best.ckpt"), "--data", str(manifest), "--out", str(tmp_path / "ev")]) == 0
+    assert main(["evaluate", str(best_dir / "best.ckpt"), "--data", str(manifest), "--out", str(tmp_path / "ev"), "--per-group"]) == 0
     capsys.readouterr()
     assert main(["compare", str(best_dir), str(tmp_path / "ev")]) == 0
-    assert "2 classification runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    worst = json.loads((best_dir / "test" / "metrics.json").read_text())
+    assert "2 classification runs" in out and f"{worst['group_worst_accuracy']:.4f} ({next(iter(worst['per_group']))})" in out
 
 
 def _wait_for_health(server: dict, timeout: float = 150.0) -> None:

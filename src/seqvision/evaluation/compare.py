@@ -180,7 +180,7 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         if f"group_worst_{m}" in shown:
             group = next(iter(shown.get("per_group") or {}), "")
             worst = f"{shown[f'group_worst_{m}']:.4f} ({group})"
-        epochs = "" if r.epochs is None else str(r.epochs) + (f" ({r.best_epoch})" if r.best_epoch else "")
+        epochs = " ".join(x for x in ("" if r.epochs is None else str(r.epochs), f"({r.best_epoch})" if r.best_epoch else "") if x)
         rows.append([
             r.name + (f" [evaluation: {r.evaluated}]" if r.kind == "evaluation" else ""),
             _num(r.metrics.get("val", {}).get(m)), _num(r.metrics.get("test", {}).get(m)),

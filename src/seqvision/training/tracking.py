@@ -127,9 +127,12 @@ class Tracking:
 
 def _quiet_mlflow() -> None:
     """MLflow's INFO lines (creating the database tables, the run's URL) and Lightning's "experiment not found,
-    creating it" say nothing the run does not."""
-    for name in ("mlflow", "alembic", "lightning.pytorch.loggers.mlflow"):
+    creating it" say nothing the run does not. MLflow sets its loggers up when imported: so, after that."""
+    import mlflow  # noqa: F401
+
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
