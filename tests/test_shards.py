@@ -134,6 +134,10 @@ def test_a_real_dataloader_with_two_workers_per_rank_reads_each_packed_sample_on
     for ids in epochs:
         assert sorted(ids) == sorted(s.id for s in samples)
     assert epochs[0] != epochs[1]  # reshuffled each epoch
+    stream = ShardStream(base, batch_size=2, seed=1)
+    list(stream)
+    second = [b.sample_ids for b in stream]
+    assert [b.sample_ids for b in ShardStream(base, batch_size=2, seed=1, epoch=1)] == second  # a resumed run's epoch
 
 
 def test_a_truncated_or_missing_shard_is_one_line_naming_shard_and_sample(tmp_path, capsys):

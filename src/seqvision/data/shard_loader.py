@@ -99,12 +99,12 @@ class ShardStream(IterableDataset):
     iteration is the next epoch: with persistent workers, every worker's copy counts epochs alike."""
 
     def __init__(self, base: SequenceDataset, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, buffer: int = SHUFFLE_BUFFER) -> None:
+                 shuffle: bool = True, buffer: int = SHUFFLE_BUFFER, epoch: int = 0) -> None:
         self.base = base
         self.shards = [shard_name(s) for s in base.samples]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.shuffle, self.buffer = shuffle, max(1, buffer)
-        self.epoch = 0
+        self.epoch = epoch  # the next iteration's epoch (a resumed run starts at its own)
         steps_per_epoch(len(self.shards), world=world, batch_size=batch_size)  # refuse now, not in a worker
 
     def __len__(self) -> int:
@@ -122,9 +122,9 @@ class ShardStream(IterableDataset):
             yield collate([self.base[next(drawn)] for _ in range(size)])
 
 
-def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_workers: int, epoch: int = 0) -> DataLoader:
     """The training DataLoader of packed data: a :class:`ShardStream` for this process (the rank and world
-    size of ``torch.distributed`` when it is initialised, as under torchrun)."""
+    size of ``torch.distributed`` when it is initialised, as under torchrun), from epoch ``epoch`` on."""
     import warnings
 
     import torch.distributed as dist
@@ -134,5 +134,5 @@ def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_work
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world)
+    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world, epoch=epoch)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
