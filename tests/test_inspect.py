@@ -225,7 +225,11 @@ def test_thumbnails_spread_over_samples_and_capped_in_labels(tmp_path, monkeypat
 
     data = _folder(tmp_path / "data", labels=("a", "b", "c"), per_label=5)
     monkeypatch.setattr(facts, "THUMB_LABELS", 2)  # the first two labels by name get strips
-    strips = facts.inspect_data(data, thumbnails=2, hash_files="off").thumbnails
+    result = facts.inspect_data(data, thumbnails=2, hash_files="off")
+    from seqvision.config import TrainConfig
+
+    assert result.options["seed"] == TrainConfig().seed  # the API's defaults are train's
+    strips = result.thumbnails
     assert [(s.label, s.sample_id) for s in strips] == [("a", "a/s0"), ("a", "a/s4"), ("b", "b/s0"), ("b", "b/s4")]
     assert [s.indices for s in strips[:2]] == [[0, 1], [0, 1, 2]] and all(Path(p).exists() for p in strips[1].images)
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from seqvision.config import DataConfig, TrainConfig
 from seqvision.data.discovery import discover
 from seqvision.data.manifest import gc_paused
 from seqvision.data.packs import is_pack, member_of
@@ -109,16 +110,17 @@ def label_of(sample: Sample) -> str:
 
 
 def inspect_data(
-    source: str | Path, *, group_by: str | None = None, targets: list[str] | None = None, task: str = "auto",
-    val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, min_images: int = 1,
-    check_images: bool = False, hash_files: str = "auto", max_headers: int = 2000, thumbnails: int = 3,
+    source: str | Path, *, group_by: str | None = None, targets: list[str] | None = None, task: str = DataConfig.task,
+    val_fraction: float = DataConfig.val_fraction, test_fraction: float = DataConfig.test_fraction,
+    seed: int = TrainConfig.seed, min_images: int = DataConfig.min_images, check_images: bool = False, hash_files: str = "auto", max_headers: int = 2000, thumbnails: int = 3,
     workers: int | None = None,
 ) -> Inspection:
     """Index ``source`` (a folder or a manifest) as ``train`` would and gather its facts.
 
     Args:
-        group_by, targets, task, val_fraction, test_fraction, seed, min_images: as for ``train``; they
-            decide the split shown (when the data gives none) and which samples are too short.
+        group_by, targets, task, val_fraction, test_fraction, seed, min_images: as for ``train`` (and
+            train's defaults); they decide the split shown (when the data gives none) and which samples
+            are too short.
         check_images: decode every image and every frame of every video (unreadable or truncated files).
         hash_files: ``on``: the sha256 of every file (finds the same content under two names); ``auto``:
             only when the data is small (:data:`AUTO_HASH_FILES` files, :data:`AUTO_HASH_BYTES`); ``off``.
