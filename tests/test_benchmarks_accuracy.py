@@ -65,9 +65,13 @@ def test_moving_fashion_mnist_quick():
 @needs_weights
 @needs_fashion
 def test_multiview_majority_quick():
-    report = _run("multiview_majority.py")
-    assert set(report["results"]) == {"mean pooling", "lstm (default)"}
+    report = _run("multiview_majority.py", "--finetune-epochs", "1", "--finetune-stages", "3")
+    tuned = "last 3 stages fine-tuned on cached maps"
+    shifted = {f"{tuned} + temporal shift ({m}) (lstm head)" for m in ("bidirectional", "causal")}
+    assert set(report["results"]) == {"mean pooling", "lstm (default)", f"{tuned} (lstm head)", *shifted}
     assert all(0 <= row["accuracy"]["mean"] <= 1 for row in report["results"].values())
+    assert all(report["runs"][name][0]["epochs"] == 1 for name in shifted)  # --finetune-epochs, not the table's 2
+    assert report["finetune_stages"] == 3
 
 
 @needs_weights

@@ -22,13 +22,16 @@ Evaluation: held-out sources, 3 folds (24 trainings per fold: 8 rows x 3 seeds; 
 would double that). Fold i tests on two sources, validates (early stopping) on a third and trains on the
 other three, so no source is ever in two splits; every source is held out once. The accuracy of a source
 is read from its fold's per-group test metrics; "pooled" counts every held-out sample of all folds,
-"macro" is the mean over sources. The fine-tuned row (freeze off, trainable_stages 1: the CNN runs live
-every epoch) runs every fold with one seed and max_epochs 10: the one figure that is not a mean of 3.
+"macro" is the mean over sources.
 
 Images: 160 px, the stored frame's short side, centre crop (the sides of wide frames are cut); frozen
-ImageNet MobileNetV2 features computed once into one cache shared by every frozen run.
+ImageNet MobileNetV2 features computed once into one cache shared by every frozen run. The fine-tuned rows
+(full mode, ``--finetune-epochs 0`` skips them) train MobileNetV2's last ``--finetune-stages`` stages on the
+cached maps of the frozen ones, without and with a temporal shift; ``--motion`` adds the README's motion
+recipe (``common.MOTION``: the network cut at stride 8, its last 4 kept stages fine-tuned, mean head), the
+one that reads the 1-8 px pans of ``panning_photos.py``. Every row runs 3 seeds on every fold.
 
-    python benchmarks/accuracy/arrow_of_time.py [--quick] [--videos DIR ...]
+    python benchmarks/accuracy/arrow_of_time.py [--quick] [--videos DIR ...] [--motion bidirectional causal]
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import FINETUNE_ROW, ROWS  # noqa: E402
+from common import ROWS  # noqa: E402
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -54,6 +56,7 @@ KNOWN = {"bigbuckbunny": "bigbuckbunny", "bikes": "bikes", "carphone_pristine": 
          "Megamind": "megamind", "Megamind_bugy": None, "tree": "tree", "vtest": "vtest"}
 CLIP, SHORT_SIDE, STEP_SECONDS = 8, 160, 0.15
 IMAGE_SIZE = 160
+FINETUNE_STAGES = 8  # features[11..18], from stride 16 on
 
 
 def find_videos(extra: list[Path]) -> tuple[dict[str, Path], list[str]]:
@@ -175,8 +178,14 @@ def main() -> None:
     parser.add_argument("--videos", type=Path, action="append", default=[], help="a folder of videos (repeatable)")
     parser.add_argument("--max-clips", type=int, default=30, help="clips per source at most, evenly spaced (full mode)")
     parser.add_argument("--epochs", type=int, default=20, help="max_epochs (full mode; 20: the library's default)")
+    parser.add_argument("--rows", nargs="*", choices=ROWS, default=None, help="the frozen rows to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1 2; --quick: 0)")
+    parser.add_argument("--finetune-stages", type=int, default=FINETUNE_STAGES,
+                        help="--trainable-stages of the rows fine-tuned on cached maps (MobileNetV2's last N of 19)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
-                        help="fine-tuned row (every fold, 1 seed): max_epochs; 0 skips it (default: full 10, quick 0)")
+                        help="max_epochs of the rows fine-tuned on cached maps; 0 skips them (default: full 20, quick 0)")
+    parser.add_argument("--motion", nargs="*", choices=("off", "bidirectional", "causal"), default=None,
+                        help="add the motion-recipe rows (common.MOTION) with these temporal shifts")
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
@@ -189,7 +198,11 @@ def main() -> None:
         seeds, epochs, rows, max_clips = common.QUICK_SEEDS, 2, common.QUICK_ROWS, 4
     else:
         names, seeds, epochs, rows, max_clips = sorted(found), common.SEEDS, args.epochs, tuple(ROWS), args.max_clips
-    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (0 if args.quick else 10)
+    rows = tuple(args.rows) if args.rows is not None else rows
+    seeds = tuple(args.seeds) if args.seeds else seeds
+    finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (0 if args.quick else 20)
+    finetune = common.finetune_rows(args.finetune_stages, finetune_epochs) if finetune_epochs > 0 else {}
+    finetune.update(common.motion_rows(tuple(args.motion), finetune_epochs or epochs) if args.motion else {})
     results: dict = {}  # row -> source -> one {seed, accuracy, num_samples} per seed
     folds_manifests: list[Path] = []
     seconds: dict[str, float] = {}  # row -> training seconds, all folds and seeds
@@ -215,6 +228,13 @@ def main() -> None:
                  "on val_acc)" if epochs == 20 else "recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, "
                  f"patience 5, early stopping on val_acc) but max_epochs {epochs}")
                 + "; hflip off; chance 0.5",
+                *([f"fine-tuned rows: the last {args.finetune_stages} of MobileNetV2's 19 stages trained (backbone lr = lr) "
+                   f"on the cached maps of the frozen ones (stored float16, computed once per fold), fp32 compute, no "
+                   f"augmentation, max_epochs {finetune_epochs}, patience 5, lstm head; with the temporal shift (1/8 of the "
+                   f"channels one frame forward, 1/8 back; causal: from the past only) in their residual blocks"]
+                  if finetune_epochs > 0 else []),
+                *([f"motion rows: {common.MOTION} (the README's recipe), no augmentation, max_epochs "
+                   f"{finetune_epochs or epochs}, patience 5"] if args.motion else []),
             ]), flush=True)
         cache = tmp / "cache"
         folds = make_folds([s.name for s in sources])
@@ -225,7 +245,8 @@ def main() -> None:
             print(f"fold {k}: test {' + '.join(tests)}, val {val}, train "
                   f"{' + '.join(n for n, sp in split_of.items() if sp == 'train')}", flush=True)
             fold = common.run_rows(manifest, cache, tmp / "runs", rows=rows, seeds=seeds, image_size=IMAGE_SIZE, epochs=epochs,
-                                   label=f"[fold {k}]", record=lambda out, m=manifest: per_source(out, m))
+                                   label=f"[fold {k}]", record=lambda out, m=manifest: per_source(out, m),
+                                   extra_rows=finetune, show_curves=bool(finetune))
             for name, runs in fold.items():
                 raw.setdefault(name, []).extend(runs)
                 for r in runs:
@@ -236,24 +257,6 @@ def main() -> None:
                     for src, acc in r["per_source"].items():
                         results.setdefault(name, {}).setdefault(src, []).append({"seed": r["seed"], **acc})
             folds_manifests.append(manifest)
-        finetune = None
-        if finetune_epochs > 0:  # the CNN live every epoch: one seed, fewer epochs
-            finetune = {"seed": seeds[0], "max_epochs": finetune_epochs, "epoch_seconds": [], "seconds": 0.0}
-            for k, manifest in enumerate(folds_manifests):
-                cfg = common.base_config(manifest, cache, seed=seeds[0], image_size=IMAGE_SIZE, max_epochs=finetune_epochs)
-                common.make_finetuned(cfg)
-                out = common.train_run(cfg, tmp / "runs" / f"finetune-fold{k}")
-                finetune["epoch_seconds"] += out.epoch_seconds
-                finetune["seconds"] += out.seconds
-                seconds[FINETUNE_ROW] = seconds.get(FINETUNE_ROW, 0.0) + out.seconds
-                epochs_of.setdefault(FINETUNE_ROW, []).append(out.epochs)
-                if out.final_train_loss is not None:
-                    losses.setdefault(FINETUNE_ROW, []).append(out.final_train_loss)
-                for src, acc in per_source(out, manifest)["per_source"].items():
-                    results.setdefault(FINETUNE_ROW, {}).setdefault(src, []).append({"seed": seeds[0], **acc})
-                print(f"  [fold {k}] {FINETUNE_ROW:28s} seed {seeds[0]}: test accuracy {out.accuracy:.3f}  ({out.epochs} "
-                      f"epochs, {statistics.fmean(out.epoch_seconds) if out.epoch_seconds else 0:.0f} s each, {out.seconds:.0f} s)",
-                      flush=True)
 
     source_names = [s.name for s in sources]
     summary: dict = {}
@@ -269,8 +272,7 @@ def main() -> None:
         summary[name] = {"pooled": common.spread(pooled), "macro": common.spread(macro), "per_source": by_source,
                          "seconds": seconds[name], "epochs": common.spread(epochs_of[name]),
                          "final_train_loss": common.spread(losses[name]) if losses.get(name) else None}
-        label = f"{name} [1 seed, max_epochs {finetune['max_epochs']}]" if name == FINETUNE_ROW and finetune else name
-        table.append([label, *(f"{by_source[src]['mean']:.2f}" for src in source_names),
+        table.append([name, *(f"{by_source[src]['mean']:.2f}" for src in source_names),
                       common.fmt(summary[name]["pooled"]), common.fmt(summary[name]["macro"]),
                       f"{summary[name]['epochs']['mean']:.1f}",
                       f"{summary[name]['final_train_loss']['mean']:.3f}" if summary[name]["final_train_loss"] else "-",
@@ -278,7 +280,7 @@ def main() -> None:
     tests = {src: results[rows[0]][src][0]["num_samples"] for src in source_names}
     print()
     print(common.markdown_table(
-        ["frozen MobileNetV2 +", *(f"{src} ({tests[src]})" for src in source_names), "pooled", "macro", "epochs", "final train loss", "s / run"], table))
+        ["MobileNetV2 (frozen unless the row says) +", *(f"{src} ({tests[src]})" for src in source_names), "pooled", "macro", "epochs", "final train loss", "s / run"], table))
     print(f"\ntest accuracy of each held-out source (in brackets: its test samples), mean over {len(seeds)} seed(s) "
           f"({', '.join(map(str, seeds))}); pooled: all {sum(tests.values())} held-out samples; macro: mean over sources; "
           "pooled and macro with the min-max range over seeds in brackets; final train loss: the last epoch's mean "
@@ -297,17 +299,10 @@ def main() -> None:
                  if fitted[low] < 0.3 else
                  f"Even the training clips are barely fitted (lowest final train loss: {fitted[low]:.3f} for {low}; 0.693 "
                  f"is chance); the best pooled held-out accuracy is {summary[best]['pooled']['mean']:.3f} ({best})."))
-    if finetune:
-        print(f"{FINETUNE_ROW}: freeze off, trainable_stages 1, the CNN live in fp32 every epoch with the default "
-              f"augmentation (random resized crop, colour jitter; no flip): 1 seed ({finetune['seed']}), max_epochs "
-              f"{finetune['max_epochs']}, {statistics.fmean(finetune['epoch_seconds']):.0f} s per epoch on average, "
-              f"{finetune['seconds']:.0f} s for its {len(folds_manifests)} folds; its figures are one seed's, not a mean.")
-        if losses.get(FINETUNE_ROW):
-            note = common.finetune_failure_note(statistics.fmean(losses[FINETUNE_ROW]), 2)
-            if note:
-                print(note)
-    else:
-        print(f"{FINETUNE_ROW}: not run (--finetune-epochs 0)")
+    for note in common.finetune_epoch_notes(raw, finetune):
+        print(note)
+    if not finetune:
+        print("fine-tuned rows: not run (--finetune-epochs 0, no --motion)")
     if common.cache_note(raw):
         print(common.cache_note(raw))
     print(f"total time {common.elapsed(start)}")
@@ -315,7 +310,9 @@ def main() -> None:
                       "image_size": IMAGE_SIZE, "feature_precision": common.feature_precision(),
                       "sources": {s.name: {"video": s.video.name, "frames": s.frames, "fps": s.fps, "stride": s.stride,
                                            "clips": len(s.clips), "test_samples": tests[s.name]} for s in sources},
-                      "left_out": duplicates, "results": summary, "runs": results, "finetune": finetune,
+                      "left_out": duplicates, "results": summary, "runs": results,
+                      "finetune_stages": args.finetune_stages if finetune_epochs > 0 else None,
+                      "finetune_epochs": finetune_epochs if finetune else None, "motion": args.motion,
                       "seconds": time.perf_counter() - start}))
 
 

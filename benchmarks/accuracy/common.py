@@ -117,11 +117,6 @@ def _set(**model) -> Callable:
     return apply
 
 
-def make_finetuned(cfg) -> None:
-    cfg.model.freeze, cfg.model.trainable_stages = False, 1  # the CNN runs live; augmentation as default
-    cfg.data.cache = "auto"  # (the cache is for frozen backbones only; this row has none)
-
-
 # name -> how the row changes the default config; "lstm (default)" is the default recipe itself
 ROWS: dict[str, Callable] = {
     "single middle image + linear": _single,
@@ -135,23 +130,49 @@ ROWS: dict[str, Callable] = {
     "lstm + temporal diff": _set(temporal_diff=True),
     "bi-lstm + temporal diff": _set(bidirectional=True, temporal_diff=True),
 }
-FINETUNE_ROW = "last stage fine-tuned (lstm)"
 
 
-def finetune_rows(stages: int) -> dict[str, Callable]:
+def finetune_rows(stages: int, max_epochs: int | None = None, **model) -> dict[str, Callable]:
     """Rows that fine-tune the last ``stages`` stages on the frozen stages' cached maps (no augmentation, so the
-    maps are computed once), without and with a temporal shift in those stages."""
+    maps are computed once), without and with a temporal shift in those stages; ``max_epochs``: theirs, if not
+    the table's; ``model``: more model options of every such row (e.g. ``head="mean"``)."""
 
     def maps(shift: str) -> Callable:
         def apply(cfg) -> None:
             cfg.model.freeze, cfg.model.trainable_stages, cfg.model.temporal_shift = False, stages, shift
             cfg.data.augment = False
+            for key, value in model.items():
+                setattr(cfg.model, key, value)
+            if max_epochs is not None:
+                cfg.train.max_epochs = max_epochs
 
         return apply
 
     name = f"last {stages} stages fine-tuned on cached maps"
     return {name: maps("off"), f"{name} + temporal shift (bidirectional)": maps("bidirectional"),
             f"{name} + temporal shift (causal)": maps("causal")}
+# the README's recipe for order that lives in motion (measured on panning_photos.py): MobileNetV2 cut at stride 8
+# (its last 12 stages dropped), the last 4 kept stages fine-tuned on the cached maps of the first 3, mean head
+MOTION = {"drop_stages": 12, "trainable_stages": 4, "head": "mean", "backbone_lr": 1e-3}
+
+
+def motion_rows(modes: tuple[str, ...], max_epochs: int | None = None) -> dict[str, Callable]:
+    """Rows of the motion recipe (``MOTION``, no augmentation) with each temporal shift of ``modes``."""
+
+    def row(shift: str) -> Callable:
+        def apply(cfg) -> None:
+            cfg.model.freeze, cfg.model.temporal_shift, cfg.data.augment = False, shift, False
+            cfg.model.drop_stages, cfg.model.trainable_stages = MOTION["drop_stages"], MOTION["trainable_stages"]
+            cfg.model.head, cfg.train.backbone_lr = MOTION["head"], MOTION["backbone_lr"]
+            if max_epochs is not None:
+                cfg.train.max_epochs = max_epochs
+
+        return apply
+
+    name = "stride-8 map, 4 stages fine-tuned, mean"
+    return {name + (f" + shift ({m})" if m != "off" else ""): row(m) for m in modes}
+
+
 QUICK_ROWS = ("single middle image + linear", "lstm (default)")
 
 
@@ -365,56 +386,15 @@ def run_rows(
     return results
 
 
-def subset_manifest(manifest: Path, per_label: dict[str, int], out: Path) -> tuple[Path, dict[str, int]]:
-    """The first ``per_label[split]`` samples of each (split, label) of a one-row-per-image manifest, as a
-    new manifest beside it (the same image files); returns it and its sample count per split."""
-    import csv
-
-    with open(manifest, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    kept: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
-        ids = kept.setdefault((r["split"], r["label"]), [])
-        if r["sample_id"] not in ids and len(ids) < per_label.get(r["split"], 0):
-            ids.append(r["sample_id"])
-    keep = {i for ids in kept.values() for i in ids}
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["sample_id"] in keep)
-    counts: dict[str, int] = {}
-    for (split, _), ids in kept.items():
-        counts[split] = counts.get(split, 0) + len(ids)
-    return out, counts
-
-
-def measure_finetune(manifest: Path, cache: Path, runs: Path, *, per_label: dict[str, int], full: dict[str, int],
-                     image_size: int, seed: int) -> dict:
-    """The fine-tuned row is too slow to run in full on 2 cores: time one epoch of it (freeze off,
-    trainable_stages 1, the CNN live in fp32 with the default augmentation) on a small subset of the same
-    data and scale the training part to the full training split. Returns the measurement."""
-    small, counts = subset_manifest(manifest, per_label, manifest.with_name("finetune-subset.csv"))
-    cfg = base_config(small, cache, seed=seed, image_size=image_size, max_epochs=1)
-    make_finetuned(cfg)
-    out = train_run(cfg, runs / "finetune-subset")
-    epoch = out.epoch_seconds[0] if out.epoch_seconds else out.seconds
-    train_part = out.train_seconds[0] if out.train_seconds else epoch
-    val_part = epoch - train_part
-    estimate = (train_part * full["train"] / max(1, counts.get("train", 1))
-                + val_part * full.get("val", 0) / max(1, counts.get("val", 1)))
-    return {"subset": counts, "full": full, "epoch_seconds_subset": epoch, "train_seconds_subset": train_part,
-            "run_seconds_subset": out.seconds, "estimated_epoch_seconds_full": estimate,
-            "accuracy_after_1_epoch_on_subset": out.accuracy}
-
-
-def finetune_note(m: dict, *, runs_needed: str, cached_epoch: float) -> str:
-    return (f"{FINETUNE_ROW}: not run in full. Measured: one epoch (the CNN live in fp32, default augmentation) on a "
-            f"subset of {m['subset'].get('train', 0)} training / {m['subset'].get('val', 0)} validation samples took "
-            f"{m['epoch_seconds_subset']:.0f} s, {m['train_seconds_subset']:.0f} s of it training "
-            f"({m['run_seconds_subset']:.0f} s with set-up and test), so one epoch over the {m['full']['train']} training "
-            f"and {m['full'].get('val', 0)} validation samples takes about {m['estimated_epoch_seconds_full']:.0f} s on these "
-            f"2 cores; {runs_needed} would not fit the 20-minute budget (an epoch of the default row on cached "
-            f"features: {cached_epoch:.1f} s).")
+def finetune_epoch_notes(results: dict[str, list[dict]], rows: dict[str, Callable]) -> list[str]:
+    """One line per fine-tuned row: its mean seconds per epoch on the cached maps."""
+    notes = []
+    for name in rows:
+        seconds = [r["epoch_seconds"] for r in results.get(name, []) if r.get("epoch_seconds")]
+        if seconds:
+            notes.append(f"{name}: {statistics.fmean(seconds):.1f} s per epoch on the cached maps (mean over runs; the "
+                         "first such run's 's / run' includes computing the maps)")
+    return notes
 
 
 def cache_note(results: dict) -> str:
@@ -427,15 +407,3 @@ def cache_note(results: dict) -> str:
     rows = sorted({name for name, _ in fills}, key=list(results).index)
     return (f"feature cache: {images} images computed once ({seconds:.0f} s, {images / max(seconds, 1e-9):.0f} img/s), "
             f"inside the first run(s) of: {', '.join(rows)}; every other run read it")
-
-
-def finetune_failure_note(final_train_loss: float | None, num_classes: int) -> str:
-    """When the fine-tuned row learned nothing (its last training loss still about ln K), say so. (Its BatchNorm
-    is not the cause any more: the folded BatchNorm of the shared weights stays in evaluation mode, --freeze-bn.)"""
-    import math
-
-    chance = math.log(num_classes)
-    if final_train_loss is None or final_train_loss < 0.9 * chance:
-        return ""
-    return (f"{FINETUNE_ROW}: its training loss stayed near chance ({final_train_loss:.3f}; ln {num_classes} = {chance:.3f}): "
-            "it did not fit its training data either.")

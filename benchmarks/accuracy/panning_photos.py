@@ -46,24 +46,6 @@ QUICK_ROWS = ("mean pooling", "lstm (default)")
 # the motion recipe: MobileNetV2 cut after features[6] (stride 8, 32 channels: a pan of 1-8 px is 1/8 to 1
 # cell there, where at stride 32 it is sub-pixel), its last 4 kept stages (features[3..6]) fine-tuned on the
 # cached maps of features[0..2]; mean over the frames (each frame's features hold the motion already)
-MOTION = {"drop_stages": 12, "trainable_stages": 4, "head": "mean", "backbone_lr": 1e-3}
-
-
-def motion_rows(modes: tuple[str, ...]) -> dict:
-    """Rows that fine-tune the cut MobileNetV2 (``MOTION``) with each temporal shift of ``modes``."""
-
-    def row(shift: str):
-        def apply(cfg) -> None:
-            cfg.model.freeze, cfg.model.temporal_shift, cfg.data.augment = False, shift, False
-            cfg.model.drop_stages, cfg.model.trainable_stages = MOTION["drop_stages"], MOTION["trainable_stages"]
-            cfg.model.head, cfg.train.backbone_lr = MOTION["head"], MOTION["backbone_lr"]
-
-        return apply
-
-    name = "stride-8 map, 4 stages fine-tuned, mean"
-    return {f"{name}" + (f" + shift ({m})" if m != "off" else ""): row(m) for m in modes}
-
-
 def family(name: str) -> str:
     """The group of a photo: near-duplicates (left03/right07, aloeL/aloeR, leuvenA/B, pic1..pic6, ...) share one."""
     stem = Path(name).stem.lower()
@@ -165,7 +147,7 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true", help="also the rows fine-tuned on cached maps (slow)")
     parser.add_argument("--finetune-stages", type=int, default=8, help="--trainable-stages of the fine-tuned rows")
     parser.add_argument("--motion", nargs="*", choices=("off", "bidirectional", "causal"), default=None,
-                        help="add the motion-recipe rows (MOTION) with these temporal shifts")
+                        help="add the motion-recipe rows (common.MOTION) with these temporal shifts")
     parser.add_argument("--motion-epochs", type=int, default=6, help="max epochs of the motion rows")
     parser.add_argument("--rows", nargs="*", choices=ROWS, default=None, help="the frozen rows to run (default: all)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="the CNN's input size (default: the window's)")
@@ -182,9 +164,9 @@ def main() -> None:
         per_photo, max_photos, seeds, epochs, rows = args.per_photo, None, common.SEEDS, 20, ROWS
     rows = tuple(args.rows) if args.rows is not None else rows  # --rows chooses with --quick too
     finetune = common.finetune_rows(args.finetune_stages) if args.finetune else {}
-    motion = motion_rows(tuple(args.motion)) if args.motion else {}
-    for name, apply in motion.items():  # fewer epochs: each one runs the CNN's last stages (the curves show where they stand)
-        finetune[name] = lambda cfg, apply=apply: (apply(cfg), setattr(cfg.train, "max_epochs", args.motion_epochs))
+    # the motion rows have their own max_epochs: each epoch runs the CNN's last stages (the curves show where they stand)
+    motion = common.motion_rows(tuple(args.motion), args.motion_epochs) if args.motion else {}
+    finetune.update(motion)
     title = f"Panning across real photos: direction (4 classes) and signed speed, {models_run(rows, args.finetune, args.motion)}"
     with tempfile.TemporaryDirectory(prefix="seqvision-pan-") as tmp:
         tmp = Path(tmp)
@@ -200,7 +182,7 @@ def main() -> None:
                 f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden "
                 f"256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5); hflip off; chance: direction 0.25, speed MAE "
                 f"3.75 (predicting 0); targets: direction >= 0.95, speed MAE <= 2.4 (15 % of the range -8..8)",
-                *([f"motion rows: {MOTION} (the rest as above), no augmentation, max_epochs {args.motion_epochs}, "
+                *([f"motion rows: {common.MOTION} (the rest as above), no augmentation, max_epochs {args.motion_epochs}, "
                    f"patience 5"] if motion else []),
             ]), flush=True)
         cache = tmp / "cache"
