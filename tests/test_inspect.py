@@ -154,6 +154,7 @@ def test_check_images_finds_truncated_files(tmp_path, capsys):
     assert code == 0 and "unreadable" not in out  # headers only: nothing decoded
     code, out, _ = _run(capsys, data, "--strict", "--check-images")
     assert code == 3 and "problem: unreadable files (1)" in out and str(broken) in out
+    assert "(17 of 18 image files decoded, 1 unreadable)" in out
     assert "--on-bad-image skip" in out
     # a Matroska video cut short: its headers promise 40 frames, decoding runs out
     videos = tmp_path / "videos"

@@ -54,10 +54,14 @@ def image_sizes(inspection: Inspection) -> Counter:
 
 
 def headers_note(inspection: Inspection) -> str:
+    """How many image files the sizes and formats come from, in words."""
+    total = len(inspection.files)
+    if inspection.checked:
+        bad = sum(1 for p in inspection.headers if p in inspection.unreadable)
+        return f"{len(inspection.headers) - bad:,} of {total:,} image files decoded, {bad:,} unreadable"
     read = sum(1 for h in inspection.headers.values() if h is not None)
-    every = "decoded" if inspection.checked else "headers read"
-    spread = "" if len(inspection.headers) >= len(inspection.files) else ", evenly spread (--max-headers)"
-    return f"{read:,} of {len(inspection.files):,} image files {every}{spread}"
+    spread = "" if len(inspection.headers) >= total else ", evenly spread (--max-headers)"
+    return f"headers of {read:,} of {total:,} image files read{spread}"
 
 
 def summary_lines(report: InspectReport) -> list[str]:
