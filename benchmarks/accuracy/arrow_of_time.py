@@ -28,7 +28,7 @@ Images: 160 px, the stored frame's short side, centre crop (the sides of wide fr
 ImageNet MobileNetV2 features computed once into one cache shared by every frozen run. The fine-tuned rows
 (full mode, ``--finetune-epochs 0`` skips them) train MobileNetV2's last ``--finetune-stages`` stages on the
 cached maps of the frozen ones, without and with a temporal shift; ``--motion`` adds the README's motion
-recipe (``common.MOTION``: the network cut at stride 8, its last 4 kept stages fine-tuned, mean head), the
+recipe (``common.motion_recipe()``: the network cut at stride 8, its last 4 kept stages fine-tuned, mean head), the
 one that reads the 1-8 px pans of ``panning_photos.py``. Every row runs 3 seeds on every fold.
 
     python benchmarks/accuracy/arrow_of_time.py [--quick] [--videos DIR ...] [--motion bidirectional causal]
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="max_epochs of the rows fine-tuned on cached maps; 0 skips them (default: full 20, quick 0)")
     parser.add_argument("--motion", nargs="*", choices=("off", "bidirectional", "causal"), default=None,
-                        help="add the motion-recipe rows (common.MOTION) with these temporal shifts")
+                        help="add the motion-recipe rows (common.motion_recipe()) with these temporal shifts")
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
@@ -233,7 +233,7 @@ def main() -> None:
                    f"augmentation, max_epochs {finetune_epochs}, patience 5, lstm head; with the temporal shift (1/8 of the "
                    f"channels one frame forward, 1/8 back; causal: from the past only) in their residual blocks"]
                   if finetune_epochs > 0 else []),
-                *([f"motion rows: {common.MOTION} (the README's recipe), no augmentation, max_epochs "
+                *([f"motion rows: {common.motion_recipe()} (the README's recipe), no augmentation, max_epochs "
                    f"{finetune_epochs or epochs}, patience 5"] if args.motion else []),
             ]), flush=True)
         cache = tmp / "cache"

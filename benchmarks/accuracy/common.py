@@ -151,25 +151,31 @@ def finetune_rows(stages: int, max_epochs: int | None = None, **model) -> dict[s
     name = f"last {stages} stages fine-tuned on cached maps"
     return {name: maps("off"), f"{name} + temporal shift (bidirectional)": maps("bidirectional"),
             f"{name} + temporal shift (causal)": maps("causal")}
-# the README's recipe for order that lives in motion (measured on panning_photos.py): MobileNetV2 cut at stride 8
-# (its last 12 stages dropped), the last 4 kept stages fine-tuned on the cached maps of the first 3, mean head
-MOTION = {"drop_stages": 12, "trainable_stages": 4, "head": "mean", "backbone_lr": 1e-3}
+def motion_recipe() -> dict[str, Any]:
+    """The README's recipe for order that lives in motion, on MobileNetV2, as ``seqvision tune`` tries it
+    first (``seqvision.tuning.motion``): the network cut at stride 8, its kept stages from stride 4 on
+    fine-tuned on the cached maps of the others, mean head (drop_stages 12, trainable_stages 4)."""
+    from seqvision.tuning.motion import RECIPE, recipe_cut
+
+    drop, learn = recipe_cut("mobilenet_v2")
+    return {"drop_stages": drop, "trainable_stages": learn, "head": RECIPE["head"], "backbone_lr": RECIPE["backbone_lr"]}
 
 
 def motion_rows(modes: tuple[str, ...], max_epochs: int | None = None) -> dict[str, Callable]:
-    """Rows of the motion recipe (``MOTION``, no augmentation) with each temporal shift of ``modes``."""
+    """Rows of the motion recipe (:func:`motion_recipe`, no augmentation) with each temporal shift of ``modes``."""
+    recipe = motion_recipe()
 
     def row(shift: str) -> Callable:
         def apply(cfg) -> None:
             cfg.model.freeze, cfg.model.temporal_shift, cfg.data.augment = False, shift, False
-            cfg.model.drop_stages, cfg.model.trainable_stages = MOTION["drop_stages"], MOTION["trainable_stages"]
-            cfg.model.head, cfg.train.backbone_lr = MOTION["head"], MOTION["backbone_lr"]
+            cfg.model.drop_stages, cfg.model.trainable_stages = recipe["drop_stages"], recipe["trainable_stages"]
+            cfg.model.head, cfg.train.backbone_lr = recipe["head"], recipe["backbone_lr"]
             if max_epochs is not None:
                 cfg.train.max_epochs = max_epochs
 
         return apply
 
-    name = "stride-8 map, 4 stages fine-tuned, mean"
+    name = f"stride-8 map, {recipe['trainable_stages']} stages fine-tuned, {recipe['head']}"
     return {name + (f" + shift ({m})" if m != "off" else ""): row(m) for m in modes}
 
 

@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true", help="also the rows fine-tuned on cached maps (slow)")
     parser.add_argument("--finetune-stages", type=int, default=8, help="--trainable-stages of the fine-tuned rows")
     parser.add_argument("--motion", nargs="*", choices=("off", "bidirectional", "causal"), default=None,
-                        help="add the motion-recipe rows (common.MOTION) with these temporal shifts")
+                        help="add the motion-recipe rows (common.motion_recipe()) with these temporal shifts")
     parser.add_argument("--motion-epochs", type=int, default=6, help="max epochs of the motion rows")
     parser.add_argument("--rows", nargs="*", choices=ROWS, default=None, help="the frozen rows to run (default: all)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="the CNN's input size (default: the window's)")
@@ -182,7 +182,7 @@ def main() -> None:
                 f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden "
                 f"256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5); hflip off; chance: direction 0.25, speed MAE "
                 f"3.75 (predicting 0); targets: direction >= 0.95, speed MAE <= 2.4 (15 % of the range -8..8)",
-                *([f"motion rows: {common.MOTION} (the rest as above), no augmentation, max_epochs {args.motion_epochs}, "
+                *([f"motion rows: {common.motion_recipe()} (the rest as above), no augmentation, max_epochs {args.motion_epochs}, "
                    f"patience 5"] if motion else []),
             ]), flush=True)
         cache = tmp / "cache"
