@@ -409,3 +409,137 @@ def test_an_onnx_file_that_cannot_be_written_is_a_storage_error_naming_the_folde
     encoder = encoder_at("tiny_cnn", 32)
     with pytest.raises(StorageError, match=r"cannot write the CNN's ONNX file in .*SEQVISION_CACHE"):
         runtimes.build_engine(Runtime.of("onnxruntime"), encoder, root=tmp_path)
+
+
+def test_train_names_its_feature_flags_in_the_runtimes_refusals(monkeypatch, tmp_path):
+    """train passes the frozen CNN's runtime and precision as --feature-runtime/--feature-precision (its own
+    --precision is the training's): a refusal met while it fills the cache names those."""
+    if not runtimes.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+
+    def no_export(encoder, folder, **_):
+        raise RuntimeError("an op the exporter lacks")
+
+    monkeypatch.setattr(runtimes, "onnx_file", no_export)
+    cfg = fast_config(make_folder_dataset(tmp_path / "data", per_label=2))
+    cfg.model.freeze = True
+    cfg.data.cache = str(tmp_path / "cache")
+    cfg.data.feature_precision, cfg.data.feature_runtime = "32", "onnxruntime"
+    with pytest.raises(ConfigError) as refused:
+        train_and_evaluate(cfg, tmp_path / "out", progress=False)
+    message = str(refused.value)
+    assert "--feature-runtime onnxruntime: backbone 'tiny_cnn' does not export" in message and "use --feature-runtime torch" in message
+    assert " --runtime" not in message and not message.startswith("--runtime")
+
+
+def test_feature_flags_rename_only_the_flags_named():
+    with pytest.raises(ConfigError, match=r"^--feature-precision int8: .* use --feature-precision 32 \(not --feature-runtime-x\)$"):
+        with runtimes.feature_flags():
+            raise ConfigError("--precision int8: drifts; use --precision 32 (not --feature-runtime-x)")
+    with pytest.raises(ConfigError, match=r"^--feature-runtime openvino runs .* on --device cuda use --feature-runtime torch or auto$"):
+        with runtimes.feature_flags():
+            check_runtime("openvino", torch.device("cuda"), torch.float32)
+    other = ValueError("--precision is not ours to rename")
+    with pytest.raises(ValueError) as kept, runtimes.feature_flags():
+        raise other
+    assert kept.value is other
+
+
+def test_evaluation_runs_a_frozen_runs_cnn_on_the_runtime_that_filled_its_cache(worth_measuring, monkeypatch, tmp_path):
+    """auto chose ONNX Runtime to fill the cache: where the cache misses, train's own evaluation and report
+    run the CNN on ONNX Runtime too (the features it trained on), not on whatever auto would choose now."""
+    if not runtimes.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    import seqvision.inference.predictor as predictor_module
+    import seqvision.workflows as workflows
+    from seqvision.evaluation.evaluate import report
+
+    monkeypatch.setattr(runtimes, "installed", lambda name: name in ("torch", "onnxruntime"))
+    monkeypatch.setattr(runtimes, "probe", lambda encoder, names, folder, **_: {n: 10.0 if n == "onnxruntime" else 1.0 for n in names})
+    cfg = fast_config(make_folder_dataset(tmp_path / "data", per_label=2))
+    cfg.model.freeze = True
+    cfg.data.cache = str(tmp_path / "cache")
+    cfg.data.feature_precision = "32"
+    cfg.train.diagnostics = "off"
+    asked: list[str] = []
+    evaluate_samples = workflows.evaluate_samples
+
+    def spy(predictor, *args, **kwargs):
+        asked.append(predictor.runtime)
+        return evaluate_samples(predictor, *args, **kwargs)
+
+    monkeypatch.setattr(workflows, "evaluate_samples", spy)
+    result = train_and_evaluate(cfg, tmp_path / "out", progress=False)
+    assert result.feature_cache["runtime"] == Runtime.of("onnxruntime").label and cfg.cnn_runtime() == "auto"
+    assert asked and set(asked) == {"onnxruntime"}
+    choose = predictor_module.choose_runtime
+    chosen: list[str] = []
+    monkeypatch.setattr(predictor_module, "choose_runtime", lambda runtime, *a, **k: chosen.append(runtime) or choose(runtime, *a, **k))
+    import shutil
+
+    shutil.rmtree(result.feature_cache["dir"])  # every image a cache miss: the CNN runs live
+    report(tmp_path / "out", precision="32")
+    assert chosen and set(chosen) == {"onnxruntime"}
+
+
+def test_the_runtimes_files_follow_the_cache_folder(engine_run, tmp_path):
+    """train --cache DIR (and extract --cache-dir DIR) keep the CNN's ONNX file in DIR/.runtimes, beside
+    auto's remembered choices, not in the default cache root."""
+    _, cfg, _ = engine_run
+    assert list((Path(cfg.data.cache) / ".runtimes" / "onnx").glob("*.onnx"))
+    assert not list(runtimes.runtimes_folder().glob("onnx/*.onnx"))
+    data = make_folder_dataset(tmp_path / "data", per_label=1)
+    assert main(["extract", "--data", str(data), "--backbone", "tiny_cnn", "--weights", "none", "--image-size", "16",
+                 "--resize-size", "16", "--cache-dir", str(tmp_path / "elsewhere"), "--no-progress", "--precision", "32",
+                 "--runtime", "onnxruntime"]) == 0
+    assert list((tmp_path / "elsewhere" / ".runtimes" / "onnx").glob("*.onnx"))
+    assert not list(runtimes.runtimes_folder().glob("onnx/*.onnx"))
+
+
+@pytest.mark.parametrize("runtime", ENGINES)
+def test_an_engine_extracts_with_the_decoding_beside_it_and_keeps_its_features(runtime, tmp_path, monkeypatch):
+    """On a small CPU's path (decoding threads in the process) an engine's CNN runs while the next batch is
+    decoded; every row is still the engine's features of its own image."""
+    import dataclasses
+
+    from seqvision.data.images import load_image
+    from seqvision.data.transforms import ClipTransform
+    from seqvision.features import extract as extraction
+    from seqvision.features.cache import FeatureStore
+    from seqvision.features.extract import extract_features
+    from seqvision.features.loading import prefetch
+
+    samples = discover(make_folder_dataset(tmp_path / "data"))  # 18 images
+    encoder = encoder_at("tiny_cnn", 16)
+    prep, label = encoder.preprocessing, Runtime.of(runtime).label
+    store = FeatureStore(tmp_path / "cache", dataclasses.replace(CacheKey.for_encoder(encoder, prep), runtime=label))
+    ahead: list[bool] = []
+    monkeypatch.setattr(extraction, "prefetch", lambda work, **kw: ahead.append(True) or prefetch(work, **kw))
+    stats = extract_features(samples, encoder, prep, store, batch_size=4, num_workers=0, precision="32", progress=False)
+    assert stats.images == 18 and stats.runtime == label and ahead  # decoded ahead, beside the engine
+    paths = [f.path for s in samples for f in s.frames]
+    engine = prepare_encoder(encoder, CPU, dtype=torch.float32, runtime=runtime, root=tmp_path / "cache")
+    with torch.inference_mode():
+        want = engine(ClipTransform(prep)([load_image(p) for p in paths]))  # (18, F), decoded apart, one batch
+    error, cosine = agree(store.read(store.locate(paths)), want)
+    assert error < 1e-5 and cosine > 0.99999
+
+
+def test_decoding_overlaps_an_engines_cnn_but_not_torchs_team(tmp_path):
+    """Decoding threads run beside an engine, whose idle threads then sleep rather than spin on the cores
+    the decoding needs; torch's OpenMP team gets the cores to itself between the decoding (one thread of
+    the team descheduled stalls all of them); workers decode beside any CNN by themselves."""
+    from seqvision.features.extract import overlaps
+
+    encoder = encoder_at("tiny_cnn", 16)
+    net = prepare_encoder(encoder, CPU, dtype=torch.float32, runtime="torch")
+    assert not overlaps(net, 0, True) and not overlaps(net, 2, False) and overlaps(net, 0, False)
+    if not runtimes.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    shared = prepare_encoder(encoder, CPU, dtype=torch.float32, runtime="onnxruntime", root=tmp_path, shares_cores=True)
+    assert overlaps(shared, 0, True) and not overlaps(shared, 2, False)
+    options = shared.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    alone = prepare_encoder(encoder, CPU, dtype=torch.float32, runtime="onnxruntime", root=tmp_path)  # predict, stream
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spinning
+        alone.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

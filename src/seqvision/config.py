@@ -74,6 +74,14 @@ class DataConfig:
     # may take; None = 90% of the free space. Over it, the CNN runs live every epoch (and says so)
     cache_budget: float | None = None
 
+    def cache_root(self) -> Path:
+        """The feature cache's root folder: ``cache`` when it names one, else the default one
+        (``$SEQVISION_CACHE`` or ``~/.cache/seqvision/features``; also for ``off``). The inference runtimes
+        keep their ONNX files and remembered choices in its ``.runtimes`` folder."""
+        from seqvision.features.cache import default_cache_root  # torch: not at the command line's start
+
+        return default_cache_root() if self.cache in ("auto", "off") else Path(self.cache)
+
     def sampling_policy(self, *, train: bool) -> SamplingPolicy:
         """The frame-sampling policy for training or for evaluation/prediction."""
         mode = self.sampling if train or not self.eval_sampling else self.eval_sampling

@@ -4,6 +4,7 @@ inference predicts; a workflow is what strings them together for a user."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +17,9 @@ from seqvision.errors import ConfigError
 from seqvision.data.discovery import discover
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.evaluation.evaluate import evaluate, evaluate_samples, report
-from seqvision.features.cache import SHARD_ROWS, CacheKey, FeatureStore, default_cache_root
+from seqvision.features.cache import SHARD_ROWS, CacheKey, FeatureStore
 from seqvision.features.extract import ExtractStats, extract_features
-from seqvision.features.runtimes import check_runtime, runtime_for_cache
+from seqvision.features.runtimes import check_runtime, feature_flags, runtime_for_cache
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
@@ -50,20 +51,23 @@ def train_and_evaluate(
     result = fit(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks, epoch_log=epoch_log, tracking=tracking)
     if not result.is_global_zero:  # one process of a distributed run reports
         return result
-    # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on.
-    predictor = Predictor.load(result.best_checkpoint, device=device_of(cfg), precision=cfg.cnn_precision(), runtime=cfg.cnn_runtime())
-    for split in ("val", "test"):
-        samples = result.splits.get(split)
-        if not samples:
-            continue
-        ev = evaluate_samples(
-            predictor, samples, result.out_dir / split, batch_size=cfg.train.batch_size, num_workers=result.num_workers,
-            on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
-            history_csv=sorted(result.out_dir.glob("logs/version_*/metrics.csv")), store=result.store,
-            per_group=any(s.group is not None for s in samples), diagnostics=cfg.train.diagnostics,
-        )
-        setattr(result, f"{split}_metrics", ev.metrics)
-        result.reported.extend(m for m in ev.skipped if m not in result.reported)
+    # The CNN evaluates in the precision it trained in; a frozen one reads the features it trained on, and
+    # computes what the cache misses on the runtime that filled it (refusals name train's --feature-* flags)
+    with feature_flags() if cfg.trains_on_cache() else contextlib.nullcontext():
+        predictor = Predictor.load(result.best_checkpoint, device=device_of(cfg), precision=cfg.cnn_precision(), runtime=cfg.cnn_runtime())
+        predictor.runtime = predictor.own_runtime()
+        for split in ("val", "test"):
+            samples = result.splits.get(split)
+            if not samples:
+                continue
+            ev = evaluate_samples(
+                predictor, samples, result.out_dir / split, batch_size=cfg.train.batch_size, num_workers=result.num_workers,
+                on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
+                history_csv=sorted(result.out_dir.glob("logs/version_*/metrics.csv")), store=result.store,
+                per_group=any(s.group is not None for s in samples), diagnostics=cfg.train.diagnostics,
+            )
+            setattr(result, f"{split}_metrics", ev.metrics)
+            result.reported.extend(m for m in ev.skipped if m not in result.reported)
     log_results(result.loggers, result.out_dir, {"val": result.val_metrics, "test": result.test_metrics})
     return result
 
@@ -99,7 +103,7 @@ def extract(
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
-    folder = Path(out or (d.cache if d.cache not in ("auto", "off") else None) or default_cache_root())
+    folder = Path(out) if out else d.cache_root()
     key = CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute)
     runtime = runtime_for_cache(requested, encoder, device, compute, key=key, root=folder)  # the key names it
     store = FeatureStore(folder, dataclasses.replace(key, runtime=runtime.label), content_hash=content_hash, shard_rows=shard_rows)

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import io
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ log = logging.getLogger("seqvision")
 
 def prepare_encoder(
     encoder: nn.Module, device: torch.device, *, dtype: torch.dtype | None = None, compile: bool = False,
-    runtime: Runtime | str = "torch",
+    runtime: Runtime | str = "torch", root: Path | None = None, shares_cores: bool = False,
 ) -> nn.Module:
     """``encoder`` on ``device`` in eval mode (channels_last, as every ImageEncoder is), for inference in
     ``dtype``, run by ``runtime`` (:mod:`seqvision.features.runtimes`: a resolved :class:`Runtime`, or a
@@ -39,18 +40,23 @@ def prepare_encoder(
     :class:`CompiledEncoder`; else on a CPU in bf16, in :class:`OneDNNEncoder` where the backbone's layers
     allow it. fp32 stays eager, so fp32 features are exactly the live model's (folding BatchNorm moves
     them by ~1e-6; the gain in fp32 was only 3% here). ``encoder`` itself is not changed beyond eval mode
-    and its layout, so a model can go on training it."""
+    and its layout, so a model can go on training it.
+
+    ``root``: the cache root whose ``.runtimes`` folder holds the remembered choices and the ONNX files
+    (the run's ``--cache``; default: the feature cache's default root). ``shares_cores``: other work of
+    this process runs beside the CNN on the same cores (extraction's decoding), so an engine's idle
+    threads sleep instead of spinning (:func:`~seqvision.features.engines.ort_session`)."""
     encoder = encoder.to(device).eval()
     encoder.to(memory_format=torch.channels_last)
     int8 = dtype == torch.int8
     if int8:  # ONNX Runtime, or the one-line reason why not (torch, a shifted CNN): never an fp32 CNN under int8
-        runtime = choose_runtime(runtime if isinstance(runtime, str) else runtime.name, encoder, device, dtype)
+        runtime = choose_runtime(runtime if isinstance(runtime, str) else runtime.name, encoder, device, dtype, root=root)
     if is_shifted(encoder):  # a temporal shift reads its neighbours through
         return encoder  # the batch's layout, which neither a converted copy nor a compiled graph carries
     if isinstance(runtime, str):
-        runtime = choose_runtime(runtime, encoder, device, dtype or torch.float32)
+        runtime = choose_runtime(runtime, encoder, device, dtype or torch.float32, root=root)
     if runtime.name != "torch":
-        return build_engine(runtime, encoder, int8=int8)
+        return build_engine(runtime, encoder, root=root, int8=int8, spinning=not shares_cores)
     if compile:
         return CompiledEncoder(encoder)
     if dtype == torch.bfloat16 and device.type == "cpu" and hasattr(encoder, "pool_features"):

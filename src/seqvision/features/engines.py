@@ -148,21 +148,33 @@ class EngineEncoder(nn.Module):
         return self
 
 
+def ort_session(path: Path, *, threads: int, spinning: bool = True):
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads. ``spinning`` False: its
+    idle threads sleep at once instead of spinning for the next op or run. Spinning saves a wake-up per op
+    (a one-image call's latency), but where other work of this process shares the cores (extraction's
+    decoding threads) a spinning thread holds a core that work needs: ``perf`` on an extraction found ORT's
+    spin loop taking ~10 % of the CPU on 2 cores."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one graph at a time: every thread goes to its convolutions
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings about unused initializers say nothing to a user
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeEncoder(EngineEncoder):
-    """ONNX Runtime's CPU execution provider, one session, intra-op threads = torch's thread count."""
+    """ONNX Runtime's CPU execution provider, one session, intra-op threads = torch's thread count
+    (``spinning``: see :func:`ort_session`)."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, encoder: nn.Module, path: Path, *, threads: int) -> None:
+    def __init__(self, encoder: nn.Module, path: Path, *, threads: int, spinning: bool = True) -> None:
         super().__init__(encoder)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1  # one graph at a time: every thread goes to its convolutions
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: its warnings about unused initializers say nothing to a user
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads=threads, spinning=spinning)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"images": images})[0]  # (n, F)

@@ -1,7 +1,8 @@
 """Batched feature extraction: every image of a dataset through the frozen CNN once, streamed to the cache.
 
 Large batches across samples through the fast path of :mod:`seqvision.features.encode`, decoding in
-parallel (threads between CNN batches on small CPUs, DataLoader workers elsewhere), and features
+parallel (threads on small CPUs: between torch's CNN batches, beside another runtime's; DataLoader workers
+elsewhere; :func:`overlaps`), and features
 written to disk in shards as they come (bounded memory for any dataset size).
 
 Image files are cached whole. Videos are cached frame by frame: every frame that the sampling policies
@@ -33,6 +34,7 @@ from seqvision.features.cache import (
     video_frame_identity,
 )
 from seqvision.features.encode import encode_batch, input_layout, prepare_encoder
+from seqvision.features.engines import EngineEncoder
 from seqvision.features.runtimes import Runtime, check_runtime
 from seqvision.features.loading import (
     ImageFiles,
@@ -239,6 +241,19 @@ def store_runtime(store: FeatureStore, device: torch.device, dtype: torch.dtype,
     return runtime
 
 
+def overlaps(net: torch.nn.Module, workers: int, threaded: bool) -> bool:
+    """Whether the next batch is decoded while the CNN runs this one (a :func:`prefetch` thread) rather than
+    between CNN batches. Workers decode beside the CNN by themselves. Decoding threads in this process
+    (small CPUs, :class:`ThreadedBatches`) overlap an engine's CNN (ONNX Runtime, OpenVINO): its threads
+    yield the cores when idle (no spinning: :func:`~seqvision.features.engines.ort_session`), so decoding
+    fills the gaps of each op's parallel section and the CPU stays busy; torch's OpenMP team does not
+    share its cores well (a descheduled thread stalls the whole team at every barrier), so torch decodes
+    between batches. Without workers and threads (a GPU with ``num_workers=0``), a thread decodes ahead."""
+    if workers > 0:
+        return False
+    return isinstance(net, EngineEncoder) if threaded else True
+
+
 def _extract(
     samples: list[Sample],
     encoder: ImageEncoder,
@@ -268,12 +283,14 @@ def _extract(
     total = len(missing) + sum(len(c.frames) for c in chunks)
     if not total:
         return stats
-    net = prepare_encoder(encoder, device, dtype=dtype, compile=compile, runtime=runtime)
+    # the ONNX files beside the cache (its root's .runtimes); decoding shares the cores with the CNN
+    net = prepare_encoder(encoder, device, dtype=dtype, compile=compile, runtime=runtime, root=store.dir.parent,
+                          shares_cores=device.type == "cpu")
     threads = torch.get_num_threads()  # decoding threads lower torch's default: restored at the end
     workers = extraction_workers(device) if num_workers is None else num_workers
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False)
     loaders: list = []
-    threaded = workers == 0 and device.type == "cpu"  # decode between CNN batches, on every core
+    threaded = workers == 0 and device.type == "cpu"  # decode on every core, in this process
     if missing and threaded:
         loaders.append(ThreadedBatches(missing, owners, prep, batch_size, threads, input_layout(net)))
     elif missing:
@@ -281,7 +298,7 @@ def _extract(
     if chunks:  # each item is one chunk of one video; rebatch packs them into full batches
         loaders.append(DataLoader(VideoChunks(chunks, prep), batch_size=None, collate_fn=as_is, **common))
     work = chained(loaders)
-    batches = rebatch(work if workers > 0 or threaded else prefetch(work), batch_size)
+    batches = rebatch(prefetch(work) if overlaps(net, workers, threaded) else work, batch_size)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from seqvision.errors import ConfigError, first_line
-from seqvision.features.engines import EngineEncoder, package_version
+from seqvision.features.engines import EngineEncoder, ort_session, package_version
 from seqvision.io import atomic_write
 
 log = logging.getLogger("seqvision")
@@ -107,10 +107,11 @@ class Int8Encoder(EngineEncoder):
 
     runtime = "onnxruntime"
 
-    def __init__(self, encoder: nn.Module, fp32: Path, *, threads: int) -> None:
+    def __init__(self, encoder: nn.Module, fp32: Path, *, threads: int, spinning: bool = True) -> None:
         super().__init__(encoder)
         self.fp32 = Path(fp32)
         self.threads = threads
+        self.spinning = spinning  # see engines.ort_session
         self.session = None  # built at the first call, from its images
         self.calibrated_on = 0  # how many images calibrated it
 
@@ -131,17 +132,11 @@ class Int8Encoder(EngineEncoder):
     def calibrate(self, images: torch.Tensor) -> None:
         """Quantize on ``images`` ``(n, 3, S, S)`` (preprocessed as the run's), build the session and check
         its features on them against torch's fp32 (:data:`MIN_COSINE`), or raise :class:`ConfigError`."""
-        import onnxruntime as ort
-
         images = images.detach().cpu().float().contiguous()
         name = self.eager.name
         try:
             path = int8_file(self.fp32, images)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1  # one graph at a time: every thread goes to its convolutions
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort_session(path, threads=self.threads, spinning=self.spinning)
             got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])  # (n, F)
         except Exception as exc:  # noqa: BLE001 - the quantizer or the session fails: named in one line
             raise ConfigError(f"--precision int8: backbone {name!r} cannot be quantized ({first_line(exc)}); use --precision 32") from None

@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -204,6 +205,25 @@ def choose_runtime(
     return Runtime.of(best)
 
 
+# what `train` calls the flags that extract and predict call --precision and --runtime: the frozen CNN's
+# that fills its feature cache (its own --precision is the training's)
+FEATURE_FLAGS = {"--precision": "--feature-precision", "--runtime": "--feature-runtime"}
+
+
+@contextlib.contextmanager
+def feature_flags(names: dict[str, str] = FEATURE_FLAGS) -> Iterator[None]:
+    """Refusals raised inside (:class:`ConfigError`, :class:`StorageError`) name the flags as ``names``
+    renames them: the runtimes and engines speak in extract's and predict's flags; ``train`` passes the
+    same choices as ``--feature-precision``/``--feature-runtime``."""
+    try:
+        yield
+    except (ConfigError, StorageError) as exc:
+        message = re.sub(r"(?<![\w-])--[a-z][\w-]*", lambda m: names.get(m.group(0), m.group(0)), str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None
+
+
 def runtime_for_cache(
     runtime: str, encoder: nn.Module, device: torch.device, dtype: torch.dtype, *, key: CacheKey, root: Path,
 ) -> Runtime:
@@ -223,11 +243,15 @@ def runtime_for_cache(
     return choose_runtime(runtime, encoder, device, dtype, root=root)
 
 
-def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = None, int8: bool = False) -> nn.Module:
-    """``encoder`` run by ``runtime`` (not torch): its ONNX file exported once, the session built and
-    checked against torch on a probe batch (:class:`~seqvision.features.engines.EngineEncoder`). ``int8``
-    (ONNX Runtime only): an :class:`~seqvision.features.int8.Int8Encoder`, quantized and checked at its
-    first call, on that call's images."""
+def build_engine(
+    runtime: Runtime, encoder: nn.Module, *, root: Path | None = None, int8: bool = False, spinning: bool = True,
+) -> nn.Module:
+    """``encoder`` run by ``runtime`` (not torch): its ONNX file exported once into ``root``'s
+    :func:`runtimes_folder`, the session built and checked against torch on a probe batch
+    (:class:`~seqvision.features.engines.EngineEncoder`). ``int8`` (ONNX Runtime only): an
+    :class:`~seqvision.features.int8.Int8Encoder`, quantized and checked at its first call, on that call's
+    images. ``spinning`` False: ONNX Runtime's idle threads sleep at once, for work that shares the cores
+    (:func:`~seqvision.features.engines.ort_session`); OpenVINO's are its own business."""
     folder = runtimes_folder(root)
     try:
         path = onnx_file(encoder, folder / "onnx")
@@ -239,10 +263,11 @@ def build_engine(runtime: Runtime, encoder: nn.Module, *, root: Path | None = No
                           "use --runtime torch") from None
     if int8:
         assert runtime.name == "onnxruntime", "check_int8 admits no other runtime"
-        return Int8Encoder(encoder, path, threads=torch.get_num_threads())
-    engine = OnnxRuntimeEncoder if runtime.name == "onnxruntime" else OpenVinoEncoder
+        return Int8Encoder(encoder, path, threads=torch.get_num_threads(), spinning=spinning)
     with _evaluating(encoder):
-        return engine(encoder, path, threads=torch.get_num_threads()).check()
+        if runtime.name == "onnxruntime":
+            return OnnxRuntimeEncoder(encoder, path, threads=torch.get_num_threads(), spinning=spinning).check()
+        return OpenVinoEncoder(encoder, path, threads=torch.get_num_threads()).check()
 
 
 @contextlib.contextmanager

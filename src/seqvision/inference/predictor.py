@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,11 @@ from seqvision.data.pieces import PieceDataset, collate_pieces, concat_images, p
 from seqvision.data.samples import Sample
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
-from seqvision.errors import CheckpointError, DataError
+from seqvision.errors import CheckpointError, ConfigError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.dataset import cached_dataset
 from seqvision.features.encode import encode_batch, prepare_encoder
-from seqvision.features.runtimes import check_runtime, choose_runtime
+from seqvision.features.runtimes import Runtime, check_runtime, choose_runtime
 from seqvision.models.memory import inference_chunk_size
 from seqvision.models.temporal_shift import frames_of, is_shifted
 from seqvision.models.sequence_model import SequenceModel
@@ -28,6 +29,8 @@ from seqvision.runtime import inference_dtype, resolve_device
 from seqvision.tasks import task_of
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.inference.sharding import sharded
+
+log = logging.getLogger("seqvision")
 
 
 @dataclass
@@ -143,7 +146,7 @@ class Predictor:
         d = self.cfg.data
         if not self.cfg.trains_on_cache() or any(s.video is not None for s in samples):
             return None
-        root = default_cache_root() if d.cache == "auto" else Path(d.cache)
+        root = d.cache_root()
         key = self._cache_key(d.cache_dtype, str(self.compute_dtype).removeprefix("torch."))
         if not (root / key.digest / "meta.json").is_file():
             return None
@@ -160,9 +163,33 @@ class Predictor:
         a converted copy: load new weights into a new Predictor, not into this one's model."""
         key = (self.device, self.compute_dtype, self.runtime)
         if self._cnn is None or self._cnn[0] != key:
-            runtime = choose_runtime(self.runtime, self.model.encoder, self.device, self.compute_dtype)
-            self._cnn = (key, prepare_encoder(self.model.encoder, self.device, dtype=self.compute_dtype, runtime=runtime))
+            root = self._runtimes_root()
+            runtime = choose_runtime(self.runtime, self.model.encoder, self.device, self.compute_dtype, root=root)
+            self._cnn = (key, prepare_encoder(self.model.encoder, self.device, dtype=self.compute_dtype, runtime=runtime, root=root))
         return self._cnn[1]
+
+    def _runtimes_root(self) -> Path:
+        """Where the runtimes' ONNX files and remembered choices go: the run's feature cache root where it
+        exists (the machine that trained it, as its ``--cache`` said), else the default cache root (a
+        checkpoint copied elsewhere names a folder of another machine)."""
+        root = self.cfg.data.cache_root()
+        return root if root.is_dir() else default_cache_root()
+
+    def own_runtime(self) -> str:
+        """The runtime for this run's CNN where it runs live (cache misses in ``evaluate``, ``report`` and
+        ``train``'s own evaluation): for a frozen run on cached features, the runtime its checkpoint
+        recorded filling them (by name: the features it trained on), where that runtime runs here;
+        otherwise :meth:`RunConfig.cnn_runtime`."""
+        if not self.cfg.trains_on_cache():
+            return self.cfg.cnn_runtime()
+        name = Runtime.from_label(self.feature_runtime).name
+        try:
+            check_runtime(name, self.device, self.compute_dtype)
+        except ConfigError as exc:
+            log.warning("the run's features were computed by %s, which cannot run here (%s): the CNN runs on auto",
+                        self.feature_runtime, exc)
+            return "auto"
+        return name
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -24,9 +24,9 @@ from seqvision.config import RunConfig, keep_legacy_options, save_config, valida
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.errors import ConfigError
-from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root, storage_dtype
+from seqvision.features.cache import CacheKey, FeatureStore, storage_dtype
 from seqvision.features.extract import extract_features, planned_rows
-from seqvision.features.runtimes import runtime_for_cache
+from seqvision.features.runtimes import feature_flags, runtime_for_cache
 from seqvision.io import atomic_write_text
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.stage_maps import FrozenStages, StageCut
@@ -266,16 +266,18 @@ def _feature_store(cfg: RunConfig, model, prep, data, *, progress: bool):
     # bf16 training computes bf16 features; otherwise --feature-precision (auto: bf16 where the hardware
     # is fast at it, as `seqvision extract` does, so a cache it filled is found; 32: the live features).
     compute = inference_dtype(device, cfg.cnn_precision())
-    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
+    root = cfg.data.cache_root()
     key = CacheKey.for_encoder(model.encoder, prep, dtype=cfg.data.cache_dtype, compute=compute)
     # --feature-runtime: what runs the frozen CNN (auto: an existing cache's runtime, else the fastest here);
     # the key names it, and the checkpoint records it so evaluation reads these very vectors
-    runtime = runtime_for_cache(cfg.data.feature_runtime, model.encoder, device, compute, key=key, root=root)
+    # (refusals on the way name train's flags: its own --precision is the training's)
+    with feature_flags():
+        runtime = runtime_for_cache(cfg.data.feature_runtime, model.encoder, device, compute, key=key, root=root)
     store = FeatureStore(root, dataclasses.replace(key, runtime=runtime.label))
     samples = [s for split in data.splits.values() for s in split]
     # Extraction draws from torch's RNG (DataLoader seeds): fork it, so a seeded run shuffles and drops
     # out exactly as the same run with the CNN live does.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), feature_flags():
         stats = extract_features(
             samples, model.encoder, prep, store, device=device, precision=str(compute).removeprefix("torch."),
             num_workers=cfg.data.num_workers, on_bad_image=cfg.data.on_bad_image, progress=progress,
@@ -315,7 +317,7 @@ def maps_plan(cfg: RunConfig, model, data) -> tuple[StageCut, CacheKey, Path] | 
     # the rows the extraction will cache: every image file, and each video's frames its sampling can pick
     # (all of them for random and segments draws)
     rows = planned_rows(samples, _cache_sampling(cfg))
-    root = default_cache_root() if cfg.data.cache == "auto" else Path(cfg.data.cache)
+    root = cfg.data.cache_root()
     key = CacheKey.for_encoder(FrozenStages(model.encoder, cut), model.encoder.preprocessing, dtype=MAPS_DTYPE,
                                compute=inference_dtype(device_of(cfg), cfg.cnn_precision()))
     stored = storage_dtype(root, key)  # float32 where float16 could not hold these maps before
