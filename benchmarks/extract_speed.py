@@ -19,11 +19,19 @@ Measured:
              image, and seqvision's batched live path) vs reading the feature cache; and the epoch of
              `seqvision train --freeze` itself (Lightning, validation and checkpoints included)
   malloc     seqvision extraction in a fresh process with and without seqvision's allocator tuning
+  runtimes   per backbone (``--runtime-backbones``, default ResNet-18 and MobileNetV2), every installed
+             runtime and precision side by side (torch at auto where that is bf16, and at 32; ONNX Runtime
+             and OpenVINO at 32; ONNX Runtime int8): the CNN alone, the whole extraction (steady, after
+             the first batch) as ``seqvision extract --runtime R --precision P`` runs it, x the naive loop,
+             x torch fp32's extraction, and the share of the bound made of that CNN alone plus the decoding
+
+The machine line names the CPU's model and the flags that change the kernels (AVX-512, VNNI, bf16, AMX).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -113,7 +121,9 @@ def naive_extract(backbone: str, paths: list[Path], size: int) -> float:
     from torchvision import transforms as T
 
     model = torchvision.models.get_model(backbone, weights=None)
-    model.fc = torch.nn.Identity()
+    for head in ("fc", "classifier"):  # ResNets' and MobileNetV2's: features, as extraction gives
+        if hasattr(model, head):
+            setattr(model, head, torch.nn.Identity())
     model.eval()
     transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
                            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
@@ -126,43 +136,52 @@ def naive_extract(backbone: str, paths: list[Path], size: int) -> float:
 
 
 def seqvision_extract(
-    backbone: str, data: Path, cache: Path, size: int, batch: int, compile: bool = False, precision: str = "auto"
+    backbone: str, data: Path, cache: Path, size: int, batch: int, compile: bool = False, precision: str = "auto",
+    runtime: str = "torch",
 ) -> dict:
     """seqvision's extraction of every image, wall time including loader start-up. Returns figures.
-    ``precision``: auto (bf16 where the CPU is fast at it: what users get) or 32 (to compare fp32 with fp32)."""
+    ``precision``: auto (bf16 where the CPU is fast at it: what users get), 32 (to compare fp32 with fp32)
+    or int8; ``runtime``: what runs the CNN, as ``seqvision extract --runtime`` (its key names it)."""
     samples = discover(data)
     model = build_sequence_model(2, backbone=backbone, weights="none", freeze=True)
     from seqvision.data.transforms import resolve_preprocessing
+    from seqvision.features.runtimes import runtime_for_cache
 
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=size)
+    model.encoder.preprocessing = prep  # as `seqvision extract`: the engines' probes run at the size extracted
     dtype = inference_dtype(torch.device("cpu"), precision)
-    store = FeatureStore(cache, CacheKey.for_encoder(model.encoder, prep, compute=dtype))
+    key = CacheKey.for_encoder(model.encoder, prep, compute=dtype)
+    ran = runtime_for_cache(runtime, model.encoder, torch.device("cpu"), dtype, key=key, root=cache)
+    store = FeatureStore(cache, dataclasses.replace(key, runtime=ran.label))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     stats = extract_features(samples, model.encoder, prep, store, batch_size=batch, precision=precision, progress=False, compile=compile)
     wall = time.perf_counter() - start
     return {
-        "images": stats.images, "images_per_s": stats.images / wall, "dtype": stats.dtype,
+        "images": stats.images, "images_per_s": stats.images / wall, "dtype": stats.dtype, "runtime": stats.runtime,
         "steady_images_per_s": stats.steady_images_per_second,
         "page_faults_per_batch": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(1, -(-stats.images // batch)),
     }
 
 
-def cnn_only(backbone: str, size: int, batch: int, quick: bool) -> float:
+def cnn_only(backbone: str, size: int, batch: int, quick: bool, runtime: str = "torch", precision: str = "auto") -> float:
     """images/s of the CNN alone on ready batches in the layout it reads, in the precision extraction picks
-    (the best of 4 batches)."""
+    (``precision``), run by ``runtime`` (an int8 CNN is calibrated on its warm-up batch)."""
     from seqvision.features.encode import encode_batch, input_layout, prepare_encoder
     from seqvision.models.backbones import build_backbone
 
-    dtype = inference_dtype(torch.device("cpu"))
-    net = prepare_encoder(build_backbone(backbone, weights="none"), torch.device("cpu"), dtype=dtype)  # as extract does
-    images = torch.rand(batch, 3, size, size).contiguous(memory_format=input_layout(net))  # the layout it reads
-    encode_batch(net, images, dtype)  # warm-up
-    best = 0.0
-    for _ in range(1 if quick else 4):
-        start = time.perf_counter()
-        encode_batch(net, images, dtype)
-        best = max(best, batch / (time.perf_counter() - start))
+    dtype = inference_dtype(torch.device("cpu"), precision)
+    encoder = build_backbone(backbone, weights="none")
+    encoder.preprocessing = dataclasses.replace(encoder.preprocessing, image_size=size)
+    with tempfile.TemporaryDirectory() as root:  # the engines' ONNX files: this run's own
+        net = prepare_encoder(encoder, torch.device("cpu"), dtype=dtype, runtime=runtime, root=Path(root))  # as extract does
+        images = torch.rand(batch, 3, size, size).contiguous(memory_format=input_layout(net))  # the layout it reads
+        encode_batch(net, images, dtype)  # warm-up
+        best = 0.0
+        for _ in range(1 if quick else 4):
+            start = time.perf_counter()
+            encode_batch(net, images, dtype)
+            best = max(best, batch / (time.perf_counter() - start))
     return best
 
 
@@ -318,6 +337,69 @@ def train_epoch_s(data: Path, cache: Path, quick: bool) -> float:
     return float(np.median(np.diff(clock.starts)[1:]))
 
 
+# the runtime table's rows: (runtime, precision), each where it is installed; torch at auto only where auto is
+# not fp32 already (bf16 CPUs). int8 is ONNX Runtime's alone (refused, and said, where it drifts)
+VARIANTS = (("torch", "auto"), ("torch", "32"), ("onnxruntime", "32"), ("openvino", "32"), ("onnxruntime", "int8"))
+
+
+def runtime_table(backbone: str, data: Path, work: Path, size: int, batch: int, quick: bool, decode: float) -> dict:
+    """Each runtime and precision side by side on one backbone, in this process: the naive loop (fp32), the
+    CNN alone on ready batches, and the whole extraction (``extract_features`` as ``seqvision extract``
+    runs it: decoding, CNN, cache writes), steady after the first batch. ``decode``: CPU seconds of
+    decoding per image (one thread), for the bound of each row: its CNN alone plus the decoding shared
+    by the cores (``1 / (1 / cnn + decode / cores)``)."""
+    from seqvision.errors import ConfigError
+    from seqvision.features.runtimes import installed
+
+    cpu = torch.device("cpu")
+    paths = sorted(data.rglob("*.jpg"))
+    table: dict = {"naive_images_per_s": naive_extract(backbone, paths[: (8 if quick else 256)], size), "rows": {}}
+    for runtime, precision in VARIANTS:
+        if not installed(runtime) or (precision == "auto" and inference_dtype(cpu, "auto") == torch.float32):
+            continue
+        if quick and precision == "int8":  # a quantization takes ~5 s: the full run measures it
+            continue
+        label = f"{runtime} {precision}"
+        try:
+            alone = cnn_only(backbone, size, batch, quick, runtime=runtime, precision=precision)
+            run = seqvision_extract(backbone, data, work / f"cache-{backbone}-{runtime}-{precision}", size, batch,
+                                    precision=precision, runtime=runtime)
+        except ConfigError as exc:  # e.g. int8 that does not keep this CNN's features
+            table["rows"][label] = {"refused": str(exc)}
+            continue
+        bound = 1.0 / (1.0 / alone + decode / (os.cpu_count() or 1))
+        table["rows"][label] = {
+            "dtype": run["dtype"], "runtime": run["runtime"], "cnn_only_images_per_s": alone,
+            "images_per_s": run["images_per_s"], "steady_images_per_s": run["steady_images_per_s"],
+            "bound_images_per_s": bound, "steady_fraction_of_bound": run["steady_images_per_s"] / bound,
+        }
+    rows = {k: r for k, r in table["rows"].items() if "refused" not in r}
+    base = rows.get("torch 32")
+    for r in rows.values():
+        r["speedup_vs_naive"] = r["steady_images_per_s"] / table["naive_images_per_s"]
+        r["speedup_vs_torch_fp32"] = r["steady_images_per_s"] / base["steady_images_per_s"] if base else float("nan")
+    fastest = max(rows, key=lambda k: rows[k]["cnn_only_images_per_s"])
+    table["fastest_cnn"] = fastest  # the bound on this machine: the fastest runtime's CNN plus decoding
+    table["best_steady_fraction_of_fastest_bound"] = max(r["steady_images_per_s"] for r in rows.values()) / rows[fastest]["bound_images_per_s"]
+    return table
+
+
+def print_runtime_table(backbone: str, table: dict, decode: float) -> None:
+    print(f"\n{backbone}, every runtime side by side (naive loop, fp32: {table['naive_images_per_s']:.1f} img/s; "
+          f"decoding {1000 * decode:.2f} ms of CPU per image):")
+    print("| runtime precision | CNN alone img/s | extraction img/s (steady) | x naive | x torch fp32 | bound img/s | % of bound |")
+    print("|---|---|---|---|---|---|---|")
+    for label, r in table["rows"].items():
+        if "refused" in r:
+            print(f"| {label} | refused: {r['refused'][:150]} | | | | | |")
+            continue
+        print(f"| {label} ({r['runtime']}, {r['dtype']}) | {r['cnn_only_images_per_s']:.1f} | {r['images_per_s']:.1f} "
+              f"({r['steady_images_per_s']:.1f}) | {r['speedup_vs_naive']:.2f}x | {r['speedup_vs_torch_fp32']:.2f}x | "
+              f"{r['bound_images_per_s']:.1f} | {100 * r['steady_fraction_of_bound']:.0f}% |")
+    print(f"{backbone}: the fastest CNN alone is {table['fastest_cnn']}; the best steady extraction is "
+          f"{100 * table['best_steady_fraction_of_fastest_bound']:.0f}% of its bound (target >= 90%)")
+
+
 def malloc_effect(backbone: str, data: Path, size: int, batch: int) -> dict:
     """Extraction in fresh processes with and without the allocator tuning (env switch)."""
     out = {}
@@ -342,12 +424,20 @@ def main() -> None:
     parser.add_argument("--no-resnet50", action="store_true")
     parser.add_argument("--keras-python", help="a Python with TensorFlow: also time the Keras idiom (keras_baseline.py)")
     parser.add_argument("--no-compile", action="store_true", help="skip timing ResNet-18 extraction with --compile (quick runs skip it)")
+    parser.add_argument("--runtime-backbones", nargs="*", default=["resnet18", "mobilenet_v2"],
+                        help="backbones of the runtime table: every installed runtime and precision side by side "
+                        "(default: %(default)s; quick: resnet18; none: no table)")
     args = parser.parse_args()
     tune_allocator()
     q = args.quick
     samples, frames, w, h, size, batch = (4, 4, 64, 48, 64, 8) if q else (64, 16, 320, 240, 224, 64)
+    from seqvision.features.runtimes import cpu_signature
+
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                "torch": torch.__version__, "threads": torch.get_num_threads()}, "quick": q}
+                                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                "cpu_model_and_flags": cpu_signature()}, "quick": q}
+    print(f"machine: {cpu_signature()} (the flags that change the kernels), {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", samples, frames, w, h)
         paths = sorted(data.rglob("*.jpg"))
@@ -395,6 +485,9 @@ def main() -> None:
             report["resnet18"]["compiled_images_per_s"] = compiled["images_per_s"]
             report["resnet18"]["compiled_steady_images_per_s"] = compiled["steady_images_per_s"]
             report["resnet18"]["compiled_steady_fraction_of_ceiling"] = compiled["steady_images_per_s"] / report["resnet18"]["ceiling_images_per_s"]
+        runtime_backbones = (["resnet18"] if args.runtime_backbones else []) if q else args.runtime_backbones
+        report["runtimes"] = {b: runtime_table(b, data, Path(tmp), size, batch, q, report[backbones[0]]["decode_ms_per_image"] / 1000)
+                              for b in runtime_backbones}
         report["epoch"] = epoch_times("resnet18", data, Path(tmp) / "cache-epoch", size)
         e = report["epoch"]
         # not the same work as the epochs above: train() trains on its train split and then validates
@@ -439,6 +532,8 @@ def main() -> None:
         ratio32 = report.get("resnet50", {}).get("speedup_vs_keras_fp32")
         print(f"keras TimeDistributed(ResNet50)+LSTM, fp32, tf.function: {k:.1f} img/s"
               + (f" -> seqvision {ratio:.2f}x (bf16), {ratio32:.2f}x (fp32, like Keras)" if ratio else ""))
+    for backbone, table in report["runtimes"].items():
+        print_runtime_table(backbone, table, r["decode_ms_per_image"] / 1000)
     e = report["epoch"]
     print(f"frozen epoch: cached {1000 * e['cached_s']:.1f} ms | live batched {e['live_batched_s']:.2f} s | naive recompute "
           f"{e['naive_recompute_s']:.2f} s -> {e['speedup_vs_naive']:.0f}x vs naive, {e['speedup_vs_live_batched']:.0f}x vs live batched")

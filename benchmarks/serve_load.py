@@ -17,6 +17,7 @@ are there (else random weights, said in the output), trained for one epoch on a 
 run (a smoke run for the tests: it checks that it works, not speed).
 
     python benchmarks/serve_load.py [--quick] [--requests 300] [--clients 8] [--images 1 4] [--max-wait-ms 5]
+                                    [--precision 32] [--runtime auto|torch|onnxruntime|openvino]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from predict_memory import PHOTOS, WEIGHTS, make_images  # noqa: E402  (the same checkpoint recipe and photos)
+from seqvision.config import RUNTIME_CHOICES  # noqa: E402
 
 
 def train_checkpoint(work: Path, quick: bool) -> Path:
@@ -203,6 +205,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8, help="requests before each measured run (default %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=240.0, help="no new request after this long, per run (default %(default)s)")
     parser.add_argument("--checkpoint", help="serve this checkpoint instead of training one")
+    parser.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the server's --precision (default: %(default)s)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="the server's --runtime: what runs the CNN "
+                        "(default: %(default)s)")
     args = parser.parse_args()
     args.requests = args.requests or (40 if args.quick else 300)
     import torch
@@ -212,7 +217,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}")
     weights = f"the real ImageNet {WEIGHTS}" if WEIGHTS.exists() else "random (no shared weights)"
     model = args.checkpoint or ("tiny_cnn (random), 32x32" if args.quick else f"frozen mobilenet_v2 + LSTM, weights {weights}")
-    print(f"model: {model}; CNN precision auto = {inference_dtype(torch.device('cpu'), 'auto')}")
+    print(f"model: {model}; CNN precision {args.precision} = {inference_dtype(torch.device('cpu'), args.precision)}, "
+          f"--runtime {args.runtime} (the server's log says what auto chose)")
     images = "64x64 random JPEGs" if args.quick else "224x224 JPEG crops of " + ("the opencv-doc photos" if PHOTOS.is_dir() else "random pixels")
     print(f"load per run: {args.requests} requests of {' or '.join(map(str, args.images))} images ({images}) from {args.clients} "
           f"concurrent clients over loopback, after {args.warmup} warm-up requests; other server options: the defaults")
@@ -221,8 +227,9 @@ def main() -> None:
         ckpt = Path(args.checkpoint) if args.checkpoint else train_checkpoint(work, args.quick)
         folder = make_images(work / "pool", 32) if not args.quick else _small_images(work / "pool", 32)
         pool = sorted(folder.iterdir(), key=lambda p: int(p.stem[1:]))
-        runs = run_mode("batching", ckpt, ["--max-wait-ms", f"{args.max_wait_ms:g}"], pool, args, work)
-        runs += run_mode("no batching", ckpt, ["--max-wait-ms", "0", "--max-batch-images", "1"], pool, args, work)
+        cnn = ["--precision", args.precision, "--runtime", args.runtime]  # both servers' CNN
+        runs = run_mode("batching", ckpt, ["--max-wait-ms", f"{args.max_wait_ms:g}", *cnn], pool, args, work)
+        runs += run_mode("no batching", ckpt, ["--max-wait-ms", "0", "--max-batch-images", "1", *cnn], pool, args, work)
     report(sorted(runs, key=lambda r: r["images_per_request"]), args)
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/stream_latency.py            # 200 frames of vtest.avi, window 16, MobileNetV2 at 224 px
     python benchmarks/stream_latency.py --quick    # a seconds-long smoke run (CI): checks it works, not speed
+    python benchmarks/stream_latency.py --precision 32 --runtime onnxruntime   # the CNN on another runtime
 
 Real frames: OpenCV's sample clip ``vtest.avi`` (768x576, 10 fps; Debian's ``opencv-doc``), skipped with a
 message when it is not installed. The model: a frozen MobileNetV2 with the real ImageNet weights of
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
+from seqvision.config import RUNTIME_CHOICES  # noqa: E402
 from seqvision.features.encode import encode_batch  # noqa: E402
 from seqvision.inference.predictor import Predictor  # noqa: E402
 from seqvision.streaming.sources import open_source  # noqa: E402
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, help="frames of the window (default 16; quick 4)")
     parser.add_argument("--image-size", type=int, help="CNN input size (default 224; quick 64)")
     parser.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto", help="the CNN's (default: %(default)s)")
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="what runs the CNN, as for "
+                        "`seqvision stream --runtime` (default: %(default)s)")
     args = parser.parse_args()
     if not VIDEO.exists():
         print(f"skipped: {VIDEO} is not installed (Debian: apt-get install opencv-doc)")
@@ -162,11 +166,12 @@ def main() -> None:
     size = args.image_size or (64 if args.quick else 224)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint(Path(tmp), decode(32, start=400), image_size=size, window=window)
-        predictor = Predictor.load(ckpt, precision=args.precision)
+        predictor = Predictor.load(ckpt, precision=args.precision, runtime=args.runtime)
     frames = decode(n)
     report = measure(predictor, frames, window)
-    report.update(frames=n, window=window, image_size=size, weights="imagenet" if WEIGHTS.exists() else "random")
-    print_report(report, predictor, frames[0].shape, args.precision)
+    report.update(frames=n, window=window, image_size=size, weights="imagenet" if WEIGHTS.exists() else "random",
+                  runtime=getattr(predictor._inference_encoder(), "runtime", "torch"))  # what ran: an engine names itself
+    print_report(report, predictor, frames[0].shape, args.precision, args.runtime)
     print(json.dumps(report))
 
 
@@ -189,7 +194,7 @@ def measure(predictor: Predictor, frames: list[torch.Tensor], window: int) -> di
             "cnn_dtype": str(predictor.compute_dtype).removeprefix("torch."), "date": time.strftime("%Y-%m-%d")}
 
 
-def print_report(report: dict, predictor: Predictor, shape: tuple, precision: str) -> None:
+def print_report(report: dict, predictor: Predictor, shape: tuple, precision: str, runtime: str) -> None:
     cnn = report["cnn_dtype"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
           f"torch {torch.__version__}")
@@ -197,6 +202,7 @@ def print_report(report: dict, predictor: Predictor, shape: tuple, precision: st
     print(f"model: frozen mobilenet_v2 ({report['weights']} weights) at {report['image_size']} px + LSTM "
           f"(hidden {predictor.cfg.model.hidden_size}), window {report['window']} frames")
     print(f"precision: --precision {precision} -> CNN in {cnn} on every side; LSTM and task heads in float32")
+    print(f"runtime: --runtime {runtime} -> the CNN run by {report['runtime']} in every mode")
     print()
     print("| mode | CNN forwards / frame | CNN images / frame | p50 latency | p99 latency | frames/s | precision |")
     print("|---|---|---|---|---|---|---|")

@@ -1,5 +1,6 @@
 """The extraction benchmark runs (in --quick mode): it checks that it works, not its speed."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,3 +24,17 @@ def test_extract_speed_quick_runs_and_reports_every_figure():
     assert report["epoch"]["cached_s"] > 0 and report["epoch"]["naive_recompute_s"] > report["epoch"]["cached_s"]
     assert report["epoch"]["train_command_epoch_s"] > 0
     assert {"tuned_images_per_s", "default_images_per_s", "tuned_faults_per_batch"} <= set(report["malloc"])
+    # the CPU's model and the flags that change the kernels, printed and in the report
+    assert report["machine"]["cpu_model_and_flags"] in res.stdout.splitlines()[0]
+    # a row per installed runtime and precision, each with the CNN alone, the whole extraction and its bound
+    table = report["runtimes"]["resnet18"]
+    assert table["naive_images_per_s"] > 0 and "torch 32" in table["rows"]
+    if importlib.util.find_spec("onnxruntime"):
+        assert table["rows"]["onnxruntime 32"]["runtime"].startswith("onnxruntime ")
+    for label, row in table["rows"].items():
+        assert row["dtype"] == ("float32" if label.endswith(" 32") else row["dtype"])
+        for key in ("cnn_only_images_per_s", "steady_images_per_s", "bound_images_per_s", "speedup_vs_naive", "speedup_vs_torch_fp32"):
+            assert row[key] > 0, (label, key)
+    assert table["rows"]["torch 32"]["speedup_vs_torch_fp32"] == 1.0
+    assert table["fastest_cnn"] in table["rows"] and table["best_steady_fraction_of_fastest_bound"] > 0
+    assert "| torch 32 (torch, float32) |" in res.stdout

@@ -1,6 +1,7 @@
 """benchmarks/serve_load.py --quick serves a tiny checkpoint with the real command and loads it from 8 clients,
 with and without batching: every request answered, the figures reported (it checks that it works, not speed)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +11,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
 
 def test_serve_load_quick_reports_latency_throughput_and_batching():
-    res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
+    # both servers get the CNN's runtime and precision (so the table can be measured per runtime)
+    runtime = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--precision", "32", "--runtime", runtime],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     runs = {(r["images_per_request"], r["mode"]): r for r in report["runs"]}
@@ -26,3 +30,4 @@ def test_serve_load_quick_reports_latency_throughput_and_batching():
     for k in ("1", "4"):  # a request's answer does not depend on the requests it shared a batch with
         assert report["summary"][k]["max_output_diff"] < 1e-4
     assert "| 4 | batching |" in res.stdout and "| 1 | no batching |" in res.stdout
+    assert all(r["options"].endswith(f"--precision 32 --runtime {runtime}") for r in report["runs"])
