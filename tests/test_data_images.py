@@ -250,3 +250,50 @@ def test_a_jpeg_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path
     with pytest.raises(BadFileError, match="pixel limit") as info:
         load_image(tmp_path / "bomb.jpg")
     assert str(tmp_path / "bomb.jpg") in str(info.value)
+
+
+def _refusals(path) -> tuple[BadFileError, BadFileError]:
+    """What read_header and load_image raise for ``path``."""
+    from seqvision.data.images import read_header
+
+    with pytest.raises(BadFileError) as header:
+        read_header(path)
+    with pytest.raises(BadFileError) as loaded:
+        load_image(path)
+    return header.value, loaded.value
+
+
+def test_read_header_gives_the_size_and_refuses_what_load_image_refuses_unread(tmp_path):
+    """The header path of ``seqvision inspect``: the format from the content (not the name) and the size,
+    and, for a file the loader refuses before decoding, the very error the loader raises."""
+    from seqvision.data.images import read_header
+
+    Image.new("RGB", (24, 16), (1, 2, 3)).save(tmp_path / "ok.png")
+    (tmp_path / "named.jpg").write_bytes((tmp_path / "ok.png").read_bytes())
+    assert read_header(tmp_path / "ok.png") == read_header(tmp_path / "named.jpg") == ("PNG", 24, 16)
+    (tmp_path / "huge.png").write_bytes(_png_header_only(20000, 10000))  # past Pillow's own error limit
+    (tmp_path / "between.png").write_bytes(_png_header_only(12000, 9000))  # ours only: Pillow just warns
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    for name in ("huge.png", "between.png", "empty.png", "text.png", "gone.png"):
+        header, loaded = _refusals(tmp_path / name)
+        assert header.path == loaded.path == tmp_path / name and header.reason == loaded.reason, name
+    assert "12000x9000 pixels is larger than the 100,000,000-pixel limit" in _refusals(tmp_path / "between.png")[0].reason
+
+
+def test_read_header_reads_a_packs_member(tmp_path):
+    """A member of a pack's shard is read from its byte range, and refused past the limit like a file."""
+    from seqvision.data.images import read_header
+    from seqvision.data.pack_writer import pack
+    from seqvision.data.packs import read_pack
+
+    sample = tmp_path / "data" / "a" / "s0"
+    sample.mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (20, 12), (i, i, i)).save(sample / f"f{i}.png")
+    (sample / "f2.png").write_bytes(_png_header_only(20000, 10000))
+    pack(tmp_path / "data", tmp_path / "pack")
+    frames = [f.path for f in read_pack(tmp_path / "pack")[0].frames]
+    assert [read_header(p) for p in frames[:2]] == [("PNG", 20, 12)] * 2
+    header, loaded = _refusals(frames[2])
+    assert header.reason == loaded.reason and "100,000,000-pixel limit" in header.reason

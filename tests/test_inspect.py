@@ -58,17 +58,56 @@ def test_folder_data_summary_split_and_page(tmp_path, capsys):
     assert report["frames_per_sample"] == [["2", 4], ["3", 2], ["4", 2]]  # lengths 2, 3, 4, 2 per label
     assert report["groups_per_label"] == {"left": 4, "right": 4} and report["strict_failures"] == 0
     assert "content hashes (sha256) of 22 files" in report["hashes"]  # small data: hashed by default
-    # the split shown is the one train makes with the same options and seed
-    from seqvision.training.datamodule import prepare_data
-
-    trained = prepare_data(DataConfig(data=str(data)), seed=3).splits
-    shown = Counter()
-    for per_split in report["per_label"].values():
-        shown.update(per_split)
-    assert shown == {name: len(samples) for name, samples in trained.items() if samples}
     html = (tmp_path / "out" / "inspect.html").read_text()
     # 3 strips per label: samples s0, s2, s3 (evenly spread), 2 + 4 + 2 images; nothing loaded from outside
     assert html.count("<figure>") == 2 * 8 and "http" not in html.split("<body>")[1]
+
+
+def test_the_split_shown_is_trains_sample_by_sample(tmp_path, capsys):
+    """Each sample's split, not only the counts: the same options and seed place each sample where
+    ``prepare_data`` (train) does, and a sample train drops as too short is shown as "none"."""
+    from seqvision.inspection.facts import inspect_data
+    from seqvision.training.datamodule import prepare_data
+
+    data = _folder(tmp_path / "data", per_label=8)
+    options = {"val_fraction": 0.25, "test_fraction": 0.25, "min_images": 3}
+    prepared = prepare_data(DataConfig(data=str(data), short_samples="drop", **options), seed=3)
+    trained = {s.id: name for name, samples in prepared.splits.items() for s in samples}
+    shown = inspect_data(data, seed=3, hash_files="off", thumbnails=0, **options).split_of
+    assert len(shown) == 16 and set(shown.values()) == {"train", "val", "test", "none"}
+    assert shown == {sid: trained.get(sid, "none") for sid in shown}
+    assert list(shown.values()).count("none") == len(prepared.dropped)  # the 2-image samples
+    # the CLI shows the same: its per-label counts are this split's
+    code, out, _ = _run(capsys, data, "--out", tmp_path / "out", "--seed", 3, "--val-fraction", 0.25,
+                        "--test-fraction", 0.25, "--min-images", 3, "--hash", "off")
+    assert code == 0, out
+    expected: dict[str, Counter] = {}
+    for sid, split in shown.items():
+        expected.setdefault(sid.split("/")[0], Counter())[split] += 1
+    assert _json(tmp_path / "out")["per_label"] == expected
+
+
+def test_an_image_train_refuses_unread_is_a_problem_not_a_crash(tmp_path, capsys):
+    """Image headers are read by the loader's own check: an image over the 100,000,000-pixel limit is an
+    unreadable file with the loader's reason, both past Pillow's own error limit (20000x10000: it raised
+    from the thread pool) and between the two limits (12000x9000: Pillow only warns; it was shown readable)."""
+    from seqvision.data.images import load_image
+    from seqvision.errors import BadFileError
+    from test_data_images import _png_header_only
+
+    data = _folder(tmp_path / "data", per_label=2)
+    huge, between = data / "left" / "s0" / "huge.png", data / "right" / "s1" / "between.png"
+    huge.write_bytes(_png_header_only(20000, 10000))
+    between.write_bytes(_png_header_only(12000, 9000))
+    code, out, err = _run(capsys, data, "--out", tmp_path / "out", "--strict", "--hash", "off")
+    assert code == 3 and not err, out + err
+    assert "problem: unreadable files (2)" in out and "--on-bad-image skip" in out
+    for path in (huge, between):
+        with pytest.raises(BadFileError, match="100,000,000-pixel limit") as refused:
+            load_image(path)
+        assert f"{path}: {refused.value.reason}" in out  # train's reason, word for word
+    report = _json(tmp_path / "out")
+    assert report["image_sizes"] == {"16x16": 10} and "headers of 10 of 12 image files read" in report["headers"]
 
 
 def test_a_copied_image_across_the_given_split_is_a_leak_and_fails_strict(tmp_path, capsys):

@@ -86,11 +86,8 @@ def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> tor
             raise BadFileError(path, "truncated JPEG (no end-of-image marker); re-export or remove the file")
         data = data[:end]
     try:
-        with _open_header(data) as header:  # the size, before anything is decoded
-            _check_size(path, header.height, header.width)
+        with _open_checked(path, io.BytesIO(data)) as header:  # the size, before anything is decoded
             reduce = decode_size is not None and min(header.size) >= 2 * decode_size
-    except Image.DecompressionBombError:
-        raise BadFileError(path, _TOO_LARGE) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         reduce = False  # let the decoders below report what is wrong with it
     if reduce or _JPEG_KERNEL is None:
@@ -142,12 +139,53 @@ def _scan_end(data: bytes, pos: int) -> int:
 _TOO_LARGE = f"larger than the {MAX_PIXELS:,}-pixel limit (a decompression bomb?)"
 
 
-def _open_header(data: bytes) -> Image.Image:
-    """Pillow's lazy image over ``data``: only the header is read (where Pillow's bomb check warns;
-    :data:`MAX_PIXELS` decides instead, so its warning is silenced)."""
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+def read_header(path: str | Path) -> tuple[str, int, int]:
+    """``(format, width, height)`` of an image file, or of a pack's member, from its header alone (no
+    pixel is decoded, only the first bytes are read). Refuses what :func:`load_image` refuses before
+    decoding, with the same :class:`BadFileError`: a missing, empty or unreadable file, one that is not
+    an image, one larger than :data:`MAX_PIXELS` (``seqvision inspect`` reads sizes through this)."""
+    path = Path(path)
+    member = member_of(path)
+    try:
+        source = member.open() if member is not None else open(path, "rb")  # a member: its byte range only
+    except FileNotFoundError:
+        raise BadFileError(path, "file does not exist") from None
+    except OSError as exc:
+        raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    with source:
+        if not source.peek(1):
+            raise BadFileError(path, "empty file (0 bytes)")
+        try:
+            with _open_checked(path, source) as img:
+                return img.format or path.suffix.lstrip(".").upper(), img.width, img.height
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise _not_an_image(path, exc) from None
+
+
+def _open_checked(path: Path, source: io.IOBase) -> Image.Image:
+    """Pillow's lazy image over ``source`` (only the header is read), refused with :class:`BadFileError`
+    past :data:`MAX_PIXELS`: the one size check of the loader and of :func:`read_header`. Pillow's own
+    bomb check warns (silenced: ours decides) or, past twice its limit, raises (turned into ours).
+    Other errors of the header parse are Pillow's, for the caller to judge."""
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError:
+        raise BadFileError(path, _TOO_LARGE) from None
+    try:
+        _check_size(path, img.height, img.width)
+    except BadFileError:
+        img.close()
+        raise
+    return img
+
+
+def _not_an_image(path: Path, exc: Exception) -> BadFileError:
+    """Pillow's error for a file it cannot parse or decode, as ours naming the file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return BadFileError(path, f"not a readable image ({type(exc).__name__})")
+    return BadFileError(path, f"corrupt or truncated image ({exc})")
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -159,8 +197,7 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
     """``data`` (the bytes of ``path``, already read) decoded by Pillow; errors name ``path``.
     ``decode_size``: a JPEG is decoded at the smallest DCT scale whose shorter side is at least this."""
     try:
-        with _open_header(data) as img:
-            _check_size(path, img.height, img.width)
+        with _open_checked(path, io.BytesIO(data)) as img:
             if decode_size is not None and img.format == "JPEG":
                 scale = decode_size / min(img.size)  # draft keeps both sides >= the size asked for
                 img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
@@ -168,14 +205,8 @@ def _decode_pillow(path: Path, data: bytes, *, decode_size: int | None = None) -
             ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image
             # (H, W, 3), writable (a view of Pillow's bytes is not); converted only if not RGB already
             array = np.array(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
-    except BadFileError:
-        raise
-    except Image.DecompressionBombError:
-        raise BadFileError(path, _TOO_LARGE) from None
-    except UnidentifiedImageError as exc:
-        raise BadFileError(path, f"not a readable image ({type(exc).__name__})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadFileError(path, f"corrupt or truncated image ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _not_an_image(path, exc) from None
     return torch.from_numpy(array).permute(2, 0, 1)  # channels_last, as the JPEG kernel gives
 
 

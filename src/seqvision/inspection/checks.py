@@ -141,7 +141,8 @@ def _file_problems(result: Inspection) -> list[Finding]:
     truncated = [f"{p}: {why}" for p, why in result.truncated.items()]
     return [
         Finding("problem", "unreadable files", len(unreadable),
-                "fix or remove them, or train with --on-bad-image skip (they are left out and reported)",
+                "re-export them (an image over the pixel limit: smaller), remove them, or train with --on-bad-image skip "
+                "(they are left out and reported)",
                 unreadable[:MAX_EXAMPLES], strict=True),
         Finding("problem", "truncated videos (they stop before their headers say)", len(truncated),
                 "export them again; train would repeat their last decodable frame", truncated[:MAX_EXAMPLES], strict=True),

@@ -25,12 +25,12 @@ from seqvision.config import DataConfig, TrainConfig
 from seqvision.data.discovery import discover
 from seqvision.data.manifest import gc_paused
 from seqvision.data.packs import is_pack, member_of
-from seqvision.data.images import load_image
+from seqvision.data.images import load_image, read_header
 from seqvision.data.samples import SPLITS, Sample, VideoClip
 from seqvision.data.sampling import uniform_indices
 from seqvision.data.splits import planned_splits
 from seqvision.data.video import probe_video, read_frames
-from seqvision.errors import BadFileError, ConfigError, DataError, first_line
+from seqvision.errors import BadFileError, ConfigError, DataError
 from seqvision.evaluation.html_report import MAX_THUMBS as THUMB_IMAGES  # the report's strips: the same count note
 from seqvision.features.cache import file_identity
 from seqvision.tasks import TargetSpec
@@ -263,8 +263,9 @@ def _check_video(result: Inspection, path: Path) -> None:
 
 
 def _read_headers(result: Inspection, pool: ThreadPoolExecutor, limit: int, check: bool) -> None:
-    """Format and size of (a spread of) the image files from their headers (Pillow's lazy open reads no
-    pixels); with ``check``, every file is also decoded by the library's own loader, as training would."""
+    """Format and size of (a spread of) the image files from their headers (:func:`read_header` decodes no
+    pixels and refuses what train refuses unread, e.g. an image over the pixel limit); with ``check``,
+    every file is also decoded by the library's own loader, as training would."""
     files = result.files
     if not check and limit and len(files) > limit:
         files = [files[i] for i in uniform_indices(len(files), limit)]
@@ -275,18 +276,10 @@ def _read_headers(result: Inspection, pool: ThreadPoolExecutor, limit: int, chec
 
 
 def _header(path: Path, decode: bool) -> tuple[tuple[str, int, int] | None, str | None]:
-    from PIL import Image, UnidentifiedImageError
-
-    member = member_of(path)  # an image inside a pack's shard: its byte range, read as a file
-    try:
-        with Image.open(member.open() if member is not None else path) as img:
-            header = (img.format or path.suffix.lstrip(".").upper(), img.width, img.height)
-    except FileNotFoundError:
-        return None, "file does not exist (any more)"
-    except BadFileError as exc:  # a pack's shard missing or cut short
+    try:  # the loader's own header check: what train refuses unread (too large, not an image) is refused here
+        header = read_header(path)
+    except BadFileError as exc:
         return None, exc.reason
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return None, f"not a readable image ({first_line(exc)})"
     if decode:
         try:
             load_image(path)
