@@ -110,6 +110,21 @@ def test_bad_thumbnails(tmp_path):
     assert not (tmp_path / "r2.html").exists()
 
 
+def test_the_strip_helpers_other_pages_build_on(tmp_path):
+    """thumb_figure, count_note and html_table are public: the inspection page builds its strips and tables
+    with them (the same look, one place to change it)."""
+    from seqvision.evaluation.html_report import MAX_THUMBS, count_note, html_table, thumb_figure
+
+    figure = thumb_figure(np.zeros((8, 8, 3), np.uint8), EVIL_ID, 2, " caption")
+    assert figure.startswith("<figure><img") and figure.endswith("#2 caption</figure>") and EVIL_ID not in figure
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert 'class="missing"' in thumb_figure(tmp_path / "broken.png", "s", 0)
+    assert count_note(MAX_THUMBS) == "" and f"{MAX_THUMBS} of {MAX_THUMBS + 5} images shown" in count_note(MAX_THUMBS + 5)
+    table = html_table("t", ["name", "<i>n</i>"], [["a", "<b>1</b>"]])
+    assert table == ('<table class="t"><tr><th class="name">name</th><th><i>n</i></th></tr>'
+                     '<tr><td class="name">a</td><td><b>1</b></td></tr></table>')  # cells are HTML: the caller escapes
+
+
 def test_regression_metrics_and_missing_history(tmp_path):
     m = {"num_samples": 3, "mae": 0.5, "rmse": 0.7, "r2": 0.1, "per_target": {"speed": {"mae": 0.5, "rmse": 0.7, "r2": 0.1}}}
     html = write_html_report(tmp_path / "r.html", metrics=m, title="reg", history_csv=[tmp_path / "nope.csv"]).read_text()

@@ -151,6 +151,15 @@ def format_value(value: object) -> str:
     return escape(str(value))
 
 
+def html_table(cls: str, head: list[str], rows: list[list[str]]) -> str:
+    """A ``<table class=cls>`` whose header and cells are already HTML (escape text first); the first
+    column is a name (left-aligned)."""
+    header = "".join(f'<th class="name">{h}</th>' if i == 0 else f"<th>{h}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f'<td class="name">{c}</td>' if i == 0 else f"<td>{c}</td>" for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f'<table class="{cls}"><tr>{header}</tr>{body}</table>'
+
+
 def img_tag(data: bytes, mime: str, alt: str, cls: str = "") -> str:
     """An ``<img>`` whose picture is inside the page (a base64 ``data:`` URI)."""
     klass = f' class="{cls}"' if cls else ""
@@ -317,7 +326,7 @@ def _as_rgb(image: Thumbnail, sample_id: str) -> np.ndarray:
     return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
 
 
-def _thumb(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> str:
+def thumb_figure(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> str:
     """One ``<figure>``: the image shrunk to THUMB_HEIGHT (never enlarged) as a JPEG data URI."""
     from PIL import Image
 
@@ -331,16 +340,17 @@ def _thumb(image: Thumbnail, sample_id: str, index: int, caption: str = "") -> s
     return f"<figure>{img_tag(buf.getvalue(), 'image/jpeg', f'{sample_id} image {index}')}#{index}{caption}</figure>"
 
 
-def _count_note(n: int) -> str:
+def count_note(n: int) -> str:
+    """Under a sample's name: how many of its ``n`` images its strip shows, when not all of them."""
     return f'<br><span class="note">{len(_chosen(n))} of {n} images shown</span>' if n > MAX_THUMBS else ""
 
 
 def _errors_section(errors: list[ErrorCase]) -> str:
     rows = []
     for case in sorted(errors, key=lambda c: -c.confidence):
-        thumbs = "".join(_thumb(case.images[i], case.sample_id, i) for i in _chosen(len(case.images)))
+        thumbs = "".join(thumb_figure(case.images[i], case.sample_id, i) for i in _chosen(len(case.images)))
         rows.append(
-            f'<tr><td class="name id">{escape(str(case.sample_id))}{_count_note(len(case.images))}</td>'
+            f'<tr><td class="name id">{escape(str(case.sample_id))}{count_note(len(case.images))}</td>'
             f'<td class="name">{escape(str(case.true_label))}</td><td class="name">{escape(str(case.predicted_label))}</td>'
             f'<td>{format_value(float(case.confidence))}</td><td class="name"><div class="thumbs">{thumbs}</div></td></tr>'
         )
@@ -357,12 +367,12 @@ def _attention_section(cases: list[AttentionCase]) -> str:
         weights = [float(w) for w in case.weights]
         top = max(weights, default=0.0) or 1.0  # bars relative to the largest weight of the sample
         thumbs = "".join(
-            _thumb(case.images[i], case.sample_id, i, f' {weights[i]:.2f}<div class="bar" style="width:{100 * max(weights[i], 0) / top:.0f}%"></div>')
+            thumb_figure(case.images[i], case.sample_id, i, f' {weights[i]:.2f}<div class="bar" style="width:{100 * max(weights[i], 0) / top:.0f}%"></div>')
             for i in _chosen(len(case.images))
         )
         caption = f"<br>{escape(case.label)}" if case.label else ""
         rows.append(
-            f'<tr><td class="name id">{escape(str(case.sample_id))}{caption}{_count_note(len(case.images))}</td>'
+            f'<tr><td class="name id">{escape(str(case.sample_id))}{caption}{count_note(len(case.images))}</td>'
             f'<td class="name"><div class="thumbs">{thumbs}</div></td></tr>'
         )
     return (

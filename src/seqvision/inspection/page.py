@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from html import escape
 
-from seqvision.evaluation.html_report import _count_note, _thumb, html_page
+from seqvision.evaluation.html_report import count_note, html_page, html_table, thumb_figure
 from seqvision.inspection.checks import Finding
 from seqvision.inspection.facts import THUMB_LABELS, Inspection, histogram
 from seqvision.inspection.report import headers_note, image_formats, image_sizes
@@ -30,14 +30,6 @@ def render_page(inspection: Inspection, findings: list[Finding]) -> str:
     return html_page(title, "\n".join(parts))
 
 
-def _table(cls: str, head: list[str], rows: list[list[str]]) -> str:
-    """A table whose cells are already HTML; the first column is a name."""
-    header = "".join(f'<th class="name">{h}</th>' if i == 0 else f"<th>{h}</th>" for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(f'<td class="name">{c}</td>' if i == 0 else f"<td>{c}</td>" for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f'<table class="{cls}"><tr>{header}</tr>{body}</table>'
-
-
 def _bars(cls: str, head: str, rows: list[tuple[str, int]]) -> str:
     """A histogram as a table: a name, a count and a bar as long as the count (relative to the largest)."""
     top = max((n for _, n in rows), default=1) or 1
@@ -54,7 +46,7 @@ def _overview(r: Inspection) -> str:
         ["options", escape(", ".join(f"{k}={v}" for k, v in r.options.items()))],
         ["time", escape(", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items()))],
     ]
-    return f'<section id="overview"><h2>Overview</h2>{_table("overview", ["what", "value"], rows)}</section>'
+    return f'<section id="overview"><h2>Overview</h2>{html_table("overview", ["what", "value"], rows)}</section>'
 
 
 def _findings(findings: list[Finding]) -> str:
@@ -76,7 +68,7 @@ def _labels(r: Inspection) -> str:
             for label, by in table.items()]
     head = ["label", *map(escape, splits), "samples", "groups"]
     return (f'<section id="labels"><h2>Samples per label and split</h2><p class="note">{escape(r.split_origin)}; '
-            f'"none": left out as train would (too short or unreadable)</p>{_table("labels", head, rows)}</section>')
+            f'"none": left out as train would (too short or unreadable)</p>{html_table("labels", head, rows)}</section>')
 
 
 def _lengths(r: Inspection) -> str:
@@ -104,9 +96,9 @@ def _thumbnails(r: Inspection) -> str:
         if strip.error:
             images = f'<span class="note">{escape(strip.error)}</span>'
         else:
-            images = "".join(_thumb(img, strip.sample_id, i) for img, i in zip(strip.images, strip.indices))
+            images = "".join(thumb_figure(img, strip.sample_id, i) for img, i in zip(strip.images, strip.indices))
         rows.append(f'<tr><td class="name">{escape(strip.label)}</td><td class="name id">{escape(strip.sample_id)}'
-                    f"{_count_note(strip.total)}</td><td>{escape(strip.split)}</td>"
+                    f"{count_note(strip.total)}</td><td>{escape(strip.split)}</td>"
                     f'<td class="name"><div class="thumbs">{images}</div></td></tr>')
     head = '<tr><th class="name">label</th><th class="name">sample</th><th>split</th><th class="name">images, in order</th></tr>'
     labels = len(r.per_label)
