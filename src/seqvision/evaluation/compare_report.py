@@ -21,7 +21,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 def summary_text(c: Comparison) -> str:
     """What the terminal shows: the runs table (best first) and the options that differ."""
     order = "lowest" if c.lower_is_better else "highest"
-    parts = [f"{len(c.runs)} {c.runs[0].spec.task} runs, sorted by {c.sorted_by} {c.metric} ({order} first):",
+    parts = [f"{len(c.runs)} {c.runs[0].spec.task} runs, sorted by {c.sorted_by} {c.metric} ({order} first{_unranked(c)}):",
              text_table(*table_rows(c))]
     header, rows = options_rows(c)
     parts += ["", "options that differ:", text_table(header, rows)] if rows else ["", "no option differs"]
@@ -45,10 +45,19 @@ def write_comparison(c: Comparison, out_dir: str | Path) -> list[Path]:
     return [html, md, *written]
 
 
+def _unranked(c: Comparison) -> str:
+    """``; last, not ranked (no test figure): a, b`` when some runs have no figure on the split sorted on."""
+    return f"; last, not ranked (no {c.sorted_by} figure): {', '.join(c.unranked)}" if c.unranked else ""
+
+
 def _lead(c: Comparison) -> str:
     order = "lowest" if c.lower_is_better else "highest"
-    return (f"{len(c.runs)} {c.runs[0].spec.task} runs, sorted by {c.sorted_by} {c.metric}, {order} first. "
-            f"Diagnostics, worst group and per-class figures are on each run's test split (val when it has none); "
+    everything = ("'all': an evaluation of every sample of its data, training samples included, so not comparable "
+                  "with a held-out figure. " if "all" in c.splits else "")
+    return (f"{len(c.runs)} {c.runs[0].spec.task} runs, sorted by {c.sorted_by} {c.metric}, {order} first{_unranked(c)}. "
+            f"Each figure is on the split its column names; {everything}"
+            f"Diagnostics, worst group and per-class figures are on each run's test split (val when it has none, "
+            f"else the split it was evaluated on); "
             f"shuffled, reversed and middle: the same model on each sample's images shuffled, reversed, or its "
             f"middle image alone.")
 

@@ -20,6 +20,7 @@ from seqvision.evaluation.report import confusion_matrix_png, write_metrics
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write, atomic_write_text
+from seqvision.redact import without_password
 from seqvision.runtime import inference_group
 
 
@@ -267,11 +268,12 @@ def evaluate(
             )
     result = evaluate_samples(
         predictor, samples, None if out_dir is None else Path(out_dir), batch_size=batch_size,
-        num_workers=num_workers, on_bad_image=on_bad_image, source=str(data), per_group=per_group, diagnostics=diagnostics,
+        num_workers=num_workers, on_bad_image=on_bad_image, source=without_password(str(data)), per_group=per_group,
+        diagnostics=diagnostics,
         store=predictor.cached_store(samples),  # a frozen run's cached features, when they cover the data
     )
     if out_dir is not None:  # what was evaluated, so `seqvision compare` finds the model's options and size
-        record = {"checkpoint": str(Path(checkpoint).resolve()), "data": str(data), "split": split}
+        record = {"checkpoint": str(Path(checkpoint).resolve()), "data": without_password(str(data)), "split": split}
         path = Path(out_dir) / "evaluation.json"
         atomic_write_text(path, json.dumps(record, indent=2))
         result.files.append(path)
@@ -305,7 +307,7 @@ def report(
         if chosen:
             return evaluate_samples(
                 predictor, chosen, run / name if predictor.shard[0] == 0 else None, batch_size=batch_size,
-                source=f"the {name} split of {data}",
+                source=f"the {name} split of {without_password(str(data))}",
                 history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
                 per_group=any(s.group is not None for s in chosen), diagnostics=diagnostics,
                 store=predictor.cached_store(chosen),  # as training evaluated it: from the cache, when frozen

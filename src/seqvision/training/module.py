@@ -134,6 +134,7 @@ class SequenceTask(L.LightningModule):
         meta["nan_steps_skipped"] = self.nan_steps_skipped
         meta["thresholds"] = [float(t) for t in self.task.thresholds]
         meta["decay_rule"] = self.decay_rule
+        meta["parameters"] = sum(p.numel() for p in self.model.parameters())  # compare's size (buffers left out)
         if self.feature_runtime is not None:  # trained on cached features: the runtime that computed them
             meta["feature_runtime"] = self.feature_runtime
         checkpoint["seqvision"] = meta

@@ -22,13 +22,14 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from seqvision.errors import ConfigError
+from seqvision.redact import redacted, without_password
 
 log = logging.getLogger("seqvision")
 
@@ -136,9 +137,10 @@ def _quiet_mlflow() -> None:
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"model": {"head": "lstm"}}`` -> ``{"model.head": "lstm"}`` (lists as text): a tracker's parameters."""
+    """``{"model": {"head": "lstm"}}`` -> ``{"model.head": "lstm"}`` (lists as text): a tracker's parameters.
+    A URL's password, query and fragment are left out (:func:`seqvision.redact.without_password`)."""
     out = {}
-    for section, values in config.items():
+    for section, values in redacted(config).items():
         for key, value in values.items():
             out[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
     return out
@@ -177,30 +179,48 @@ def log_results(loggers: list[Any], out: Path, evaluations: dict[str, dict]) -> 
     for split, found in evaluations.items():
         if found:
             metrics.update(final_metrics(split, found))
-    files = [(out / name, "") for name in ("config.yaml", "splits.json") if (out / name).is_file()]
-    files += [(path, split) for split in evaluations for path in sorted((out / split).glob("*")) if path.is_file()]
-    best = out / "best.ckpt" if (out / "best.ckpt").exists() else out / "last.ckpt"
-    if best.is_file():
-        files.append((best, "checkpoint"))
     record = {}
-    for logger in _trackers(loggers):
-        if type(logger).__name__ == "MLFlowLogger":
-            client, run_id = logger.experiment, logger.run_id
-            for name, value in metrics.items():
-                client.log_metric(run_id, name, value)
-            for path, folder in files:
-                client.log_artifact(run_id, str(path), folder or None)
-            record["mlflow"] = {"tracking_uri": _without_password(client.tracking_uri),
-                                "experiment": client.get_experiment(logger.experiment_id).name, "run_id": run_id}
-        else:  # W&B: the summary holds the final figures; the files go in the offline run's files/ (synced with it)
-            run = logger.experiment
-            run.summary.update(metrics)
-            for path, _ in files:
-                _link_or_copy(path, Path(run.dir) / path.relative_to(out))
-            record["wandb"] = {"run_dir": str(Path(run.dir).parent), "run_id": run.id}
-            run.finish()
+    with tempfile.TemporaryDirectory(prefix="seqvision-tracked-") as scratch:
+        # (file, its name in the tracker's run, the MLflow artifact folder); config.yaml as a copy without
+        # the credentials a data URL may hold (the run folder's own copy keeps them: report reads the data)
+        files = [(_shareable_config(out / "config.yaml", Path(scratch)), "config.yaml", "")] if (out / "config.yaml").is_file() else []
+        files += [(out / "splits.json", "splits.json", "")] if (out / "splits.json").is_file() else []
+        files += [(path, f"{split}/{path.name}", split)
+                  for split in evaluations for path in sorted((out / split).glob("*")) if path.is_file()]
+        best = out / "best.ckpt" if (out / "best.ckpt").exists() else out / "last.ckpt"
+        if best.is_file():
+            files.append((best, best.name, "checkpoint"))
+        for logger in _trackers(loggers):
+            if type(logger).__name__ == "MLFlowLogger":
+                client, run_id = logger.experiment, logger.run_id
+                for name, value in metrics.items():
+                    client.log_metric(run_id, name, value)
+                for path, _, folder in files:
+                    client.log_artifact(run_id, str(path), folder or None)
+                record["mlflow"] = {"tracking_uri": without_password(client.tracking_uri),
+                                    "experiment": client.get_experiment(logger.experiment_id).name, "run_id": run_id}
+            else:  # W&B: the summary holds the final figures; the files go in the offline run's files/ (synced with it)
+                run = logger.experiment
+                run.summary.update(metrics)
+                for path, name, _ in files:
+                    _link_or_copy(path, Path(run.dir) / name)
+                record["wandb"] = {"run_dir": str(Path(run.dir).parent), "run_id": run.id}
+                run.finish()
     if record:
         atomic_write_text(out / "tracking.json", json.dumps(record, indent=2))
+
+
+def _shareable_config(path: Path, scratch: Path) -> Path:
+    """``path`` (a run's config.yaml), or a copy of it in ``scratch`` without the credentials of its URLs."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    clean = redacted(config)
+    if clean == config:
+        return path
+    copy = scratch / path.name
+    copy.write_text(yaml.safe_dump(clean, sort_keys=False))
+    return copy
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -215,11 +235,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _trackers(loggers: list[Any]) -> list[Any]:
     return [lg for lg in loggers if type(lg).__name__ in ("MLFlowLogger", "WandbLogger")]
-
-
-def _without_password(uri: str) -> str:
-    """A tracking URI as it may be written down: ``https://user:secret@host`` -> ``https://user@host``."""
-    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1@", uri)
 
 
 @dataclass
@@ -255,7 +270,7 @@ class StudyTracker:
         else:
             self.parent_id = self._client.create_run(experiment_id, run_name=f"tune {self.out.resolve().name}").info.run_id
             self._client.log_batch(self.parent_id, params=_params({**flat_config(config), "tune.metric": metric}))
-            atomic_write_text(saved, json.dumps({"mlflow": {"tracking_uri": _without_password(uri), "run_id": self.parent_id}}, indent=2))
+            atomic_write_text(saved, json.dumps({"mlflow": {"tracking_uri": without_password(uri), "run_id": self.parent_id}}, indent=2))
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
