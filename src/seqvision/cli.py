@@ -538,7 +538,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _pack_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="a data root or a .csv/.jsonl manifest")
+    p.add_argument("data", help="a data root or a .csv/.jsonl manifest (each clip of a video stores a copy of the whole video: "
+                                "N clips of one video take N times its size)")
     p.add_argument("--out", required=True, help="the pack folder: tar shards and index.json (give it as DATA to train, evaluate, predict, extract)")
     p.add_argument("--shard-size", default="1GB", help="about this many bytes per shard: 500MB, 1GB, 1GiB, ... (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another pack already in --out")

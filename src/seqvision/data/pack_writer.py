@@ -4,7 +4,9 @@ Each sample becomes the members ``<key>.<n>.<ext>`` (its n-th image, the origina
 pixels and the content hash are the file's) or ``<key>.<ext>`` (its video file, whole: the clip's start and
 end are in the JSON, so every decode mode and sampling policy reads the same frames as from the file), and
 ``<key>.json`` (id, label, targets, group, split). ``<key>`` is the sample's number in the pack: ids may
-hold dots and slashes, which WebDataset keys may not. A sample never spans two shards.
+hold dots and slashes, which WebDataset keys may not. A sample never spans two shards. Clips of one video
+(manifest rows with a start and end) are each a sample of their own, so each stores a copy of the whole
+video: N clips of a video take N times its size.
 
 Nothing partial is left: each shard is written under a temporary name and renamed when complete; the
 index is written last (atomically), and only then are the shards of a pack it replaces removed. Shard names

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -49,14 +50,22 @@ def epoch_order(shards: list[str], *, epoch: int, seed: int, shuffle: bool) -> l
 
 
 def steps_per_epoch(total: int, *, world: int, batch_size: int) -> int:
-    """Batches each process gets per epoch (the same on every process), or a :class:`DataError` when
-    ``total`` samples cannot give every process that many non-empty batches."""
+    """Batches each process gets per epoch (the same on every process), or a :class:`DataError` saying what
+    to change when ``total`` samples cannot give every process that many batches of 1 to ``batch_size``
+    samples, each sample once: when ``total < world``, or with batch size 1 when ``total`` is not a multiple
+    of ``world`` (equal steps of one sample each read ``world`` x steps samples)."""
     most = -(-total // world)
     steps = -(-most // batch_size)
-    if total // world < steps:  # a process would have fewer samples than batches
-        raise DataError(f"{total} training sample(s) over {world} process(es) with batch size {batch_size}: some process "
-                        f"would get an empty batch; use more data, fewer processes or a larger --batch-size")
-    return steps
+    if total // world >= steps:
+        return steps
+    if total < world:
+        raise DataError(f"{total} training samples over {world} processes: some process would get none; "
+                        f"train on at most {total} processes, or on more data")
+    fewer, more = total - total % world, total - total % world + world  # batch size 1 and a remainder
+    raise DataError(f"{total} training samples over {world} processes with --batch-size 1: every process takes the same "
+                    f"number of steps, so {total % world} sample(s) would be left over or some process would take a step "
+                    f"with no sample; use --batch-size 2 or more, or a training split of {fewer} or {more} samples "
+                    f"(a multiple of {world})")
 
 
 def plan(order: list[int], *, rank: int, world: int, worker: int, workers: int, batch_size: int) -> Plan:
@@ -95,8 +104,9 @@ class ShardStream(IterableDataset):
     """Collated training batches of ``base`` (a :class:`SequenceDataset` of packed samples), planned by
     :func:`plan` for this process (``rank`` of ``world``) and the DataLoader worker that iterates it.
 
-    Use with ``DataLoader(stream, batch_size=None)``; ``len()`` is this process's batches per epoch. Each
-    iteration is the next epoch: with persistent workers, every worker's copy counts epochs alike."""
+    Use with :class:`StreamLoader` (or ``DataLoader(stream, batch_size=None)``); ``len()`` is this process's
+    batches per epoch. Each iteration is the next epoch: with persistent workers, every worker's copy counts
+    epochs alike."""
 
     def __init__(self, base: SequenceDataset, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  shuffle: bool = True, buffer: int = SHUFFLE_BUFFER, epoch: int = 0) -> None:
@@ -122,9 +132,58 @@ class ShardStream(IterableDataset):
             yield collate([self.base[next(drawn)] for _ in range(size)])
 
 
-def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_workers: int, epoch: int = 0) -> DataLoader:
+class _Deferred:
+    """An iterator that calls ``start`` for the real one at its first ``next``, not when it is made."""
+
+    def __init__(self, start: Callable[[], Iterator]) -> None:
+        self._start, self._it = start, None
+
+    def __iter__(self) -> "_Deferred":
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._start()
+        return next(self._it)
+
+
+class StreamLoader(DataLoader):
+    """The DataLoader of a :class:`ShardStream` whose passes each start at their first batch, as the epoch
+    ``epoch()`` then says (None: the epochs count on from the stream's).
+
+    Lightning calls ``iter()`` on the train loader when it builds it, before a resumed run has restored its
+    epoch from the checkpoint; the workers would then have started on epoch 0's order. Deferred to the first
+    batch, the pass (and the workers it starts, which take a copy of the stream) knows the trainer's epoch.
+    Persistent workers count epochs on by themselves; asked for another epoch, new workers are started."""
+
+    def __init__(self, stream: ShardStream, *, num_workers: int, epoch: Callable[[], int] | None = None) -> None:
+        super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+        self._epoch = epoch
+        self._workers_next: int | None = None  # the epoch that the running persistent workers read next
+
+    def __iter__(self) -> Iterator:
+        return _Deferred(self._start)
+
+    def _start(self) -> Iterator:
+        stream: ShardStream = self.dataset
+        epoch = self._epoch() if self._epoch is not None else None
+        if self.num_workers > 0 and self._iterator is not None:
+            if epoch is not None and epoch != self._workers_next:  # its copies would read another epoch
+                self._iterator._shutdown_workers()
+                self._iterator = None
+            elif epoch is None:
+                epoch = self._workers_next
+        if epoch is not None:
+            stream.epoch = epoch  # read when the pass starts (no workers) or copied into new workers
+        self._workers_next = stream.epoch + 1
+        return super().__iter__()
+
+
+def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_workers: int,
+                  epoch: Callable[[], int] | None = None) -> StreamLoader:
     """The training DataLoader of packed data: a :class:`ShardStream` for this process (the rank and world
-    size of ``torch.distributed`` when it is initialised, as under torchrun), from epoch ``epoch`` on."""
+    size of ``torch.distributed`` when it is initialised, as under torchrun); each pass reads the epoch that
+    ``epoch()`` says at its first batch (a trainer's current epoch), or 0, 1, 2, ... when None."""
     import warnings
 
     import torch.distributed as dist
@@ -134,5 +193,5 @@ def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_work
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world, epoch=epoch)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world)
+    return StreamLoader(stream, num_workers=num_workers, epoch=epoch)

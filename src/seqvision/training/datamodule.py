@@ -124,7 +124,9 @@ class SequenceDataModule(L.LightningDataModule):
             weights = self.data.spec.sample_weights(self.data.splits[split])
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
         if train and sampler is None and is_pack(self.cfg.data):  # shards streamed, each sample once per epoch
-            epoch = self.trainer.current_epoch if self.trainer is not None else 0  # a resumed run: its own epoch's order
+            # the trainer's epoch when each epoch's first batch is read: Lightning builds this loader before a
+            # resumed run has restored its epoch, which would replay epoch 0's order
+            epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
             return stream_loader(self.dataset(split, train=True), batch_size=self.batch_size, seed=self.seed,
                                  num_workers=self.num_workers, epoch=epoch)
         return DataLoader(
