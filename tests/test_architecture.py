@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "seqvision"
 # bottom to top (README "Layout of the code"); a module may import only from its own layer or below
-LAYERS = ["errors", "io", "runtime", "data", "models", "tasks", "features", "config", "inference", "export", "streaming", "serving",
+LAYERS = ["errors", "redact", "io", "runtime", "data", "models", "tasks", "features", "config", "inference", "export", "streaming", "serving",
           "evaluation", "inspection",
           "training", "workflows", "tuning", "demo", "cli", "__main__", "__init__"]
 
