@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from seqvision.errors import DataError
-from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
+from seqvision.evaluation.html_report import AttentionCase, ErrorCase, metrics_logs, read_history, write_html_report
 from conftest import write_image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -166,3 +166,16 @@ def test_confusion_matrix_png_takes_class_names_matplotlib_would_parse_as_tex(tm
     out = write_html_report(tmp_path / "r.html", metrics={"confusion_matrix": {"labels": ["a", "b"], "matrix": [[1, 0], [0, 1]]}},
                             title="t", confusion_png=png)
     assert base64.b64encode(png).decode() in out.read_text()
+
+
+def test_a_run_resumed_ten_times_reads_its_logs_in_number_order(tmp_path):
+    """version_10 is newer than version_2: read after it, so its later values win in the curves."""
+    for n in (0, 2, 10, 1):
+        log = tmp_path / "logs" / f"version_{n}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"epoch,step,train_loss\n0,0,{n}\n")
+    (tmp_path / "logs" / "version_x").mkdir()  # not a version Lightning writes: never read
+    logs = metrics_logs(tmp_path)
+    assert [p.parent.name for p in logs] == ["version_0", "version_1", "version_2", "version_10"]
+    rows, missing = read_history(logs)
+    assert [row["train_loss"] for row in rows] == ["0", "1", "2", "10"] and not missing

@@ -17,6 +17,7 @@ from seqvision.errors import ConfigError
 from seqvision.data.discovery import discover
 from seqvision.data.transforms import resolve_preprocessing
 from seqvision.evaluation.evaluate import evaluate, evaluate_samples, report
+from seqvision.evaluation.html_report import metrics_logs
 from seqvision.features.cache import SHARD_ROWS, CacheKey, FeatureStore
 from seqvision.features.extract import ExtractStats, extract_features
 from seqvision.features.runtimes import check_runtime, feature_flags, runtime_for_cache
@@ -63,7 +64,7 @@ def train_and_evaluate(
             ev = evaluate_samples(
                 predictor, samples, result.out_dir / split, batch_size=cfg.train.batch_size, num_workers=result.num_workers,
                 on_bad_image=cfg.data.on_bad_image, source=f"the {split} split",
-                history_csv=sorted(result.out_dir.glob("logs/version_*/metrics.csv")), store=result.store,
+                history_csv=metrics_logs(result.out_dir), store=result.store,
                 per_group=any(s.group is not None for s in samples), diagnostics=cfg.train.diagnostics,
             )
             setattr(result, f"{split}_metrics", ev.metrics)

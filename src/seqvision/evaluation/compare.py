@@ -16,13 +16,12 @@ The page and the markdown are written by :mod:`seqvision.evaluation.compare_repo
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seqvision.errors import ConfigError, SeqVisionError
-from seqvision.evaluation.html_report import read_history
+from seqvision.evaluation.html_report import metrics_logs, read_history
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.tasks import TargetSpec, task_of
 
@@ -135,11 +134,7 @@ def _json(path: Path) -> dict:
 def _resumed_history(folder: Path) -> list[dict[str, str]]:
     """The CSV log's rows, oldest first: version_0, version_1, ... in number order (version_10 after
     version_2). An epoch a resumed run trained again is kept from the later version only."""
-    def number(path: Path) -> int:
-        found = re.fullmatch(r"version_(\d+)", path.parent.name)
-        return int(found.group(1)) if found else -1
-
-    versions = [read_history([path])[0] for path in sorted(folder.glob("logs/version_*/metrics.csv"), key=number)]
+    versions = [read_history([path])[0] for path in metrics_logs(folder)]
     rows: list[dict[str, str]] = []
     for i, version in enumerate(versions):
         later = {_epoch(row) for newer in versions[i + 1:] for row in newer} - {None}

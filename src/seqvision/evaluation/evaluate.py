@@ -15,7 +15,7 @@ from seqvision.data.splits import read_split_file
 from seqvision.tasks import TargetSpec
 from seqvision.errors import CheckpointError, DataError
 from seqvision.evaluation.diagnostics import diagnose, resolve_mode
-from seqvision.evaluation.html_report import AttentionCase, ErrorCase, write_html_report
+from seqvision.evaluation.html_report import AttentionCase, ErrorCase, metrics_logs, write_html_report
 from seqvision.evaluation.report import confusion_matrix_png, write_metrics
 from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
@@ -308,7 +308,7 @@ def report(
             return evaluate_samples(
                 predictor, chosen, run / name if predictor.shard[0] == 0 else None, batch_size=batch_size,
                 source=f"the {name} split of {without_password(str(data))}",
-                history_csv=sorted(run.glob("logs/version_*/metrics.csv")),
+                history_csv=metrics_logs(run),
                 per_group=any(s.group is not None for s in chosen), diagnostics=diagnostics,
                 store=predictor.cached_store(chosen),  # as training evaluated it: from the cache, when frozen
             )

@@ -230,6 +230,16 @@ def _confusion_html(labels: list[str], matrix: list[list[int]], png: bytes | Non
 # --- training curves ------------------------------------------------------------------------------
 
 
+def metrics_logs(run: Path) -> list[Path]:
+    """A run's Lightning CSV logs, oldest first: ``logs/version_0``, ``version_1``, ... in number order, so a
+    run resumed ten times reads version_10 after version_2 (its later values win)."""
+    def number(path: Path) -> int:
+        found = re.fullmatch(r"version_(\d+)", path.parent.name)
+        return int(found.group(1)) if found else -1
+
+    return sorted(run.glob("logs/version_*/metrics.csv"), key=number)
+
+
 def read_history(paths: list[Path]) -> tuple[list[dict[str, str]], list[str]]:
     """All rows of the CSV files in order, and a note for each file that could not be read."""
     rows: list[dict[str, str]] = []
