@@ -135,6 +135,29 @@ def test_train_logs_to_a_local_mlflow_store_beside_the_run_and_to_offline_wandb(
     assert not (Path.home() / ".netrc").exists()  # no login happened
 
 
+@needs_mlflow
+def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path, empty_store, capsys):
+    """--resume continues the MLflow run the run folder names (written when training starts, so a killed run
+    names it too): one run with every epoch's metrics; a changed option is a resumed.* tag, since MLflow
+    refuses to change a parameter."""
+    data = make_folder_dataset(tmp_path / "data", per_label=4)
+    store = tmp_path / "store.db"
+    shutil.copy(empty_store, store)
+    out, common = tmp_path / "run", ["--data", str(data), "--logger", "csv,mlflow", "--mlflow-uri", f"sqlite:///{store}", *FAST]
+    assert main(["train", "--out", str(out), "--max-epochs", "1", *common]) == 0
+    first = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
+    (out / "tracking.json").write_text(json.dumps({"mlflow": {  # as a killed run leaves it: its start's record
+        "tracking_uri": f"sqlite:///{store}", "run_id": first}}))
+    assert main(["train", "--out", str(out), "--max-epochs", "2", "--resume", *common]) == 0
+    capsys.readouterr()
+    client, run = _run_of(out)
+    assert run.info.run_id == first and run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # no second run
+    assert [m.step for m in client.get_metric_history(first, "val_loss")] == [0, 1]  # both epochs, one run
+    assert run.data.params["train.max_epochs"] == "1" and run.data.tags["resumed.train.max_epochs"] == "2"
+    assert "test_accuracy" in run.data.metrics
+
+
 SECRET_DATA = "https://user:tok3n-secret@host/clips?sig=s1g-secret"
 
 
@@ -159,6 +182,9 @@ def test_the_trackers_get_a_data_url_without_its_credentials(tmp_path):
 
         def get_experiment(self, experiment_id):
             return type("Experiment", (), {"name": "seqvision"})()
+
+        def get_run(self, run_id):  # a new run: no parameters yet
+            return type("Run", (), {"data": type("Data", (), {"params": {}})()})()
 
     class MLFlowLogger:  # the name is how the trackers are told apart
         experiment, run_id, experiment_id = Client(), "r1", "e1"

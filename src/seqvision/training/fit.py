@@ -124,7 +124,7 @@ def fit(
     if not has_val:
         warnings.warn("no validation samples: checkpoints follow train_loss and early stopping is off", stacklevel=2)
     trainer = _trainer(cfg, out, monitor=monitor, has_val=has_val, callbacks=callbacks, progress=progress, epoch_log=epoch_log,
-                       checkpoints=checkpoints, tracking=tracking)
+                       checkpoints=checkpoints, tracking=tracking, resume=resume)
     last, started = out / "last.ckpt", time.perf_counter()
     with warnings.catch_warnings():
         # the run folder already holds config.yaml and splits.json (and last.ckpt when resuming)
@@ -199,12 +199,12 @@ def _resumable(out: Path, resume: bool) -> dict | None:
 
 def _trainer(
     cfg: RunConfig, out: Path, *, monitor: str, has_val: bool, callbacks: Sequence[Any], progress: bool, epoch_log: bool,
-    checkpoints: bool = True, tracking: Tracking | None = None,
+    checkpoints: bool = True, tracking: Tracking | None = None, resume: bool = False,
 ) -> L.Trainer:
     """Lightning's Trainer with seqvision's checkpoints (best, and last after every epoch), early stopping,
     logs (``tracking``'s loggers, given the resolved config) and atomic checkpoint writes."""
-    loggers = (tracking or Tracking()).build(out)
-    log_config(loggers, cfg.to_dict())
+    loggers = (tracking or Tracking()).build(out, resume=resume)
+    log_config(loggers, cfg.to_dict(), out)
     mode = "max" if monitor in MAXIMIZE else "min"
     own_callbacks = [
         ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode=mode, enable_version_counter=False),

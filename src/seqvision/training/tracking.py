@@ -83,9 +83,10 @@ class Tracking:
             return self.mlflow_uri, (db.resolve().parent / "mlartifacts").as_uri()
         return self.mlflow_uri, None
 
-    def build(self, out: Path, *, run_name: str | None = None) -> list[Any]:
+    def build(self, out: Path, *, run_name: str | None = None, resume: bool = False) -> list[Any]:
         """Lightning loggers for a run writing into ``out`` (MLflow and W&B runs named ``run_name``,
-        default the folder's name). Versioned CSV and TensorBoard folders: a resumed run adds version_1."""
+        default the folder's name). Versioned CSV and TensorBoard folders: a resumed run adds version_1;
+        ``resume``: the MLflow run that ``out/tracking.json`` names goes on (its metrics continue)."""
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
         out, name = Path(out), run_name or Path(out).resolve().name
@@ -96,18 +97,19 @@ class Tracking:
             elif logger == "tensorboard":
                 loggers.append(TensorBoardLogger(out, name="tensorboard"))
             elif logger == "mlflow":
-                loggers.append(self._mlflow(out, name))
+                loggers.append(self._mlflow(out, name, resume))
             else:
                 loggers.append(self._wandb(out, name))
         return loggers
 
-    def _mlflow(self, out: Path, name: str):
+    def _mlflow(self, out: Path, name: str, resume: bool = False):
         from lightning.pytorch.loggers import MLFlowLogger
 
         _quiet_mlflow()
         uri, artifacts = self.mlflow_store(out)
+        run_id = self.run_id or (_previous_mlflow_run(out, uri) if resume else None)
         return MLFlowLogger(experiment_name=self.experiment, run_name=name, tracking_uri=uri, artifact_location=artifacts,
-                            run_id=self.run_id)
+                            run_id=run_id)
 
     def _wandb(self, out: Path, name: str):
         import wandb
@@ -124,6 +126,34 @@ class Tracking:
                              settings=settings)
         logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B warns about on every run
         return logger
+
+
+def _previous_mlflow_run(out: Path, uri: str) -> str | None:
+    """The MLflow run a resumed run in ``out`` continues: the one its ``tracking.json`` names (written when
+    it started), if it is in this store and still there; else None (a new run, said in one line)."""
+    saved = out / "tracking.json"
+    try:
+        record = json.loads(saved.read_text()).get("mlflow") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    run_id = record.get("run_id")
+    if not run_id:
+        return None
+    if record.get("tracking_uri") != without_password(uri):
+        log.warning("--resume: the run's MLflow run %s is in %s, not in %s: it continues in a new MLflow run",
+                    run_id, record.get("tracking_uri"), without_password(uri))
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if MlflowClient(uri).get_run(run_id).info.lifecycle_stage == "active":
+            return run_id
+    except MlflowException:
+        pass
+    log.warning("--resume: the run's MLflow run %s is no longer in %s: it continues in a new MLflow run",
+                run_id, without_password(uri))
+    return None
 
 
 def _quiet_mlflow() -> None:
@@ -146,11 +176,31 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def log_config(loggers: list[Any], config: dict[str, Any]) -> None:
-    """The resolved config as the MLflow run's parameters and the W&B run's config."""
+def log_config(loggers: list[Any], config: dict[str, Any], out: Path | None = None) -> None:
+    """The resolved config as the MLflow run's parameters and the W&B run's config. A resumed MLflow run
+    keeps the parameters it started with (MLflow refuses to change one): a value the resumed run changed
+    (say a higher ``train.max_epochs``) is a ``resumed.<name>`` tag. With ``out``, the MLflow run is named
+    in ``out/tracking.json`` at once, so ``--resume`` after a kill continues it."""
+    from seqvision.io import atomic_write_text  # torch: not at import (the command line's --help reads this module)
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     params = flat_config(config)
     for logger in _trackers(loggers):
-        logger.log_hyperparams(params)
+        if type(logger).__name__ != "MLFlowLogger" or rank_zero_only.rank != 0:  # other ranks log nothing
+            logger.log_hyperparams(params)
+            continue
+        client, run_id = logger.experiment, logger.run_id
+        before = client.get_run(run_id).data.params
+        logger.log_hyperparams({k: v for k, v in params.items() if k not in before})
+        for key, value in params.items():
+            text = str(value)[:250]  # as Lightning stores it
+            if key in before and before[key] != text:
+                client.set_tag(run_id, f"resumed.{key}", text)
+        if out is not None:
+            record = {"tracking_uri": without_password(client.tracking_uri),
+                      "experiment": client.get_experiment(logger.experiment_id).name, "run_id": run_id}
+            atomic_write_text(Path(out) / "tracking.json", json.dumps({"mlflow": record}, indent=2))
 
 
 def final_metrics(split: str, metrics: dict) -> dict[str, float]:
