@@ -19,6 +19,7 @@ import yaml
 from seqvision.data.discovery import compile_group_pattern, is_manifest
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.errors import ConfigError
+from seqvision.redact import redacted
 
 if TYPE_CHECKING:
     from seqvision.models.sequence_model import SequenceModel
@@ -171,7 +172,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as written down (config.yaml, checkpoints, trackers): a URL's password, query and
+        fragment left out (a signed manifest URL is given again to read the data again)."""
+        return redacted(dataclasses.asdict(self))
 
     def cnn_precision(self) -> str:
         """The precision the CNN computes in for this run (``32``, ``bf16`` or ``auto``), so that every

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seqvision.data.images import load_image
+from seqvision.data.remote import shown
 from seqvision.data.samples import Sample
 from seqvision.data.sampling import SamplingPolicy, shuffled
 from seqvision.data.transforms import ClipTransform
@@ -89,7 +90,7 @@ class PixelSource(FrameSource):
                 frames.append(load_image(path, decode_size=self.transform.decode_size))
                 kept.append(k)
             except BadFileError as exc:
-                dataset.bad_frame(item, f"sample {sample.id!r}: image {path}: {exc.reason}")
+                dataset.bad_frame(item, f"sample {sample.id!r}: image {shown(path)}: {exc.reason}")
                 if item["error"]:
                     return None, []
         return (self.transform(frames) if frames else None), kept
@@ -232,7 +233,7 @@ class SequenceDataset(Dataset):
         frame as ``path@T.TTTs`` (its time in the whole video, so a clip with a start shows its own frames)."""
         sample = self.samples[index]
         if sample.video is None:
-            return [str(sample.frames[i].path) for i in used]
+            return [shown(sample.frames[i].path) for i in used]  # a URL unfolded, without credentials
         info = self.video_info(index)
         return [f"{sample.video.path}@{info.frame_time(i):.3f}s" for i in used]
 

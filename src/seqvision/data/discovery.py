@@ -15,8 +15,10 @@ from typing import Iterable, Iterator
 
 from seqvision.data.manifest import read_manifest
 from seqvision.data.packs import is_pack, read_pack
+from seqvision.data.remote import check_protocol, is_url, suffix, to_path
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import ConfigError, DataError
+from seqvision.redact import without_password
 
 log = logging.getLogger("seqvision")
 
@@ -39,6 +41,8 @@ def discover(
             video file name), whose first match (or first capture group) is the group (a pack keeps the
             groups it was packed with otherwise).
     """
+    if is_url(source):
+        return _discover_url(str(source), targets=targets, require_labels=require_labels, group_by=group_by)
     path = Path(source)
     if not path.exists():
         raise DataError(f"data {path} does not exist; pass a data folder or a .csv/.jsonl manifest")
@@ -63,8 +67,22 @@ def discover(
 
 
 def is_manifest(data: str | Path | None) -> bool:
-    """Whether ``data`` names a manifest (a .csv / .jsonl file) rather than a folder."""
-    return data is not None and Path(data).suffix.lower() in MANIFEST_SUFFIXES
+    """Whether ``data`` names a manifest (a .csv / .jsonl file, or URL) rather than a folder."""
+    return data is not None and suffix(data) in MANIFEST_SUFFIXES
+
+
+def _discover_url(url: str, *, targets: list[str] | None, require_labels: bool, group_by: str | None) -> list[Sample]:
+    """The samples of a manifest given as a URL (read through fsspec; its relative paths are keys beside it)."""
+    if url[:7].lower() == "file://":
+        return discover(to_path(url), targets=targets, require_labels=require_labels, group_by=group_by)
+    if not is_manifest(url):
+        raise DataError(f"data {without_password(url)}: a folder given as a URL is not supported yet; list its "
+                        "images in a .csv/.jsonl manifest (itself local or remote) and pass that")
+    check_protocol(url, "data")
+    samples = read_manifest(to_path(url), targets=targets, require_labels=require_labels, group_column=group_by)
+    if not samples:
+        raise DataError(f"{without_password(url)}: no samples found in the manifest")
+    return samples
 
 
 def group_by_name(samples: list[Sample], pattern: str) -> None:
@@ -160,6 +178,9 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[Sample]:
     """Prediction inputs: sample folders (images directly inside), data roots, or manifests."""
     samples: list[Sample] = []
     for item in inputs:
+        if is_url(item):  # a manifest by URL (an image or video by URL alone is not an input)
+            samples.extend(discover(item, require_labels=False))
+            continue
         path = Path(item)
         if not path.exists():
             raise DataError(f"input {path} does not exist")

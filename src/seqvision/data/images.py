@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seqvision.data.packs import member_of
+from seqvision.data.remote import read_bytes, shown, url_of
 from seqvision.errors import BadFileError
 
 # Decompression-bomb guard: refuse images of more than this many pixels (10k x 10k, 300 MB as RGB)
@@ -61,6 +62,11 @@ def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Ten
     """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file.
     ``decode_size``: a large JPEG may be decoded reduced, its shorter side no smaller than this."""
     path = Path(path)
+    if url_of(path) is not None:  # a URL: fetched whole through fsspec (a BadFileError naming it if it cannot be)
+        data, named = read_bytes(path), shown(path)  # messages name the URL, unfolded and redacted
+        if not data:
+            raise BadFileError(named, "empty object (0 bytes)")
+        return _decode_jpeg(named, data, decode_size) if data[:3] == b"\xff\xd8\xff" else _decode_pillow(named, data)
     member = member_of(path)
     try:
         data = member.read() if member is not None else path.read_bytes()
@@ -145,6 +151,9 @@ def read_header(path: str | Path) -> tuple[str, int, int]:
     decoding, with the same :class:`BadFileError`: a missing, empty or unreadable file, one that is not
     an image, one larger than :data:`MAX_PIXELS` (``seqvision inspect`` reads sizes through this)."""
     path = Path(path)
+    if url_of(path) is not None:  # a store's GET is one request, so the (small) image is fetched whole
+        named = shown(path)  # messages name the URL, unfolded and redacted
+        return _header(Path(named), named, io.BufferedReader(io.BytesIO(read_bytes(path))))
     member = member_of(path)
     try:
         source = member.open() if member is not None else open(path, "rb")  # a member: its byte range only
@@ -152,14 +161,19 @@ def read_header(path: str | Path) -> tuple[str, int, int]:
         raise BadFileError(path, "file does not exist") from None
     except OSError as exc:
         raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    return _header(path, path, source)
+
+
+def _header(path: Path, named: str | Path, source: io.BufferedReader) -> tuple[str, int, int]:
+    """:func:`read_header` of an opened ``source`` (closed here); errors name ``named``."""
     with source:
         if not source.peek(1):
-            raise BadFileError(path, "empty file (0 bytes)")
+            raise BadFileError(named, "empty file (0 bytes)")
         try:
-            with _open_checked(path, source) as img:
+            with _open_checked(named, source) as img:
                 return img.format or path.suffix.lstrip(".").upper(), img.width, img.height
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise _not_an_image(path, exc) from None
+            raise _not_an_image(named, exc) from None
 
 
 def _open_checked(path: Path, source: io.IOBase) -> Image.Image:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from seqvision.data.samples import SPLITS, VIDEO_EXTENSIONS, FrameRef, Sample, VideoClip, is_video_name, natural_key
+from seqvision.data.remote import check_protocol, join, open_text, shown, suffix, url_of
 from seqvision.errors import DataError
 
 _ID_COLUMNS = ("sample_id", "sample", "id")
@@ -38,43 +39,50 @@ _FRAME_TARGET = "frame_target"  # prefix of per-image regression columns
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV (with header) or JSONL manifest; a UTF-8 byte-order mark is allowed."""
     try:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as fh:
+        if suffix(path) == ".csv":
+            with _open_text(path, newline="") as fh:
                 reader = csv.reader(fh)  # rows made here: what csv.DictReader does, at half the cost
                 header = next(reader, None)
                 if not header:
-                    raise DataError(f"{path}: empty manifest; the first line must be a header")
+                    raise DataError(f"{shown(path)}: empty manifest; the first line must be a header")
                 names = [name.strip() for name in header]
                 for cells in reader:
                     if not cells:  # a blank line
                         continue
                     if len(cells) > len(names):
-                        raise DataError(f"{path} line {reader.line_num}: more values than header columns")
+                        raise DataError(f"{shown(path)} line {reader.line_num}: more values than header columns")
                     row = dict(zip(names, map(str.strip, cells)))
                     for name in names[len(cells):]:  # fewer values than columns: the rest are missing
                         row[name] = None
                     yield reader.line_num, row
         else:
-            with open(path, encoding="utf-8-sig") as fh:
+            with _open_text(path, newline=None) as fh:
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
                     try:
                         row = json.loads(line)
                     except RecursionError:
-                        raise DataError(f"{path} line {lineno}: not valid JSON (nested too deeply)") from None
+                        raise DataError(f"{shown(path)} line {lineno}: not valid JSON (nested too deeply)") from None
                     except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
                         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number with too many digits"
-                        raise DataError(f"{path} line {lineno}: not valid JSON ({reason})") from None
+                        raise DataError(f"{shown(path)} line {lineno}: not valid JSON ({reason})") from None
                     if not isinstance(row, dict):
-                        raise DataError(f"{path} line {lineno}: expected a JSON object per line")
+                        raise DataError(f"{shown(path)} line {lineno}: expected a JSON object per line")
                     yield lineno, row
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from None
+        raise DataError(f"{shown(path)}: not UTF-8 text ({exc.reason}); save the manifest as UTF-8") from None
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from None
+        raise DataError(f"{shown(path)}: malformed CSV ({exc})") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+        raise DataError(f"{shown(path)}: cannot read the manifest ({exc.strerror or exc})") from None
+
+
+def _open_text(path: Path, *, newline: str | None):
+    """A manifest's text: a local file, or a remote one read whole (:func:`seqvision.data.remote.open_text`)."""
+    if url_of(path) is not None:
+        return open_text(path)
+    return open(path, newline=newline, encoding="utf-8-sig")
 
 
 _short = reprlib.Repr()
@@ -133,7 +141,10 @@ def _video_clip(row: dict[str, Any], base: Path, where: str, single: Any) -> Vid
         value = single
         if not isinstance(value, str) or not is_video_name(_file_name(value)):
             return None
-    file = base / _text(value, where, "'video'")
+    file = join(base, _text(value, where, "'video'"))
+    if url_of(file) is not None:
+        raise DataError(f"{where}: video {shown(file)}: videos by URL are not supported yet; copy the video locally "
+                        "or pack the data (seqvision pack) and read the pack")
     if not _is_file(file):
         raise DataError(f"{where}: video file {file} does not exist")
     start, end = (None if row.get(k) in (None, "") else _parse_float(row.get(k), where, k) for k in ("start", "end"))
@@ -200,9 +211,9 @@ def read_manifest(
     with gc_paused():
         samples, seen = _read_manifest(path, targets, require_labels, group_column or "group")
     if group_column is not None and not seen:
-        raise DataError(f"{path}: --group-by {group_column!r}: no row has a {group_column!r} column")
+        raise DataError(f"{shown(path)}: --group-by {group_column!r}: no row has a {group_column!r} column")
     if group_column is not None and all(s.group is None for s in samples):
-        raise DataError(f"{path}: --group-by {group_column!r}: the column is empty on every row; fill it with each sample's source")
+        raise DataError(f"{shown(path)}: --group-by {group_column!r}: the column is empty on every row; fill it with each sample's source")
     for s in samples:
         if s.group is None and s.video is not None:
             s.group = str(s.video.path)
@@ -224,7 +235,8 @@ def _read_manifest(
     # what each set of column names holds: a CSV has one set, JSONL rows a few; asked per row, these
     # questions cost more than the rest of the row's reading
     shapes: dict[tuple[str, ...], _Columns] = {}
-    name = str(path)
+    protocols: set[str] = set()  # the URL protocols whose backend was found installed
+    name = shown(path)
     for lineno, row in _read_rows(path):
         where = f"{name} line {lineno}"
         if target_cols is None:
@@ -265,8 +277,14 @@ def _read_manifest(
         for index, rel, payload in images:
             ref = refs.get(rel)
             if ref is None:
-                file = base / rel
-                if not _is_file(file):
+                file = join(base, rel)
+                remote = url_of(file)
+                if remote is not None:  # read (and found missing) when loaded: no request per row here
+                    protocol = remote.partition(":")[0]
+                    if protocol not in protocols:
+                        check_protocol(remote, where)
+                        protocols.add(protocol)
+                elif not _is_file(file):
                     raise DataError(f"{where}: sample {sample_id!r}: image file {file} does not exist")
                 ref = refs[rel] = FrameRef(file)  # FrameRef is immutable: rows naming one file share it
             frames[sample_id].append((index, lineno, ref, payload))
@@ -353,7 +371,7 @@ def _assemble(path: Path, frames: dict[str, list[tuple]], meta: dict[str, tuple]
             id=sample_id,
             frames=[ref for ref, _ in ordered],
             **dict(zip(_META, meta[sample_id])),
-            source=f"{path} line {lines[sample_id]}",
+            source=f"{shown(path)} line {lines[sample_id]}",
             video=videos.get(sample_id),
         )
         payloads = [payload for _, payload in ordered]
@@ -404,12 +422,12 @@ def _order_frames(path: Path, sample_id: str, entries: list[tuple], name_key=nat
     """``(image, per-image target)`` by ``index`` when every row has one, else by natural file-name order."""
     with_index = [e for e in entries if e[0] is not None]
     if with_index and len(with_index) != len(entries):
-        raise DataError(f"{path}: sample {sample_id!r}: some rows have an 'index' and some do not; give all or none")
+        raise DataError(f"{shown(path)}: sample {sample_id!r}: some rows have an 'index' and some do not; give all or none")
     if with_index:
         seen: dict[float, int] = {}
         for index, ln, *_ in entries:
             if index in seen:
-                raise DataError(f"{path} line {ln}: sample {sample_id!r} repeats index {index:g} (line {seen[index]})")
+                raise DataError(f"{shown(path)} line {ln}: sample {sample_id!r} repeats index {index:g} (line {seen[index]})")
             seen[index] = ln
         return [(ref, payload) for _, _, ref, payload in sorted(entries, key=lambda e: e[0])]
     return sorted(((ref, payload) for _, _, ref, payload in entries), key=lambda e: name_key(e[0].path.name))

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from seqvision.data.packs import member_of
+from seqvision.data.remote import content_identity, url_of
 from seqvision.data.transforms import Preprocessing
 from seqvision.errors import BadFileError, ConfigError
 from seqvision.io import atomic_write_synced, atomic_write_text, tensor_digest
@@ -73,7 +74,10 @@ def video_frame_identity(video_identity: str, time: float) -> str:
 def file_identity(path: Path, *, content_hash: bool = False) -> str:
     """What makes a cached row valid for ``path``: path + size + mtime, or the content's sha256. A shard
     member (packed data) is always known by its content: the same bytes read from their folder with
-    ``content_hash`` find the same rows, and a repacked pack's new paths do not lose them."""
+    ``content_hash`` find the same rows, and a repacked pack's new paths do not lose them. So is an object
+    named by URL (it has no modification time we could trust, and S3's and a local copy's bytes agree)."""
+    if url_of(path) is not None:
+        return content_identity(path)
     member = member_of(path)
     if member is not None:
         return member.identity()

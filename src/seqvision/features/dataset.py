@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from seqvision.data.dataset import FrameSource, SequenceDataset
+from seqvision.data.remote import shown
 from seqvision.data.samples import Sample
 from seqvision.data.video import VideoInfo
 from seqvision.errors import DataError
@@ -34,7 +35,7 @@ class FeatureSource(FrameSource):
         for k, i in enumerate(clip):
             location = self._locations[index][i]
             if location is None:  # a bad image skipped at extraction, or a file changed since
-                dataset.bad_frame(item, f"sample {sample.id!r}: image {sample.frames[i].path}: not in the feature cache (unreadable, or changed since extraction)")
+                dataset.bad_frame(item, f"sample {sample.id!r}: image {shown(sample.frames[i].path)}: not in the feature cache (unreadable, or changed since extraction)")
                 if item["error"]:
                     return None, []
                 continue

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seqvision.data.images import load_image
+from seqvision.data.remote import shown
 from seqvision.data.transforms import (
     ClipTransform,
     Preprocessing,
@@ -56,7 +57,7 @@ class ImageFiles(Dataset):
             image = load_image(path, decode_size=self.transform.decode_size)
             return self.identities[path], self.transform([image], out=None if out is None else out[None])[0], None
         except BadFileError as exc:
-            return self.identities[path], None, f"sample {self.owners[path]!r}: image {path}: {exc.reason}"
+            return self.identities[path], None, f"sample {self.owners[path]!r}: image {shown(path)}: {exc.reason}"
 
 
 class ThreadedBatches:

@@ -1,0 +1,187 @@
+"""Data named by URL (``s3://``, ``gs://``, ``az://``, ``https://`` ...): read through fsspec, with a
+timeout, retries on transient errors, and one line naming the object when it cannot be had.
+
+A URL travels through the data layer as a :class:`~pathlib.Path` whose text is the URL with its ``//``
+folded (``Path("s3://bucket/a.jpg")`` is ``s3:/bucket/a.jpg``), as a packed image travels as a path into
+its shard (:mod:`seqvision.data.packs`): samples, splits and sampling stay plain paths, and every reader
+asks :func:`url_of` first. ``file://`` URLs become ordinary local paths. What a URL's path folds away (a
+``//`` or ``.`` inside an object key) is not read back; such keys are not supported.
+
+Credentials come only from where fsspec's backends look (environment variables, profiles, instance
+roles; ``AWS_ENDPOINT_URL_S3`` for another S3 endpoint); a URL printed in a message is shown without its
+password, query and fragment (:func:`seqvision.redact.without_password`). Two environment variables tune
+the reads: ``SEQVISION_REMOTE_TIMEOUT`` (seconds per request, default 60) and ``SEQVISION_REMOTE_RETRIES``
+(further tries of a transient failure, default 3, 0.5 s doubling between them). A missing object (404)
+or a refused one (401/403, wrong credentials) is never retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from seqvision.errors import BadFileError, ConfigError, DataError
+from seqvision.redact import without_password
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # a scheme of 2+ letters: "C://x" stays a Windows path
+_FOLDED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")  # the same URL as pathlib writes it
+TIMEOUT_ENV, RETRIES_ENV = "SEQVISION_REMOTE_TIMEOUT", "SEQVISION_REMOTE_RETRIES"
+BACKOFF_S = 0.5  # the first wait before a retry; it doubles with each
+_EXTRA = "pip install 'seqvision[remote]'"
+
+
+@dataclass(frozen=True)
+class Settings:
+    timeout: float  # seconds a request may take (connect or read) before it counts as failed
+    retries: int  # further tries of a transient failure
+
+
+def settings() -> Settings:
+    """The read settings from the environment; a :class:`ConfigError` naming the variable if malformed."""
+    try:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or 60)
+        retries = int(os.environ.get(RETRIES_ENV) or 3)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds and {RETRIES_ENV} a whole number") from None
+    if not timeout > 0 or retries < 0:
+        raise ConfigError(f"{TIMEOUT_ENV} must be positive and {RETRIES_ENV} 0 or more (got {timeout:g}, {retries})")
+    return Settings(timeout, retries)
+
+
+def is_url(text: str | Path) -> bool:
+    """Whether ``text`` is a URL as written (``scheme://...``); a Path never is (see :func:`url_of`)."""
+    return isinstance(text, str) and _URL.match(text) is not None
+
+
+def to_path(url: str) -> Path:
+    """The path a URL travels as: a ``file://`` URL's local path, else the URL folded into a Path."""
+    if url[:7].lower() == "file://":
+        return Path(url2pathname(urlsplit(url).path))
+    return Path(url)
+
+
+def url_of(path: str | Path) -> str | None:
+    """The URL ``path`` stands for (see the module's docstring), or None for a local path. A string test."""
+    text = str(path)
+    found = _FOLDED.match(text)
+    if found is None:
+        return None
+    return f"{found.group(1)}://{text[found.end():]}"
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as a message or a report may show it: a URL unfolded, without password or query."""
+    url = url_of(path)
+    return str(path) if url is None else without_password(url)
+
+
+def join(base: Path, text: str) -> Path:
+    """``text`` (a manifest's path value) against the manifest's folder ``base``: a URL stands alone; a
+    relative path under a remote manifest is a key beside it (``..`` resolved in the URL's path)."""
+    if is_url(text):
+        return to_path(text)
+    joined = base / text
+    if url_of(base) is not None and ".." in Path(text).parts:
+        scheme, _, rest = str(joined).partition(":/")
+        joined = Path(f"{scheme}:/{posixpath.normpath(rest)}")
+    return joined
+
+
+def check_protocol(url: str, where: str) -> None:
+    """Refuse, before any work, a URL whose protocol fsspec does not know or whose backend is not installed."""
+    import fsspec
+
+    protocol = _URL.match(url).group(1).lower()
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise ConfigError(f"{where}: {without_password(url)}: fsspec knows no protocol {protocol!r}") from None
+    except ImportError as exc:
+        raise ConfigError(f"{where}: reading {protocol}:// URLs needs a package that is not installed ({exc}); "
+                          f"{_EXTRA} (or the fsspec backend for {protocol})") from None
+
+
+def _filesystem(protocol: str, timeout: float):
+    """fsspec's filesystem for ``protocol`` with the timeout applied where its backend takes one (fsspec
+    keeps one instance per set of arguments, so this costs nothing after the first call)."""
+    import fsspec
+
+    options: dict = {}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout)}}
+    elif protocol in ("s3", "s3a"):
+        # one try per request inside botocore: the retries are ours, so a missing object is not retried
+        options = {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"max_attempts": 1}}}
+    elif protocol in ("gs", "gcs"):
+        options = {"timeout": timeout}
+    return fsspec.filesystem(protocol, **options)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of the object ``path`` stands for (:func:`url_of`), with the timeout and retries of
+    :func:`settings`; a :class:`BadFileError` naming the URL (shown redacted) when they cannot be had."""
+    url = url_of(path)
+    assert url is not None, path
+    config = settings()
+    protocol = url.split("://", 1)[0].lower()
+    attempt = 0
+    while True:
+        try:
+            return _filesystem(protocol, config.timeout).cat_file(url)
+        except ImportError as exc:
+            raise DataError(f"{shown(path)}: cannot read {protocol}:// URLs ({exc}); {_EXTRA}") from None
+        except Exception as exc:  # noqa: BLE001 - each backend has its own errors; sorted below
+            reason, transient = _reason(exc, config.timeout)
+            if not transient or attempt >= config.retries:
+                what, semicolon, fix = reason.partition(";")
+                tries = f" (after {attempt + 1} tries)" if attempt else ""
+                raise BadFileError(shown(path), f"{what}{tries}{semicolon}{fix}") from None
+        time.sleep(BACKOFF_S * 2**attempt)
+        attempt += 1
+
+
+def _reason(exc: Exception, timeout: float) -> tuple[str, bool]:
+    """What went wrong in words (no URL, no credential), and whether trying again may help."""
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    name = type(exc).__name__
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return "object does not exist (404); fix the manifest or restore the object", False
+    if isinstance(exc, PermissionError) or status in (401, 403) or "Credentials" in name:
+        return ("access denied (wrong or missing credentials, or no permission); set the credentials in the "
+                "environment or profile the backend reads (for S3: AWS_ACCESS_KEY_ID / AWS_PROFILE)"), False
+    if isinstance(exc, (TimeoutError,)) or "Timeout" in name:
+        return f"no answer within {timeout:g} s; raise {TIMEOUT_ENV} for a slow store", True
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        return f"refused by the server (HTTP {status})", False
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError, ValueError)):
+        return f"not an object that can be read ({name})", False
+    detail = f"HTTP {status}" if isinstance(status, int) else name
+    return f"cannot be read ({detail})", True
+
+
+def content_identity(path: str | Path) -> str:
+    """``sha256:<hex>`` of the object's bytes: a URL's identity in the feature cache, the same as the same
+    bytes read from a local file with ``--content-hash`` (a changed object misses)."""
+    return "sha256:" + hashlib.sha256(read_bytes(path)).hexdigest()
+
+
+def open_text(path: Path) -> io.StringIO:
+    """A remote manifest's text (read whole: a manifest is read once, row by row, from memory).
+    Undecodable bytes raise UnicodeDecodeError, as reading a local file does."""
+    return io.StringIO(read_bytes(path).decode("utf-8-sig"), newline="")
+
+
+def suffix(path: str | Path) -> str:
+    """The lower-case suffix of ``path``'s file name; a URL's without its query (``m.csv?sig=..``: .csv)."""
+    url = url_of(path) or (path if is_url(path) else None)
+    return Path(urlsplit(url).path if url else path).suffix.lower()

@@ -1,0 +1,257 @@
+"""Data named by URL (issue #27, parts 1 and 5), against real services on loopback started here: an S3
+server (moto's server mode) and a plain HTTP server. train / predict / extract read manifests of s3:// and
+http:// URLs end to end; the feature cache finds a URL's image by its bytes; a missing object, a slow
+server and wrong credentials are one line (or a reported skip); no credential reaches the run folder."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_folder_dataset, write_image
+from seqvision.cli import main
+from seqvision.data.discovery import discover, is_manifest
+from seqvision.data.images import load_image
+from seqvision.data.remote import join, shown, to_path, url_of
+from seqvision.errors import BadFileError, ConfigError
+
+boto3 = pytest.importorskip("boto3")
+s3fs = pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+KEY_ID, SECRET = "AKIAREMOTETEST000001", "s3cr3t-key-never-written-down"
+BUCKET = "frames"
+TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", "16", "--resize-size", "16"]
+
+
+def _train(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), *TINY, "--max-epochs", "1", "--batch-size", "4",
+            "--hidden-size", "8", "--num-workers", "0", "--val-fraction", "0.25", "--test-fraction", "0",
+            "--diagnostics", "off", "--accelerator", "cpu", "--no-progress", *extra]
+
+
+def _images(data: Path) -> list[Path]:
+    return sorted(data.rglob("*.png"))
+
+
+def _manifest(data: Path, name) -> str:
+    """``sample_id,label,path`` rows, one per image, the path given by ``name(relative path)``."""
+    rows = ["sample_id,label,path"]
+    for image in _images(data):
+        rel = image.relative_to(data)
+        rows.append(f"{rel.parts[0]}/{rel.parts[1]},{rel.parts[0]},{name(rel.as_posix())}")
+    return "\n".join(rows) + "\n"
+
+
+def _secret_free(*folders_or_files: Path, secrets=(SECRET, KEY_ID)) -> None:
+    for root in folders_or_files:
+        for file in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+            data = file.read_bytes()
+            assert not any(s.encode() in data for s in secrets), f"a credential was written to {file}"
+
+
+# --------------------------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("remote") / "data", per_label=4)  # 8 samples, 22 images
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(data):
+    """A moto S3 server on 127.0.0.1 holding ``data`` under ``s3://frames/data/`` and its manifest (whose
+    paths are keys relative to it) at ``s3://frames/data/manifest.csv``."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    client.create_bucket(Bucket=BUCKET)
+    for image in _images(data):
+        client.put_object(Bucket=BUCKET, Key=f"data/{image.relative_to(data).as_posix()}", Body=image.read_bytes())
+    client.put_object(Bucket=BUCKET, Key="data/manifest.csv", Body=_manifest(data, lambda rel: rel).encode())
+    yield endpoint, client
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """The S3 server's client, with the credentials where the AWS tools look for them (the environment)."""
+    endpoint, client = s3_endpoint
+    for name, value in {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL_S3": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()  # credentials are read when an instance is made
+    yield client
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Files of the server's folder; ``server.slow``: paths answered after ``server.delay`` seconds;
+    ``server.flaky``: paths answered 503 the first time."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if path in self.server.slow:
+            time.sleep(self.server.delay)
+        if path in self.server.flaky:
+            self.server.flaky.discard(path)
+            self.send_error(503, "try again")
+            return
+        try:
+            super().do_GET()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting: what a timeout does
+            pass
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_root(data):
+    """A plain HTTP server on 127.0.0.1 serving the folder that holds ``data``; yields (base URL, server)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(data.parent)))
+    server.slow, server.flaky, server.delay = set(), set(), 0.0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def http(http_root, monkeypatch):
+    monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "5")
+    base, server = http_root
+    yield base, server
+    server.slow.clear()
+    server.flaky.clear()
+
+
+# --------------------------------------------------------------------------------------------- units
+
+
+def test_urls_travel_as_paths_and_are_shown_without_credentials():
+    url = "https://user:pw@host:8443/a/b.jpg?sig=XYZ"
+    assert url_of(to_path(url)) == url and url_of(Path("/local/s3:/x")) is None and url_of("rel/x.png") is None
+    assert shown(to_path(url)) == "https://user@host:8443/a/b.jpg"
+    assert to_path("file:///tmp/a%20b.png") == Path("/tmp/a b.png")
+    assert url_of(join(to_path("s3://b/m/manifest.csv").parent, "../img/x.png")) == "s3://b/img/x.png"
+    assert url_of(join(Path("/data"), "gs://b/x.png")) == "gs://b/x.png" and join(Path("/data"), "x.png") == Path("/data/x.png")
+    assert is_manifest("https://h/m.csv?token=1") and not is_manifest("s3://b/folder/")
+
+
+def test_unknown_protocols_and_bad_settings_are_refused_before_work(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="no protocol 'nope'"):
+        discover("nope://bucket/m.csv")
+    (tmp_path / "m.csv").write_text("sample_id,label,path\na,x,nope://b/1.png\n")
+    with pytest.raises(ConfigError, match="line 2: .*no protocol 'nope'"):
+        discover(tmp_path / "m.csv")
+    monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="SEQVISION_REMOTE_TIMEOUT"):
+        load_image(to_path("http://127.0.0.1:9/x.png"))
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+def test_train_and_predict_from_a_manifest_on_s3_write_no_credential(s3, tmp_path, capsys):
+    manifest = f"s3://{BUCKET}/data/manifest.csv"  # itself on S3; its paths are keys beside it
+    assert main(_train(manifest, tmp_path / "run")) == 0
+    assert "best checkpoint:" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "run" / "best.ckpt"), manifest, "--out", str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 8
+    _secret_free(tmp_path / "run", tmp_path / "p.csv")
+
+
+def test_train_and_predict_from_http_urls_keep_passwords_and_tokens_out_of_what_they_write(http, tmp_path, capsys, data):
+    base, _ = http
+    host = base.removeprefix("http://")
+    (tmp_path / "m.csv").write_text(_manifest(data, lambda rel: f"http://reader:pw-HTTP-1@{host}/data/{rel}?sig=TOKEN-2"))
+    (data.parent / "http.csv").write_text((tmp_path / "m.csv").read_text())
+    assert main(_train(f"{base}/http.csv?token=TOKEN-3", tmp_path / "run")) == 0  # the manifest by URL too
+    assert main(["predict", str(tmp_path / "run" / "best.ckpt"), str(tmp_path / "m.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 8
+    _secret_free(tmp_path / "run", tmp_path / "p.csv", secrets=("pw-HTTP-1", "TOKEN-2", "TOKEN-3"))
+
+
+def test_the_cache_filled_from_local_files_serves_s3_and_a_changed_object_misses(s3, tmp_path, capsys, data):
+    from seqvision.models.backbones import build_backbone
+
+    torch.save(build_backbone("tiny_cnn", weights="none").trunk.state_dict(), tmp_path / "tiny.pth")
+    weights = [*TINY[:3], str(tmp_path / "tiny.pth"), *TINY[4:]]
+    extract = ["extract", "--out", str(tmp_path / "cache"), *weights, "--num-workers", "0", "--precision", "32", "--no-progress"]
+    manifest = f"s3://{BUCKET}/data/manifest.csv"
+    assert main([*extract, "--data", str(data), "--content-hash"]) == 0
+    assert "extracted 22 images" in capsys.readouterr().out
+    train = _train(manifest, tmp_path / "run", "--freeze", "--cache", str(tmp_path / "cache"), "--feature-precision", "32")
+    train[train.index("--weights") + 1] = str(tmp_path / "tiny.pth")
+    assert main(train) == 0
+    assert "feature cache: 22 images reused, 0 computed" in capsys.readouterr().out
+    changed = tmp_path / "other.png"
+    write_image(changed, 99)
+    s3.put_object(Bucket=BUCKET, Key="data/left/s1/f0.png", Body=changed.read_bytes())
+    try:
+        assert main([*extract, "--data", manifest]) == 0
+        out = capsys.readouterr().out
+        assert "extracted 1 images" in out and "21 already cached" in out
+    finally:
+        s3.put_object(Bucket=BUCKET, Key="data/left/s1/f0.png", Body=(data / "left" / "s1" / "f0.png").read_bytes())
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+
+def test_a_missing_object_is_one_line_naming_it_or_a_reported_skip(s3, tmp_path, capsys, data):
+    s3.delete_object(Bucket=BUCKET, Key="data/right/s2/f1.png")
+    try:
+        assert main(_train(f"s3://{BUCKET}/data/manifest.csv", tmp_path / "run")) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "sample 'right/s2'" in err[0] and f"s3://{BUCKET}/data/right/s2/f1.png" in err[0]
+        assert "does not exist" in err[0] and "--on-bad-image skip" in err[0]
+        assert main(_train(f"s3://{BUCKET}/data/manifest.csv", tmp_path / "run2", "--on-bad-image", "skip")) == 0
+        err = capsys.readouterr().err
+        assert f"s3://{BUCKET}/data/right/s2/f1.png: object does not exist" in err and "not silently dropped" in err
+    finally:
+        s3.put_object(Bucket=BUCKET, Key="data/right/s2/f1.png", Body=(data / "right" / "s2" / "f1.png").read_bytes())
+
+
+def test_wrong_credentials_are_one_line_and_never_printed(s3, tmp_path, capsys, monkeypatch):
+    from moto.core.authorization import enable_iam_authentication
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    with enable_iam_authentication():  # moto checks signatures from here on: our key is unknown to it
+        assert main(_train(f"s3://{BUCKET}/data/manifest.csv", tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"s3://{BUCKET}/data/manifest.csv: access denied" in err[0]
+    assert "wrong-secret-value" not in err[0] and SECRET not in err[0]
+
+
+def test_a_slow_server_times_out_into_one_line_and_a_transient_error_is_retried(http, tmp_path, capsys, monkeypatch, data):
+    base, server = http
+    monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "0.2")
+    monkeypatch.setenv("SEQVISION_REMOTE_RETRIES", "1")
+    server.slow.add("/data/left/s0/f1.png")
+    server.delay = 1.5
+    started = time.monotonic()
+    with pytest.raises(BadFileError, match=r"left/s0/f1.png: no answer within 0.2 s \(after 2 tries\)"):
+        load_image(to_path(f"{base}/data/left/s0/f1.png"))
+    assert time.monotonic() - started < 1.5  # two timeouts and one back-off, never the server's pace
+    (tmp_path / "m.csv").write_text(_manifest(data, lambda rel: f"{base}/data/{rel}"))
+    assert main(_train(tmp_path / "m.csv", tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sample 'left/s0'" in err[0] and "no answer within 0.2 s" in err[0]
+    server.slow.clear()
+    server.flaky.add("/data/left/s0/f0.png")  # 503 once: the retry reads it
+    assert load_image(to_path(f"{base}/data/left/s0/f0.png")).shape == (3, 16, 16)
+    assert not server.flaky
