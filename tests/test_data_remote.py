@@ -19,7 +19,7 @@ from seqvision.cli import main
 from seqvision.data.discovery import discover, is_manifest
 from seqvision.data.images import load_image
 from seqvision.data.remote import join, shown, to_path, url_of
-from seqvision.errors import BadFileError, ConfigError
+from seqvision.errors import BadFileError, ConfigError, DataError
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")
@@ -97,7 +97,8 @@ def s3(s3_endpoint, monkeypatch):
 
 class _Handler(SimpleHTTPRequestHandler):
     """Files of the server's folder; ``server.slow``: paths answered after ``server.delay`` seconds;
-    ``server.flaky``: paths answered 503 the first time."""
+    ``server.flaky``: paths answered 503 the first time; ``server.cut``: paths whose first answer stops
+    half-way (the connection closed before the promised Content-Length)."""
 
     def do_GET(self):  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
@@ -106,6 +107,15 @@ class _Handler(SimpleHTTPRequestHandler):
         if path in self.server.flaky:
             self.server.flaky.discard(path)
             self.send_error(503, "try again")
+            return
+        if path in self.server.cut:
+            self.server.cut.discard(path)
+            body = Path(self.directory, path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
             return
         try:
             super().do_GET()
@@ -120,7 +130,7 @@ class _Handler(SimpleHTTPRequestHandler):
 def http_root(data):
     """A plain HTTP server on 127.0.0.1 serving the folder that holds ``data``; yields (base URL, server)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(data.parent)))
-    server.slow, server.flaky, server.delay = set(), set(), 0.0
+    server.slow, server.flaky, server.cut, server.delay = set(), set(), set(), 0.0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", server
@@ -136,6 +146,7 @@ def http(http_root, monkeypatch):
     yield base, server
     server.slow.clear()
     server.flaky.clear()
+    server.cut.clear()
 
 
 # --------------------------------------------------------------------------------------------- units
@@ -209,6 +220,16 @@ def test_the_cache_filled_from_local_files_serves_s3_and_a_changed_object_misses
         s3.put_object(Bucket=BUCKET, Key="data/left/s1/f0.png", Body=(data / "left" / "s1" / "f0.png").read_bytes())
 
 
+def test_a_folder_given_as_an_s3_url_is_listed_like_the_local_folder(s3, data):
+    local = {s.id: (s.label, [f.path.relative_to(data).as_posix() for f in s.frames]) for s in discover(data)}
+    remote = discover(f"s3://{BUCKET}/data/")  # one listing; its manifest.csv is no image and is ignored
+    prefix = f"s3://{BUCKET}/data/"
+    assert {s.id: (s.label, [url_of(f.path).removeprefix(prefix) for f in s.frames]) for s in remote} == local
+    assert load_image(remote[0].frames[0].path).shape == (3, 16, 16)
+    with pytest.raises(DataError, match=f"s3://{BUCKET}/nothing-here/: no samples found"):
+        discover(f"s3://{BUCKET}/nothing-here/")
+
+
 # --------------------------------------------------------------------------------------------- faults
 
 
@@ -237,7 +258,7 @@ def test_wrong_credentials_are_one_line_and_never_printed(s3, tmp_path, capsys, 
     assert "wrong-secret-value" not in err[0] and SECRET not in err[0]
 
 
-def test_a_slow_server_times_out_into_one_line_and_a_transient_error_is_retried(http, tmp_path, capsys, monkeypatch, data):
+def test_a_slow_server_times_out_into_one_line_and_transient_errors_are_retried(http, tmp_path, capsys, monkeypatch, data):
     base, server = http
     monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "0.2")
     monkeypatch.setenv("SEQVISION_REMOTE_RETRIES", "1")
@@ -254,4 +275,6 @@ def test_a_slow_server_times_out_into_one_line_and_a_transient_error_is_retried(
     server.slow.clear()
     server.flaky.add("/data/left/s0/f0.png")  # 503 once: the retry reads it
     assert load_image(to_path(f"{base}/data/left/s0/f0.png")).shape == (3, 16, 16)
-    assert not server.flaky
+    server.cut.add("/data/left/s0/f0.png")  # a connection cut mid-read: retried, never decoded half
+    assert torch.equal(load_image(to_path(f"{base}/data/left/s0/f0.png")), load_image(data / "left" / "s0" / "f0.png"))
+    assert not server.flaky and not server.cut

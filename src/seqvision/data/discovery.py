@@ -11,11 +11,11 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from seqvision.data.manifest import read_manifest
 from seqvision.data.packs import is_pack, read_pack
-from seqvision.data.remote import check_protocol, is_url, suffix, to_path
+from seqvision.data.remote import check_protocol, is_url, list_tree, shown, suffix, to_path
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import ConfigError, DataError
 from seqvision.redact import without_password
@@ -75,13 +75,19 @@ def _discover_url(url: str, *, targets: list[str] | None, require_labels: bool, 
     """The samples of a manifest given as a URL (read through fsspec; its relative paths are keys beside it)."""
     if url[:7].lower() == "file://":
         return discover(to_path(url), targets=targets, require_labels=require_labels, group_by=group_by)
-    if not is_manifest(url):
-        raise DataError(f"data {without_password(url)}: a folder given as a URL is not supported yet; list its "
-                        "images in a .csv/.jsonl manifest (itself local or remote) and pass that")
     check_protocol(url, "data")
-    samples = read_manifest(to_path(url), targets=targets, require_labels=require_labels, group_column=group_by)
+    if is_manifest(url):
+        samples = read_manifest(to_path(url), targets=targets, require_labels=require_labels, group_column=group_by)
+    else:  # a folder: one listing of its keys, then the same layout rules as a local folder
+        root, tree = list_tree(url)
+        samples = discover_folders(root, scan=lambda folder: tree.get(folder, ([], [], [])))
+        if any(s.video is not None for s in samples):
+            raise DataError(f"data {without_password(url)}: holds video files; videos by URL are not supported yet "
+                            "(copy them locally, or pack the data with seqvision pack)")
+        if group_by is not None:
+            group_by_name(samples, group_by)
     if not samples:
-        raise DataError(f"{without_password(url)}: no samples found in the manifest")
+        raise DataError(f"data {without_password(url)}: no samples found; expected ROOT/<label>/<sample_id>/<images> or a manifest")
     return samples
 
 
@@ -138,37 +144,38 @@ def _video_sample(path: Path, *, id: str, label: str | None = None, split: str |
     return Sample(id=id, frames=[], label=label, split=split, source=str(path), video=VideoClip(path))
 
 
-def discover_folders(root: Path) -> list[Sample]:
-    """``ROOT/[split/]<label>/<sample_id>/<images>`` -> samples labelled by their parent folder."""
-    _, top = _scan_images(root)
+def discover_folders(root: Path, *, scan: Callable[[Path], tuple[list[Path], list[Path], list[Path]]] = _scan) -> list[Sample]:
+    """``ROOT/[split/]<label>/<sample_id>/<images>`` -> samples labelled by their parent folder.
+    ``scan``: a folder's (images, sub-folders, videos); a remote folder's come from one listing."""
+    _, top, _ = scan(root)
     split_dirs = [d for d in top if d.name in SPLITS]
     groups = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
     samples: list[Sample] = []
     for split, split_root in groups:
-        loose, label_dirs = _scan_images(split_root)
+        loose, label_dirs, _ = scan(split_root)
         if loose:
             raise DataError(
-                f"{split_root} holds images directly ({loose[0].name}, ...); put each sample's images in "
-                f"its own folder: {split_root}/<label>/<sample_id>/<images>"
+                f"{shown(split_root)} holds images directly ({loose[0].name}, ...); put each sample's images in "
+                f"its own folder: {shown(split_root)}/<label>/<sample_id>/<images>"
             )
         for label_dir in label_dirs:
-            loose, sample_dirs, videos = _scan(label_dir)
+            loose, sample_dirs, videos = scan(label_dir)
             if loose:
                 raise DataError(
-                    f"{label_dir} holds images directly ({loose[0].name}, ...); expected one folder per "
-                    f"sample: {label_dir}/<sample_id>/<images> (or one video file per sample)"
+                    f"{shown(label_dir)} holds images directly ({loose[0].name}, ...); expected one folder per "
+                    f"sample: {shown(label_dir)}/<sample_id>/<images> (or one video file per sample)"
                 )
             for video in videos:  # ROOT/<label>/<video file>: one sample per file
                 samples.append(_video_sample(video, id=video.relative_to(root).as_posix(), label=label_dir.name, split=split))
             for sample_dir in sample_dirs:
-                images, _ = _scan_images(sample_dir)
+                images, _, _ = scan(sample_dir)
                 samples.append(
                     Sample(
                         id=sample_dir.relative_to(root).as_posix(),
                         frames=[FrameRef(p) for p in images],
                         label=label_dir.name,
                         split=split,
-                        source=str(sample_dir),
+                        source=shown(sample_dir),
                     )
                 )
     return samples

@@ -132,12 +132,17 @@ def read_bytes(path: str | Path) -> bytes:
     :func:`settings`; a :class:`BadFileError` naming the URL (shown redacted) when they cannot be had."""
     url = url_of(path)
     assert url is not None, path
+    return _retried(path, lambda fs: fs.cat_file(url))
+
+
+def _retried(path: str | Path, call):
+    """``call(filesystem)`` for the URL ``path`` stands for, tried again on transient errors (:func:`settings`)."""
     config = settings()
-    protocol = url.split("://", 1)[0].lower()
+    protocol = url_of(path).split("://", 1)[0].lower()
     attempt = 0
     while True:
         try:
-            return _filesystem(protocol, config.timeout).cat_file(url)
+            return call(_filesystem(protocol, config.timeout))
         except ImportError as exc:
             raise DataError(f"{shown(path)}: cannot read {protocol}:// URLs ({exc}); {_EXTRA}") from None
         except Exception as exc:  # noqa: BLE001 - each backend has its own errors; sorted below
@@ -185,3 +190,36 @@ def suffix(path: str | Path) -> str:
     """The lower-case suffix of ``path``'s file name; a URL's without its query (``m.csv?sig=..``: .csv)."""
     url = url_of(path) or (path if is_url(path) else None)
     return Path(urlsplit(url).path if url else path).suffix.lower()
+
+
+Tree = dict[Path, tuple[list[Path], list[Path], list[Path]]]  # folder -> (images, sub-folders, videos)
+
+
+def list_tree(url: str) -> tuple[Path, Tree]:
+    """Every object under the folder ``url`` (a prefix), listed once through fsspec, as the folders a
+    local scan would see: ``(root, {folder: (images, sub-folders, videos)})``, paths as :func:`to_path`
+    makes them, each list in natural order, hidden entries left out. One listing call (S3 lists 1,000
+    keys per request); a failure is one line naming the URL."""
+    from seqvision.data.samples import is_image_file, is_video_file, natural_key
+
+    root = to_path(url.rstrip("/"))
+    found = _retried(root, lambda fs: fs.find(url))  # keys: without the protocol (object stores) or whole URLs
+    prefix = str(url_of(root)).split("://", 1)[1]
+    tree: dict[Path, tuple[set, set, set]] = {root: (set(), set(), set())}
+    for key in found:
+        rel = (key.split("://", 1)[1] if "://" in key else key)[len(prefix):].strip("/")
+        parts = rel.split("/")
+        if not rel or any(p.startswith(".") for p in parts):
+            continue
+        folder = root
+        for part in parts[:-1]:
+            tree.setdefault(folder, (set(), set(), set()))[1].add(folder / part)
+            folder = folder / part
+        file = folder / parts[-1]
+        entry = tree.setdefault(folder, (set(), set(), set()))
+        if is_image_file(file):
+            entry[0].add(file)
+        elif is_video_file(file):
+            entry[2].add(file)
+    ordered = {folder: tuple(sorted(group, key=lambda p: natural_key(p.name)) for group in entry) for folder, entry in tree.items()}
+    return root, ordered  # type: ignore[return-value]
