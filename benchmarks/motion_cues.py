@@ -82,6 +82,8 @@ def main() -> None:
                 cfg.train.lr, cfg.train.patience = 2e-3, 0
                 cfg.data.val_fraction, cfg.data.test_fraction = 0.2, 0.3  # 150 test samples per task
                 cfg.model.pool, cfg.model.temporal_diff = pool, diff
+                if args.quick:  # no shuffled/mirrored re-runs of the splits: nothing here reads them (a smoke run)
+                    cfg.train.diagnostics = "off"
                 start = time.perf_counter()
                 run = train(cfg, Path(tmp) / "runs" / task / f"{name.replace(' ', '_').replace('+', '')}-{seed}", progress=False)
                 acc = run.test_metrics["accuracy"]
