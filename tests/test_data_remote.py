@@ -230,6 +230,22 @@ def test_a_folder_given_as_an_s3_url_is_listed_like_the_local_folder(s3, data):
         discover(f"s3://{BUCKET}/nothing-here/")
 
 
+def test_a_video_on_s3_decodes_the_local_files_frames_through_ranged_reads(s3, tmp_path):
+    from test_data_video import write_video
+
+    from seqvision.data.video import probe_video, read_frames
+
+    video = write_video(tmp_path / "v.mp4", frames=30)
+    s3.put_object(Bucket=BUCKET, Key="clips/v.mp4", Body=video.read_bytes())
+    url = to_path(f"s3://{BUCKET}/clips/v.mp4")
+    assert probe_video(url) == probe_video(video)
+    times = [0.0, 1.4, 2.9]  # seeks: PyAV reads the index and the packets it needs through fsspec's ranges
+    remote, _ = read_frames(url, times, 10.0)
+    assert all(torch.equal(a, b) for a, b in zip(remote, read_frames(video, times, 10.0)[0]))
+    with pytest.raises(BadFileError, match=f"s3://{BUCKET}/clips/gone.mp4: object does not exist"):
+        probe_video(to_path(f"s3://{BUCKET}/clips/gone.mp4"))
+
+
 # --------------------------------------------------------------------------------------------- faults
 
 

@@ -81,9 +81,6 @@ def _discover_url(url: str, *, targets: list[str] | None, require_labels: bool, 
     else:  # a folder: one listing of its keys, then the same layout rules as a local folder
         root, tree = list_tree(url)
         samples = discover_folders(root, scan=lambda folder: tree.get(folder, ([], [], [])))
-        if any(s.video is not None for s in samples):
-            raise DataError(f"data {without_password(url)}: holds video files; videos by URL are not supported yet "
-                            "(copy them locally, or pack the data with seqvision pack)")
         if group_by is not None:
             group_by_name(samples, group_by)
     if not samples:

@@ -142,10 +142,7 @@ def _video_clip(row: dict[str, Any], base: Path, where: str, single: Any) -> Vid
         if not isinstance(value, str) or not is_video_name(_file_name(value)):
             return None
     file = join(base, _text(value, where, "'video'"))
-    if url_of(file) is not None:
-        raise DataError(f"{where}: video {shown(file)}: videos by URL are not supported yet; copy the video locally "
-                        "or pack the data (seqvision pack) and read the pack")
-    if not _is_file(file):
+    if url_of(file) is None and not _is_file(file):  # a URL: found missing when read, like an image
         raise DataError(f"{where}: video file {file} does not exist")
     start, end = (None if row.get(k) in (None, "") else _parse_float(row.get(k), where, k) for k in ("start", "end"))
     if start is not None and start < 0:

@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -176,8 +177,13 @@ def _reason(exc: Exception, timeout: float) -> tuple[str, bool]:
 
 def content_identity(path: str | Path) -> str:
     """``sha256:<hex>`` of the object's bytes: a URL's identity in the feature cache, the same as the same
-    bytes read from a local file with ``--content-hash`` (a changed object misses)."""
-    return "sha256:" + hashlib.sha256(read_bytes(path)).hexdigest()
+    bytes read from a local file with ``--content-hash`` (a changed object misses). Streamed: a long
+    video is hashed block by block, never held whole."""
+    digest = hashlib.sha256()
+    with open_file(path, block_size=4 << 20) as fh:
+        for block in iter(lambda: fh.read(4 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def open_text(path: Path) -> io.StringIO:
@@ -223,3 +229,54 @@ def list_tree(url: str) -> tuple[Path, Tree]:
             entry[2].add(file)
     ordered = {folder: tuple(sorted(group, key=lambda p: natural_key(p.name)) for group in entry) for folder, entry in tree.items()}
     return root, ordered  # type: ignore[return-value]
+
+
+def open_file(path: str | Path, *, block_size: int = 1 << 20) -> io.BufferedReader:
+    """A seekable binary file over the object ``path`` stands for, read by ranged requests of
+    ``block_size`` bytes: a video's index and the frames sought are fetched, never the whole file. A read
+    that fails is a :class:`BadFileError` naming the URL (PyAV hands it back from its decoding calls)."""
+    url = url_of(path)
+    assert url is not None, path
+    handle = _retried(path, lambda fs: fs.open(url, "rb", block_size=block_size, cache_type="readahead"))
+    return io.BufferedReader(_Reads(path, handle), buffer_size=1 << 16)
+
+
+def version(path: str | Path) -> tuple[int, int]:
+    """(size, a number standing for the object's ETag or modification time): what a local file's stat
+    gives, so headers read once per version of an object are read again when it changes."""
+    url = url_of(path)
+    info = _retried(path, lambda fs: fs.info(url))
+    tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+    return int(info.get("size") or 0), zlib.crc32(str(tag).encode())
+
+
+class _Reads(io.RawIOBase):
+    """An fsspec file whose failures are :class:`BadFileError` naming the URL (not the backend's errors)."""
+
+    def __init__(self, path: str | Path, handle) -> None:
+        super().__init__()
+        self._path, self._fh = path, handle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(pos, whence)
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._fh.read(len(buffer))
+        except Exception as exc:  # noqa: BLE001 - each backend has its own errors
+            raise BadFileError(shown(self._path), _reason(exc, settings().timeout)[0] + " while reading") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()

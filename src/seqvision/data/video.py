@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from seqvision.data.packs import member_of
+from seqvision.data.remote import open_file, shown, url_of, version
 from seqvision.errors import BadFileError, DataError
 
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
@@ -47,21 +48,23 @@ def _av():
 def _open(path: Path):
     av = _av()
     member = member_of(path)  # a packed video: its byte range of the shard, read as a file
+    # a video by URL: a file over ranged requests (a BadFileError naming it when it cannot be opened)
+    source = open_file(path) if url_of(path) is not None else member.open() if member is not None else str(path)
     try:
-        container = av.open(member.open() if member is not None else str(path))
+        container = av.open(source)
     except FileNotFoundError:
-        raise BadFileError(path, "file does not exist") from None
+        raise BadFileError(shown(path), "file does not exist") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise BadFileError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
+        raise BadFileError(shown(path), f"not a readable video ({type(exc).__name__}: {exc})") from None
     if not container.streams.video:
         kinds = ", ".join(sorted({s.type for s in container.streams}))
         container.close()
         if not kinds:
-            raise BadFileError(path, "holds no streams at all (an empty, zero-frame video)")
+            raise BadFileError(shown(path), "holds no streams at all (an empty, zero-frame video)")
         if "audio" in kinds:
-            raise BadFileError(path, f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
+            raise BadFileError(shown(path), f"has no video stream (only {kinds}); an audio-only file cannot be a sample")
         # no audio either: what FFmpeg sees of an mp4/mov cut before its index (the moov atom at the end)
-        raise BadFileError(path, f"is truncated or damaged: no video stream can be found (only {kinds}); copy or export it again")
+        raise BadFileError(shown(path), f"is truncated or damaged: no video stream can be found (only {kinds}); copy or export it again")
     return container
 
 
@@ -71,15 +74,17 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
     Remembered per file version (path, size, modification time) in this process: filtering, cache
     planning, the datasets and the report all ask for the same videos' headers."""
     path = Path(path)
+    if url_of(path) is not None:
+        return _probe(path, *version(path), start, end)
     member = member_of(path)
     if member is not None:
         return _probe(path, *member.version(), start, end)
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise BadFileError(path, "file does not exist") from None
+        raise BadFileError(shown(path), "file does not exist") from None
     except OSError as exc:
-        raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+        raise BadFileError(shown(path), f"cannot be read ({exc.strerror or exc})") from None
     return _probe(path, stat.st_size, stat.st_mtime_ns, start, end)
 
 
@@ -102,23 +107,23 @@ def _probe(path: Path, size: int, mtime_ns: int, start: float | None, end: float
             duration = frames / fps
         if fps <= 0 or not duration or duration <= 0:
             if frames == 0:
-                raise BadFileError(path, "has no frames (zero-length or empty video stream)")
-            raise BadFileError(path, "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
+                raise BadFileError(shown(path), "has no frames (zero-length or empty video stream)")
+            raise BadFileError(shown(path), "has no usable frame rate or duration in its headers; re-encode it (e.g. ffmpeg -i in out.mp4)")
     finally:
         container.close()
     clip_start = 0.0 if start is None else float(start)
     clip_end = duration if end is None else float(end)
     if not (math.isfinite(clip_start) and math.isfinite(clip_end)):
-        raise BadFileError(path, "start/end must be finite numbers of seconds")
+        raise BadFileError(shown(path), "start/end must be finite numbers of seconds")
     if clip_start < 0 or clip_start >= duration:
-        raise BadFileError(path, f"start {clip_start:g} s is outside the video (0 to {duration:.3f} s)")
+        raise BadFileError(shown(path), f"start {clip_start:g} s is outside the video (0 to {duration:.3f} s)")
     if clip_end <= clip_start:
-        raise BadFileError(path, f"end {clip_end:g} s is not after start {clip_start:g} s")
+        raise BadFileError(shown(path), f"end {clip_end:g} s is not after start {clip_start:g} s")
     if clip_end > duration + 1.0 / fps:
-        raise BadFileError(path, f"end {clip_end:g} s is past the end of the video ({duration:.3f} s)")
+        raise BadFileError(shown(path), f"end {clip_end:g} s is past the end of the video ({duration:.3f} s)")
     num = max(0, int(round((min(clip_end, duration) - clip_start) * fps)))
     if num == 0:
-        raise BadFileError(path, f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
+        raise BadFileError(shown(path), f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
     return VideoInfo(fps=fps, start=clip_start, num_frames=num)
 
 
@@ -178,16 +183,16 @@ def read_frames(
                         break
             except av.error.FFmpegError as exc:
                 if last is None:
-                    raise BadFileError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
-                notes.append(f"{path}: decoding failed after {last_time:.3f} s ({type(exc).__name__}); later frames repeat the last good one")
+                    raise BadFileError(shown(path), f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+                notes.append(f"{shown(path)}: decoding failed after {last_time:.3f} s ({type(exc).__name__}); later frames repeat the last good one")
                 decoder = iter(())
             if last is None:
-                raise BadFileError(path, "has no decodable frames (zero-frame or corrupt video)")
+                raise BadFileError(shown(path), "has no decodable frames (zero-frame or corrupt video)")
             if last_time + half < t:
-                notes.append(f"{path}: no frame at {t:.3f} s (the video ends at {last_time:.3f} s); the last frame is repeated")
+                notes.append(f"{shown(path)}: no frame at {t:.3f} s (the video ends at {last_time:.3f} s); the last frame is repeated")
             found[t] = keep()
     except av.error.FFmpegError as exc:
-        raise BadFileError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
+        raise BadFileError(shown(path), f"cannot be decoded ({type(exc).__name__}: {exc})") from None
     finally:
         container.close()
     if stats is not None:
