@@ -294,3 +294,21 @@ def test_a_slow_server_times_out_into_one_line_and_transient_errors_are_retried(
     server.cut.add("/data/left/s0/f0.png")  # a connection cut mid-read: retried, never decoded half
     assert torch.equal(load_image(to_path(f"{base}/data/left/s0/f0.png")), load_image(data / "left" / "s0" / "f0.png"))
     assert not server.flaky and not server.cut
+
+
+def test_pack_reads_a_manifest_on_s3_into_shards_that_hold_the_local_bytes(s3, tmp_path, capsys, data):
+    """seqvision pack from S3: the same samples and bytes as the local folder, its index free of credentials;
+    a missing object stops the pack with one line naming the sample and the URL, and no partial pack."""
+    out = tmp_path / "pack"
+    assert main(["pack", f"s3://{BUCKET}/data/manifest.csv", "--out", str(out)]) == 0
+    assert "packed 8 samples" in capsys.readouterr().out
+    _secret_free(out)
+    packed = {s.id: [load_image(f.path) for f in s.frames] for s in discover(out)}
+    local = {s.id: [load_image(f.path) for f in s.frames] for s in discover(data)}
+    assert packed.keys() == local.keys()
+    assert all(torch.equal(a, b) for sid in local for a, b in zip(packed[sid], local[sid], strict=True))
+    s3.put_object(Bucket=BUCKET, Key="gone/manifest.csv", Body=b"sample_id,label,path\na,left,../data/left/s0/f0.png\nb,right,nothing.png\n")
+    assert main(["pack", f"s3://{BUCKET}/gone/manifest.csv", "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'b'" in err and f"s3://{BUCKET}/gone/nothing.png" in err and SECRET not in err
+    assert not list((tmp_path / "bad").glob("*.tar"))

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from seqvision.data.discovery import discover
 from seqvision.data.packs import FORMAT, INDEX_NAME, VERSION, is_pack, read_index
+from seqvision.data.remote import is_url, open_file, shown, url_of, version
 from seqvision.data.samples import Sample
-from seqvision.errors import ConfigError, DataError
+from seqvision.errors import BadFileError, ConfigError, DataError
 from seqvision.io import atomic_write_text
 
 log = logging.getLogger("seqvision")
@@ -68,10 +69,12 @@ def pack(
     An ``out`` that holds another pack (made from other data or with other options) is refused unless
     ``overwrite``; a folder with other files in it is always refused."""
     out = Path(out)
-    source = Path(data).resolve()
+    # a URL (s3://, https://, ...) is discovered and read through fsspec; the index records it without credentials
+    source: str | Path = str(data) if is_url(str(data)) else Path(data).resolve()
     if is_pack(source):
         raise ConfigError(f"{data} is a pack already; train on it directly, or pack its source data")
-    options = {"source": str(source), "shard_size": shard_size, "targets": targets, "group_by": group_by}
+    options = {"source": shown(source) if is_url(source) else str(source), "shard_size": shard_size, "targets": targets,
+               "group_by": group_by}
     old = _previous_pack(out, options, overwrite=overwrite)
     samples = discover(source, targets=targets, require_labels=False, group_by=group_by)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,7 @@ class _ShardWriter:
         digest = hashlib.sha256()
         info = tarfile.TarInfo(name)
         info.size = _size(sample, path)
-        with open(path, "rb") as fh:
+        with open_file(path) if url_of(path) is not None else open(path, "rb") as fh:  # a URL: streamed, ranged reads
             self._tar.addfile(info, _Hashing(fh, digest))
         # the data ends where the tar now is, less the padding to a 512-byte block
         offset = self._tar.offset - -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
@@ -198,6 +201,11 @@ class _Hashing:
 
 
 def _size(sample: Sample, path: Path) -> int:
+    if url_of(path) is not None:  # the object's size from the store
+        try:
+            return version(path)[0]
+        except BadFileError as exc:
+            raise DataError(f"sample {sample.id!r}: {exc}; it cannot be packed") from None
     try:
         return Path(path).stat().st_size
     except OSError as exc:
