@@ -68,6 +68,19 @@ def test_the_run_overrides_the_sidecar_and_its_checkpoint_records_the_result(tmp
     assert prep.mean == (0.1, 0.2, 0.3) and prep.std == (0.4, 0.5, 0.6)  # the sidecar's
 
 
+def test_a_run_that_gives_mean_and_std_is_not_told_about_a_missing_sidecar(tmp_path):
+    """The missing sidecar is said when the run takes the weights' preprocessing on trust; with --mean and
+    --std given, nothing is assumed that the run uses, so nothing is said."""
+    cfg = fast_config(make_folder_dataset(tmp_path / "data"), max_epochs=1)
+    cfg.model.weights = str(_tiny_file(tmp_path))
+    for given, out in ((False, "a"), (True, "b")):
+        cfg.data.mean, cfg.data.std = ([0.5] * 3, [0.25] * 3) if given else (None, None)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            fit(cfg, tmp_path / out, progress=False)
+        assert any("has no tiny.pth.json beside it" in str(w.message) for w in said) is not given
+
+
 @pytest.mark.parametrize("sidecar, said", [
     ("{not json", "not readable JSON"),
     ([0.5, 0.5, 0.5], "a JSON object is needed"),

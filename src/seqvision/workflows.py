@@ -24,6 +24,7 @@ from seqvision.features.runtimes import check_runtime, feature_flags, runtime_fo
 from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
+from seqvision.models.local_weights import preprocessing_given
 from seqvision.runtime import default_device, inference_dtype, resolve_device
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ def extract(
     if compile and requested != "torch":
         raise ConfigError(f"--compile is torch's (torch.compile): not with --runtime {requested}; drop one of them")
     check_runtime(requested, device, compute)
-    encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool, drop_stages=m.drop_stages)
+    with preprocessing_given(d.mean is not None and d.std is not None):
+        encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool, drop_stages=m.drop_stages)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted

@@ -14,6 +14,7 @@ the backbone's own default is assumed, said in one warning line that shows how t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -71,6 +72,19 @@ def _keys_of(model: nn.Module, part: nn.Module) -> set[str]:
     children = {id(child) for child in part.children()}
     return {f"{prefix}.{key}" if prefix else key
             for prefix, module in model.named_modules() if id(module) in children for key in module.state_dict()}
+
+
+_NO_SIDECAR = r"--weights .* has no .* beside it"  # the start of local_preprocessing's warning
+
+
+@contextlib.contextmanager
+def preprocessing_given(given: bool):
+    """Around building a backbone: when the run gives the preprocessing itself (``given``: ``--mean`` and
+    ``--std``), a weights file without a sidecar assumes nothing the run uses, so that is not said."""
+    with warnings.catch_warnings():
+        if given:
+            warnings.filterwarnings("ignore", message=_NO_SIDECAR)
+        yield
 
 
 def local_preprocessing(path: str, default: Preprocessing) -> Preprocessing:

@@ -29,6 +29,7 @@ from seqvision.features.extract import extract_features, planned_rows
 from seqvision.features.runtimes import feature_flags, runtime_for_cache
 from seqvision.io import atomic_write_text
 from seqvision.models.checkpoint import read_checkpoint
+from seqvision.models.local_weights import preprocessing_given
 from seqvision.models.stage_maps import FrozenStages, StageCut
 from seqvision.runtime import default_device, default_workers, inference_dtype
 from seqvision.tasks import task_of
@@ -156,8 +157,9 @@ def _record_training(trainer: L.Trainer, path: Path, seconds: float, *, resumed:
 def _model(cfg: RunConfig, data):
     """The run's model and its one resolved preprocessing: the run's, also the encoder's (its probes run at
     the run's size)."""
-    model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     d = cfg.data
+    with preprocessing_given(d.mean is not None and d.std is not None):
+        model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
                                 exact_decode=d.exact_decode)
     model.encoder.preprocessing = prep
