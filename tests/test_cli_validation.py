@@ -14,7 +14,7 @@ BAD_TRAIN_VALUES = {
     "--sampling": "sometimes", "--eval-sampling": "sometimes", "--stride": "0", "--fps": "-5", "--eval-clips": "0",
     "--min-images": "0", "--short-samples": "ignore", "--on-bad-image": "ignore", "--group-by": "((",
     "--val-fraction": "1.5", "--test-fraction": "-0.1", "--image-size": "0", "--resize-size": "-1",
-    "--mean": ["0.5", "0.5"], "--std": ["0", "1", "1"], "--num-workers": "-1", "--cache-dtype": "int8",
+    "--mean": ["0.5", "0.5"], "--std": ["0", "1", "1"], "--num-workers": "-1", "--shuffle-buffer": "0", "--cache-dtype": "int8",
     "--feature-precision": "8", "--feature-runtime": "tensorrt", "--backbone": "resnet9000", "--weights": "no/such/weights.pth", "--pool": "median",
     "--trainable-stages": "0", "--chunk-size": "0", "--head": "cnn", "--d-model": "0", "--nhead": "0",
     "--hidden-size": "0", "--num-layers": "0", "--lstm-dropout": "1.5", "--dropout": "2", "--max-epochs": "0",

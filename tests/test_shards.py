@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import fast_config, make_folder_dataset, write_image
 from seqvision.cli import main
+from seqvision.config import DataConfig, RunConfig, validate
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover
 from seqvision.data.images import load_image
@@ -40,6 +42,20 @@ def _pack(data, out, size="8KB", *extra):
 
 def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("shard-*.tar"))
+
+
+def _batches_read(monkeypatch) -> list[list[str]]:
+    """The sample ids of every training batch that a :class:`ShardStream` yields from now on, batch by batch."""
+    read: list[list[str]] = []
+    stream_iter = ShardStream.__iter__
+
+    def spy(self):
+        for batch in stream_iter(self):
+            read.append(batch.sample_ids)
+            yield batch
+
+    monkeypatch.setattr(ShardStream, "__iter__", spy)
+    return read
 
 
 def _preds(path: Path) -> dict[str, list[str]]:
@@ -300,15 +316,7 @@ def test_a_resumed_run_on_a_pack_reads_its_own_epochs_order(tmp_path, monkeypatc
     # replay epoch 0's shard order in epoch 1
     data = make_folder_dataset(tmp_path / "data", per_label=4, lengths=(1,))
     packed = _pack(data, tmp_path / "pack", "1KB")  # a shard per sample: shard orders differ by epoch
-    read: list[list[str]] = []
-    stream_iter = ShardStream.__iter__
-
-    def spy(self):
-        for batch in stream_iter(self):
-            read.append(batch.sample_ids)
-            yield batch
-
-    monkeypatch.setattr(ShardStream, "__iter__", spy)
+    read = _batches_read(monkeypatch)
     assert main([*_train(packed, tmp_path / "whole"), "--max-epochs", "2"]) == 0
     uninterrupted = read[:]
     assert main(_train(packed, tmp_path / "run")) == 0
@@ -339,3 +347,24 @@ def test_the_loader_starts_a_pass_at_its_first_batch_with_the_epoch_it_is_asked(
     assert [b.sample_ids for b in loader] == expected[2]  # the persistent workers' next epoch
     epoch[0] = 5
     assert [b.sample_ids for b in loader] == expected[5]  # an epoch they would not read next: new workers
+
+
+def test_shuffle_buffer_mixes_a_shards_samples_and_1_reads_them_in_packing_order(tmp_path, monkeypatch, capsys):
+    data = make_folder_dataset(tmp_path / "data", per_label=8, lengths=(1,))
+    packed = _pack(data, tmp_path / "pack", "1GB")  # one shard: only the buffer can change the order
+    batches = _batches_read(monkeypatch)
+    assert main([*_train(packed, tmp_path / "run"), "--shuffle-buffer", "1"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["shuffle_buffer"] == 1  # recorded
+    train = {k for k, v in json.loads((tmp_path / "run" / "splits.json").read_text())["splits"].items() if v == "train"}
+    packing_order = [s.id for s in discover(packed) if s.id in train]
+    assert [i for ids in batches for i in ids] == packing_order and len(packing_order) == 12
+    base = SequenceDataset([s for s in discover(packed) if s.id in train], ClipTransform(Preprocessing(image_size=16, resize_size=16)))
+    for seed in (0, 1):  # the same stream but a buffer of 16: mixed, every sample once
+        mixed = [i for b in ShardStream(base, batch_size=3, seed=seed, buffer=16) for i in b.sample_ids]
+        assert mixed != packing_order and sorted(mixed) == sorted(packing_order)
+    capsys.readouterr()
+    assert main([*_train(packed, tmp_path / "bad"), "--shuffle-buffer", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shuffle-buffer 0 (data.shuffle_buffer) must be at least 1" in err[0]
+    with pytest.warns(UserWarning, match="--shuffle-buffer 4 has no effect"):  # a folder: shuffled whole anyway
+        validate(RunConfig(data=DataConfig(data=str(data), shuffle_buffer=4)))

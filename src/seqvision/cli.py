@@ -39,6 +39,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--hflip", "data", "hflip", {"action": argparse.BooleanOptionalAction, "help": "random horizontal flip in augmentation (default off: a mirror reverses motion; turn on only when a mirrored sample keeps its label)"}),
     ("--shuffle-frames", "data", "shuffle_frames", {"action": argparse.BooleanOptionalAction, "help": "control: shuffle each sample's images"}),
     ("--num-workers", "data", "num_workers", {"type": int, "help": "DataLoader worker processes (default: one per spare core, at most 4)"}),
+    ("--shuffle-buffer", "data", "shuffle_buffer", {"type": int, "help": "packed data: samples each loader worker draws its next one from at random (1: packing order within a shard; shards are shuffled either way)"}),
     ("--cache", "--cache-dir", "data", "cache", {"help": "frozen backbone: auto | off | a feature-cache folder (--cache-dir, as for extract and cache)"}),
     ("--cache-dtype", "data", "cache_dtype", {"choices": ["float32", "float16"], "help": "storage of cached features (float16: half the disk)"}),
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16", "int8"], "help": "frozen CNN filling the cache: auto = bf16 where fast; int8 = quantized on the first CNN batch's images (up to 64), by ONNX Runtime on the CPU"}),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from seqvision.data.discovery import compile_group_pattern, is_manifest
+from seqvision.data.packs import SHUFFLE_BUFFER, is_pack
 from seqvision.data.sampling import SamplingPolicy
 from seqvision.errors import ConfigError
 from seqvision.redact import redacted
@@ -58,6 +59,10 @@ class DataConfig:
     hflip: bool = False
     shuffle_frames: bool = False  # control experiment: shuffle the images of every sample (order lost)
     num_workers: int | None = None  # DataLoader workers; None = one per spare core (at most 4)
+    # packed data (shards), training: each DataLoader worker draws its next sample at random from a window
+    # of this many (WebDataset's shuffle buffer); larger mixes more, but its reads jump further within a
+    # shard; 1 = the packing order within a shard (the shards themselves are still shuffled each epoch)
+    shuffle_buffer: int = SHUFFLE_BUFFER
     cache: str = "auto"  # frozen backbone: auto (default cache folder) | off | a folder for the feature cache
     cache_dtype: str = "float32"  # float32 | float16 storage of cached features (half the disk, ~1e-3 error)
     # the frozen CNN that fills the feature cache: auto = bf16 where the hardware is fast at it (as
@@ -279,6 +284,7 @@ _RANGES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("data", "image_size", lambda v: v >= 1, "at least 1 (pixels)"),
     ("data", "resize_size", lambda v: v >= 1, "at least 1 (pixels)"),
     ("data", "num_workers", lambda v: v >= 0, "0 or more"),
+    ("data", "shuffle_buffer", lambda v: v >= 1, "at least 1 (1: packing order within a shard)"),
     ("data", "val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("data", "test_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "trainable_stages", lambda v: v >= 1, "at least 1"),
@@ -532,6 +538,9 @@ def _warn_no_effect(cfg: RunConfig) -> None:
     if not m.freeze and (d.feature_precision != "auto" or d.cache_dtype != "float32" or d.feature_runtime != "auto"):
         warnings.warn("--cache-dtype, --feature-precision and --feature-runtime have no effect without --freeze (only a frozen "
                       "backbone's features are cached)")
+    if d.shuffle_buffer != SHUFFLE_BUFFER and (cfg.train.balanced_sampler or (d.data is not None and not is_pack(d.data))):
+        warnings.warn(f"--shuffle-buffer {d.shuffle_buffer} has no effect: it orders the samples of packed data (a folder "
+                      "written by seqvision pack) without --balanced-sampler; other data is shuffled whole")
     if not m.freeze and not m.trainable_stages and d.cache != "auto":
         warnings.warn("--cache has no effect without --freeze or --trainable-stages (nothing of a learning backbone is cached)")
 

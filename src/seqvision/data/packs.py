@@ -30,6 +30,7 @@ from seqvision.errors import BadFileError, DataError
 INDEX_NAME = "index.json"
 FORMAT = "seqvision-pack"
 VERSION = 1
+SHUFFLE_BUFFER = 256  # samples a training worker draws from at random: its reads stay within a window of its shard
 
 
 def is_pack(path: str | Path | None) -> bool:

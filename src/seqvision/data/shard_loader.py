@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from seqvision.data.dataset import SequenceDataset, collate
-from seqvision.data.packs import shard_name
+from seqvision.data.packs import SHUFFLE_BUFFER, shard_name
 from seqvision.errors import DataError
-
-SHUFFLE_BUFFER = 256  # samples a worker draws from: reads stay within a window of its shard
 
 
 @dataclass(frozen=True)
@@ -180,10 +178,11 @@ class StreamLoader(DataLoader):
 
 
 def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_workers: int,
-                  epoch: Callable[[], int] | None = None) -> StreamLoader:
+                  epoch: Callable[[], int] | None = None, buffer: int = SHUFFLE_BUFFER) -> StreamLoader:
     """The training DataLoader of packed data: a :class:`ShardStream` for this process (the rank and world
     size of ``torch.distributed`` when it is initialised, as under torchrun); each pass reads the epoch that
-    ``epoch()`` says at its first batch (a trainer's current epoch), or 0, 1, 2, ... when None."""
+    ``epoch()`` says at its first batch (a trainer's current epoch), or 0, 1, 2, ... when None. Each worker
+    draws its samples through a shuffle buffer of ``buffer`` samples (1: the packing order)."""
     import warnings
 
     import torch.distributed as dist
@@ -193,5 +192,5 @@ def stream_loader(base: SequenceDataset, *, batch_size: int, seed: int, num_work
     warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world)
+    stream = ShardStream(base, batch_size=batch_size, seed=seed, rank=rank, world=world, buffer=buffer)
     return StreamLoader(stream, num_workers=num_workers, epoch=epoch)

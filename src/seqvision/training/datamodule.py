@@ -128,7 +128,7 @@ class SequenceDataModule(L.LightningDataModule):
             # resumed run has restored its epoch, which would replay epoch 0's order
             epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
             return stream_loader(self.dataset(split, train=True), batch_size=self.batch_size, seed=self.seed,
-                                 num_workers=self.num_workers, epoch=epoch)
+                                 num_workers=self.num_workers, epoch=epoch, buffer=self.cfg.shuffle_buffer)
         return DataLoader(
             self.dataset(split, train=train),
             batch_size=self.batch_size,
