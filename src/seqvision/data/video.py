@@ -18,6 +18,7 @@ import torch
 
 from seqvision.data.packs import member_of
 from seqvision.data.remote import open_file, shown, url_of, version
+from seqvision.data.video_torchcodec import read_frames_torchcodec, reduced_size
 from seqvision.errors import BadFileError, DataError
 
 SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next frame is this close
@@ -27,11 +28,13 @@ SEEK_AHEAD_SECONDS = 1.0  # decode forward instead of seeking when the next fram
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """A clip of a video: ``num_frames`` frames at ``fps`` from ``start`` seconds on."""
+    """A clip of a video: ``num_frames`` frames at ``fps`` from ``start`` seconds on, ``width`` x ``height``."""
 
     fps: float
     start: float
     num_frames: int
+    width: int = 0  # of the stream, from its headers: the size a decoder scales a reduced frame to
+    height: int = 0
 
     def frame_time(self, index: int) -> float:
         return self.start + index / self.fps
@@ -101,6 +104,7 @@ def _probe(path: Path, size: int, mtime_ns: int, start: float | None, end: float
         elif container.duration is not None:
             duration = container.duration / 1_000_000
         frames = int(stream.frames or 0)
+        width, height = stream.width, stream.height
         if fps <= 0 and frames and duration:
             fps = frames / duration
         if duration is None and frames and fps > 0:
@@ -124,11 +128,12 @@ def _probe(path: Path, size: int, mtime_ns: int, start: float | None, end: float
     num = max(0, int(round((min(clip_end, duration) - clip_start) * fps)))
     if num == 0:
         raise BadFileError(shown(path), f"the clip {clip_start:g}-{clip_end:g} s holds no frame")
-    return VideoInfo(fps=fps, start=clip_start, num_frames=num)
+    return VideoInfo(fps=fps, start=clip_start, num_frames=num, width=width, height=height)
 
 
 def read_frames(
     path: str | Path, times: list[float], fps: float, *, stats: dict | None = None, decode_size: int | None = None,
+    decoder: str = "pyav",
 ) -> tuple[list[torch.Tensor], list[str]]:
     """Decode the frames shown at ``times`` (seconds) as RGB ``uint8`` ``(3, H, W)``, in the given order.
 
@@ -138,9 +143,16 @@ def read_frames(
     Each time gets the first frame that is on screen within half a frame of it (variable frame rates
     are handled by timestamps, not frame counts). Returns the frames and notes: a time past the last
     decodable frame (a truncated file, or headers that overstate the length) gets the last frame, and
-    that is reported, not hidden. ``stats["decoded"]`` counts the frames actually decoded.
+    that is reported, not hidden. ``stats["decoded"]`` counts the frames actually decoded (PyAV's).
+
+    ``decoder``: ``pyav`` (below) or ``torchcodec`` (:mod:`seqvision.data.video_torchcodec`), already
+    resolved from ``auto``; both read local files, packed members and URLs.
     """
     path = Path(path)
+    if decoder == "torchcodec":
+        return _read_torchcodec(path, times, fps, decode_size)
+    if decoder != "pyav":
+        raise ValueError(f"decoder must be pyav or torchcodec, got {decoder!r}")
     av = _av()
     order = sorted(set(times))
     found: dict[float, torch.Tensor] = {}
@@ -157,9 +169,21 @@ def read_frames(
         decoder, last, last_time, count = None, None, -math.inf, 0
         kept: torch.Tensor | None = None
         untimed = False  # frames without timestamps seen: they are timed by counting, so no more seeks
+        fresh = True  # nothing read yet: decoding from the file's start needs no seek
 
         def seek(target: float) -> Iterator:
-            container.seek(base + max(0, int(target / tb)), stream=stream, backward=True, any_frame=False)
+            """The frames from the key frame before ``target`` seconds on; from the file's very start for 0."""
+            nonlocal container, stream, fresh
+            if target > 0:
+                container.seek(base + int(target / tb), stream=stream, backward=True, any_frame=False)
+            elif not fresh:
+                # reopened, not sought to 0: a seek lands on the first key frame the demuxer can find, which
+                # in an MPEG-TS without an index (or one cut mid-GOP) may be seconds in
+                container.close()
+                container = _open(path)
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+            fresh = False
             return container.decode(stream)
 
         def keep() -> torch.Tensor:
@@ -200,16 +224,37 @@ def read_frames(
     return [found[t] for t in times], notes
 
 
+def _read_torchcodec(path: Path, times: list[float], fps: float, decode_size: int | None) -> tuple[list[torch.Tensor], list[str]]:
+    """TorchCodec's frames from the same sources PyAV reads: a file-like object for a packed member or a URL."""
+    info = probe_video(path)  # remembered: the stream's size, for the reduced frames' size
+    member = member_of(path)
+    # a URL: seek_mode approximate, so only the ranges it seeks to are fetched (an exact scan would read
+    # the whole object); a packed member is local bytes, scanned like a file
+    remote = url_of(path) is not None
+    source = open_file(path) if remote else member.open() if member is not None else str(path)
+    try:
+        return read_frames_torchcodec(source, times, fps, size=(info.width, info.height), shown_as=shown(path),
+                                      decode_size=decode_size, seek_mode="approximate" if remote else "exact")
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
 def _timed_frames(seek: Callable[[float], Iterator], target: float, *, fps: float, base: int, tb: float) -> Iterator[tuple[Any, float]]:
     """The frames that ``seek(target)`` decodes (from the key frame before ``target`` seconds on), each with
     the time it is shown, in seconds from the stream's start.
 
     A frame without a timestamp is shown ``1/fps`` after the last one that had one. When the first frame
     after a seek has none, where the seek landed is unknown: decoding starts again from the stream's start,
-    whose first frame is shown at 0, and the frames are counted from there."""
+    whose first frame is shown at 0, and the frames are counted from there. So it does when the first frame
+    is later than ``target``: the demuxer knew no key frame before it (an MPEG-TS has no index), and the
+    frames in between would be skipped."""
     anchor, since = None, 0  # the last timestamp seen, and the frames decoded after it
     for frame in seek(target):
         if frame.pts is not None:
+            if anchor is None and target > 0 and (frame.pts - base) * tb > target:
+                yield from _timed_frames(seek, 0.0, fps=fps, base=base, tb=tb)
+                return
             anchor, since = (frame.pts - base) * tb, 0
         elif anchor is not None:
             since += 1
@@ -224,11 +269,10 @@ def _timed_frames(seek: Callable[[float], Iterator], target: float, *, fps: floa
 def _to_rgb(frame, decode_size: int | None):
     """A decoded frame as an ``(H, W, 3)`` RGB array, scaled down (keeping its shape) so that its shorter
     side is ``decode_size`` when it is larger."""
-    short = min(frame.width, frame.height)
-    if decode_size is None or short <= decode_size:
+    reduced = reduced_size(frame.width, frame.height, decode_size)
+    if reduced is None:
         return frame.to_ndarray(format="rgb24")
-    scale = decode_size / short
-    width, height = max(decode_size, round(frame.width * scale)), max(decode_size, round(frame.height * scale))
+    width, height = reduced
     # bilinear: swscale widens its filter when it shrinks (antialiased), like the exact path's resize;
     # on real footage it kept the features closer to full decoding than area averaging did
     return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BILINEAR")
