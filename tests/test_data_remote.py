@@ -1,11 +1,12 @@
 """Data named by URL (issue #27, parts 1 and 5), against real services on loopback started here: an S3
 server (moto's server mode) and a plain HTTP server. train / predict / extract read manifests of s3:// and
-http:// URLs end to end; the feature cache finds a URL's image by its bytes; a missing object, a slow
-server and wrong credentials are one line (or a reported skip); no credential reaches the run folder."""
+http:// URLs end to end; the feature cache finds a URL's image by its bytes; a missing object (also one
+deleted mid-epoch), a slow server (HTTP and S3) and wrong credentials are one line (or a reported skip); no credential reaches the run folder."""
 
 from __future__ import annotations
 
 import functools
+import socket
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ import torch
 
 from conftest import make_folder_dataset, write_image
 from seqvision.cli import main
+from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover, is_manifest
 from seqvision.data.images import load_image
 from seqvision.data.remote import join, shown, to_path, url_of
@@ -147,6 +149,46 @@ def http(http_root, monkeypatch):
     server.slow.clear()
     server.flaky.clear()
     server.cut.clear()
+
+
+class _SlowProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server whose answers are held back ``delay`` seconds
+    (0: passed on at once): an S3 endpoint that became slow, with the server behind it still well."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream, self.delay = (host, int(port)), 0.0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:  # the client gave up (its timeout) and closed the connection
+            pass
+        for end in (src, dst):
+            try:
+                end.shutdown(socket.SHUT_RDWR)  # wakes the other direction's pump blocked in recv
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        self.server.close()
 
 
 # --------------------------------------------------------------------------------------------- units
@@ -312,3 +354,57 @@ def test_pack_reads_a_manifest_on_s3_into_shards_that_hold_the_local_bytes(s3, t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'b'" in err and f"s3://{BUCKET}/gone/nothing.png" in err and SECRET not in err
     assert not list((tmp_path / "bad").glob("*.tar"))
+
+
+@pytest.mark.parametrize("on_bad_image", ["error", "skip"])
+def test_an_object_deleted_during_the_epoch_is_one_line_naming_it_or_a_reported_skip(s3, tmp_path, capsys, monkeypatch, data, on_bad_image):
+    """The object is there when the run starts and indexes; it goes when the first training sample is read,
+    before its own sample's turn: the epoch must not end a sample short without saying so."""
+    gone: list[str] = []
+    get = SequenceDataset.__getitem__
+
+    def delete_another(self, index):
+        if self.train and not gone:  # the first read of the epoch: delete an image of a sample still to come
+            later = next(s for i, s in enumerate(self.samples) if i != index)
+            gone.append(url_of(later.frames[-1].path))
+            s3.delete_object(Bucket=BUCKET, Key=gone[0].removeprefix(f"s3://{BUCKET}/"))
+        return get(self, index)
+
+    monkeypatch.setattr(SequenceDataset, "__getitem__", delete_another)
+    try:
+        code = main(_train(f"s3://{BUCKET}/data/manifest.csv", tmp_path / "run", "--on-bad-image", on_bad_image))
+    finally:
+        key = gone[0].removeprefix(f"s3://{BUCKET}/data/")
+        s3.put_object(Bucket=BUCKET, Key=f"data/{key}", Body=(data / key).read_bytes())
+    err = capsys.readouterr().err
+    if on_bad_image == "error":
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and f"{gone[0]}: object does not exist" in lines[0], err
+    else:
+        assert code == 0 and f"{gone[0]}: object does not exist" in err and "not silently dropped" in err
+
+
+def test_a_slow_s3_endpoint_times_out_into_one_line_and_reads_again_once_it_answers(s3, s3_endpoint, tmp_path, capsys, monkeypatch, data):
+    proxy = _SlowProxy(s3_endpoint[0])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "0.2")
+    monkeypatch.setenv("SEQVISION_REMOTE_RETRIES", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{BUCKET}/data/left/s0/f1.png"
+    try:
+        proxy.delay = 10.0
+        started = time.monotonic()
+        with pytest.raises(BadFileError, match=rf"{url}: no answer within 0.2 s \(after 2 tries\)"):
+            load_image(to_path(url))
+        # two timeouts and one back-off, never the server's pace: s3fs's and botocore's own retries of a
+        # timeout (5 and 1 more by default) would make it 12 timeouts and their back-offs (15 s measured)
+        assert time.monotonic() - started < 5.0
+        (tmp_path / "m.csv").write_text(_manifest(data, lambda rel: f"s3://{BUCKET}/data/{rel}"))
+        # from the CLI, batches of one sample (every sample of a batch is read, each timing out, before the error is raised)
+        assert main([*_train(tmp_path / "m.csv", tmp_path / "run"), "--batch-size", "1"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"s3://{BUCKET}/data/" in err[0] and "no answer within 0.2 s" in err[0], err
+        proxy.delay = 0.0
+        assert torch.equal(load_image(to_path(url)), load_image(data / "left" / "s0" / "f1.png"))
+    finally:
+        proxy.close()

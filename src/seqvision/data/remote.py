@@ -121,11 +121,20 @@ def _filesystem(protocol: str, timeout: float):
 
         options = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=timeout)}}
     elif protocol in ("s3", "s3a"):
-        # one try per request inside botocore: the retries are ours, so a missing object is not retried
-        options = {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"max_attempts": 1}}}
+        # one try per request inside botocore (its max_attempts would count the retries after it): the retries
+        # are ours, so a missing object is not retried
+        options = {"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"total_max_attempts": 1}},
+                   # an image is one GET: with concurrency s3fs first HEADs every object for its size (to split a
+                   # large one into parallel ranges), two requests per image; videos are read by ranges anyway
+                   "max_concurrency": 1}
     elif protocol in ("gs", "gcs"):
         options = {"timeout": timeout}
-    return fsspec.filesystem(protocol, **options)
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol in ("s3", "s3a"):
+        # s3fs retries a timeout 5 times itself (an attribute, not an argument): a stalled store would take
+        # 5 x (retries + 1) timeouts before the one line, and "after N tries" would be untrue
+        fs.retries = 1
+    return fs
 
 
 def read_bytes(path: str | Path) -> bytes:
