@@ -48,7 +48,10 @@ def is_pack(path: str | Path | None) -> bool:
 
 def read_index(pack: str | Path) -> dict:
     """The parsed ``index.json`` of ``pack``; a :class:`DataError` naming the file when it is unreadable."""
-    folder = Path(pack).resolve()
+    folder = Path(pack)
+    # every image read of a pack asks (twice with the feature cache): resolve() is a system call per part of
+    # the path, and read_pack's paths are absolute already
+    folder = folder if folder.is_absolute() else folder.resolve()
     return _load_index(folder, *_version(folder / INDEX_NAME))
 
 
