@@ -23,6 +23,7 @@ BAD_TRAIN_VALUES = {
     "--label-smoothing": "1", "--class-weights": "inverse", "--loss": "huber", "--accelerator": "gpu",
     "--devices": "0", "--on-nan": "ignore", "--diagnostics": "sometimes", "--cache": None, "--memory-budget": "0",
     "--cache-budget": "0", "--num-nodes": "0", "--temporal-shift": "sideways", "--readout": "middle", "--drop-stages": "-1",
+    "--video-decoder": "ffmpeg",
 }
 BOOLEAN = {"--augment", "--exact-decode", "--hflip", "--shuffle-frames", "--freeze", "--freeze-bn", "--checkpointing", "--temporal-diff", "--bidirectional", "--input-norm",
            "--balanced-sampler", "--deterministic", "--sync-batchnorm"}

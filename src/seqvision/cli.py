@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from seqvision.config import DIAGNOSTICS_CHOICES, POOL_CHOICES, RUNTIME_CHOICES, SAMPLING_CHOICES, TASK_CHOICES
+from seqvision.config import DIAGNOSTICS_CHOICES, POOL_CHOICES, RUNTIME_CHOICES, SAMPLING_CHOICES, TASK_CHOICES, VIDEO_DECODER_CHOICES
 from seqvision.errors import SeqVisionError
 
+VIDEO_DECODER_HELP = ("what decodes video frames: auto (PyAV: faster on the CPU in benchmarks/video_decoders.py) | pyav | "
+                      "torchcodec (pip install 'seqvision[torchcodec]'); the decoder is part of the feature-cache key")
 # flag -> (config section, field, argparse options). Defaults are None so only given flags override.
 _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse options)
     ("--data", "data", "data", {"help": "data root (ROOT/<label>/<sample>/<images>) or a .csv/.jsonl manifest"}),
@@ -45,6 +47,7 @@ _TRAIN_FLAGS: list[tuple] = [  # (flag[, alias], section, field, argparse option
     ("--feature-precision", "data", "feature_precision", {"choices": ["auto", "32", "bf16", "int8"], "help": "frozen CNN filling the cache: auto = bf16 where fast; int8 = quantized on the first CNN batch's images (up to 64), by ONNX Runtime on the CPU"}),
     ("--feature-runtime", "data", "feature_runtime", {"choices": RUNTIME_CHOICES, "help": "what runs the frozen CNN filling the cache: auto = the fastest on this machine (measured once; a cache already filled keeps its runtime) | torch | onnxruntime | openvino (CPU, fp32)"}),
     ("--exact-decode", "data", "exact_decode", {"action": argparse.BooleanOptionalAction, "help": "decode every pixel of large JPEGs and video frames (default: only the scale the resize needs)"}),
+    ("--video-decoder", "data", "video_decoder", {"choices": VIDEO_DECODER_CHOICES, "help": VIDEO_DECODER_HELP}),
     ("--cache-budget", "data", "cache_budget", {"type": float, "help": "--trainable-stages with --no-augment: GB of disk for the frozen stages' cached maps (default: 90%% of the free space; over it, the CNN runs live)"}),
     ("--backbone", "model", "backbone", {"help": "tiny_cnn, a torchvision classifier or timm/NAME (seqvision backbones lists them)"}),
     ("--weights", "model", "weights", {"help": "imagenet | none | PATH to a state_dict"}),
@@ -277,6 +280,7 @@ def _extract_parser(p: argparse.ArgumentParser) -> None:
     _runtime_flag(p, "auto = the fastest on this machine, measured once (a cache already filled keeps its runtime)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32", help="storage of the features (default: %(default)s)")
     p.add_argument("--exact-decode", action="store_true", help="decode every pixel of large JPEGs and video frames (as for train)")
+    p.add_argument("--video-decoder", choices=VIDEO_DECODER_CHOICES, default="auto", help=VIDEO_DECODER_HELP + " (as for train)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (slow start, faster steady state)")
     p.add_argument("--content-hash", action="store_true", help="identify files by content hash, not path+size+mtime")
     p.add_argument("--sampling", choices=SAMPLING_CHOICES, default="uniform", help="videos: the frames training will sample (see train)")
@@ -520,7 +524,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             data=args.data, image_size=args.image_size, resize_size=args.resize_size, mean=args.mean, std=args.std,
             num_workers=args.num_workers, on_bad_image=args.on_bad_image, cache_dtype=args.cache_dtype,
             feature_precision=args.precision, feature_runtime=args.runtime, sampling=args.sampling, num_frames=args.num_frames, stride=args.stride,
-            fps=args.fps, eval_clips=args.eval_clips, exact_decode=args.exact_decode,
+            fps=args.fps, eval_clips=args.eval_clips, exact_decode=args.exact_decode, video_decoder=args.video_decoder,
         ),
         model=ModelConfig(backbone=args.backbone, weights=args.weights, pool=args.pool, drop_stages=args.drop_stages, freeze=True),
     )

@@ -19,6 +19,7 @@ import yaml
 from seqvision.data.discovery import compile_group_pattern, is_manifest
 from seqvision.data.packs import SHUFFLE_BUFFER, is_pack
 from seqvision.data.sampling import SamplingPolicy
+from seqvision.data.video_torchcodec import VIDEO_DECODER_CHOICES, resolve_video_decoder
 from seqvision.errors import ConfigError
 from seqvision.redact import redacted
 
@@ -76,6 +77,9 @@ class DataConfig:
     # decode every pixel of large JPEGs and video frames; by default they are decoded at the smallest scale
     # the resize needs (libjpeg's DCT scaling, FFmpeg's scaler): features within a cosine of ~0.99+
     exact_decode: bool = False
+    # what decodes video frames: auto | pyav | torchcodec. auto = PyAV (benchmarks/video_decoders.py: TorchCodec
+    # 0.17 took more CPU per frame and missed frames of an MPEG-TS); the decoder is in the cache key
+    video_decoder: str = "auto"
     # fine-tuning the last stages without augmentation: GB of disk the frozen stages' cached maps (float16)
     # may take; None = 90% of the free space. Over it, the CNN runs live every epoch (and says so)
     cache_budget: float | None = None
@@ -358,6 +362,7 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         ("data", "cache_dtype"): ("float32", "float16"),
         ("data", "feature_precision"): ("auto", "32", "bf16", "int8"),
         ("data", "feature_runtime"): RUNTIME_CHOICES,
+        ("data", "video_decoder"): VIDEO_DECODER_CHOICES,
         ("model", "pool"): POOL_CHOICES,
         ("model", "head"): tuple(_heads()),
         ("model", "temporal_shift"): ("off", "bidirectional", "causal"),
@@ -412,6 +417,8 @@ def validate(cfg: RunConfig, *, warn: bool = True) -> None:
         raise ConfigError(f"--d-model {m.d_model} must be a multiple of --nhead {m.nhead} (each head gets d_model / nhead)")
     _check_devices(cfg.train)
     _check_feature_runtime(cfg)
+    if d.video_decoder == "torchcodec":  # asked for by name: one line now if it cannot load, not mid-epoch
+        resolve_video_decoder(d.video_decoder)
     if warn:
         _warn_no_effect(cfg)
 

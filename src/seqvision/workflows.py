@@ -104,7 +104,7 @@ def extract(
     with preprocessing_given(d.mean is not None and d.std is not None):
         encoder = build_backbone(m.backbone, weights=m.weights, pool=m.pool, drop_stages=m.drop_stages)
     prep = resolve_preprocessing(encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
-                                exact_decode=d.exact_decode)
+                                exact_decode=d.exact_decode, video_decoder=d.video_decoder)
     encoder.preprocessing = prep  # one resolved preprocessing: the oneDNN probe runs at the size extracted
     folder = Path(out) if out else d.cache_root()
     key = CacheKey.for_encoder(encoder, prep, dtype=d.cache_dtype, compute=compute)

@@ -100,7 +100,7 @@ class PixelSource(FrameSource):
         wanted = [i for clip in clips for i in clip]
         try:
             frames, notes = read_frames(sample.video.path, [info.frame_time(i) for i in wanted], info.fps,
-                                        decode_size=self.transform.decode_size)
+                                        decode_size=self.transform.decode_size, decoder=self.transform.prep.video_decoder)
         except DataError as exc:
             dataset.bad_frame(item, f"sample {sample.id!r}: {exc}")
             return None

@@ -8,6 +8,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from seqvision.data.video_torchcodec import resolve_video_decoder
+
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -24,6 +26,9 @@ class Preprocessing:
     # reduced: large JPEGs decode at 1/2, 1/4 or 1/8 scale in libjpeg and video frames are scaled in FFmpeg,
     # never below the size the resize needs (``decode_size``); exact: every pixel decoded, then resized
     decode: str = "reduced"
+    # what decoded the video frames' pixels: pyav | torchcodec (resolved from --video-decoder auto). Their
+    # reduced frames differ by a few levels (another scaler), so the cache key names the decoder
+    video_decoder: str = "pyav"
 
     def to_dict(self) -> dict:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -31,6 +36,8 @@ class Preprocessing:
             del out["interpolation"]
         if self.decode == "exact":  # how everything was decoded before the mode existed: keys and checkpoints
             del out["decode"]  # made then keep meaning exact decoding
+        if self.video_decoder == "pyav":  # the only decoder before it was recorded: keys stay as they were
+            del out["video_decoder"]
         return out
 
     @classmethod
@@ -42,6 +49,7 @@ class Preprocessing:
             std=tuple(float(s) for s in raw["std"]),
             interpolation=str(raw.get("interpolation", "bilinear")),
             decode=str(raw.get("decode", "exact")),  # absent: made before reduced decoding existed
+            video_decoder=str(raw.get("video_decoder", "pyav")),  # absent: PyAV's pixels
         )
 
     @property
@@ -131,11 +139,14 @@ def resolve_preprocessing(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     exact_decode: bool = False,
+    video_decoder: str = "pyav",
 ) -> Preprocessing:
     """The backbone's pretrained preprocessing with the user's overrides applied.
 
     A new ``image_size`` keeps the pretrained resize/crop ratio (224 -> 256 becomes 112 -> 128).
     ``exact_decode``: decode every pixel (``--exact-decode``) instead of only what the resize needs.
+    ``video_decoder``: ``auto`` | ``pyav`` | ``torchcodec`` (``--video-decoder``), resolved here to the one
+    that will decode (:func:`~seqvision.data.video_torchcodec.resolve_video_decoder`).
     """
     size = image_size or base.image_size
     if resize_size is None:
@@ -147,4 +158,5 @@ def resolve_preprocessing(
         std=tuple(std) if std is not None else base.std,
         interpolation=base.interpolation,
         decode="exact" if exact_decode else "reduced",
+        video_decoder=resolve_video_decoder(video_decoder),
     )

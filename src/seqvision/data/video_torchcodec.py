@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-import torch
+from typing import TYPE_CHECKING
 
 from seqvision.errors import BadFileError, ConfigError, DataError
 
+if TYPE_CHECKING:
+    import torch
+
+# no torch at import: the configuration (and so the command line's --help) reads these choices
 VIDEO_DECODER_CHOICES = ("auto", "pyav", "torchcodec")
-# benchmarks/video_decoders.py (2-core AMD EPYC, SD and 1080p H.264, MPEG-4 AVI, a cut Matroska and an
-# MPEG-TS): TorchCodec 0.17 is not faster than PyAV for seqvision's reads, so auto keeps PyAV
+# benchmarks/video_decoders.py (2-core AMD EPYC; SD and 1080p H.264, MPEG-4 AVI, a cut Matroska, an MPEG-TS):
+# TorchCodec 0.17 took 1.2-1.8x PyAV's CPU per frame reading in order (its resize in the decoder), about the
+# same for 16 sampled frames, and gave the wrong frame for 20 of 32 times in the MPEG-TS; its reduced frames
+# are closer to --exact-decode's (0.1 grey levels off against PyAV's 1.2). So auto keeps PyAV
 AUTO_PREFERS_TORCHCODEC = False
 # where a time falls exactly on a frame boundary, the frame that starts there is the one on screen:
 # the query stops this far short of half a frame after the wanted time
@@ -55,6 +61,15 @@ def resolve_video_decoder(choice: str) -> str:
             raise ConfigError(f"--video-decoder torchcodec: {problem}; {INSTALL_HINT} (or use --video-decoder pyav)")
         return "torchcodec"
     return "torchcodec" if AUTO_PREFERS_TORCHCODEC and problem is None else "pyav"
+
+
+def usable_video_decoder(recorded: str) -> tuple[str, str | None]:
+    """The decoder to read with where a checkpoint recorded ``recorded``: itself, or PyAV with the reason
+    when TorchCodec cannot load here (a model trained on TorchCodec's pixels still predicts, on PyAV's: about
+    a grey level apart on average where frames are reduced, identical or within rounding at full size)."""
+    if recorded == "torchcodec" and torchcodec_problem() is not None:
+        return "pyav", f"the checkpoint's video frames were decoded by TorchCodec, but {torchcodec_problem()}: PyAV decodes them here"
+    return recorded, None
 
 
 def reduced_size(width: int, height: int, decode_size: int | None) -> tuple[int, int] | None:

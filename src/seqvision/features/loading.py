@@ -138,7 +138,8 @@ class VideoChunks(Dataset):
     def __getitem__(self, i: int) -> Work:
         chunk = self.chunks[i]
         try:
-            frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps, decode_size=self.transform.decode_size)
+            frames, notes = read_frames(chunk.path, [t for _, t in chunk.frames], chunk.fps, decode_size=self.transform.decode_size,
+                                        decoder=self.transform.prep.video_decoder)
         except DataError as exc:
             return [], torch.empty(0), [f"sample {chunk.sample_id!r}: {exc}"], []
         return [identity for identity, _ in chunk.frames], self.transform(frames), [], notes

@@ -17,6 +17,7 @@ from seqvision.data.pieces import PieceDataset, collate_pieces, concat_images, p
 from seqvision.data.samples import Sample
 from seqvision.tasks import TargetSpec
 from seqvision.data.transforms import ClipTransform, Preprocessing
+from seqvision.data.video_torchcodec import usable_video_decoder
 from seqvision.errors import CheckpointError, ConfigError, DataError
 from seqvision.features.cache import CacheKey, FeatureStore, default_cache_root
 from seqvision.features.dataset import cached_dataset
@@ -95,6 +96,10 @@ class Predictor:
             prep = Preprocessing.from_dict(meta["preprocessing"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: incomplete seqvision metadata ({exc})") from None
+        decoder, why = usable_video_decoder(prep.video_decoder)
+        if why is not None:
+            log.warning("%s", why)
+            prep = dataclasses.replace(prep, video_decoder=decoder)  # and the cache key with it: PyAV's features
         # weights="none": the checkpoint holds every parameter, nothing is downloaded
         model = cfg.model.build_model(spec.num_outputs, weights="none", per_step=spec.per_image)
         state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items() if k.startswith("model.")}

@@ -161,7 +161,7 @@ def _model(cfg: RunConfig, data):
     with preprocessing_given(d.mean is not None and d.std is not None):
         model = cfg.model.build_model(data.spec.num_outputs, per_step=data.spec.per_image)
     prep = resolve_preprocessing(model.encoder.preprocessing, image_size=d.image_size, resize_size=d.resize_size, mean=d.mean, std=d.std,
-                                exact_decode=d.exact_decode)
+                                exact_decode=d.exact_decode, video_decoder=d.video_decoder)
     model.encoder.preprocessing = prep
     return model, prep
 

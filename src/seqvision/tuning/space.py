@@ -49,7 +49,7 @@ NOT_SEARCHABLE = {"data", "task", "targets", "group_by", "val_fraction", "test_f
                   # what the cached features depend on: a trial drawing one would extract again or run the CNN live
                   "image_size", "resize_size", "mean", "std", "exact_decode", "augment", "hflip", "trainable_stages",
                   "freeze_bn", "feature_precision", "precision", "cache_budget", "on_bad_image", "num_nodes",
-                  "sync_batchnorm", "drop_stages", "feature_runtime"}
+                  "sync_batchnorm", "drop_stages", "feature_runtime", "video_decoder"}
 # frame sampling: the features were cached for the run's frames before the first trial; a trial with other
 # frames of a video would miss the cache and run the CNN inside the trial (and the README promises it is fixed)
 FRAME_SAMPLING = ("num_frames", "sampling", "eval_sampling", "stride", "fps", "eval_clips", "min_images", "short_samples")
