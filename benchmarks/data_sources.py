@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -247,7 +248,9 @@ def main() -> None:
 
     print(f"# Data sources: frozen extraction and a training epoch from local files, local shards, S3 files and S3 shards "
           f"({samples:,} samples x {FRAMES} JPEGs of {SIDE}x{SIDE}; tiny_cnn, random weights, {CROP} px: reading dominates)")
-    print(f"command: python {' '.join(sys.argv)}" + (f"  ({args.why})" if args.why else ""))
+    print(f"command: python {shlex.join(sys.argv)}")
+    if args.why:
+        print(f"why: {args.why}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores, {model}; "
           f"load average at the start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results: dict[str, dict] = {}
