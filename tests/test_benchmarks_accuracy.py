@@ -50,6 +50,7 @@ def _run(script: str, *args: str) -> dict:
     return report
 
 
+@pytest.mark.slow
 @needs_weights
 @needs_fashion
 def test_moving_fashion_mnist_quick():
@@ -62,6 +63,7 @@ def test_moving_fashion_mnist_quick():
         assert row["accuracy"]["mean"] <= min(row["garment_accuracy"]["mean"], row["direction_accuracy"]["mean"]) + 1e-6
 
 
+@pytest.mark.slow
 @needs_weights
 @needs_fashion
 def test_multiview_majority_quick():
@@ -74,6 +76,7 @@ def test_multiview_majority_quick():
     assert report["finetune_stages"] == 3
 
 
+@pytest.mark.slow
 @needs_weights
 def test_arrow_of_time_quick():
     folders = _video_folders()
@@ -97,6 +100,7 @@ def _quick(script: str) -> tuple[subprocess.CompletedProcess, dict]:
     return res, json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_weights
 @needs_fashion
 def test_tune_multiview_quick():
@@ -107,6 +111,7 @@ def test_tune_multiview_quick():
     assert res.stdout.count("\ntrial ") == 3
 
 
+@pytest.mark.slow
 @needs_weights
 @needs_fashion
 def test_finetune_maps_quick():
@@ -116,6 +121,7 @@ def test_finetune_maps_quick():
     assert "| MobileNetV2, last stage fine-tuned |" in res.stdout and report["speedup"] > 0
 
 
+@pytest.mark.slow
 @needs_weights
 @pytest.mark.skipif(not OPENCV_DATA.is_dir(), reason=f"no photos in {OPENCV_DATA} (Debian package opencv-doc)")
 def test_panning_photos_quick():

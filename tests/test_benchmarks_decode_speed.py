@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_speed.py"
 OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (OPENCV / "vtest.avi").is_file(), reason="OpenCV's sample data (Debian opencv-doc) is not installed")
 def test_decode_speed_quick_reports_every_input_kind():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)

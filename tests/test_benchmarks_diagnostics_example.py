@@ -9,6 +9,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics_example.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/doc/opencv-doc/examples/data/baboon.jpg").exists(), reason="opencv-doc not installed")
 def test_diagnostics_example_prints_findings():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "extract_speed.py"
 
 
+@pytest.mark.slow
 def test_extract_speed_quick_runs_and_reports_every_figure():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

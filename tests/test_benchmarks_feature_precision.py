@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "feature_precision
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data/baboon.jpg")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PHOTOS.exists(), reason="Debian's opencv-doc (real photos) is not installed")
 def test_feature_precision_quick_reports_its_figures():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300)

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_cues.py"
 
 
+@pytest.mark.slow
 def test_motion_cues_quick_runs_every_configuration():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_memory.py"
 
 
+@pytest.mark.slow
 def test_predict_memory_quick_reports_peak_rss_per_sample_size():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_speed.py"
 
 
+@pytest.mark.slow
 def test_runtime_speed_quick_reports_each_installed_runtime_and_its_agreement_with_torch():
     res = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
 
+@pytest.mark.slow
 def test_serve_load_quick_reports_latency_throughput_and_batching():
     # both servers get the CNN's runtime and precision (so the table can be measured per runtime)
     runtime = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"

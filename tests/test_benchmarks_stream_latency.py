@@ -12,6 +12,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_latency.py"
 
 
+@pytest.mark.slow
 def test_stream_latency_quick_reports_every_mode_and_their_agreement():
     # the CNN on ONNX Runtime where it is installed (--runtime, so the table can be measured per runtime)
     runtime = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"

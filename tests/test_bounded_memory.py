@@ -181,6 +181,7 @@ PREDICT_RSS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_predict_on_thousands_of_images_stays_under_a_measured_bound(tmp_path):
     data = make_folder_dataset(tmp_path / "train", per_label=2, lengths=(3,))
     cfg = fast_config(data, max_epochs=1)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from seqvision.cli import main
 
@@ -173,6 +174,7 @@ def test_every_flag_has_a_help_line_and_train_shows_its_defaults(capsys):
         assert shown in text, shown
 
 
+@pytest.mark.slow
 def test_logs_to_a_pipe_get_one_line_per_epoch_and_no_library_chatter(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_label=4)
     args = [a for a in _train_args(data, tmp_path / "run") if a != "--no-progress"]

@@ -1,6 +1,7 @@
 import math
 from collections import Counter
 
+import pytest
 from PIL import Image
 
 from seqvision.demo import CLASSES, make_demo_dataset, run_demo
@@ -27,6 +28,7 @@ def _chance_bound(n: int, p_value: float = 0.01) -> int:
     return k
 
 
+@pytest.mark.slow
 def test_small_demo_learns_order_and_control_stays_near_chance(tmp_path):
     result = run_demo(tmp_path / "demo", per_class=80, max_epochs=15, progress=False, workers=0, test_fraction=0.35)
     n = result.test_samples

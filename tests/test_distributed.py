@@ -64,6 +64,7 @@ seqvision.train(cfg, run, progress=False, callbacks=[WeightsAfterFirstStep()])
 """
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_with_identical_weights_and_rank0_evaluates(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_label=5)
     script = tmp_path / "train.py"
@@ -91,6 +92,7 @@ def checkpoint(tmp_path_factory):
     return train_and_evaluate(cfg, root / "run", progress=False).best_checkpoint
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_under_torchrun_shard_and_equal_one_process(checkpoint, tmp_path):
     data = checkpoint.parents[1] / "data"
     samples = [str(p) for p in sorted((data / "left").iterdir()) + sorted((data / "right").iterdir())][:5]  # 5: odd

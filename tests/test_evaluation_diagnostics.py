@@ -28,6 +28,7 @@ def direction(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("direction"), "lstm")
 
 
+@pytest.mark.slow
 def test_an_order_task_shows_a_large_shuffle_and_mirror_effect(direction):
     _, result = direction
     d = result.test_metrics["diagnostics"]

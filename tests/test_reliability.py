@@ -50,6 +50,7 @@ def _epoch_of(path: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_equals_an_uninterrupted_run(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_label=8, size=24)
     subprocess.run(_train_cmd(data, tmp_path / "full"), check=True, capture_output=True, timeout=300)
@@ -67,6 +68,7 @@ def test_kill_9_during_training_then_resume_equals_an_uninterrupted_run(tmp_path
     assert (run / "val" / "metrics.json").read_text() == (tmp_path / "full" / "val" / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_kill_9_during_extraction_then_rerun_computes_only_the_rest(tmp_path):
     from seqvision.models.backbones import build_backbone
 

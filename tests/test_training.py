@@ -270,6 +270,7 @@ def _write_motion_dataset(root: Path, *, per_class: int = 32, size: int = 16) ->
     return root
 
 
+@pytest.mark.slow
 def test_a_direction_task_learns_with_the_default_augmentation(tmp_path):
     """The default augmentation keeps direction: with a random flip (the old default) the labels of
     half the samples are reversed and this task stays at chance."""
