@@ -3,7 +3,7 @@ shards, S3 files and S3 shards (an S3 server on loopback), the same samples each
 
     python benchmarks/data_sources.py                  # 10,000 samples x 8 JPEGs of 64x64
     python benchmarks/data_sources.py --samples 2000   # fewer (say why in the results)
-    python benchmarks/data_sources.py --quick          # 12 samples, seconds (CI): checks it works, not speed
+    python benchmarks/data_sources.py --quick          # 8 samples, seconds (CI): checks it works, not speed
 
 The JPEGs are real: random crops of OpenCV's sample photos (Debian ``opencv-doc``) resized to 64x64 and saved
 at quality 90 (~2 KB each: the "many small images" case), in ROOT/<label>/<sample>/<8 images> (without
@@ -237,11 +237,11 @@ def ratio(value: float | None, base: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_000, help="samples of 8 JPEGs (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="12 samples: checks that it works (CI), not speed")
+    parser.add_argument("--quick", action="store_true", help="8 samples: checks that it works (CI), not speed")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of extraction and training (default: %(default)s)")
     parser.add_argument("--why", default="", help="a note for the header (e.g. why fewer samples than 10,000)")
     args = parser.parse_args()
-    samples = 12 if args.quick else args.samples
+    samples = 8 if args.quick else args.samples
     workers = 0 if args.quick else args.num_workers  # quick: no worker processes to start (seconds on 2 cores)
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), platform.processor())
