@@ -16,6 +16,7 @@ pytest.importorskip("boto3")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow
 def test_data_sources_quick_measures_every_source_it_can_read(monkeypatch, capsys):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "SEQVISION_CACHE"):
         monkeypatch.setenv(name, "restored-after-the-test")  # the script sets them: put back what was there
