@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 from seqvision.data.manifest import read_manifest
 from seqvision.data.packs import is_pack, read_pack
-from seqvision.data.remote import check_protocol, is_url, list_tree, shown, suffix, to_path
+from seqvision.data.remote import check_protocol, has_shards, is_url, list_tree, shown, suffix, to_path
 from seqvision.data.samples import SPLITS, FrameRef, Sample, VideoClip, is_image_file, is_video_file, natural_key
 from seqvision.errors import ConfigError, DataError
 from seqvision.redact import without_password
@@ -78,12 +78,19 @@ def _discover_url(url: str, *, targets: list[str] | None, require_labels: bool, 
     check_protocol(url, "data")
     if is_manifest(url):
         samples = read_manifest(to_path(url), targets=targets, require_labels=require_labels, group_column=group_by)
+    elif is_pack(url):  # a pack folder uploaded as it is: its index by URL, its members ranged reads of the shards
+        samples = read_pack(url)
+        if group_by is not None:
+            group_by_name(samples, group_by)
     else:  # a folder: one listing of its keys, then the same layout rules as a local folder
         root, tree = list_tree(url)
         samples = discover_folders(root, scan=lambda folder: tree.get(folder, ([], [], [])))
         if group_by is not None:
             group_by_name(samples, group_by)
     if not samples:
+        if has_shards(url):
+            raise DataError(f"{without_password(url.rstrip('/'))}/index.json does not exist, but the folder holds tar shards: "
+                            "seqvision reads the packs that `seqvision pack` writes; upload the pack's index.json too")
         raise DataError(f"data {without_password(url)}: no samples found; expected ROOT/<label>/<sample_id>/<images> or a manifest")
     return samples
 

@@ -62,23 +62,24 @@ def load_image(path: str | Path, *, decode_size: int | None = None) -> torch.Ten
     """Read ``path`` as RGB ``uint8`` ``(3, H, W)``; raise :class:`BadFileError` naming the file.
     ``decode_size``: a large JPEG may be decoded reduced, its shorter side no smaller than this."""
     path = Path(path)
-    if url_of(path) is not None:  # a URL: fetched whole through fsspec (a BadFileError naming it if it cannot be)
+    member = member_of(path)  # first: a member of a pack given by URL is a URL too, read from its shard
+    if member is None and url_of(path) is not None:  # a URL: fetched whole through fsspec (a BadFileError naming it if it cannot be)
         data, named = read_bytes(path), shown(path)  # messages name the URL, unfolded and redacted
         if not data:
             raise BadFileError(named, "empty object (0 bytes)")
         return _decode_jpeg(named, data, decode_size) if data[:3] == b"\xff\xd8\xff" else _decode_pillow(named, data)
-    member = member_of(path)
     try:
         data = member.read() if member is not None else path.read_bytes()
     except FileNotFoundError:
         raise BadFileError(path, "file does not exist") from None
     except OSError as exc:
         raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    named = Path(shown(path))  # a packed member by URL: named unfolded and redacted
     if not data:
-        raise BadFileError(path, "empty file (0 bytes)")
+        raise BadFileError(named, "empty file (0 bytes)")
     if data[:3] == b"\xff\xd8\xff":
-        return _decode_jpeg(path, data, decode_size)
-    return _decode_pillow(path, data)
+        return _decode_jpeg(named, data, decode_size)
+    return _decode_pillow(named, data)
 
 
 def _decode_jpeg(path: Path, data: bytes, decode_size: int | None = None) -> torch.Tensor:
@@ -151,17 +152,17 @@ def read_header(path: str | Path) -> tuple[str, int, int]:
     decoding, with the same :class:`BadFileError`: a missing, empty or unreadable file, one that is not
     an image, one larger than :data:`MAX_PIXELS` (``seqvision inspect`` reads sizes through this)."""
     path = Path(path)
-    if url_of(path) is not None:  # a store's GET is one request, so the (small) image is fetched whole
+    member = member_of(path)  # first: a member of a pack given by URL is a URL too, read from its shard
+    if member is None and url_of(path) is not None:  # a store's GET is one request, so the (small) image is fetched whole
         named = shown(path)  # messages name the URL, unfolded and redacted
         return _header(Path(named), named, io.BufferedReader(io.BytesIO(read_bytes(path))))
-    member = member_of(path)
     try:
         source = member.open() if member is not None else open(path, "rb")  # a member: its byte range only
     except FileNotFoundError:
         raise BadFileError(path, "file does not exist") from None
     except OSError as exc:
         raise BadFileError(path, f"cannot be read ({exc.strerror or exc})") from None
-    return _header(path, path, source)
+    return _header(path, Path(shown(path)), source)
 
 
 def _header(path: Path, named: str | Path, source: io.BufferedReader) -> tuple[str, int, int]:

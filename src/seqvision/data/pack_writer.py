@@ -27,7 +27,7 @@ from pathlib import Path
 
 from seqvision.data.discovery import discover
 from seqvision.data.packs import FORMAT, INDEX_NAME, VERSION, is_pack, read_index
-from seqvision.data.remote import is_url, open_file, shown, url_of, version
+from seqvision.data.remote import is_url, open_file, shown, to_path, url_of, version
 from seqvision.data.samples import Sample
 from seqvision.errors import BadFileError, ConfigError, DataError
 from seqvision.io import atomic_write_text
@@ -68,7 +68,10 @@ def pack(
 
     An ``out`` that holds another pack (made from other data or with other options) is refused unless
     ``overwrite``; a folder with other files in it is always refused."""
-    out = Path(out)
+    if is_url(str(out)) and str(out)[:7].lower() != "file://":
+        raise ConfigError(f"--out {shown(str(out))}: a pack is written to a local folder; upload that folder as it is "
+                          "(e.g. aws s3 sync PACK s3://bucket/pack/) and give its URL as --data")
+    out = to_path(str(out)) if is_url(str(out)) else Path(out)
     # a URL (s3://, https://, ...) is discovered and read through fsspec; the index records it without credentials
     source: str | Path = str(data) if is_url(str(data)) else Path(data).resolve()
     if is_pack(source):

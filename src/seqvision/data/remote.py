@@ -142,11 +142,13 @@ def read_bytes(path: str | Path) -> bytes:
     :func:`settings`; a :class:`BadFileError` naming the URL (shown redacted) when they cannot be had."""
     url = url_of(path)
     assert url is not None, path
-    return _retried(path, lambda fs: fs.cat_file(url))
+    return retried(path, lambda fs: fs.cat_file(url))
 
 
-def _retried(path: str | Path, call):
-    """``call(filesystem)`` for the URL ``path`` stands for, tried again on transient errors (:func:`settings`)."""
+def retried(path: str | Path, call):
+    """``call(filesystem)`` for the URL ``path`` stands for, tried again on transient errors (:func:`settings`);
+    a :class:`BadFileError` naming the URL (shown redacted) when it fails for good. A ``call`` that keeps
+    state (an open file) drops it before raising, so the next try starts afresh."""
     config = settings()
     protocol = url_of(path).split("://", 1)[0].lower()
     attempt = 0
@@ -218,7 +220,7 @@ def list_tree(url: str) -> tuple[Path, Tree]:
     from seqvision.data.samples import is_image_file, is_video_file, natural_key
 
     root = to_path(url.rstrip("/"))
-    found = _retried(root, lambda fs: fs.find(url))  # keys: without the protocol (object stores) or whole URLs
+    found = retried(root, lambda fs: fs.find(url))  # keys: without the protocol (object stores) or whole URLs
     prefix = str(url_of(root)).split("://", 1)[1]
     tree: dict[Path, tuple[set, set, set]] = {root: (set(), set(), set())}
     for key in found:
@@ -240,13 +242,20 @@ def list_tree(url: str) -> tuple[Path, Tree]:
     return root, ordered  # type: ignore[return-value]
 
 
+def has_shards(url: str) -> bool:
+    """Whether the folder ``url`` holds ``.tar`` objects directly (asked only to word an error: a pack
+    uploaded without its index)."""
+    root = to_path(url.rstrip("/"))
+    return bool(retried(root, lambda fs: fs.glob(f"{url_of(root)}/*.tar")))
+
+
 def open_file(path: str | Path, *, block_size: int = 1 << 20) -> io.BufferedReader:
     """A seekable binary file over the object ``path`` stands for, read by ranged requests of
     ``block_size`` bytes: a video's index and the frames sought are fetched, never the whole file. A read
     that fails is a :class:`BadFileError` naming the URL (PyAV hands it back from its decoding calls)."""
     url = url_of(path)
     assert url is not None, path
-    handle = _retried(path, lambda fs: fs.open(url, "rb", block_size=block_size, cache_type="readahead"))
+    handle = retried(path, lambda fs: fs.open(url, "rb", block_size=block_size, cache_type="readahead"))
     return io.BufferedReader(_Reads(path, handle), buffer_size=1 << 16)
 
 
@@ -254,7 +263,25 @@ def version(path: str | Path) -> tuple[int, int]:
     """(size, a number standing for the object's ETag or modification time): what a local file's stat
     gives, so headers read once per version of an object are read again when it changes."""
     url = url_of(path)
-    info = _retried(path, lambda fs: fs.info(url))
+    return version_of(retried(path, lambda fs: fs.info(url)))
+
+
+def version_or_none(path: str | Path) -> tuple[int, int] | None:
+    """:func:`version`, or None when the object does not exist (a 404: asked whether a pack's index is there)."""
+    url = url_of(path)
+
+    def info(fs):
+        try:
+            return fs.info(url)
+        except FileNotFoundError:
+            return None
+
+    found = retried(path, info)
+    return None if found is None else version_of(found)
+
+
+def version_of(info: dict) -> tuple[int, int]:
+    """:func:`version` from an fsspec ``info`` record (an open fsspec file's ``details``)."""
     tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
     return int(info.get("size") or 0), zlib.crc32(str(tag).encode())
 

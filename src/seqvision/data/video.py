@@ -53,7 +53,7 @@ def _open(path: Path):
     av = _av()
     member = member_of(path)  # a packed video: its byte range of the shard, read as a file
     # a video by URL: a file over ranged requests (a BadFileError naming it when it cannot be opened)
-    source = open_file(path) if url_of(path) is not None else member.open() if member is not None else str(path)
+    source = member.open() if member is not None else open_file(path) if url_of(path) is not None else str(path)
     try:
         container = av.open(source)
     except FileNotFoundError:
@@ -78,11 +78,11 @@ def probe_video(path: str | Path, start: float | None = None, end: float | None 
     Remembered per file version (path, size, modification time) in this process: filtering, cache
     planning, the datasets and the report all ask for the same videos' headers."""
     path = Path(path)
-    if url_of(path) is not None:
-        return _probe(path, *version(path), start, end)
-    member = member_of(path)
+    member = member_of(path)  # first: a member of a pack given by URL is a URL too
     if member is not None:
         return _probe(path, *member.version(), start, end)
+    if url_of(path) is not None:
+        return _probe(path, *version(path), start, end)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -259,8 +259,8 @@ def _read_torchcodec(path: Path, times: list[float], fps: float, decode_size: in
     member = member_of(path)
     # a URL: seek_mode approximate, so only the ranges it seeks to are fetched (an exact scan would read
     # the whole object); a packed member is local bytes, scanned like a file
-    remote = url_of(path) is not None
-    source = open_file(path) if remote else member.open() if member is not None else str(path)
+    remote = member is None and url_of(path) is not None
+    source = member.open() if member is not None else open_file(path) if remote else str(path)
     try:
         return read_frames_torchcodec(source, times, fps, size=(info.width, info.height), shown_as=shown(path),
                                       decode_size=decode_size, seek_mode="approximate" if remote else "exact")

@@ -76,11 +76,11 @@ def file_identity(path: Path, *, content_hash: bool = False) -> str:
     member (packed data) is always known by its content: the same bytes read from their folder with
     ``content_hash`` find the same rows, and a repacked pack's new paths do not lose them. So is an object
     named by URL (it has no modification time we could trust, and S3's and a local copy's bytes agree)."""
-    if url_of(path) is not None:
-        return content_identity(path)
-    member = member_of(path)
+    member = member_of(path)  # first: a member of a pack given by URL is a URL too, known by the index's digest
     if member is not None:
         return member.identity()
+    if url_of(path) is not None:
+        return content_identity(path)
     path = Path(path).resolve()
     if content_hash:
         return "sha256:" + _sha256_file(path)  # streamed: a long video is never read into memory whole
