@@ -14,7 +14,9 @@ dominate: the figures compare the sources, not CNNs. Each source is read as a us
   local files   --data ROOT (a folder)
   local shards  --data PACK (``seqvision pack ROOT --out PACK``, 1 GB shards)
   S3 files      --data s3://bench/files/ (a folder URL, listed once), the objects uploaded by boto3
-  S3 shards     --data s3://bench/pack/ (the pack's files uploaded as they are)
+  S3 shards     --data s3://bench/pack/ (the pack's files uploaded as they are): the index read through fsspec,
+                each image a byte range of its shard, read through one open file per shard and process with a
+                block cache (4 MiB a request), so the members of a shard cost a request per block, not per image
 
 S3 is moto's server in a process of its own on 127.0.0.1 (loopback: no network latency or bandwidth limit,
 but every object is an HTTP request answered by Python). Frozen extraction is ``seqvision extract`` (in this

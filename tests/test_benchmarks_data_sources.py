@@ -1,4 +1,4 @@
-"""benchmarks/data_sources.py --quick reads the same samples from local files, local shards and S3 files (moto's
+"""benchmarks/data_sources.py --quick reads the same samples from local files, local shards, S3 files and S3 shards (moto's
 server on loopback), extracting and training from each, and prints the table and the targets (it checks that it
 works, not speed). Skips without moto and s3fs (the dev extra). Run in this process: the imports (torch,
 Lightning, s3fs) are most of a fresh interpreter's time, and the suite's workers have them already."""
@@ -34,10 +34,7 @@ def test_data_sources_quick_measures_every_source_it_can_read(monkeypatch, capsy
     assert report["quick"] is True and report["samples"] == 8
     results = report["results"]
     assert list(results) == ["local files", "local shards", "S3 files", "S3 shards"]
-    for name in ("local files", "local shards", "S3 files"):
+    for name in ("local files", "local shards", "S3 files", "S3 shards"):  # a pack by URL is read like the others
         assert results[name]["extract"] > 0 and results[name]["train"] > 0, (name, results[name])
-    s3_shards = results["S3 shards"]  # measured where the library reads a pack by URL; else why not, in one line
-    for what in ("extract", "train"):
-        assert s3_shards[what] > 0 if s3_shards[what] is not None else s3_shards[f"{what}_note"].count("\n") == 0 < len(s3_shards[f"{what}_note"])
     assert "| local shards |" in out and "page cache not dropped (--quick)" in out
     assert "target: local shards >= 3x local files" in out and "target: S3 shards >= 80% of local shards" in out
