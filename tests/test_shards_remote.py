@@ -154,3 +154,18 @@ def test_pack_writes_a_local_folder_and_refuses_a_url_as_out(data, tmp_path, cap
         pack(data, f"s3://{BUCKET}/elsewhere/")
     assert main(["pack", str(data), "--out", f"file://{tmp_path}/viafile"]) == 0
     assert is_pack(tmp_path / "viafile") and is_pack(f"file://{tmp_path}/viafile")
+
+
+def test_threads_reading_shards_while_one_is_closed_for_another_read_the_right_bytes(s3, local_pack, monkeypatch):
+    """Extraction decodes with threads of one process: with one shard kept open, each thread's read of another
+    shard closes the one the others read; they open it again and read the packed bytes, never an error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seqvision.data import remote_shards
+
+    monkeypatch.setattr(remote_shards, "OPEN", 1)
+    paths = [f.path for s in discover(PACK) for f in s.frames] * 3
+    local = {(f.path.parent.name, f.path.name): f.path for s in discover(local_pack) for f in s.frames}  # the same shard names
+    with ThreadPoolExecutor(4) as pool:
+        members = list(pool.map(lambda p: member_of(p).read(), paths[::-1]))
+    assert all(data == member_of(local[p.parent.name, p.name]).read() for p, data in zip(paths[::-1], members))

@@ -28,8 +28,8 @@ import io
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from seqvision.data import remote_shards
 from seqvision.data.remote import is_url, read_bytes, shown, suffix, to_path, url_of, version_or_none

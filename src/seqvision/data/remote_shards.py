@@ -68,18 +68,16 @@ class _OpenShards:
         with self.lock:
             files = self.mine()
             files[key] = opened
-            while len(files) > OPEN:
-                files.popitem(last=False)[1].handle.close()
+            evicted = [files.popitem(last=False)[1] for _ in range(len(files) - OPEN)]
+        for old in evicted:
+            _close(old)
         return opened
 
     def drop(self, key: str) -> None:
         with self.lock:
             found = self.mine().pop(key, None)
         if found is not None:
-            try:
-                found.handle.close()
-            except Exception:  # noqa: BLE001 - a handle that failed may fail to close: it is dropped either way
-                pass
+            _close(found)
 
     def forget(self, folder: Path) -> None:
         prefix = str(folder) + "/"
@@ -91,6 +89,16 @@ class _OpenShards:
 
 # per process by design (see the module's docstring): a cache of open files, as lru_cache is one of parsed indexes
 _SHARDS = _OpenShards()
+
+
+def _close(opened: ShardFile) -> None:
+    """Close a shard no longer kept; under its lock, so a thread reading it finishes first (and a thread that
+    took it from the table before it was dropped sees it closed and opens the shard again)."""
+    with opened.lock:
+        try:
+            opened.handle.close()
+        except Exception:  # noqa: BLE001 - a handle whose read failed may fail to close: it is dropped either way
+            pass
 
 
 def _open(fs, url: str) -> ShardFile | None:
@@ -113,16 +121,19 @@ def read_range(shard: Path, offset: int, size: int) -> bytes:
     block cache; the caller has checked that the shard exists (:func:`shard_file`)."""
 
     def read(fs) -> bytes:  # fs: retried's filesystem; the shard's own file is used
-        opened = _SHARDS.get(shard)
-        if opened is None:
-            raise FileNotFoundError(url_of(shard))
-        try:
-            with opened.lock:
-                opened.handle.seek(offset)
-                return opened.handle.read(size)
-        except Exception:
-            _SHARDS.drop(str(shard))  # the next try reopens it (a cut connection, a timeout)
-            raise
+        while True:
+            opened = _SHARDS.get(shard)
+            if opened is None:
+                raise FileNotFoundError(url_of(shard))
+            try:
+                with opened.lock:
+                    if opened.handle.closed:  # dropped by another thread since it was looked up: open it again
+                        continue
+                    opened.handle.seek(offset)
+                    return opened.handle.read(size)
+            except Exception:
+                _SHARDS.drop(str(shard))  # the next try reopens it (a cut connection, a timeout)
+                raise
 
     return retried(shard, read)
 
