@@ -1,14 +1,21 @@
 """A pack given by URL (issue #27, part 2): the pack folder written locally, uploaded as it is to an S3 server on
 loopback (moto's, the fixtures of test_data_remote), then read from ``s3://.../pack/`` by train, evaluate,
-predict and extract with the local pack's results; the feature cache filled from the local files serves it;
-a shard's members come from a few ranged reads, not a request each (also in DataLoader workers started by
-fork); a missing index, a missing shard and a truncated shard are one line naming the object; no credential
-reaches what the commands write."""
+predict and extract with the local pack's results (train and predict also from ``http://127.0.0.1:PORT/pack/``,
+a static server answering Range requests; a pack of videos by URL decodes and predicts as the local pack); the
+feature cache filled from the local files serves it; a shard's members come from a few ranged reads, not a
+request each (also in DataLoader workers started by fork); a missing index, a missing shard and a truncated
+shard are one line naming the object; no credential reaches what the commands write."""
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
+import os
+import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +25,7 @@ from seqvision.cli import main
 from seqvision.data.dataset import SequenceDataset
 from seqvision.data.discovery import discover
 from seqvision.data.images import load_image
-from seqvision.data.packs import is_pack, member_of
+from seqvision.data.packs import INDEX_NAME, is_pack, member_of
 from seqvision.data.remote import url_of
 from seqvision.data.shard_loader import ShardStream
 from seqvision.data.transforms import ClipTransform, Preprocessing
@@ -169,3 +176,121 @@ def test_threads_reading_shards_while_one_is_closed_for_another_read_the_right_b
     with ThreadPoolExecutor(4) as pool:
         members = list(pool.map(lambda p: member_of(p).read(), paths[::-1]))
     assert all(data == member_of(local[p.parent.name, p.name]).read() for p, data in zip(paths[::-1], members))
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """A folder served as static servers and CDNs serve it (http.server alone answers a Range request with 200
+    and the whole file, which fsspec refuses past byte 0): HEAD gives Content-Length and Accept-Ranges; a GET with ``Range:
+    bytes=a-b`` is answered 206 with those bytes and Content-Range (416 past the end). ``server.ranges``: the
+    (path, first byte, status) of each ranged GET."""
+
+    def send_head(self):
+        found = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        path = self.translate_path(self.path)
+        if found is None or not os.path.isfile(path):  # no range (or a form fsspec never asks): the whole file, 200
+            return super().send_head()
+        size = os.path.getsize(path)
+        start = int(found.group(1))
+        end = min(int(found.group(2) or size - 1), size - 1)
+        status = 206 if start < size else 416
+        self.server.ranges.append((self.path, start, status))
+        self.send_response(status)
+        if status == 416:
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.end_headers()
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            body = fh.read(end - start + 1)
+        for name, value in (("Content-Type", self.guess_type(path)), ("Content-Range", f"bytes {start}-{end}/{size}"),
+                            ("Content-Length", str(len(body)))):
+            self.send_header(name, value)
+        self.end_headers()
+        return io.BytesIO(body)
+
+    def end_headers(self):
+        self.send_header("Accept-Ranges", "bytes")
+        super().end_headers()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_packs(local_pack):
+    """``local_pack``'s folder served on ``http://127.0.0.1:PORT/`` (the pack at ``/pack/``); yields (base URL, server)."""
+    pytest.importorskip("aiohttp")  # fsspec's http:// backend
+    with ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(local_pack.parent))) as server:
+        server.ranges = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}", server
+        server.shutdown()  # returns once serve_forever has
+
+
+@pytest.fixture(scope="module")
+def _runs() -> dict:
+    return {}
+
+
+@pytest.fixture
+def http_run(_runs, http_packs, tmp_path_factory, monkeypatch) -> tuple[Path, list]:
+    """A run trained from ``http://127.0.0.1:PORT/pack/`` with 4 KB blocks (the 8-16 KB shards' blocks past byte 0
+    are ranged GETs too): (its folder, the ranged GETs it made). Trained once per module, in the first test that
+    asks (a function's fixture: after the home is isolated); the video test predicts with it too."""
+    from seqvision.data import remote_shards
+
+    base, server = http_packs
+    monkeypatch.setenv("SEQVISION_REMOTE_TIMEOUT", "5")
+    monkeypatch.setattr(remote_shards, "BLOCK", 4096)
+    if "http" not in _runs:
+        out = tmp_path_factory.mktemp("http") / "run"
+        del server.ranges[:]
+        assert main(_train(f"{base}/pack/", out)) == 0
+        _runs["http"] = out, server.ranges[:]
+    return _runs["http"]
+
+
+def test_train_and_predict_read_a_pack_over_http_by_ranged_gets_as_the_local_pack(http_packs, http_run, local_pack, tmp_path):
+    base, server = http_packs
+    pack_url = f"{base}/pack/"
+    assert is_pack(pack_url) and [s.id for s in discover(pack_url)] == [s.id for s in discover(local_pack)]
+    run, ranges = http_run
+    for name, source in (("http", pack_url), ("local", str(local_pack))):
+        assert main(["predict", str(run / "best.ckpt"), source, "--out", str(tmp_path / f"{name}.csv"), "--precision", "32"]) == 0
+    assert _preds(tmp_path / "http.csv") == _preds(tmp_path / "local.csv") and len(_preds(tmp_path / "http.csv")) == 8
+    assert {path for path, _, _ in ranges} == {f"/pack/{name}" for name in _shard_names(local_pack)}
+    assert all(status == 206 for _, _, status in ranges) and any(start > 0 for _, start, _ in ranges)
+    # a web server serving the folder as another user reads the index as it reads the shards (not 0600 alone)
+    modes = {(local_pack / name).stat().st_mode & 0o777 for name in [INDEX_NAME, *_shard_names(local_pack)]}
+    assert len(modes) == 1, modes
+
+
+def test_a_packed_video_by_url_decodes_the_local_packs_frames_and_predicts_as_it(s3, http_run, tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    from test_data_video import write_video
+
+    from seqvision.data import remote_shards
+    from seqvision.data.video import probe_video, read_frames
+
+    for label in ("left", "right"):
+        (tmp_path / "videos" / label).mkdir(parents=True)
+    for i in range(3):
+        write_video(tmp_path / "videos" / "left" / f"l{i}.mp4", frames=12)
+        write_video(tmp_path / "videos" / "right" / f"r{i}.mp4", frames=8 + i, gop=3)
+    assert main(["pack", str(tmp_path / "videos"), "--out", str(tmp_path / "vpack"), "--shard-size", "4KB"]) == 0
+    _upload(s3, tmp_path / "vpack", "vpack")
+    url = f"s3://{BUCKET}/vpack/"
+    monkeypatch.setattr(remote_shards, "BLOCK", 1024)  # a video (~3 KB) spans blocks: PyAV's seeks cross them
+    local, packed = discover(tmp_path / "vpack"), discover(url)
+    assert [s.id for s in packed] == [s.id for s in local] and len(packed) == 6
+    assert all(url_of(s.video.path).startswith(url) for s in packed)
+    for a, b in zip(local, packed):
+        info = probe_video(a.video.path)
+        assert probe_video(b.video.path) == info
+        times = [info.frame_time(i) for i in (0, 5, info.num_frames - 1)]
+        frames = read_frames(b.video.path, times, info.fps)[0]
+        assert len(frames) == 3 and all(torch.equal(x, y) for x, y in zip(read_frames(a.video.path, times, info.fps)[0], frames))
+    # the run trained on the image pack predicts the videos (its clips' frames) alike from S3 and from the folder
+    for name, source in (("s3", url), ("local", str(tmp_path / "vpack"))):
+        assert main(["predict", str(http_run[0] / "best.ckpt"), source, "--out", str(tmp_path / f"{name}.csv"), "--precision", "32"]) == 0
+    assert _preds(tmp_path / "s3.csv") == _preds(tmp_path / "local.csv") and len(_preds(tmp_path / "s3.csv")) == 6
