@@ -1,6 +1,7 @@
 """Faults: kill -9 in training and extraction, a full disk, NaN losses, damaged checkpoints."""
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -125,6 +126,21 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     good = read_checkpoint(tmp_path / "out" / "last.ckpt")  # loads and verifies
     assert good["global_step"] > 0
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_an_atomic_write_gives_the_file_the_mode_open_would(tmp_path, umask):
+    """mkstemp's 0600 is not kept: a run folder or a pack shared or served as another user reads as a plain
+    open() would have written it, and a private umask stays private."""
+    from seqvision.io import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "metrics.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_nan_loss_stops_keeping_the_last_good_checkpoint_or_is_skipped(tmp_path, monkeypatch):

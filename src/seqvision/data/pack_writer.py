@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import stat
 import tarfile
 import time
 import uuid
@@ -94,9 +92,6 @@ def pack(
     index = {"format": FORMAT, "version": VERSION, "options": options, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "shards": writer.shards, "samples": entries}
     atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1))
-    if writer.shards:  # readable as its shards are (the atomic write made it 0600): a web server serving the pack
-        # folder as another user would answer 403 for the index alone
-        os.chmod(out / INDEX_NAME, stat.S_IMODE((out / writer.shards[0]["name"]).stat().st_mode))
     for name in old:  # the pack replaced: only now that the new one is whole
         (out / name).unlink(missing_ok=True)
     total = sum(s["bytes"] for s in writer.shards)
