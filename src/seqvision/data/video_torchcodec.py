@@ -17,7 +17,7 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from seqvision.errors import BadFileError, ConfigError, DataError
+from seqvision.errors import BadFileError, ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +106,7 @@ def read_frames_torchcodec(
         base, batch = _played_at(VideoDecoder(source, seek_mode=seek_mode, num_ffmpeg_threads=0, transforms=transforms), order, half, shown_as)
     except (RuntimeError, ValueError, IndexError) as exc:
         if seek_mode == "exact":
-            raise BadFileError(shown_as, f"cannot be decoded by TorchCodec ({_first_line(exc)})") from None
+            raise BadFileError(shown_as, f"cannot be decoded by TorchCodec ({first_line(exc)})") from None
         # headers that promise frames the file does not hold (a cut file): only a scan finds where it ends
         if not isinstance(source, str):
             source.seek(0)
@@ -134,5 +134,3 @@ def _played_at(decoder, order: list[float], half: float, shown_as: str):
     return base, decoder.get_frames_played_at(queries)  # sorted: one forward pass, seeking only where it pays
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
