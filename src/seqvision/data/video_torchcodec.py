@@ -132,5 +132,3 @@ def _played_at(decoder, order: list[float], half: float, shown_as: str):
     # shown within half a frame of t, as PyAV's decoder loop picks it; past the end, the last frame
     queries = [min(base + t + half - _EPSILON, end - _EPSILON) for t in order]
     return base, decoder.get_frames_played_at(queries)  # sorted: one forward pass, seeking only where it pays
-
-
