@@ -16,6 +16,11 @@ then says little about real features). The images are opencv-doc's real photos w
 noise). int8 is calibrated on the first 64 of them, as ``extract`` calibrates on its first batch, and is
 refused by seqvision when its features drift below its cosine floor: the row then says so.
 
+The allocator is tuned first, as every ``seqvision`` command that runs a CNN tunes it
+(:func:`seqvision.runtime.tune_allocator`): without it glibc returns each batch's activations to the OS and
+page-faults them in again, which cost torch's MobileNetV2 at batch 64 2.7x here (26.4 against 71.1 img/s,
+AMD EPYC, 2 cores) and made this table's torch rows slower than any command is.
+
 Prints the machine (CPU model and the flags that matter), a table per backbone and, last, one JSON line.
 """
 
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqvision.data.transforms import Preprocessing  # noqa: E402
 from seqvision.errors import ConfigError  # noqa: E402
+from seqvision.runtime import tune_allocator  # noqa: E402
 from seqvision.features.encode import prepare_encoder  # noqa: E402
 from seqvision.features.runtimes import Runtime, installed  # noqa: E402
 from seqvision.models.backbones import build_backbone  # noqa: E402
@@ -115,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     size, batch, rounds, calls, backbones = (64, 8, 1, 3, ("resnet18",)) if args.quick else (224, args.batch, 3, 30, ("resnet18", "mobilenet_v2"))
     count = max(batch, 64)
+    tuned = tune_allocator()  # as the CLI does before any big allocation
     print(f"# The CNN's inference runtimes side by side, {size} px, batches of {batch}, one process")
     print(f"command: python benchmarks/runtime_speed.py{' --quick' if args.quick else ''}")
     print(f"machine: {machine()}")
@@ -123,7 +130,8 @@ def main() -> None:
         if installed(package):
             versions[package] = Runtime.of(package).version
     print(f"versions: {versions}")
-    report = {"benchmark": "runtime_speed", "quick": args.quick, "size": size, "batch": batch, "results": {}}
+    print(f"allocator: {'tuned as seqvision commands tune it (large buffers kept in the heap)' if tuned else 'glibc default (tuning unavailable)'}")
+    report = {"benchmark": "runtime_speed", "quick": args.quick, "size": size, "batch": batch, "allocator_tuned": tuned, "results": {}}
     device = torch.device("cpu")
     for name in backbones:
         encoder, weights = encoder_of(name, size)
