@@ -18,7 +18,7 @@ refused by seqvision when its features drift below its cosine floor: the row the
 
 The allocator is tuned first, as every ``seqvision`` command that runs a CNN tunes it
 (:func:`seqvision.runtime.tune_allocator`): without it glibc returns each batch's activations to the OS and
-page-faults them in again, which cost torch's MobileNetV2 at batch 64 2.7x here (26.4 against 71.1 img/s,
+page-faults them in again, which cost torch's MobileNetV2 at batch 64 2.7x here (26.4 against 71.1 img/s, ad hoc,
 AMD EPYC, 2 cores) and made this table's torch rows slower than any command is.
 
 Prints the machine (CPU model and the flags that matter), a table per backbone and, last, one JSON line.
