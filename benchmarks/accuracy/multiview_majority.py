@@ -16,7 +16,11 @@ recognition (see moving_fashion_mnist.py). The backbone is a FROZEN ImageNet Mob
 (max_epochs 20, patience 5). The fine-tuned rows (full mode; ``--finetune-epochs 0`` skips them) train
 MobileNetV2's last ``--finetune-stages`` stages on the cached maps of the frozen ones (computed once), with
 the head of ``--finetune-head``, without and with a temporal shift (which order-free sets do not need:
-those rows show what it costs), 3 seeds like every row.
+those rows show what it costs), 3 seeds like every row. ``--augmented-epochs N`` adds a row that fine-tunes the
+same stages LIVE (the CNN runs every epoch, no cached maps) on augmented photos (seqvision's random resized
+crop and colour jitter, plus horizontal flips, which no garment's class depends on; one draw per set), N epochs
+at most: the cached rows fit their 2,000 training photos to a loss of ~0 within 8-16 epochs, and augmentation
+is what cached maps cannot give.
 
     python benchmarks/accuracy/multiview_majority.py [--quick]
 """
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="max_epochs of the rows fine-tuned on cached maps; 0 skips them (default: full 20, quick 0)")
     parser.add_argument("--finetune-head", choices=("lstm", "mean"), default="lstm", help="the head of the fine-tuned rows")
+    parser.add_argument("--augmented-epochs", type=int, default=0,
+                        help="max_epochs of a row fine-tuning the same stages live on augmented photos (default 0: not run)")
     args = parser.parse_args()
     start = time.perf_counter()
     common.quiet()
@@ -106,6 +112,13 @@ def main() -> None:
     finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (0 if args.quick else 20)
     finetune = common.finetune_rows(args.finetune_stages, finetune_epochs, head=args.finetune_head) if finetune_epochs > 0 else {}
     finetune = {f"{name} ({args.finetune_head} head)": apply for name, apply in finetune.items()}
+    augmented = f"last {args.finetune_stages} stages fine-tuned live, augmented (crop, colour, flip) ({args.finetune_head} head)"
+    if args.augmented_epochs > 0:
+        def live_augmented(cfg) -> None:
+            cfg.model.freeze, cfg.model.trainable_stages, cfg.model.head = False, args.finetune_stages, args.finetune_head
+            cfg.data.augment, cfg.data.hflip, cfg.train.max_epochs = True, True, args.augmented_epochs
+
+        finetune[augmented] = live_augmented
     k = len(FASHION_CLASSES)
     print(common.header(
         "Multi-view majority: the class most photos of a set show (10 classes, sets of 2-8), frozen ImageNet MobileNetV2",
@@ -120,7 +133,10 @@ def main() -> None:
                f"the cached maps of the frozen ones (stored float16, computed once, shared by these rows), fp32 compute, "
                f"no augmentation, max_epochs {finetune_epochs}, patience 5, {args.finetune_head} head; with the temporal "
                f"shift in their residual blocks (order means nothing here: these rows show what the shift costs)"]
-              if finetune else []),
+              if finetune_epochs > 0 else []),
+            *([f"augmented row: the same {args.finetune_stages} stages fine-tuned live (the CNN runs every epoch) on photos "
+               f"augmented by seqvision's random resized crop and colour jitter plus horizontal flips (one draw per set), "
+               f"max_epochs {args.augmented_epochs}, patience 5, {args.finetune_head} head"] if args.augmented_epochs > 0 else []),
         ]), flush=True)
     with tempfile.TemporaryDirectory(prefix="seqvision-mvm-") as tmp:
         tmp = Path(tmp)
@@ -138,10 +154,13 @@ def main() -> None:
     print(common.markdown_table(["MobileNetV2 (frozen unless the row says) +", "test accuracy (10 classes)", "epochs", "s / run"], table))
     print(f"\nmean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), in brackets min-max over seeds; "
           f"{k * sets['test']} test sets.")
-    for note in common.finetune_epoch_notes(results, finetune):
+    for note in common.finetune_epoch_notes(results, {name: row for name, row in finetune.items() if name != augmented}):
         print(note)
-    if not finetune:
-        print("fine-tuned rows: not run (--finetune-epochs 0)")
+    live = [r["epoch_seconds"] for r in results.get(augmented, []) if r.get("epoch_seconds")]
+    if live:
+        print(f"{augmented}: {sum(live) / len(live):.1f} s per epoch with the CNN live (mean over runs)")
+    if finetune_epochs <= 0:
+        print("fine-tuned rows on cached maps: not run (--finetune-epochs 0)")
     if common.cache_note(results):
         print(common.cache_note(results))
     print(f"total time {common.elapsed(start)}")
@@ -149,7 +168,8 @@ def main() -> None:
                       "sets_per_class": sets, "pool_per_class": pools, "image_size": IMAGE_SIZE,
                       "feature_precision": common.feature_precision(), "results": summary, "runs": results,
                       "finetune_stages": args.finetune_stages if finetune else None,
-                      "finetune_epochs": finetune_epochs if finetune else None, "finetune_head": args.finetune_head, "seconds": time.perf_counter() - start}))
+                      "finetune_epochs": finetune_epochs if finetune_epochs > 0 else None,
+                      "augmented_epochs": args.augmented_epochs or None, "finetune_head": args.finetune_head, "seconds": time.perf_counter() - start}))
 
 
 if __name__ == "__main__":
