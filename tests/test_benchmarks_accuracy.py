@@ -93,12 +93,13 @@ def test_moving_fashion_mnist_quick(table):
 @needs_weights
 @needs_fashion
 def test_multiview_majority_quick(table):
-    report = table("multiview_majority.py", "--finetune-epochs", "1", "--finetune-stages", "3")
+    report = table("multiview_majority.py", "--finetune-epochs", "1", "--finetune-stages", "3", "--augmented-epochs", "1")
     tuned = "last 3 stages fine-tuned on cached maps"
     shifted = {f"{tuned} + temporal shift ({m}) (lstm head)" for m in ("bidirectional", "causal")}
-    assert set(report["results"]) == {"mean pooling", "lstm (default)", f"{tuned} (lstm head)", *shifted}
+    augmented = "last 3 stages fine-tuned live, augmented (crop, colour, flip) (lstm head)"
+    assert set(report["results"]) == {"mean pooling", "lstm (default)", f"{tuned} (lstm head)", *shifted, augmented}
     assert all(0 <= row["accuracy"]["mean"] <= 1 for row in report["results"].values())
-    assert all(report["runs"][name][0]["epochs"] == 1 for name in shifted)  # --finetune-epochs, not the table's 2
+    assert all(report["runs"][name][0]["epochs"] == 1 for name in [*shifted, augmented])  # their own epochs, not the table's 2
     assert report["finetune_stages"] == 3
 
 
