@@ -27,18 +27,6 @@ if _WORKERS > 1:  # in case a plugin loaded torch before this file
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
 
 
-def pytest_collection_modifyitems(config, items):
-    """Files that hold ``slow`` tests run first, the most slow tests first; files and the tests in each keep
-    their order otherwise. Under ``-n 2 --dist loadfile --no-loadscope-reorder`` (CI) each file stays on one
-    worker, so the long ones start while the many short files fill the other worker and the two finish
-    together; xdist's own order (files with the most tests first) left the one-test benchmark files as a
-    single-worker tail of several minutes."""
-    slow: dict[Path, int] = {}
-    for item in items:
-        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests stay together and in order
-
-
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's home or caches (torch hub, matplotlib, ...)."""
