@@ -227,6 +227,32 @@ def http_packs(local_pack):
         server.shutdown()  # returns once serve_forever has
 
 
+class _WholeFileHandler(SimpleHTTPRequestHandler):
+    """http.server as it is: a Range request is answered 200 with the whole file."""
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+def test_a_server_without_range_requests_is_one_line_saying_so(local_pack, monkeypatch):
+    pytest.importorskip("aiohttp")  # fsspec's http:// backend
+    from seqvision.data import remote_shards
+    from seqvision.errors import BadFileError
+
+    monkeypatch.setattr(remote_shards, "BLOCK", 1024)  # the members past a shard's first KB need a ranged GET
+    with ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_WholeFileHandler, directory=str(local_pack.parent))) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            frames = [f for s in discover(f"http://127.0.0.1:{server.server_address[1]}/pack/") for f in s.frames]
+            with pytest.raises(BadFileError) as err:
+                for frame in frames:
+                    load_image(frame.path)
+        finally:
+            server.shutdown()
+    message = str(err.value)
+    assert "does not answer byte-range requests" in message and "/pack/" in message and "\n" not in message
+
+
 @pytest.fixture(scope="module")
 def _runs() -> dict:
     return {}

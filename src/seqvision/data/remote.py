@@ -180,6 +180,10 @@ def _reason(exc: Exception, timeout: float) -> tuple[str, bool]:
         return f"no answer within {timeout:g} s; raise {TIMEOUT_ENV} for a slow store", True
     if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
         return f"refused by the server (HTTP {status})", False
+    if isinstance(exc, ValueError) and "range requests" in str(exc):  # fsspec's http://: a 200 with the whole file
+        return ("the HTTP server does not answer byte-range requests (Range: bytes=...), which reading part of a "
+                "file (a packed image, a block of a shard) needs; serve it from a server that does (nginx, Apache, "
+                "S3, most CDNs) or copy it to a local folder"), False
     if isinstance(exc, (IsADirectoryError, NotADirectoryError, ValueError)):
         return f"not an object that can be read ({name})", False
     detail = f"HTTP {status}" if isinstance(status, int) else name
