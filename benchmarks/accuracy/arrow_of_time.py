@@ -225,8 +225,8 @@ def main() -> None:
                 f"sources ({len(sources)}; left out as duplicate footage: {', '.join(duplicates) or 'none'}); frames decoded in "
                 f"{time.perf_counter() - t0:.0f} s:", *lines,
                 ("recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, max_epochs 20, patience 5, early stopping "
-                 "on val_acc)" if epochs == 20 else "recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, "
-                 f"patience 5, early stopping on val_acc) but max_epochs {epochs}")
+                 "and best.ckpt on val_loss)" if epochs == 20 else "recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, "
+                 f"patience 5, early stopping and best.ckpt on val_loss) but max_epochs {epochs}")
                 + "; hflip off; chance 0.5",
                 *([f"fine-tuned rows: the last {args.finetune_stages} of MobileNetV2's 19 stages trained (backbone lr = lr) "
                    f"on the cached maps of the frozen ones (stored float16, computed once per fold), fp32 compute, no "

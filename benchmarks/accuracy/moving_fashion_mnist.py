@@ -141,7 +141,7 @@ def main() -> None:
             f"data: {FRAMES} frames of 64x64 per sample; per class (of {classes}) {per_class['train']} train + "
             f"{per_class['val']} val samples (official train garments), {per_class['test']} test samples (official "
             f"test garments): {classes * per_class['train']} / {classes * per_class['val']} / {classes * per_class['test']}",
-            f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, patience 5, early stopping on val_acc"
+            f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, patience 5, early stopping and best.ckpt on val_loss"
             f", max_epochs {epochs}" + (" (below the library's default 20)" if epochs < 20 else "")
             + "); hflip off; chance 1/40 = 0.025",
             *([f"fine-tuned rows: the last {args.finetune_stages} of MobileNetV2's 19 stages trained (backbone lr = lr) on "

@@ -128,7 +128,7 @@ def main() -> None:
             f"split, {sets['test']} test sets from {pools['test'] * k} photos of the official test split: "
             f"{k * sets['train']} / {k * sets['val']} / {k * sets['test']} sets",
             f"recipe: seqvision defaults (head lstm with LayerNorm + projection input and first+last readout, hidden 256, lr 1e-3, batch 8, max_epochs {epochs}, patience 5, early "
-            "stopping on val_acc), hflip off; chance 0.1",
+            "stopping and best.ckpt on val_loss), hflip off; chance 0.1",
             *([f"fine-tuned rows: the last {args.finetune_stages} of MobileNetV2's 19 stages trained (backbone lr = lr) on "
                f"the cached maps of the frozen ones (stored float16, computed once, shared by these rows), fp32 compute, "
                f"no augmentation, max_epochs {finetune_epochs}, patience 5, {args.finetune_head} head; with the temporal "

@@ -154,7 +154,7 @@ class TrainConfig:
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed (GPU)
     seed: int = 42
     patience: int = 5  # early stopping on the monitored validation metric; 0 disables
-    monitor: str | None = None  # None = val_acc for classification, val_loss for regression
+    monitor: str | None = None  # None = val_loss (train_loss without validation samples), for every task
     label_smoothing: float = 0.0
     class_weights: str | None = None  # None | balanced
     balanced_sampler: bool = False  # draw training samples with probability 1 / (count of their class)
