@@ -18,8 +18,9 @@ refused by seqvision when its features drift below its cosine floor: the row the
 
 The allocator is tuned first, as every ``seqvision`` command that runs a CNN tunes it
 (:func:`seqvision.runtime.tune_allocator`): without it glibc returns each batch's activations to the OS and
-page-faults them in again, which cost torch's MobileNetV2 at batch 64 2.7x here (26.4 against 71.1 img/s, ad hoc,
+page-faults them in again, which cost torch's MobileNetV2 at batch 64 3x here (``results/runtime_speed.txt``,
 AMD EPYC, 2 cores) and made this table's torch rows slower than any command is.
+``SEQVISION_NO_MALLOC_TUNING=1`` runs it with glibc's default, to measure that.
 
 Prints the machine (CPU model and the flags that matter), a table per backbone and, last, one JSON line.
 """
@@ -41,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqvision.data.transforms import Preprocessing  # noqa: E402
 from seqvision.errors import ConfigError  # noqa: E402
-from seqvision.runtime import tune_allocator  # noqa: E402
 from seqvision.features.encode import prepare_encoder  # noqa: E402
 from seqvision.features.runtimes import Runtime, installed  # noqa: E402
 from seqvision.models.backbones import build_backbone  # noqa: E402
+from seqvision.runtime import tune_allocator  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -130,7 +131,7 @@ def main() -> None:
         if installed(package):
             versions[package] = Runtime.of(package).version
     print(f"versions: {versions}")
-    print(f"allocator: {'tuned as seqvision commands tune it (large buffers kept in the heap)' if tuned else 'glibc default (tuning unavailable)'}")
+    print(f"allocator: {'tuned as seqvision commands tune it (large buffers kept in the heap)' if tuned else 'glibc default (SEQVISION_NO_MALLOC_TUNING=1, or no glibc)'}")
     report = {"benchmark": "runtime_speed", "quick": args.quick, "size": size, "batch": batch, "allocator_tuned": tuned, "results": {}}
     device = torch.device("cpu")
     for name in backbones:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
-# Under pytest-xdist, each worker (and every process it starts: the CLI, the benchmarks' quick runs) gets its share
-# of the cores as torch's threads, set before torch loads (OpenMP reads it then). Torch's default, a thread per
-# core in each of 2 workers on 2 cores, oversubscribes them, and OpenMP's threads spin waiting on each other:
-# alone, the multiview quick run took 41.8 s of CPU with 2 threads and 33.3 s with 1 (AMD EPYC, 2 cores).
+# Under pytest-xdist, each worker (and every process it starts: the CLI, the benchmarks run as subprocesses) gets
+# its share of the cores as torch's threads, set before torch loads (OpenMP reads it then). Torch's default, a
+# thread per core in each of 2 workers on 2 cores, oversubscribes them, and OpenMP's threads spin waiting on each
+# other: alone, the multiview quick run took 41.8 s of CPU with 2 threads and 33.3 s with 1 (AMD EPYC, 2 cores).
+# A user's own OMP_NUM_THREADS is left as it is.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+_THREADS = 0  # set here only when this file chooses the count
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _THREADS = max(1, _cores // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 from pathlib import Path  # noqa: E402
 
@@ -21,8 +25,8 @@ from PIL import Image  # noqa: E402
 
 from seqvision.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
-if _WORKERS > 1:  # in case a plugin loaded torch before this file
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+if _THREADS:  # in case a plugin loaded torch before this file
+    torch.set_num_threads(_THREADS)
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
 

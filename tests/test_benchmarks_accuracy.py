@@ -46,9 +46,13 @@ def _sources(folders: list[Path]) -> set[str]:
 def quick(monkeypatch, capfd):
     """``quick(script, *args)`` runs ``benchmarks/accuracy/<script> --quick *args`` in this process (the imports of
     torch and Lightning are most of a fresh interpreter's time, and the suite's workers have them already) and
-    returns what it printed and the JSON line it ends with. The loggers its ``quiet()`` silences are put back."""
+    returns what it printed and the JSON line it ends with. The loggers its ``quiet()`` silences are put back, and
+    the modules it imported from ``benchmarks/accuracy`` (``common``, the script) are forgotten."""
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels on import: record them after that
+
     monkeypatch.syspath_prepend(str(BENCH))
     loggers = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")}
+    before = set(sys.modules)
 
     def run(script: str, *args: str) -> tuple[str, dict]:
         monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *args])
@@ -61,6 +65,10 @@ def quick(monkeypatch, capfd):
     yield run
     for name, level in loggers.items():
         logging.getLogger(name).setLevel(level)
+    for name in set(sys.modules) - before:
+        module = sys.modules[name]
+        if str(getattr(module, "__file__", "") or "").startswith(str(BENCH)):
+            del sys.modules[name]
 
 
 @pytest.fixture

@@ -386,7 +386,7 @@ def test_the_onednn_probe_runs_at_the_encoders_image_size(monkeypatch):
 
 def test_the_python_api_tunes_the_allocator_as_the_cli_does(frozen_run, tmp_path, monkeypatch):
     """predict, evaluate, report and train from Python keep the CNN's buffers in the heap, as every command does
-    (runtime.tune_allocator; without it torch's MobileNetV2 ran 2.4x slower at batch 64)."""
+    (runtime.tune_allocator; without it torch's MobileNetV2 ran 3x slower at batch 64)."""
     import seqvision
     from seqvision.evaluation import evaluate as evaluation
     from seqvision.inference import predict as prediction

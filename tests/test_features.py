@@ -286,14 +286,18 @@ def test_rebatch_packs_small_chunks_into_full_batches_and_passes_errors_through(
 def test_extraction_leaves_torch_thread_count_as_it_found_it(tmp_path, folder_data):
     import threading
 
-    before = torch.get_num_threads()
-    encoder = _encoder()
-    extract_features(discover(folder_data), encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
-    seen = []
-    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    assert seen == [before] and torch.get_num_threads() == before
+    found = torch.get_num_threads()
+    torch.set_num_threads(3)  # not 1, which the decoding threads set: the suite's workers may run with 1
+    try:
+        encoder = _encoder()
+        extract_features(discover(folder_data), encoder, PREP, _store(tmp_path / "c", encoder), num_workers=0, progress=False, precision="32")
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [3] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(found)
 
 
 def test_steady_rate_of_a_single_batch_is_its_rate():

@@ -27,9 +27,10 @@ def tune_allocator() -> bool:
     ``SEQVISION_NO_MALLOC_TUNING=1``. Returns whether the setting was applied.
 
     Every command that runs a CNN applies it, and so do the Python API's ``train``, ``extract``, ``predict``,
-    ``evaluate`` and ``report``: without it torch's MobileNetV2 at batch 64 ran 2.4x slower on a 2-core AMD EPYC
-    (``benchmarks/results/runtime_speed.txt`` before and after it was tuned there). The cost: the process keeps
-    its peak heap instead of returning it to the OS between batches.
+    ``evaluate`` and ``report`` (not ``Stream``, nor a ``Predictor`` used directly): without it torch's MobileNetV2
+    at batch 64 ran 3x slower on a 2-core AMD EPYC (``benchmarks/results/runtime_speed.txt``: 33-35 img/s untuned,
+    101-107 tuned; ONNX Runtime and OpenVINO unaffected). The cost: the process keeps its peak heap instead of
+    returning it to the OS between batches.
     """
     if os.environ.get("SEQVISION_NO_MALLOC_TUNING") == "1" or not sys.platform.startswith("linux"):
         return False
