@@ -385,15 +385,15 @@ def test_the_onednn_probe_runs_at_the_encoders_image_size(monkeypatch):
 
 
 def test_the_python_api_tunes_the_allocator_as_the_cli_does(frozen_run, tmp_path, monkeypatch):
-    """predict, evaluate, report and train from Python keep the CNN's buffers in the heap, as every command does
-    (runtime.tune_allocator; without it torch's MobileNetV2 ran 3x slower at batch 64)."""
+    """predict, evaluate, report, Stream and train from Python keep the CNN's buffers in the heap, as every command
+    does (runtime.tune_allocator; without it torch's MobileNetV2 ran 3x slower at batch 64)."""
     import seqvision
-    from seqvision.evaluation import evaluate as evaluation
-    from seqvision.inference import predict as prediction
+    from seqvision.inference import predictor
+    from seqvision.training import fit
 
     data, _, result = frozen_run
     calls = []
-    for module in (evaluation, prediction):
+    for module in (predictor, fit):
         monkeypatch.setattr(module, "tune_allocator", lambda: calls.append(1) or True)
     seqvision.predict(result.best_checkpoint, [data])
     assert len(calls) == 1
@@ -402,8 +402,9 @@ def test_the_python_api_tunes_the_allocator_as_the_cli_does(frozen_run, tmp_path
     run = shutil.copytree(result.out_dir, tmp_path / "run")  # report rewrites the run's folder: a copy of it
     seqvision.report(run, diagnostics="off")
     assert len(calls) == 3
-    monkeypatch.setattr("seqvision.workflows.tune_allocator", lambda: calls.append(1) or True)
+    seqvision.Stream.load(result.best_checkpoint)
+    assert len(calls) == 4
     cfg = fast_config(data, max_epochs=1)
     cfg.train.diagnostics = "off"
     seqvision.train(cfg, tmp_path / "train", progress=False)
-    assert len(calls) == 4
+    assert len(calls) == 6  # fit, then the end-of-run evaluation's Predictor.load

@@ -26,8 +26,8 @@ def tune_allocator() -> bool:
     in-process form of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``. No-op off glibc, or when
     ``SEQVISION_NO_MALLOC_TUNING=1``. Returns whether the setting was applied.
 
-    Every command that runs a CNN applies it, and so do the Python API's ``train``, ``extract``, ``predict``,
-    ``evaluate`` and ``report`` (not ``Stream``, nor a ``Predictor`` used directly): without it torch's MobileNetV2
+    Every command that runs a CNN applies it, and so does what runs one from Python: ``Predictor.load`` (predict,
+    evaluate, report, ``Stream``, serve), training's ``fit`` and extraction: without it torch's MobileNetV2
     at batch 64 ran 3x slower on a 2-core AMD EPYC (``benchmarks/results/runtime_speed.txt``: 33-35 img/s untuned,
     101-107 tuned; ONNX Runtime and OpenVINO unaffected). The cost: the process keeps its peak heap instead of
     returning it to the OS between batches.

@@ -25,7 +25,7 @@ from seqvision.inference.predict import predict
 from seqvision.inference.predictor import Predictor
 from seqvision.models.backbones import build_backbone
 from seqvision.models.local_weights import preprocessing_given
-from seqvision.runtime import default_device, inference_dtype, resolve_device, tune_allocator
+from seqvision.runtime import default_device, inference_dtype, resolve_device
 
 if TYPE_CHECKING:
     from seqvision.training.fit import TrainResult
@@ -50,7 +50,6 @@ def train_and_evaluate(
     from seqvision.training.fit import device_of, fit  # Lightning: only training loads it
     from seqvision.training.tracking import log_results
 
-    tune_allocator()  # as the CLI does: the CNN's activation buffers stay in the heap (runtime.tune_allocator)
     result = fit(cfg, out_dir, resume=resume, progress=progress, callbacks=callbacks, epoch_log=epoch_log, tracking=tracking)
     if not result.is_global_zero:  # one process of a distributed run reports
         return result

@@ -21,7 +21,7 @@ from seqvision.features.cache import FeatureStore
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write, atomic_write_text
 from seqvision.redact import without_password
-from seqvision.runtime import inference_group, tune_allocator
+from seqvision.runtime import inference_group
 
 
 @dataclass
@@ -250,7 +250,6 @@ def evaluate(
     what runs its forward (``auto``: the fastest here, see :mod:`seqvision.features.runtimes`).
     ``per_group``: also the metrics of each group (``group_by``: a manifest column, default ``group``, or a
     regular expression on the sample names of a folder; see ``discover``)."""
-    tune_allocator()  # as the CLI does: the CNN's activation buffers stay in the heap (runtime.tune_allocator)
     predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)
     predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
     if predictor.shard[0] > 0:
@@ -291,7 +290,6 @@ def report(
     by default the one whose features it trained on (:meth:`Predictor.own_runtime`)."""
     run = Path(run_dir)
     checkpoint = run / "best.ckpt" if (run / "best.ckpt").exists() else run / "last.ckpt"
-    tune_allocator()  # as the CLI does (runtime.tune_allocator)
     predictor = Predictor.load(checkpoint, device=device, precision=precision or "auto", runtime=runtime or "auto")
     predictor.shard = inference_group()  # under torchrun: each process its share; only rank 0 writes
     if precision is None:

@@ -13,7 +13,7 @@ from seqvision.data.discovery import discover_inputs
 from seqvision.errors import ConfigError
 from seqvision.inference.predictor import Predictor
 from seqvision.io import atomic_write_text
-from seqvision.runtime import inference_group, tune_allocator
+from seqvision.runtime import inference_group
 
 
 def predict(
@@ -31,7 +31,6 @@ def predict(
     """
     if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--out {out}: use a .csv or .json file name")
-    tune_allocator()  # as the CLI does: the CNN's activation buffers stay in the heap (runtime.tune_allocator)
     predictor = Predictor.load(checkpoint, device=device, precision=precision, runtime=runtime)
     predictor.shard = inference_group()  # under torchrun: each process predicts its share, rank 0 writes
     if chunk_size:

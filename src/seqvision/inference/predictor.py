@@ -26,7 +26,7 @@ from seqvision.features.runtimes import Runtime, check_runtime, choose_runtime
 from seqvision.models.memory import inference_chunk_size
 from seqvision.models.temporal_shift import frames_of, is_shifted
 from seqvision.models.sequence_model import SequenceModel
-from seqvision.runtime import inference_dtype, resolve_device
+from seqvision.runtime import inference_dtype, resolve_device, tune_allocator
 from seqvision.tasks import task_of
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.inference.sharding import sharded
@@ -88,6 +88,7 @@ class Predictor:
         forward (:mod:`seqvision.features.runtimes`; ``auto``: the fastest on this machine)."""
         device = resolve_device(device)  # a bad device, precision or runtime fails before any loading
         check_runtime(runtime, device, inference_dtype(device, precision))
+        tune_allocator()  # the CNN's activation buffers stay in the heap, from any caller (runtime.tune_allocator)
         raw = read_checkpoint(path)
         meta = raw["seqvision"]
         try:

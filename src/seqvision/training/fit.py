@@ -31,7 +31,7 @@ from seqvision.io import atomic_write_text
 from seqvision.models.checkpoint import read_checkpoint
 from seqvision.models.local_weights import preprocessing_given
 from seqvision.models.stage_maps import FrozenStages, StageCut
-from seqvision.runtime import default_device, default_workers, inference_dtype
+from seqvision.runtime import default_device, default_workers, inference_dtype, tune_allocator
 from seqvision.tasks import task_of
 from seqvision.training.checkpoint import AtomicCheckpointIO
 from seqvision.training.datamodule import SequenceDataModule, prepare_data
@@ -81,6 +81,7 @@ def fit(
     validate(cfg)
     if cfg.train.precision == "16-mixed" and not torch.cuda.is_available():
         raise ConfigError("--precision 16-mixed needs a CUDA GPU; on a CPU use 32 or bf16-mixed")
+    tune_allocator()  # the CNN's activation buffers stay in the heap, from any caller (runtime.tune_allocator)
     out = Path(out_dir)
     continuing = resume  # --resume: this run's saved split is reused, even when it restarts from the beginning
     saved = _resumable(out, resume)  # last.ckpt's saved config when the run continues from it
