@@ -28,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -82,6 +83,7 @@ def make_video(path: Path, frames: int) -> Path:
             if i == frames:
                 break
             big = frame.reformat(width=1920, height=1080, format="yuv420p", interpolation="BICUBIC")
+            big.pts, big.time_base = i, Fraction(1, 25)  # the source's 10 fps timestamps would play at 10 fps, unevenly
             out.mux(stream.encode(big))
         out.mux(stream.encode(None))
     return path
